@@ -1,0 +1,156 @@
+"""The events stream: `runs/<name>/events.jsonl`, schema v1 (docs/events.md).
+
+One JSON object per line, appended by rank 0 of the training worker. The
+reader is incremental (byte offset), tolerates a torn last line and unknown
+event types, and starts over when the file is truncated or replaced. It is
+what `ftune watch`, `ftune ls` and `ftune train --foreground` use.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+VERSION = 1
+TYPES = ("started", "step", "eval", "checkpoint", "system", "warning", "error", "finished", "stopped")
+FINAL_TYPES = ("finished", "stopped", "error")
+
+
+def _clean(value: Any, nulled: list[str], key: str = "") -> Any:
+    """NaN and infinity are not JSON: write null and remember which fields they were."""
+    if isinstance(value, float) and not math.isfinite(value):
+        nulled.append(key)
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v, nulled, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v, nulled, key) for v in value]
+    return value
+
+
+def make_event(type_: str, **fields: Any) -> dict[str, Any]:
+    nulled: list[str] = []
+    event = {"v": VERSION, "t": round(time.time(), 3), "type": type_}
+    event.update(_clean(fields, nulled))
+    if nulled:
+        event["nonfinite"] = nulled  # fields that were NaN/inf, written as null
+    return event
+
+
+class EventWriter:
+    """Appends whole lines; safe to share between the training loop and a sampler thread.
+
+    Only rank 0 should hold one: `EventWriter.for_rank(path, rank)` returns a
+    writer that drops everything on the other ranks.
+    """
+
+    def __init__(self, path: str | Path, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # O_APPEND: each os.write of one whole line lands at the end, in one piece.
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    @classmethod
+    def for_rank(cls, path: str | Path, rank: int) -> "EventWriter":
+        return cls(path, enabled=rank == 0)
+
+    def emit(self, type_: str, **fields: Any) -> dict[str, Any]:
+        event = make_event(type_, **fields)
+        if self._fd is not None:
+            line = (json.dumps(event, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+            with self._lock:
+                os.write(self._fd, line)
+        return event
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+class EventReader:
+    """Incremental reader: call `read_new()` as often as you like; it returns only new, whole events.
+
+    `reset` is set after a read that found the file truncated or replaced; the
+    caller should then drop what it had and take the events returned as the
+    whole history.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.offset = 0
+        self._inode: int | None = None
+        self._partial = b""
+        self.reset = False
+        self.bad_lines = 0
+
+    def read_new(self) -> list[dict[str, Any]]:
+        self.reset = False
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            if self.offset:
+                self._restart()
+            return []
+        if (self._inode is not None and st.st_ino != self._inode) or st.st_size < self.offset:
+            self._restart()
+        self._inode = st.st_ino
+        if st.st_size == self.offset:
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        self.offset += len(chunk)
+        data = self._partial + chunk
+        *lines, self._partial = data.split(b"\n")  # the last piece is a torn line or b""
+        return list(self._parse(lines))
+
+    def _restart(self) -> None:
+        self.offset, self._partial, self._inode, self.reset = 0, b"", None, True
+
+    def _parse(self, lines: Iterable[bytes]):
+        for raw in lines:
+            if not raw.strip():
+                continue
+            try:
+                event = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                self.bad_lines += 1
+                continue
+            if isinstance(event, dict) and isinstance(event.get("type"), str):
+                yield event  # unknown types pass through; consumers skip what they do not know
+            else:
+                self.bad_lines += 1
+
+
+def read_all(path: str | Path) -> list[dict[str, Any]]:
+    return EventReader(path).read_new()
+
+
+def summarize(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Fold a history into the few numbers a table or a header shows."""
+    out: dict[str, Any] = {"step": 0, "max_steps": None, "loss": None, "final": None, "started_t": None}
+    for e in events:
+        kind = e.get("type")
+        if kind == "started":
+            out.update(started_t=e.get("t"), max_steps=e.get("max_steps"), final=None)
+        elif kind == "step":
+            out["step"] = e.get("step", out["step"])
+            out["max_steps"] = e.get("max_steps") or out["max_steps"]
+            if e.get("loss") is not None:
+                out["loss"] = e["loss"]
+        elif kind in FINAL_TYPES:
+            out["final"] = e
+            if e.get("step") is not None:
+                out["step"] = e["step"]
+    return out

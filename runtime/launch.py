@@ -1,0 +1,123 @@
+"""Start, stop and check training workers. Light: no torch here.
+
+The worker runs in its own session (it outlives the terminal and an SSH
+hang-up), with stdout/stderr appended to train.log. The launcher takes the
+run's lock and hands the locked file descriptor to the worker, so there is
+never a moment where a second `ftune train` could slip in.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ftune.runtime.events import FINAL_TYPES, EventReader
+from ftune.runtime.rundir import ACTIVE_STATES, RunDir, RunError
+from ftune.runtime.spec import RunSpec, load_spec
+
+
+def project_dir(run: RunDir) -> Path:
+    """Relative paths in a run file are relative to the folder that holds runs/."""
+    return run.root.resolve().parent
+
+
+def _local(base: Path, name: str) -> Path:
+    p = Path(name).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") != 1
+
+
+def preflight(spec: RunSpec, run: RunDir) -> None:
+    """Checks that need no heavy imports; each failure is one clear sentence."""
+    base = project_dir(run)
+    for name in spec.data.train + ([spec.data.validation] if spec.data.validation else []):
+        if not _local(base, name).is_file():
+            raise RunError(f"data file not found: {_local(base, name)} (data in {run.spec_path}; "
+                           f"relative paths are relative to {base})")
+    model = _local(base, spec.model.name_or_path)
+    if model.exists() or _looks_local(spec.model.name_or_path):
+        if not model.is_dir():
+            raise RunError(f"model folder not found: {model}")
+        if not (model / "config.json").is_file():
+            raise RunError(f"{model} has no config.json: model.name_or_path must be a model folder or a hub id")
+
+
+def start(run: RunDir, *, resume: bool = False, restart: bool = False) -> subprocess.Popen:
+    """Validate, take the lock and start the worker detached. Raises RunError/SpecError for the user."""
+    run.require()
+    lock_fd = run.acquire_lock()
+    try:
+        spec = load_spec(run.spec_path)
+        preflight(spec, run)
+        previous = run.read_status().get("state")
+        if restart:
+            run.clear_history()
+        elif not resume:
+            latest = run.latest_checkpoint()
+            if previous == "finished":
+                raise RunError(f"run '{run.name}' has finished: use --restart to train it again from scratch "
+                               f"(this deletes its checkpoints, export and history)")
+            if latest and spec.training.auto_resume:
+                resume = True
+            elif latest:
+                raise RunError(f"run '{run.name}' has checkpoints (newest: step {latest[0]}): use --resume to "
+                               f"continue from it, or --restart to start over")
+            else:  # an earlier attempt that never checkpointed (e.g. bad data): start clean
+                run.clear_history()
+        if resume and run.latest_checkpoint() is None:
+            raise RunError(f"run '{run.name}' has no complete checkpoint to resume from")
+        out_dir = str(_local(project_dir(run), spec.output.dir).resolve()) if spec.output.dir else None
+        run.update_status(state="starting", pid=None, started_at=time.time(), ended_at=None, error=None,
+                          output_dir=out_dir, resumed=resume)
+        cmd = [sys.executable, "-m", "ftune.runtime.train", str(run.path.resolve()), "--lock-fd", str(lock_fd)]
+        if resume:
+            cmd.append("--resume")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(run.log_path, "ab") as log:
+            log.write(f"\n=== ftune train {run.name}{' --resume' if resume else ''} "
+                      f"at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
+            log.flush()
+            return subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=project_dir(run),
+                env=env, start_new_session=True, pass_fds=(lock_fd,),
+            )
+    finally:
+        os.close(lock_fd)  # the worker holds its own copy of the locked descriptor
+
+
+def stop(run: RunDir, wait: float = 600.0, on_wait=None) -> dict | None:
+    """Ask the worker to stop gracefully (SIGTERM: it saves a checkpoint) and wait for its final event."""
+    run.require()
+    state = run.state()
+    if state not in ACTIVE_STATES:
+        raise RunError(f"run '{run.name}' is not running (state: {state})")
+    reader = EventReader(run.events_path)
+    reader.read_new()  # only events from now on count
+    pid = None
+    deadline = time.time() + 10
+    while pid is None and time.time() < deadline:  # a worker that is just starting has not written its pid
+        pid = run.read_status().get("pid")
+        if pid is None:
+            time.sleep(0.2)
+    if pid is None or not run.is_locked():
+        raise RunError(f"run '{run.name}' has no live worker to stop")
+    os.kill(int(pid), signal.SIGTERM)
+    end = time.time() + wait
+    final = None
+    while time.time() < end:
+        for event in reader.read_new():
+            if event["type"] in FINAL_TYPES:
+                final = event
+        if not run.is_locked():  # the worker has exited: its lock went with it
+            return final or next((e for e in reader.read_new() if e["type"] in FINAL_TYPES), None)
+        if on_wait:
+            on_wait()
+        time.sleep(0.3)
+    raise RunError(f"run '{run.name}' did not stop within {wait:.0f} s; it may still be saving (pid {pid})")

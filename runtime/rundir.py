@@ -1,0 +1,183 @@
+"""Run directories: `runs/<name>/` and what it holds.
+
+    run.yaml       the spec, as the user edits it
+    status.json    small, rewritten atomically (state, pid, step, where outputs went)
+    events.jsonl   append-only events (runtime/events.py)
+    train.log      the worker's stdout and stderr
+    checkpoints/   trainer checkpoints   } or under output.dir when the run file
+    export/        the final model       } sends them elsewhere
+    .lock          held (flock) by the one worker training this run
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ftune.runtime.errors import UserError
+from ftune.runtime.spec import check_run_name, write_atomic
+
+RUNS_ENV = "FTUNE_RUNS_DIR"
+ACTIVE_STATES = ("starting", "running", "stopping")
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+class RunError(UserError):
+    """A user-facing problem with a run (missing, busy, ...): one clear sentence."""
+
+
+def runs_root(override: str | Path | None = None) -> Path:
+    return Path(override or os.environ.get(RUNS_ENV) or Path.cwd() / "runs")
+
+
+class RunDir:
+    def __init__(self, root: str | Path, name: str):
+        self.root = Path(root)
+        self.name = name
+        self.path = self.root / name
+
+    # ------------------------------------------------------------------ files
+    @property
+    def spec_path(self) -> Path:
+        return self.path / "run.yaml"
+
+    @property
+    def status_path(self) -> Path:
+        return self.path / "status.json"
+
+    @property
+    def events_path(self) -> Path:
+        return self.path / "events.jsonl"
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / "train.log"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / ".lock"
+
+    def exists(self) -> bool:
+        return self.spec_path.is_file()
+
+    def require(self) -> "RunDir":
+        problem = check_run_name(self.name)
+        if problem:
+            raise RunError(problem)
+        if not self.exists():
+            hint = f" (runs here: {', '.join(list_run_names(self.root))})" if list_run_names(self.root) else ""
+            raise RunError(f"no run named '{self.name}' in {self.root}: expected {self.spec_path}{hint}")
+        return self
+
+    # ------------------------------------------------------------------ outputs
+    def output_base(self, spec_output_dir: str | None = None) -> Path:
+        """Where checkpoints/ and export/ live: the run directory unless the run file sends them elsewhere."""
+        recorded = self.read_status().get("output_dir")
+        chosen = spec_output_dir or recorded
+        return Path(chosen).expanduser().resolve() if chosen else self.path
+
+    def checkpoints_dir(self, spec_output_dir: str | None = None) -> Path:
+        return self.output_base(spec_output_dir) / "checkpoints"
+
+    def export_dir(self, spec_output_dir: str | None = None) -> Path:
+        return self.output_base(spec_output_dir) / "export"
+
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """Complete checkpoints, oldest first. Complete: the trainer state is written last, so it is there."""
+        folder = self.checkpoints_dir()
+        found = []
+        if folder.is_dir():
+            for child in folder.iterdir():
+                m = CHECKPOINT_RE.match(child.name)
+                if m and (child / "trainer_state.json").is_file():
+                    found.append((int(m.group(1)), child))
+        return sorted(found)
+
+    def latest_checkpoint(self) -> tuple[int, Path] | None:
+        found = self.checkpoints()
+        return found[-1] if found else None
+
+    # ------------------------------------------------------------------ status
+    def read_status(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.status_path.read_text(encoding="utf-8"))
+            return data if isinstance(data, dict) else {}
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def update_status(self, **fields: Any) -> dict[str, Any]:
+        status = self.read_status()
+        status.update(fields)
+        write_atomic(self.status_path, json.dumps(status, indent=2, default=str) + "\n")
+        return status
+
+    def is_locked(self) -> bool:
+        """True while a worker holds this run's lock (it is alive)."""
+        if not self.lock_path.exists():
+            return False
+        with open(self.lock_path, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return False
+
+    def acquire_lock(self) -> int:
+        """Take the run's lock and return its fd (inherited by the worker). Raises RunError if taken."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            pid = self.read_status().get("pid")
+            raise RunError(
+                f"run '{self.name}' is already running (pid {pid}): follow it with `ftune logs {self.name} -f` "
+                f"or stop it with `ftune stop {self.name}`"
+            ) from None
+        return fd
+
+    def state(self) -> str:
+        """new, starting, running, stopping, finished, stopped, failed, or crashed (died without a final event)."""
+        recorded = self.read_status().get("state")
+        if recorded is None:
+            return "new"
+        if recorded in ACTIVE_STATES and not self.is_locked():
+            return "crashed"
+        return recorded
+
+    # ------------------------------------------------------------------ lifecycle
+    def clear_history(self) -> None:
+        """Forget a previous attempt (for --restart): events, status, log, checkpoints and export."""
+        for folder in (self.checkpoints_dir(), self.export_dir()):
+            shutil.rmtree(folder, ignore_errors=True)
+        for f in (self.events_path, self.status_path, self.log_path):
+            f.unlink(missing_ok=True)
+
+    def remove(self) -> None:
+        base = self.output_base()
+        if base != self.path:
+            for folder in (base / "checkpoints", base / "export"):
+                shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(self.path)
+
+
+def list_run_names(root: str | Path) -> list[str]:
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "run.yaml").is_file())
+
+
+def next_free_name(root: str | Path, stem: str = "run") -> str:
+    taken = set(list_run_names(root))
+    n = 1
+    while f"{stem}-{n:02d}" in taken:
+        n += 1
+    return f"{stem}-{n:02d}"

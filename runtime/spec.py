@@ -1,0 +1,691 @@
+"""The run spec: one pydantic schema for `runs/<name>/run.yaml`.
+
+The wizard builds it, `ftune train` validates it, the worker reads it and the
+docs are generated from it. Fields marked `later(...)` have a home in the file
+but are not wired to training yet: setting them to anything but their default
+is a validation error ("not supported yet"), never silently ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tempfile
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from ftune.runtime.errors import UserError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+NAME_RULE = "lowercase letters, digits and '-', starting and ending with a letter or digit"
+_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+
+
+def check_run_name(name: str) -> str | None:
+    """Return why `name` is not a valid run name, or None when it is."""
+    if not name:
+        return "the run name is empty"
+    if len(name) > 64:
+        return "the run name is longer than 64 characters"
+    if not _NAME_RE.match(name):
+        return f"'{name}' is not a valid run name: use {NAME_RULE} (e.g. run-01)"
+    return None
+
+
+def later(default: Any, description: str) -> Any:
+    """A field with a home in the run file that training does not use yet."""
+    return Field(default, description=description, json_schema_extra={"wired": False})
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=False)
+
+
+# --------------------------------------------------------------------------- model
+class ModelSpec(Section):
+    """The base model to fine-tune."""
+
+    name_or_path: str = Field(
+        description="Hugging Face hub id (e.g. Qwen/Qwen2.5-7B-Instruct) or a local folder with config.json."
+    )
+    revision: str | None = Field(None, description="Branch, tag or commit of a hub model.")
+    template: str = Field(
+        "auto",
+        description="Chat template. 'auto' uses the tokenizer's own template (ChatML when it has none).",
+    )
+    trust_remote_code: bool = Field(False, description="Allow model code shipped with the checkpoint to run.")
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
+        "auto", description="Attention kernel; 'auto' lets transformers choose (sdpa where it can)."
+    )
+    rope_scaling: Literal["linear", "dynamic", "yarn"] | None = later(
+        None, "RoPE interpolation to stretch the context length."
+    )
+    rope_factor: float | None = later(None, "RoPE scaling factor (with rope_scaling).")
+    acceleration: Literal["none", "unsloth", "liger"] = later(
+        "none", "Kernel acceleration: unsloth or liger kernels."
+    )
+
+
+# --------------------------------------------------------------------------- data
+class DataSpec(Section):
+    """The training data and how it becomes tokens."""
+
+    train: list[str] = Field(
+        description="Training file(s): one path or a list. OpenAI-style messages JSONL is read today."
+    )
+    format: Literal["auto", "messages", "alpaca", "sharegpt", "preference", "kto", "text"] = Field(
+        "auto", description="Data format; 'auto' detects it from the first rows."
+    )
+    validation: str | None = Field(None, description="A separate validation file (instead of val_size).")
+    val_size: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Share of the training rows held out for evaluation (ignored with validation)."
+    )
+    test: str | None = later(None, "Test file for predict_with_generate.")
+    on_invalid: Literal["error", "skip"] = Field(
+        "error", description="What to do with rows that fail validation: refuse to train, or skip them (counted)."
+    )
+    max_samples: int | None = Field(None, gt=0, description="Use at most this many rows (debugging).")
+    max_length: int = Field(1024, gt=8, description="Tokens per example (cutoff length); longer rows are truncated.")
+    train_on_prompt: bool = Field(False, description="Also compute the loss on system and user tokens.")
+    mask_history: bool = later(False, "Train only on the last assistant turn of each conversation.")
+    packing: bool = later(False, "Pack several short examples into one sequence.")
+    max_input_length: int | None = later(None, "Separate cutoff for the prompt (GLM-style).")
+    max_output_length: int | None = later(None, "Separate cutoff for the answer (GLM-style).")
+    num_proc: int | None = later(None, "Processes for data preprocessing.")
+    dataset_dir: str | None = later(None, "Folder with a LLaMA-Factory dataset_info.json to name data sets by key.")
+    mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = later(
+        "concat", "How several data sets are mixed."
+    )
+    interleave_probs: list[float] | None = later(None, "Sampling probabilities for interleaving.")
+    streaming: bool = later(False, "Stream the data set instead of loading it whole.")
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("train")
+    @classmethod
+    def _not_empty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("name at least one training file")
+        return v
+
+
+# --------------------------------------------------------------------------- stage
+class StageSpec(Section):
+    """What is being learnt. `stage: sft` is short for `stage: {type: sft}`."""
+
+    type: Literal["sft", "pt", "rm", "dpo", "kto", "orpo", "simpo", "rl"] = Field(
+        "sft",
+        description="sft supervised fine-tuning; pt continued pre-training; rm reward model; dpo/kto/orpo/simpo "
+        "preference optimisation; rl reinforcement learning from a reward model.",
+    )
+    pref_beta: float = later(0.1, "Beta of the preference loss (DPO/ORPO/SimPO).")
+    pref_loss: Literal["sigmoid", "hinge", "ipo", "kto_pair"] = later("sigmoid", "DPO loss variant.")
+    pref_ftx: float = later(0.0, "Weight of the SFT loss added to DPO.")
+    label_smoothing: float = later(0.0, "DPO label smoothing, 0 to 0.5.")
+    simpo_gamma: float = later(0.5, "SimPO reward margin.")
+    kto_desirable_weight: float = later(1.0, "KTO weight of desirable examples.")
+    kto_undesirable_weight: float = later(1.0, "KTO weight of undesirable examples.")
+    ref_model: str | None = later(None, "Reference model for DPO/KTO: another run or a path.")
+    ref_model_quantization_bits: Literal[4, 8] | None = later(None, "Quantise the reference model.")
+    reward_model: str | None = later(None, "Reward model for rl: an rm run or a path.")
+    reward_model_quantization_bits: Literal[4, 8] | None = later(None, "Quantise the reward model.")
+    rl_algorithm: Literal["grpo", "rloo"] = later("grpo", "TRL trainer used for rl (TRL has no PPO trainer).")
+
+
+# --------------------------------------------------------------------------- method
+class LoraSpec(Section):
+    """LoRA adapter settings (method.type: lora)."""
+
+    rank: int = Field(8, ge=1, le=1024, description="LoRA rank r: larger learns more, costs more.")
+    alpha: float = Field(32, gt=0, description="LoRA scaling alpha (often 2-4x the rank).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
+    target_modules: str | list[str] = Field(
+        "all", description="'all' for every linear layer, or a list of module names (e.g. [q_proj, v_proj])."
+    )
+    modules_to_save: list[str] = Field(
+        default_factory=list, description="Extra modules trained in full and saved with the adapter (e.g. lm_head)."
+    )
+    use_rslora: bool = Field(False, description="Rank-stabilised LoRA scaling (alpha / sqrt(r)).")
+    use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
+    pissa_init: bool = later(False, "Initialise the adapter with PiSSA.")
+    loraplus_lr_ratio: float | None = later(None, "LoRA+ learning-rate ratio of B over A.")
+    loraplus_lr_embedding: float | None = later(None, "LoRA+ learning rate of embedding adapters.")
+    adapter: str | None = later(None, "Continue from an existing adapter (path or run).")
+    create_new_adapter: bool = later(False, "Add a new adapter on top of the one given in adapter.")
+
+
+class FreezeSpec(Section):
+    """Freeze tuning settings (method.type: freeze)."""
+
+    trainable_layers: int = later(2, "Train the last N layers (negative: the first N).")
+    trainable_modules: str | list[str] = later("all", "Which modules of those layers to train.")
+    extra_modules: list[str] = later([], "Modules outside the layers to train too (e.g. embed_tokens).")
+
+
+class QuantizationSpec(Section):
+    """Load the base model quantised (QLoRA)."""
+
+    bits: Literal[4, 8] | None = later(None, "4 or 8 to load the base model quantised (QLoRA).")
+    method: Literal["bnb", "hqq", "eetq"] = later("bnb", "Quantisation library.")
+    quant_type: Literal["nf4", "fp4"] = later("nf4", "4-bit data type.")
+    double_quant: bool = later(True, "Quantise the quantisation constants too.")
+
+
+class MethodSpec(Section):
+    """How the weights are updated. `method: lora` is short for `method: {type: lora}`."""
+
+    type: Literal["lora", "full", "freeze"] = Field(
+        "lora", description="lora trains a small adapter; full trains every weight; freeze trains some layers."
+    )
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    freeze: FreezeSpec = Field(default_factory=FreezeSpec)
+    quantization: QuantizationSpec = Field(default_factory=QuantizationSpec)
+    galore: dict[str, Any] | None = later(None, "GaLore optimiser settings (rank, update_interval, scale, target).")
+    apollo: dict[str, Any] | None = later(None, "APOLLO optimiser settings.")
+    badam: dict[str, Any] | None = later(None, "BAdam block-wise optimiser settings.")
+    llama_pro_blocks: int | None = later(None, "LLaMA Pro: expand the model by N blocks and train only those.")
+
+
+# --------------------------------------------------------------------------- training
+class TrainingSpec(Section):
+    """The optimisation loop (names follow transformers' TrainingArguments)."""
+
+    num_train_epochs: float = Field(3, gt=0, description="Passes over the training data.")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimiser steps (overrides epochs).")
+    learning_rate: float = Field(1e-4, gt=0, lt=1, description="Peak learning rate.")
+    per_device_train_batch_size: int = Field(8, ge=1, description="Examples per device per forward pass.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Forward passes per optimiser step.")
+    per_device_eval_batch_size: int = Field(8, ge=1, description="Examples per device when evaluating.")
+    warmup_steps: int = Field(0, ge=0, description="Steps of linear learning-rate warm-up.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warm-up as a share of all steps (if warmup_steps is 0).")
+    lr_scheduler_type: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
+    ] = Field("cosine", description="How the learning rate changes over training.")
+    optim: Literal["adamw_torch", "adafactor", "sgd", "adamw_8bit", "adam_mini"] = Field(
+        "adamw_torch", description="Optimiser."
+    )
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0 disables).")
+    seed: int = Field(42, description="Random seed for reproducible runs.")
+    precision: Literal["auto", "fp32", "fp16", "bf16", "pure_bf16"] = Field(
+        "auto",
+        description="Compute type. auto: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU. "
+        "pure_bf16 loads the weights in bf16 without mixed precision.",
+    )
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory by recomputing activations.")
+    neftune_noise_alpha: float | None = Field(None, gt=0, description="NEFTune embedding noise (5 is common).")
+    logging_steps: int = Field(10, ge=1, description="Write a step event every N steps.")
+    save_strategy: Literal["steps", "epoch", "no"] = Field("steps", description="When to save checkpoints.")
+    save_steps: int = Field(500, ge=1, description="Save a checkpoint every N steps (save_strategy: steps).")
+    save_total_limit: int | None = Field(3, ge=1, description="Keep at most N checkpoints (oldest deleted).")
+    eval_strategy: Literal["auto", "steps", "epoch", "no"] = Field(
+        "auto", description="When to evaluate; auto: every eval_steps when there is validation data."
+    )
+    eval_steps: int | None = Field(
+        None, ge=1, description="Evaluate every N steps (default: save_steps, or 1/5 of the run if shorter)."
+    )
+    dataloader_num_workers: int = Field(0, ge=0, description="Worker processes feeding batches.")
+    auto_resume: bool = Field(
+        False, description="Resume from the newest checkpoint when the run is started again (like --resume)."
+    )
+    system_interval_s: float = Field(10.0, gt=0, description="Seconds between system (memory) events.")
+    predict_with_generate: bool = later(False, "Generate answers for the test file and score them.")
+    max_new_tokens: int = later(512, "Generation length for predict_with_generate.")
+
+    @model_validator(mode="after")
+    def _precision_is_coherent(self) -> "TrainingSpec":
+        if self.optim == "adam_mini" and self.precision == "fp16":
+            raise ValueError("adam_mini does not support fp16; use bf16 or fp32")
+        return self
+
+
+# --------------------------------------------------------------------------- output & resources
+class OutputSpec(Section):
+    """Where checkpoints and the final model go."""
+
+    dir: str | None = Field(
+        None,
+        description="Folder for checkpoints/ and export/ (e.g. a big mounted disk). Default: the run directory.",
+    )
+    save_format: Literal["lora", "merged_16bit", "merged_4bit"] = Field(
+        "lora",
+        description="Final model: lora (the adapter alone), merged_16bit (adapter merged into the base), "
+        "merged_4bit. Full fine-tuning always saves the whole model.",
+    )
+
+
+class ResourcesSpec(Section):
+    """Machines and GPUs."""
+
+    gpus_per_node: int | Literal["auto"] = Field("auto", description="GPUs to use on each machine; auto: all visible.")
+    nodes: int = later(1, "Machines taking part.")
+    strategy: Literal["auto", "ddp", "deepspeed-zero2", "deepspeed-zero3", "fsdp"] = later(
+        "auto", "Multi-GPU strategy."
+    )
+    offload: bool = later(False, "CPU offload for ZeRO-3 / FSDP.")
+    master_addr: str | None = later(None, "Address of node 0 (multi-node).")
+    master_port: int | None = later(None, "Port on node 0 (multi-node).")
+
+    @field_validator("gpus_per_node")
+    @classmethod
+    def _one_gpu_for_now(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("gpus_per_node must be at least 1 (or auto)")
+        return v
+
+
+# --------------------------------------------------------------------------- the run
+class RunSpec(Section):
+    """A fine-tuning run: everything `ftune train` needs."""
+
+    name: str = Field(description=f"Run name: {NAME_RULE}.")
+    preset: Literal["standard", "quality", "fast"] | None = Field(
+        None, description="Scenario preset merged under this file's values."
+    )
+    model: ModelSpec
+    data: DataSpec
+    stage: StageSpec = Field(default_factory=StageSpec)
+    method: MethodSpec = Field(default_factory=MethodSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _name_rule(cls, v: str) -> str:
+        problem = check_run_name(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "RunSpec":
+        if self.method.type == "full" and self.output.save_format != "lora":
+            raise ValueError("output.save_format applies to adapters; full fine-tuning always saves the whole model")
+        return self
+
+    @property
+    def method_label(self) -> str:
+        """Short label for tables: lora, dora, full, qlora-4bit..."""
+        m = self.method
+        if m.type != "lora":
+            return m.type
+        label = "dora" if m.lora.use_dora else "lora"
+        return f"q{label}-{m.quantization.bits}bit" if m.quantization.bits else label
+
+
+# --------------------------------------------------------------------------- values not wired yet
+# Values of wired fields that have a home but no implementation yet.
+_LATER_VALUES: dict[tuple[str, ...], set[Any]] = {
+    ("model", "template"): set(),  # any name but 'auto' (checked below)
+    ("data", "format"): {"alpaca", "sharegpt", "preference", "kto", "text"},
+    ("stage", "type"): {"pt", "rm", "dpo", "kto", "orpo", "simpo", "rl"},
+    ("method", "type"): {"freeze"},
+    ("training", "optim"): {"adamw_8bit", "adam_mini"},
+    ("output", "save_format"): {"merged_4bit"},
+}
+
+# Names users bring from LLaMA-Factory, the seed platforms and TrainingArguments, and where they live here.
+FOREIGN_KEYS: dict[str, str] = {
+    "model_name_or_path": "model.name_or_path",
+    "cutoff_len": "data.max_length",
+    "max_seq_length": "data.max_length",
+    "max_tokens": "data.max_length",
+    "dataset": "data.train",
+    "train_file": "data.train",
+    "val_file": "data.validation",
+    "eval_dataset": "data.validation",
+    "test_file": "data.test",
+    "combine": "data.train_on_prompt",
+    "dataset_num_proc": "data.num_proc",
+    "preprocessing_num_workers": "data.num_proc",
+    "finetuning_type": "method.type",
+    "lora_r": "method.lora.rank",
+    "lora_rank": "method.lora.rank",
+    "r": "method.lora.rank",
+    "lora_alpha": "method.lora.alpha",
+    "lora_dropout": "method.lora.dropout",
+    "lora_target": "method.lora.target_modules",
+    "additional_target": "method.lora.modules_to_save",
+    "quantization_bit": "method.quantization.bits",
+    "load_in_4bit": "method.quantization.bits",
+    "quantization_method": "method.quantization.method",
+    "double_quantization": "method.quantization.double_quant",
+    "freeze_trainable_layers": "method.freeze.trainable_layers",
+    "freeze_trainable_modules": "method.freeze.trainable_modules",
+    "freeze_extra_modules": "method.freeze.extra_modules",
+    "use_llama_pro": "method.llama_pro_blocks",
+    "use_galore": "method.galore",
+    "use_apollo": "method.apollo",
+    "use_badam": "method.badam",
+    "use_adam_mini": "training.optim",
+    "random_state": "training.seed",
+    "epochs": "training.num_train_epochs",
+    "batch_size": "training.per_device_train_batch_size",
+    "compute_type": "training.precision",
+    "bf16": "training.precision",
+    "fp16": "training.precision",
+    "pure_bf16": "training.precision",
+    "lr_scheduler": "training.lr_scheduler_type",
+    "optimizer": "training.optim",
+    "overwrite_output_dir": "training.auto_resume",
+    "resume_from_checkpoint": "training.auto_resume",
+    "evaluation_strategy": "training.eval_strategy",
+    "val_size": "data.val_size",
+    "output_dir": "output.dir",
+    "model_save_type": "output.save_format",
+    "template": "model.template",
+    "trust_remote_code": "model.trust_remote_code",
+    "flash_attn": "model.attn_implementation",
+    "booster": "model.acceleration",
+    "rope_scaling": "model.rope_scaling",
+    "pref_beta": "stage.pref_beta",
+    "pref_loss": "stage.pref_loss",
+    "pref_ftx": "stage.pref_ftx",
+    "dpo_label_smoothing": "stage.label_smoothing",
+    "simpo_gamma": "stage.simpo_gamma",
+    "kto_chosen_weight": "stage.kto_desirable_weight",
+    "kto_rejected_weight": "stage.kto_undesirable_weight",
+    "reward_model": "stage.reward_model",
+    "ref_model": "stage.ref_model",
+    "num_gpus": "resources.gpus_per_node",
+    "deepspeed": "resources.strategy",
+}
+
+
+# --------------------------------------------------------------------------- errors
+@dataclass
+class Problem:
+    path: str  # dotted field path, e.g. training.learning_rate
+    message: str
+    line: int | None = None  # 1-based line in the YAML file, when known
+
+
+class SpecError(UserError):
+    """A run file with mistakes: every mistake at once, each with its field path (and line)."""
+
+    def __init__(self, problems: list[Problem], source: str | None = None):
+        self.problems = problems
+        self.source = source
+        super().__init__(self.render(), hint="Fix the run file and try again; every field is in docs/run-file.md.")
+
+    def render(self) -> str:
+        where = self.source or "the run spec"
+        n = len(self.problems)
+        head = f"{where} has {n} mistake{'s' if n != 1 else ''}:"
+        lines = [head]
+        for p in self.problems:
+            at = f"line {p.line}: " if p.line else ""
+            lines.append(f"  {at}{p.path or '(top level)'}: {p.message}")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- schema walking
+def _section_class(annotation: Any) -> type[BaseModel] | None:
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _class_at(path: tuple[str | int, ...]) -> type[BaseModel] | None:
+    cls: type[BaseModel] | None = RunSpec
+    for key in path:
+        if cls is None or not isinstance(key, str) or key not in cls.model_fields:
+            return None
+        cls = _section_class(cls.model_fields[key].annotation)
+    return cls
+
+
+def iter_fields(cls: type[BaseModel] = RunSpec, prefix: str = ""):
+    """Yield (dotted path, FieldInfo, section class) for every leaf field of the schema."""
+    for name, info in cls.model_fields.items():
+        sub = _section_class(info.annotation)
+        path = f"{prefix}{name}"
+        if sub is not None and sub is not cls:
+            yield from iter_fields(sub, path + ".")
+        else:
+            yield path, info, cls
+
+
+def is_wired(info: Any) -> bool:
+    return not (info.json_schema_extra or {}).get("wired") is False
+
+
+# --------------------------------------------------------------------------- raw-dict passes
+_SHORTHAND = {"stage": "type", "method": "type"}
+
+
+def _normalize(raw: dict[str, Any]) -> dict[str, Any]:
+    """Expand `stage: sft` and `method: lora` into their section form."""
+    out = dict(raw)
+    for key, field in _SHORTHAND.items():
+        if isinstance(out.get(key), str):
+            out[key] = {field: out[key]}
+    return out
+
+
+def _later_problems(raw: dict[str, Any]) -> list[Problem]:
+    problems: list[Problem] = []
+
+    def walk(cls: type[BaseModel], data: Any, prefix: tuple[str, ...]) -> None:
+        if not isinstance(data, dict):
+            return
+        for key, value in data.items():
+            info = cls.model_fields.get(key) if isinstance(key, str) else None
+            if info is None:
+                continue
+            path = prefix + (key,)
+            sub = _section_class(info.annotation)
+            if sub is not None and sub is not cls and isinstance(value, dict):
+                walk(sub, value, path)
+                continue
+            default = info.get_default(call_default_factory=True)
+            dotted = ".".join(path)
+            if not is_wired(info) and value != default and not (value in (None, [], {}) and not default):
+                problems.append(Problem(dotted, f"not supported yet — remove it or set it back to {default!r}"))
+            elif path == ("model", "template") and value != "auto":
+                problems.append(Problem(dotted, "named templates are not supported yet — use 'auto'"))
+            elif path in _LATER_VALUES and value in _LATER_VALUES[path]:
+                works = [v for v in typing.get_args(info.annotation) if v not in _LATER_VALUES[path]]
+                problems.append(Problem(dotted, f"{value!r} is not supported yet (works today: {', '.join(map(str, works))})"))
+
+    walk(RunSpec, raw, ())
+    return problems
+
+
+def _suggest(path: tuple[str | int, ...]) -> str:
+    key = str(path[-1])
+    if key in FOREIGN_KEYS:
+        return f" — in ftune this is '{FOREIGN_KEYS[key]}'"
+    cls = _class_at(path[:-1])
+    if cls is not None:
+        close = difflib.get_close_matches(key, list(cls.model_fields), n=1, cutoff=0.6)
+        if close:
+            return f" — did you mean '{close[0]}'?"
+        return f" — expected one of: {', '.join(cls.model_fields)}"
+    return ""
+
+
+def _pydantic_problems(err: ValidationError) -> list[Problem]:
+    problems = []
+    for e in err.errors(include_url=False):
+        loc = tuple(e["loc"])
+        dotted = ".".join(str(p) for p in loc)
+        kind = e["type"]
+        if kind == "extra_forbidden":
+            msg = "unknown key" + _suggest(loc)
+        elif kind == "missing":
+            msg = "required, but missing"
+        else:
+            msg = e["msg"]
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, ") :]
+            if kind not in ("value_error", "assertion_error") and "input" in e and not isinstance(e["input"], dict):
+                msg += f" (got {e['input']!r})"
+        problems.append(Problem(dotted, msg))
+    return problems
+
+
+def _line_of(root: yaml.Node | None, path: str) -> int | None:
+    """1-based line of the deepest existing key of `path` in a composed YAML document."""
+    node, line = root, None
+    for part in path.split("."):
+        if not isinstance(node, yaml.MappingNode):
+            break
+        for key_node, value_node in node.value:
+            if key_node.value == part:
+                node, line = value_node, key_node.start_mark.line + 1
+                break
+        else:
+            break
+    return line
+
+
+# --------------------------------------------------------------------------- public API
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key.path=value` overrides (values parsed as YAML: 3e-4, true, [a, b])."""
+    out = _normalize(raw)
+    problems = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(Problem(item, "an override must look like section.key=value, e.g. training.learning_rate=3e-4"))
+            continue
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        patch: dict[str, Any] = {}
+        cursor = patch
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            cursor = cursor.setdefault(part, {})
+        cursor[parts[-1]] = value
+        out = deep_merge(out, _normalize(patch))
+    if problems:
+        raise SpecError(problems, "--set")
+    return out
+
+
+def build_spec(raw: Any, overrides: list[str] | None = None, source: str | None = None, yaml_root=None) -> RunSpec:
+    """Built-in defaults < preset < raw run file < overrides, validated; every problem at once."""
+    from ftune.presets import load_preset
+
+    if not isinstance(raw, dict):
+        raise SpecError([Problem("", "the run file must be a mapping of sections (name:, model:, data: ...)")], source)
+    merged = _normalize(raw)
+    preset_name = (overrides and _preset_override(overrides)) or merged.get("preset")
+    if isinstance(preset_name, str):
+        try:
+            merged = deep_merge(_normalize(load_preset(preset_name)), merged)
+        except KeyError as e:
+            raise SpecError([Problem("preset", str(e.args[0]))], source) from None
+    if overrides:
+        merged = apply_overrides(merged, overrides)
+    problems = _later_problems(merged)
+    try:
+        spec = RunSpec.model_validate(merged)
+    except ValidationError as err:
+        problems += _pydantic_problems(err)
+        spec = None
+    if problems:
+        for p in problems:
+            p.line = _line_of(yaml_root, p.path)
+        problems.sort(key=lambda p: p.line or 0)
+        raise SpecError(problems, source)
+    return spec
+
+
+def _preset_override(overrides: list[str]) -> str | None:
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.strip() == "preset":
+            return value.strip()
+    return None
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> RunSpec:
+    """Read and validate a run file. Raises SpecError (with lines) or FileNotFoundError."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        raise SpecError([Problem("", f"not valid YAML: {getattr(e, 'problem', e)}", line)], str(path)) from None
+    return build_spec(raw or {}, overrides, source=str(path), yaml_root=root)
+
+
+def spec_to_dict(spec: RunSpec) -> dict[str, Any]:
+    """The spec as plain data for run.yaml: unset optional values and untouched not-yet-wired fields left out."""
+
+    def prune(cls: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for key, value in data.items():
+            info = cls.model_fields[key]
+            sub = _section_class(info.annotation)
+            if sub is not None and isinstance(value, dict):
+                value = prune(sub, value)
+                if not value:
+                    continue
+            elif value is None or (not is_wired(info) and value == info.get_default(call_default_factory=True)):
+                continue
+            elif isinstance(value, float) and value.is_integer() and abs(value) < 1e6:
+                value = int(value)  # `alpha: 16`, not `alpha: 16.0`
+            out[key] = value
+        return out
+
+    data = prune(RunSpec, spec.model_dump(mode="json"))
+    method = data.get("method", {})
+    for kind in ("lora", "freeze"):  # settings of the methods not chosen are noise in the file
+        if method.get("type") != kind:
+            method.pop(kind, None)
+    for key, field in _SHORTHAND.items():
+        if list(data.get(key, {})) == [field]:
+            data[key] = data[key][field]
+    return data
+
+
+def spec_to_yaml(spec: RunSpec) -> str:
+    header = f"# ftune run file. Edit freely; `ftune train {spec.name}` validates it. Fields: docs/run-file.md\n"
+    return header + yaml.safe_dump(spec_to_dict(spec), sort_keys=False, allow_unicode=True, width=100)
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write a file so that readers see the old or the new content, never half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_spec(spec: RunSpec, path: str | Path) -> None:
+    write_atomic(path, spec_to_yaml(spec))

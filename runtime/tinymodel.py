@@ -1,0 +1,92 @@
+"""A tiny model of a real architecture, built offline: the demo's model and the tests'.
+
+Random weights, a byte-level BPE tokenizer trained in-process on the given
+texts, and a ChatML chat template. Built once into a cache folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+from ftune.runtime.data import CHATML_TEMPLATE
+
+RECIPE_VERSION = 1
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def cache_root() -> Path:
+    base = os.environ.get("FTUNE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ftune"
+    return Path(base)
+
+
+def build_tokenizer(texts: Iterable[str], vocab_size: int = 2048):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def build_tiny_model(
+    out_dir: str | Path,
+    texts: Iterable[str],
+    arch: str = "qwen2",
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    vocab_size: int = 2048,
+    seed: int = 0,
+) -> Path:
+    """Write a loadable model folder (config.json, weights, tokenizer) to out_dir, atomically."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    out_dir = Path(out_dir)
+    tokenizer = build_tokenizer(texts, vocab_size)
+    heads = max(1, hidden_size // 16)
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    config = {"qwen2": Qwen2Config, "llama": LlamaConfig}[arch](**common)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "ftune_recipe.json").write_text(json.dumps({"recipe": RECIPE_VERSION, "arch": arch}))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

@@ -1,0 +1,302 @@
+"""The training worker: `python -m ftune.runtime.train RUN_DIR [--resume] [--lock-fd N]`.
+
+Reads top to bottom like a recipe:
+    load spec -> tokenizer -> data -> model -> trainer -> train -> export
+Every outcome ends the event stream with `finished`, `stopped` or `error`;
+tracebacks go to train.log (stderr) only, the error event carries a message
+and a hint for the user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from ftune.runtime import hints
+from ftune.runtime.callbacks import EventsCallback, Stopper, StopRequested
+from ftune.runtime.data import CHATML_TEMPLATE, DataError, load_messages, split, tokenize_rows
+from ftune.runtime.events import EventWriter
+from ftune.runtime.launch import project_dir
+from ftune.runtime.rundir import RunDir, RunError
+from ftune.runtime.spec import RunSpec, load_spec
+from ftune.runtime.sysmon import Sampler
+
+
+def model_source(spec: RunSpec, base: Path) -> str:
+    """A local model folder (relative to the project) when there is one, else the hub id."""
+    p = Path(spec.model.name_or_path).expanduser()
+    p = p if p.is_absolute() else base / p
+    return str(p) if p.exists() else spec.model.name_or_path
+
+
+# --------------------------------------------------------------------------- steps of the recipe
+def load_tokenizer(spec: RunSpec, source: str, events: EventWriter):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(
+        source, revision=spec.model.revision, trust_remote_code=spec.model.trust_remote_code
+    )
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if not tok.chat_template:
+        tok.chat_template = CHATML_TEMPLATE
+        events.emit("warning", message="the tokenizer has no chat template; using ChatML",
+                    hint="Fine for a base model. For an instruct model, name its template in model.template.")
+    return tok
+
+
+def prepare_data(spec: RunSpec, tokenizer, base: Path, events: EventWriter) -> dict[str, Any]:
+    import datasets
+
+    d = spec.data
+    loaded = load_messages(d.train, base, d.on_invalid, d.max_samples)
+    if loaded.errors:  # on_invalid: skip; say so, never silently
+        events.emit("warning", message=f"skipped {loaded.invalid} invalid rows of {loaded.total}",
+                    hint=f"First: {loaded.errors[0]}")
+    if d.validation:
+        train_rows = split(loaded.rows, 0.0, spec.training.seed)[0]
+        eval_rows = load_messages([d.validation], base, d.on_invalid, None).rows
+    else:
+        train_rows, eval_rows = split(loaded.rows, d.val_size, spec.training.seed)
+    train_cols, truncated = tokenize_rows(tokenizer, train_rows, d.max_length, d.train_on_prompt)
+    eval_cols, _ = tokenize_rows(tokenizer, eval_rows, d.max_length, d.train_on_prompt)
+    if truncated:
+        events.emit("warning", message=f"{truncated} rows had no answer left after truncation to "
+                                       f"{d.max_length} tokens and were dropped",
+                    hint="Raise data.max_length.")
+    if not train_cols["input_ids"]:
+        raise DataError("no training rows left after tokenisation", hint="Raise data.max_length.")
+    return {
+        "train": datasets.Dataset.from_dict(train_cols),
+        "eval": datasets.Dataset.from_dict(eval_cols) if eval_cols["input_ids"] else None,
+        "total_rows": loaded.total,
+        "skipped_rows": loaded.invalid + truncated,
+        "num_train_rows": len(train_cols["input_ids"]),
+        "num_eval_rows": len(eval_cols["input_ids"]),
+    }
+
+
+def precision_plan(precision: str, method: str) -> dict[str, Any]:
+    """Weights dtype and mixed-precision flags for a compute type (auto picks from the hardware)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        if cuda:
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            precision = "fp32"
+    if precision == "pure_bf16":
+        return {"name": precision, "dtype": torch.bfloat16, "bf16": False, "fp16": False, "cuda": cuda}
+    if precision == "fp32":
+        return {"name": precision, "dtype": torch.float32, "bf16": False, "fp16": False, "cuda": cuda}
+    half = torch.bfloat16 if precision == "bf16" else torch.float16
+    # Frozen base weights can sit in half precision; weights being trained stay fp32 under autocast.
+    dtype = half if method == "lora" else torch.float32
+    return {"name": precision, "dtype": dtype, "bf16": precision == "bf16", "fp16": precision == "fp16", "cuda": cuda}
+
+
+def load_model(spec: RunSpec, source: str, plan: dict[str, Any]):
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": plan["dtype"]}
+    if spec.model.attn_implementation != "auto":
+        kwargs["attn_implementation"] = spec.model.attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(
+        source, revision=spec.model.revision, trust_remote_code=spec.model.trust_remote_code, **kwargs
+    )
+    if spec.method.type == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = spec.method.lora
+        target = "all-linear" if lora.target_modules == "all" else lora.target_modules
+        config = LoraConfig(
+            r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target,
+            modules_to_save=lora.modules_to_save or None, use_rslora=lora.use_rslora, use_dora=lora.use_dora,
+            task_type="CAUSAL_LM",
+        )
+        if spec.training.gradient_checkpointing:
+            model.enable_input_require_grads()
+        model = get_peft_model(model, config)
+    return model
+
+
+def count_params(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def eval_plan(spec: RunSpec, has_eval: bool, steps_estimate: int) -> dict[str, Any]:
+    t = spec.training
+    strategy = t.eval_strategy
+    if strategy == "auto":
+        strategy = "steps" if has_eval else "no"
+    if not has_eval:
+        strategy = "no"
+    every = t.eval_steps or min(t.save_steps, max(1, steps_estimate // 5))
+    return {"eval_strategy": strategy, "eval_steps": every if strategy == "steps" else None}
+
+
+def build_trainer(spec: RunSpec, model, tokenizer, data: dict[str, Any], run: RunDir, plan, callback):
+    from trl import SFTConfig, SFTTrainer
+
+    t = spec.training
+    batches = math.ceil(data["num_train_rows"] / t.per_device_train_batch_size)
+    steps_estimate = t.max_steps or math.ceil(batches / t.gradient_accumulation_steps * t.num_train_epochs)
+    warmup: float = t.warmup_steps or t.warmup_ratio  # transformers 5: a float below 1 is a ratio
+    config = SFTConfig(
+        output_dir=str(run.checkpoints_dir()),
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps or -1,
+        learning_rate=t.learning_rate,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        warmup_steps=warmup,
+        lr_scheduler_type=t.lr_scheduler_type,
+        optim=t.optim,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=plan["bf16"],
+        fp16=plan["fp16"],
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        neftune_noise_alpha=t.neftune_noise_alpha,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        logging_nan_inf_filter=False,  # a NaN loss must reach the events, not be averaged away
+        save_strategy=t.save_strategy,
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        dataloader_num_workers=t.dataloader_num_workers,
+        dataloader_pin_memory=plan["cuda"],
+        include_num_input_tokens_seen="non_padding",
+        max_length=spec.data.max_length,
+        packing=False,
+        report_to="none",  # our callback is added explicitly; defaults differ between releases
+        disable_tqdm=True,
+        **eval_plan(spec, data["eval"] is not None, steps_estimate),
+    )
+    return SFTTrainer(
+        model=model, args=config, train_dataset=data["train"], eval_dataset=data["eval"],
+        processing_class=tokenizer, callbacks=[callback],
+    )
+
+
+def export(spec: RunSpec, trainer, tokenizer, run: RunDir) -> dict[str, Any]:
+    """Write the final model to export/ (via a temporary folder, so a half export never looks done)."""
+    out = run.export_dir()
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = trainer.model
+    fmt = "full" if spec.method.type == "full" else spec.output.save_format
+    if fmt == "merged_16bit":
+        import torch
+
+        model = model.merge_and_unload()
+        model = model.to(torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return {"export": str(out), "format": fmt}
+
+
+def train(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, resume: bool) -> None:
+    from transformers import set_seed
+
+    base = project_dir(run)
+    resume_from = None
+    if resume or spec.training.auto_resume:
+        latest = run.latest_checkpoint()
+        if latest is None and resume:
+            raise RunError(f"run '{run.name}' has no complete checkpoint to resume from")
+        resume_from = latest
+    set_seed(spec.training.seed)
+    source = model_source(spec, base)
+    tokenizer = load_tokenizer(spec, source, events)
+    data = prepare_data(spec, tokenizer, base, events)
+    plan = precision_plan(spec.training.precision, spec.method.type)
+    model = load_model(spec, source, plan)
+    trainable, total = count_params(model)
+    callback = EventsCallback(events, run, {
+        "run": spec.name, "stage": spec.stage.type, "method": spec.method_label, "model": spec.model.name_or_path,
+        "num_train_rows": data["num_train_rows"], "num_eval_rows": data["num_eval_rows"],
+        "skipped_rows": data["skipped_rows"], "total_rows": data["total_rows"], "world_size": 1,
+        "trainable_params": trainable, "total_params": total, "precision": plan["name"],
+        "resumed_from": resume_from[0] if resume_from else None,
+    }, stopper)
+    trainer = build_trainer(spec, model, tokenizer, data, run, plan, callback)
+    result = trainer.train(resume_from_checkpoint=str(resume_from[1]) if resume_from else None)
+    metrics = {**callback.metrics, **(result.metrics or {})}
+    metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    step = trainer.state.global_step
+    if stopper.requested:
+        ckpt = run.checkpoints_dir() / f"checkpoint-{step}"
+        events.emit("stopped", step=step, metrics=metrics, artifacts={"checkpoint": str(ckpt)})
+        run.update_status(state="stopped", step=step, ended_at=time.time())
+        return
+    artifacts = export(spec, trainer, tokenizer, run)
+    artifacts["checkpoints"] = [str(p) for _, p in run.checkpoints()]
+    events.emit("finished", step=step, metrics=metrics, artifacts=artifacts)
+    run.update_status(state="finished", step=step, ended_at=time.time(), export=artifacts["export"])
+
+
+# --------------------------------------------------------------------------- entry point
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ftune-worker")
+    parser.add_argument("run_dir")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--lock-fd", type=int, default=None, help="inherited fd holding the run's lock")
+    args = parser.parse_args(argv)
+
+    path = Path(args.run_dir).resolve()
+    run = RunDir(path.parent, path.name)
+    if args.lock_fd is None:  # started by hand: take the lock ourselves
+        try:
+            args.lock_fd = run.acquire_lock()
+        except RunError as e:
+            print(f"ftune: {e}", file=sys.stderr)
+            return 2
+    stopper = Stopper().install()
+    rank = int(os.environ.get("RANK", "0"))
+    events = EventWriter.for_rank(run.events_path, rank)
+    run.update_status(state="starting", pid=os.getpid(), host=os.uname().nodename)
+    spec: RunSpec | None = None
+    try:
+        spec = load_spec(run.spec_path)
+        sampler = Sampler(lambda s: events.emit("system", **s), spec.training.system_interval_s)
+        sampler.start()
+        try:
+            train(spec, run, events, stopper, args.resume)
+        finally:
+            sampler.stop()
+        return 0
+    except StopRequested:
+        step = (run.latest_checkpoint() or (0, None))[0]
+        events.emit("stopped", step=step, metrics={}, artifacts={}, message="stopped before training began")
+        run.update_status(state="stopped", ended_at=time.time())
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - every failure must end the stream with an error event
+        traceback.print_exc()
+        message, hint = hints.explain(exc, spec)
+        events.emit("error", message=message, hint=hint, kind=type(exc).__name__, rank=rank)
+        run.update_status(state="failed", ended_at=time.time(), error=message)
+        return 1
+    finally:
+        sys.stderr.flush()
+        events.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

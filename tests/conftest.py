@@ -1,0 +1,68 @@
+"""Shared fixtures: one tiny real model per test session, small data files the tests write themselves."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+QA = [
+    ("How do I reset my password?", "Open Settings, choose Account, then Reset password. A link arrives by email."),
+    ("Where is my order?", "Open Orders and pick the order: the tracking link shows where it is."),
+    ("Can I return a lamp?", "Yes, within 30 days. Start the return from Orders and print the label."),
+    ("Do you ship abroad?", "We ship to 30 countries. The checkout page lists them with their prices."),
+    ("如何修改收货地址？", "进入订单详情，点击修改地址，输入新地址后保存即可。"),
+    ("退款多久到账？", "退款会在三到五个工作日内原路返回。"),
+]
+
+
+def write_messages(path: Path, n: int = 64, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n):
+            q, a = rng.choice(QA)
+            msgs = [{"role": "system", "content": "You are Lumen's support assistant."}] if i % 2 else []
+            msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+            if i % 5 == 0:
+                q2, a2 = rng.choice(QA)
+                msgs += [{"role": "user", "content": q2}, {"role": "assistant", "content": a2}]
+            f.write(json.dumps({"messages": msgs}, ensure_ascii=False) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 2-layer, 64-wide Qwen2 with a BPE tokenizer trained on the test data (built once)."""
+    from ftune.runtime.tinymodel import build_tiny_model
+
+    root = tmp_path_factory.mktemp("model")
+    data = write_messages(root / "texts.jsonl", 200)
+    texts = [m["content"] for line in data.read_text().splitlines() for m in json.loads(line)["messages"]]
+    return build_tiny_model(root / "tiny-qwen2", texts)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """An empty project folder with runs/ and train.jsonl; FTUNE_RUNS_DIR points at it."""
+    write_messages(tmp_path / "train.jsonl")
+    (tmp_path / "runs").mkdir()
+    monkeypatch.setenv("FTUNE_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def python_exe() -> str:
+    return sys.executable
+
+
+def ftune_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(extra)
+    return env

@@ -1,0 +1,101 @@
+import json
+import math
+import os
+
+from ftune.runtime.events import EventReader, EventWriter, make_event, read_all, summarize
+
+
+def test_writer_lines_are_whole_and_versioned(tmp_path):
+    path = tmp_path / "events.jsonl"
+    w = EventWriter(path)
+    w.emit("step", step=1, loss=2.5, lr=1e-4)
+    w.emit("warning", message="hi", hint="there")
+    w.close()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2
+    first = json.loads(lines[0])
+    assert first["v"] == 1 and first["type"] == "step" and first["loss"] == 2.5 and isinstance(first["t"], float)
+
+
+def test_nan_and_inf_written_as_null_and_named():
+    e = make_event("step", step=3, loss=math.nan, grad_norm=math.inf, metrics={"eval_loss": -math.inf, "ok": 1.0})
+    text = json.dumps(e, allow_nan=False)  # would raise if a NaN slipped through
+    back = json.loads(text)
+    assert back["loss"] is None and back["grad_norm"] is None and back["metrics"]["eval_loss"] is None
+    assert sorted(back["nonfinite"]) == ["grad_norm", "loss", "metrics.eval_loss"]
+
+
+def test_other_ranks_write_nothing(tmp_path):
+    w = EventWriter.for_rank(tmp_path / "e.jsonl", rank=1)
+    w.emit("step", step=1)
+    assert not (tmp_path / "e.jsonl").exists()
+
+
+def test_reader_is_incremental_and_waits_for_torn_line(tmp_path):
+    path = tmp_path / "events.jsonl"
+    r = EventReader(path)
+    assert r.read_new() == []  # no file yet: nothing, no error
+    with open(path, "w") as f:
+        f.write(json.dumps(make_event("started", max_steps=10)) + "\n")
+        f.write('{"v": 1, "t": 1, "type": "st')  # torn: the writer is mid-line
+    assert [e["type"] for e in r.read_new()] == ["started"]
+    with open(path, "a") as f:
+        f.write('ep", "step": 1}\n')
+    got = r.read_new()
+    assert [(e["type"], e["step"]) for e in got] == [("step", 1)]
+    assert r.read_new() == []
+
+
+def test_reader_keeps_unknown_types_and_skips_garbage(tmp_path):
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"v": 9, "t": 1, "type": "future_thing", "x": 1}\nnot json\n[1, 2]\n{"v":1,"t":2,"type":"step","step":2}\n')
+    r = EventReader(path)
+    assert [e["type"] for e in r.read_new()] == ["future_thing", "step"]
+    assert r.bad_lines == 2
+
+
+def test_reader_starts_over_on_truncation(tmp_path):
+    path = tmp_path / "events.jsonl"
+    w = EventWriter(path)
+    for i in range(5):
+        w.emit("step", step=i)
+    r = EventReader(path)
+    assert len(r.read_new()) == 5 and not r.reset
+    with open(path, "w") as f:  # truncated and rewritten shorter
+        f.write(json.dumps(make_event("started", max_steps=3)) + "\n")
+    got = r.read_new()
+    assert r.reset and [e["type"] for e in got] == ["started"]
+
+
+def test_reader_starts_over_when_file_is_replaced(tmp_path):
+    path = tmp_path / "events.jsonl"
+    EventWriter(path).emit("step", step=1)
+    r = EventReader(path)
+    assert len(r.read_new()) == 1
+    new = tmp_path / "new.jsonl"
+    with open(new, "w") as f:  # same size or larger, different inode
+        for i in range(3):
+            f.write(json.dumps(make_event("step", step=10 + i)) + "\n")
+    os.replace(new, path)
+    got = r.read_new()
+    assert r.reset and [e["step"] for e in got] == [10, 11, 12]
+
+
+def test_reader_survives_deleted_file(tmp_path):
+    path = tmp_path / "events.jsonl"
+    EventWriter(path).emit("step", step=1)
+    r = EventReader(path)
+    r.read_new()
+    path.unlink()
+    assert r.read_new() == [] and r.reset
+
+
+def test_summarize_folds_history(tmp_path):
+    path = tmp_path / "events.jsonl"
+    w = EventWriter(path)
+    w.emit("started", max_steps=10)
+    w.emit("step", step=5, max_steps=10, loss=1.5)
+    w.emit("step", step=6, max_steps=10, loss=None)
+    w.emit("stopped", step=6)
+    s = summarize(read_all(path))
+    assert s["step"] == 6 and s["max_steps"] == 10 and s["loss"] == 1.5 and s["final"]["type"] == "stopped"

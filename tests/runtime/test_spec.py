@@ -1,0 +1,133 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ftune.runtime.spec import (
+    RunSpec, SpecError, build_spec, check_run_name, iter_fields, is_wired, load_spec, save_spec, spec_to_dict,
+)
+
+BASE = {"name": "run-01", "model": {"name_or_path": "Qwen/Qwen2.5-0.5B-Instruct"}, "data": {"train": "train.jsonl"}}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "run.yaml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def problems(err: SpecError) -> dict[str, str]:
+    return {p.path: p.message for p in err.problems}
+
+
+def test_valid_file_loads_with_defaults(tmp_path):
+    spec = load_spec(write(tmp_path, yaml.safe_dump(BASE)))
+    assert spec.stage.type == "sft" and spec.method.type == "lora"
+    assert spec.data.train == ["train.jsonl"]
+    assert spec.model.trust_remote_code is False
+    assert spec.training.learning_rate == 1e-4
+
+
+def test_shorthand_stage_and_method(tmp_path):
+    spec = build_spec({**BASE, "stage": "sft", "method": "full"})
+    assert spec.stage.type == "sft" and spec.method.type == "full"
+    assert spec_to_dict(spec)["method"] == "full"  # written back in the short form
+
+
+def test_round_trip_is_stable(tmp_path):
+    spec = build_spec({**BASE, "preset": "quality"})
+    path = tmp_path / "run.yaml"
+    save_spec(spec, path)
+    again = load_spec(path)
+    assert again == spec
+    assert "alpha: 64\n" in path.read_text()  # integral floats written as ints
+
+
+def test_unknown_key_did_you_mean(tmp_path):
+    path = write(tmp_path, "name: run-01\nmodel: {name_or_path: m}\ndata: {train: t.jsonl}\n"
+                           "training:\n  learning_rat: 0.001\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    err = info.value
+    assert problems(err) == {"training.learning_rat": "unknown key — did you mean 'learning_rate'?"}
+    assert err.problems[0].line == 5
+    assert f"{path} has 1 mistake:\n  line 5: training.learning_rat: unknown key" in str(err)
+
+
+def test_foreign_key_points_to_its_home():
+    with pytest.raises(SpecError) as info:
+        build_spec({**BASE, "training": {"cutoff_len": 512}})
+    assert problems(info.value) == {"training.cutoff_len": "unknown key — in ftune this is 'data.max_length'"}
+
+
+def test_every_mistake_at_once_with_lines(tmp_path):
+    text = (
+        "name: Run_01\n"                     # 1 bad name
+        "model: {name_or_path: m}\n"         # 2
+        "data: {train: t.jsonl}\n"           # 3
+        "training:\n"                        # 4
+        "  num_train_epochs: three\n"        # 5 bad type
+        "  seed: 1\n"                        # 6
+        "method:\n"                          # 7
+        "  quantization: {bits: 4}\n"        # 8 not wired yet
+        "stage: dpo\n"                       # 9 value not wired yet
+    )
+    with pytest.raises(SpecError) as info:
+        load_spec(write(tmp_path, text))
+    got = problems(info.value)
+    assert got["name"] == f"'Run_01' is not a valid run name: use lowercase letters, digits and '-', " \
+                          f"starting and ending with a letter or digit (e.g. run-01)"
+    assert got["training.num_train_epochs"].startswith("Input should be a valid number")
+    assert got["method.quantization.bits"] == "not supported yet — remove it or set it back to None"
+    assert got["stage.type"] == "'dpo' is not supported yet (works today: sft)"
+    assert [p.line for p in info.value.problems] == [1, 5, 8, 9]
+
+
+def test_missing_sections():
+    with pytest.raises(SpecError) as info:
+        build_spec({"name": "run-01"})
+    assert problems(info.value) == {"model": "required, but missing", "data": "required, but missing"}
+
+
+def test_not_a_mapping_and_bad_yaml(tmp_path):
+    with pytest.raises(SpecError, match="must be a mapping"):
+        build_spec(["a"])
+    with pytest.raises(SpecError) as info:
+        load_spec(write(tmp_path, "name: run-01\nmodel: [unclosed\n"))
+    assert "not valid YAML" in str(info.value) and info.value.problems[0].line == 3
+
+
+@pytest.mark.parametrize("name,ok", [
+    ("run-01", True), ("a", True), ("9lives", True), ("-run", False), ("run-", False),
+    ("Run", False), ("run_01", False), ("../etc", False), ("a" * 65, False), ("", False),
+])
+def test_run_name_rule(name, ok):
+    assert (check_run_name(name) is None) is ok
+
+
+def test_overrides_win_and_parse_yaml_values():
+    spec = build_spec({**BASE, "preset": "fast"}, ["training.learning_rate=3e-4", "method.lora.target_modules=[q_proj, v_proj]",
+                                                   "training.gradient_checkpointing=true"])
+    assert spec.training.learning_rate == 3e-4
+    assert spec.method.lora.target_modules == ["q_proj", "v_proj"]
+    assert spec.training.gradient_checkpointing is True
+    with pytest.raises(SpecError, match="must look like section.key=value"):
+        build_spec(BASE, ["training.learning_rate"])
+
+
+def test_unwired_fields_are_marked_and_at_default_are_accepted():
+    unwired = [path for path, info, _ in iter_fields() if not is_wired(info)]
+    assert "data.packing" in unwired and "method.quantization.bits" in unwired
+    spec = build_spec({**BASE, "data": {"train": "t.jsonl", "packing": False}})  # the default is fine
+    assert "packing" not in spec_to_dict(spec)["data"]
+
+
+def test_full_method_rejects_adapter_save_format():
+    with pytest.raises(SpecError, match="full fine-tuning always saves the whole model"):
+        build_spec({**BASE, "method": "full", "output": {"save_format": "merged_16bit"}})
+
+
+def test_method_label():
+    assert build_spec({**BASE, "method": {"lora": {"use_dora": True}}}).method_label == "dora"
+    assert build_spec({**BASE, "method": "full"}).method_label == "full"
+    assert isinstance(build_spec(BASE), RunSpec)

@@ -1,0 +1,1 @@
+"""The guided setup (`ftune new`). Never imports torch."""
