@@ -12,10 +12,10 @@ from ftune.runtime.events import read_all
 from ftune.runtime.rundir import RunDir
 
 
-def make_run(project: Path, model: Path, name: str = "run-01", **sections) -> RunDir:
+def make_run(project: Path, model_dir: Path, name: str = "run-01", **sections) -> RunDir:
     raw = {
         "name": name,
-        "model": {"name_or_path": str(model)},
+        "model": {"name_or_path": str(model_dir)},
         "data": {"train": "train.jsonl"},
         "training": {"learning_rate": 3e-3, "logging_steps": 1, "save_steps": 10, "num_train_epochs": 1,
                      "per_device_train_batch_size": 8},

@@ -1,0 +1,125 @@
+"""The launcher: detached workers, the lock, graceful stop and resume, errors before anything starts."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from ftune.runtime import launch
+from ftune.runtime.events import EventReader, read_all
+from ftune.runtime.rundir import RunDir, RunError
+from tests.runtime.helpers import make_run, of_type, train_to_end, wait_for
+
+LONG = {"max_steps": 100000, "save_steps": 100000, "logging_steps": 1}
+
+
+def first_step(run: RunDir, reader: EventReader | None = None, after: int = 0):
+    reader = reader or EventReader(run.events_path)
+    return wait_for(lambda: [e for e in reader.read_new() if e["type"] == "step" and e["step"] > after], 180)
+
+
+def test_stop_saves_a_checkpoint_and_resume_continues_from_it(project, tiny_model):
+    run = make_run(project, tiny_model, training=LONG)
+    proc = launch.start(run)
+    first_step(run)
+    with pytest.raises(RunError, match="already running"):
+        launch.start(run)  # the lock refuses a second trainer
+
+    final = launch.stop(run, wait=120)
+    assert proc.wait(timeout=60) == 0
+    assert final["type"] == "stopped"
+    stopped_at = final["step"]
+    ckpt = final["artifacts"]["checkpoint"]
+    assert os.path.isfile(os.path.join(ckpt, "trainer_state.json"))
+    assert of_type(read_all(run.events_path), "checkpoint")[-1]["step"] == stopped_at
+    assert run.state() == "stopped" and run.latest_checkpoint()[0] == stopped_at
+
+    with pytest.raises(RunError, match="has checkpoints .* use --resume"):
+        launch.start(run)  # a plain start would silently throw the progress away
+
+    # Resume to a near end, from the checkpoint's step.
+    run.spec_path.write_text(run.spec_path.read_text().replace("max_steps: 100000", f"max_steps: {stopped_at + 3}"))
+    reader = EventReader(run.events_path)
+    reader.read_new()
+    proc = launch.start(run, resume=True)
+    proc.wait(timeout=180)
+    new = reader.read_new()
+    started = of_type(new, "started")[0]
+    assert started["resumed_from"] == stopped_at
+    assert [s["step"] for s in of_type(new, "step")] == [stopped_at + 1, stopped_at + 2, stopped_at + 3]
+    assert new[-1]["type"] == "finished" and run.state() == "finished"
+
+
+def test_worker_survives_its_parent_exiting(project, tiny_model):
+    run = make_run(project, tiny_model, training={"max_steps": 30})
+    parent = textwrap.dedent(f"""
+        import sys
+        from ftune.runtime import launch
+        from ftune.runtime.rundir import RunDir
+        proc = launch.start(RunDir({str(run.root)!r}, {run.name!r}))
+        print(proc.pid)
+    """)
+    out = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=60, check=True)
+    pid = int(out.stdout.strip())
+    # The parent has exited; the worker is in its own session and carries on to the end.
+    assert os.getsid(pid) == pid
+    wait_for(lambda: run.state() == "finished", 180, 0.3)
+    assert read_all(run.events_path)[-1]["type"] == "finished"
+
+
+def test_stop_before_training_starts(project, tiny_model):
+    run = make_run(project, tiny_model, training=LONG)
+    proc = launch.start(run)
+    wait_for(lambda: run.read_status().get("pid"), 30, 0.02)
+    final = launch.stop(run, wait=120)
+    proc.wait(timeout=60)
+    assert final["type"] == "stopped"
+    assert run.state() == "stopped"
+
+
+def test_finished_run_needs_restart(project, tiny_model):
+    run = make_run(project, tiny_model, training={"max_steps": 2})
+    assert train_to_end(run)[-1]["type"] == "finished"
+    with pytest.raises(RunError, match="has finished: use --restart"):
+        launch.start(run)
+    events = train_to_end(run, restart=True)
+    assert len(of_type(events, "started")) == 1  # history was cleared
+
+
+def test_crashed_worker_is_reported(project, tiny_model):
+    run = make_run(project, tiny_model, training=LONG)
+    proc = launch.start(run)
+    first_step(run)
+    proc.kill()  # no chance to write a final event
+    proc.wait()
+    wait_for(lambda: not run.is_locked(), 10)
+    assert run.state() == "crashed"
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"data": {"train": "missing.jsonl"}}, "data file not found: "),
+    ({"model": {"name_or_path": "./no-such-model"}}, "model folder not found: "),
+])
+def test_bad_paths_fail_before_anything_starts(project, tiny_model, change, message):
+    run = make_run(project, tiny_model, **change)
+    with pytest.raises(RunError, match=message):
+        launch.start(run)
+    assert not run.events_path.exists() and not run.status_path.exists()
+
+
+def test_model_folder_without_config(project, tiny_model):
+    (project / "empty-model").mkdir()
+    run = make_run(project, tiny_model, model={"name_or_path": "empty-model"})
+    with pytest.raises(RunError, match="has no config.json"):
+        launch.start(run)
+
+
+def test_missing_run_and_stop_of_idle_run(project, tiny_model):
+    with pytest.raises(RunError, match="no run named 'nope'"):
+        launch.start(RunDir(project / "runs", "nope"))
+    run = make_run(project, tiny_model)
+    with pytest.raises(RunError, match="is not running"):
+        launch.stop(run)
