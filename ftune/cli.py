@@ -185,14 +185,23 @@ def ls_(ctx: click.Context) -> None:
     if not rows:
         click.echo(f"No runs in {root}. Try `ftune demo`.")
         return
-    table = Table(box=None, header_style="bold")
-    for col in ("run", "status", "stage/method", "model", "step", "loss", "started"):
-        table.add_column(col, justify="right" if col in ("step", "loss") else "left", overflow="fold")
+    console = Console()
+    cols = ("run", "status", "stage/method", "model", "step", "loss", "started")
+    keys = ("name", "status", "stage_method", "model", "progress", "loss", "started")
+    widths = {c: max(len(c), *(len(str(r[k])) for r in rows)) for c, k in zip(cols, keys)}
+    # one line per run: the model column gives way on a narrow terminal, the others keep their width
+    room = max(8, console.width - sum(w for c, w in widths.items() if c != "model") - 2 * (len(cols) - 1))
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in cols:
+        table.add_column(col, justify="right" if col in ("step", "loss") else "left", no_wrap=True,
+                         min_width=widths[col] if col != "model" else None,
+                         max_width=room if col == "model" else None, overflow="ellipsis")
     colours = {"running": "green", "finished": "cyan", "failed": "red", "crashed": "red", "stopped": "yellow"}
     for r in rows:
         status = f"[{colours.get(r['status'], 'white')}]{r['status']}[/]"
-        table.add_row(r["name"], status, r["stage_method"], r["model"], r["progress"], r["loss"], r["started"])
-    Console().print(table)
+        model = r["model"] if len(r["model"]) <= room else "…" + r["model"][-(room - 1):]
+        table.add_row(r["name"], status, r["stage_method"], model, r["progress"], r["loss"], r["started"])
+    console.print(table)
 
 
 # --------------------------------------------------------------------------- logs

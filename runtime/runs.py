@@ -23,8 +23,6 @@ def _spec_fields(run: RunDir) -> dict[str, str]:
     stage = stage.get("type", "sft") if isinstance(stage, dict) else stage
     method = method.get("type", "lora") if isinstance(method, dict) else method
     model = (raw.get("model") or {}).get("name_or_path", "?") if isinstance(raw.get("model"), dict) else "?"
-    if len(model) > 40:  # local paths get long: keep the end, which names the model
-        model = "…" + model[-39:]
     return {"stage_method": f"{stage}/{method}", "model": str(model)}
 
 
