@@ -86,11 +86,13 @@ class Sampler(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        while not self._stop_event.wait(self.interval):
+        while True:  # a first sample at once, so even a short run keeps one
             try:
                 self.emit(system_sample())
             except Exception:
                 pass  # a sampling hiccup must never touch training
+            if self._stop_event.wait(self.interval):
+                return
 
     def stop(self) -> None:
         self._stop_event.set()

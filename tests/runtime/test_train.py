@@ -85,3 +85,19 @@ def test_skip_invalid_rows_counts_them(project, tiny_model):
     started = of_type(events, "started")[0]
     assert started["skipped_rows"] == 2 and started["total_rows"] == 66
     assert any("skipped 2 invalid rows of 66" in w["message"] for w in of_type(events, "warning"))
+
+
+def test_output_dir_elsewhere_is_recorded_and_used(project, tiny_model, tmp_path_factory):
+    big_disk = tmp_path_factory.mktemp("big-disk")
+    run = make_run(project, tiny_model, output={"dir": str(big_disk / "run-01")}, training={"max_steps": 3, "save_steps": 2})
+    events = train_to_end(run)
+    assert events[-1]["type"] == "finished"
+    assert (big_disk / "run-01" / "export" / "adapter_config.json").is_file()
+    assert (big_disk / "run-01" / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
+    assert not (run.path / "checkpoints").exists() and not (run.path / "export").exists()
+    assert json.loads(run.status_path.read_text())["output_dir"] == str((big_disk / "run-01").resolve())
+    assert run.latest_checkpoint()[0] == 3
+    system = of_type(events, "system")
+    assert system and system[0]["rss"] > 10_000_000  # the worker's memory, recorded from the start
+    run.remove()
+    assert not (big_disk / "run-01" / "export").exists() and not run.path.exists()
