@@ -212,3 +212,43 @@ def tokenize_rows(tokenizer: Any, rows: list, max_length: int, train_on_prompt: 
         columns["input_ids"].append(out["input_ids"])
         columns["labels"].append(out["labels"])
     return columns, dropped
+
+
+# --------------------------------------------------------------------------- checking a file (ftune data check, the wizard)
+@dataclass
+class FileSummary:
+    """What a quick look at a data file found; the wizard and `ftune data check` show it."""
+
+    path: str
+    format: str | None  # messages, ... ; None when nothing could be detected
+    reason: str  # why this format was detected, in plain words
+    stages: list[str]  # training stages this data suits (e.g. ["sft"])
+    total: int = 0
+    valid: int = 0
+    errors: list[str] = field(default_factory=list)  # the first few, "file:line: message"
+    fatal: str | None = None  # a syntax error or unreadable file: nothing else is known
+
+    @property
+    def invalid(self) -> int:
+        return self.total - self.valid
+
+
+def summarize_file(path: str | Path, max_errors: int = 5) -> FileSummary:
+    """Detect the format of a data file and validate every row, without tokenising (no torch)."""
+    path = Path(path)
+    try:
+        rows = read_jsonl(path)
+    except DataError as e:
+        return FileSummary(str(path), None, "", [], fatal=str(e))
+    summary = FileSummary(str(path), "messages", "rows have a 'messages' array", ["sft"], total=len(rows))
+    if rows and not (isinstance(rows[0][1], dict) and "messages" in rows[0][1]):
+        keys = ", ".join(sorted(rows[0][1])) if isinstance(rows[0][1], dict) else type(rows[0][1]).__name__
+        return FileSummary(str(path), None, f"first row has {keys}; only messages JSONL is read today", [],
+                           total=len(rows))
+    for lineno, obj in rows:
+        problem = check_messages(obj)
+        if problem is None:
+            summary.valid += 1
+        elif len(summary.errors) < max_errors:
+            summary.errors.append(f"{path}:{lineno}: {problem}")
+    return summary
