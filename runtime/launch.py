@@ -31,15 +31,23 @@ def _local(base: Path, name: str) -> Path:
 
 
 def _looks_local(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.count("/") != 1
+    return name.startswith((".", "/", "~")) or name.count("/") > 1
 
 
 def preflight(spec: RunSpec, run: RunDir) -> None:
     """Checks that need no heavy imports; each failure is one clear sentence."""
     base = project_dir(run)
-    for name in spec.data.train + ([spec.data.validation] if spec.data.validation else []):
-        if not _local(base, name).is_file():
-            raise RunError(f"data file not found: {_local(base, name)} (data in {run.spec_path}; "
+    if spec.data.dataset_dir:
+        from ftune.runtime.formats import registry_sources
+
+        paths = [s.path for s in registry_sources(_local(base, spec.data.dataset_dir), spec.data.train)]
+    else:
+        paths = [_local(base, name) for name in spec.data.train]
+    if spec.data.validation:
+        paths.append(_local(base, spec.data.validation))
+    for path in paths:
+        if not path.is_file():
+            raise RunError(f"data file not found: {path} (data in {run.spec_path}; "
                            f"relative paths are relative to {base})")
     model = _local(base, spec.model.name_or_path)
     if model.exists() or _looks_local(spec.model.name_or_path):

@@ -75,10 +75,14 @@ class DataSpec(Section):
     """The training data and how it becomes tokens."""
 
     train: list[str] = Field(
-        description="Training file(s): one path or a list. OpenAI-style messages JSONL is read today."
+        description="Training file(s): one path or a list (JSON lines, JSON array, .txt, .csv, .parquet); "
+        "with dataset_dir, keys of its dataset_info.json."
     )
-    format: Literal["auto", "messages", "alpaca", "sharegpt", "preference", "kto", "text"] = Field(
-        "auto", description="Data format; 'auto' detects it from the first rows."
+    format: Literal["auto", "messages", "alpaca", "sharegpt", "text"] = Field(
+        "auto", description="Data format; 'auto' detects it (and preference/KTO variants) from the first row."
+    )
+    dataset_dir: str | None = Field(
+        None, description="Folder with a LLaMA-Factory dataset_info.json: data.train then names its keys."
     )
     validation: str | None = Field(None, description="A separate validation file (instead of val_size).")
     val_size: float = Field(
@@ -91,12 +95,16 @@ class DataSpec(Section):
     max_samples: int | None = Field(None, gt=0, description="Use at most this many rows (debugging).")
     max_length: int = Field(1024, gt=8, description="Tokens per example (cutoff length); longer rows are truncated.")
     train_on_prompt: bool = Field(False, description="Also compute the loss on system and user tokens.")
-    mask_history: bool = later(False, "Train only on the last assistant turn of each conversation.")
+    mask_history: bool = Field(False, description="Learn only the last assistant turn of each conversation.")
+    combine: bool = Field(
+        True, description="true: a conversation is one sequence, every answer learnt; false: each assistant "
+        "turn becomes its own example with the turns before it as the prompt."
+    )
+    shuffle: bool = Field(True, description="Shuffle rows (by training.seed) before the split and each epoch.")
     packing: bool = later(False, "Pack several short examples into one sequence.")
     max_input_length: int | None = later(None, "Separate cutoff for the prompt (GLM-style).")
     max_output_length: int | None = later(None, "Separate cutoff for the answer (GLM-style).")
     num_proc: int | None = later(None, "Processes for data preprocessing.")
-    dataset_dir: str | None = later(None, "Folder with a LLaMA-Factory dataset_info.json to name data sets by key.")
     mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = later(
         "concat", "How several data sets are mixed."
     )
@@ -325,7 +333,6 @@ class RunSpec(Section):
 # Values of wired fields that have a home but no implementation yet.
 _LATER_VALUES: dict[tuple[str, ...], set[Any]] = {
     ("model", "template"): set(),  # any name but 'auto' (checked below)
-    ("data", "format"): {"alpaca", "sharegpt", "preference", "kto", "text"},
     ("stage", "type"): {"pt", "rm", "dpo", "kto", "orpo", "simpo", "rl"},
     ("method", "type"): {"freeze"},
     ("training", "optim"): {"adamw_8bit", "adam_mini"},
@@ -343,7 +350,7 @@ FOREIGN_KEYS: dict[str, str] = {
     "val_file": "data.validation",
     "eval_dataset": "data.validation",
     "test_file": "data.test",
-    "combine": "data.train_on_prompt",
+    "disable_shuffling": "data.shuffle",
     "dataset_num_proc": "data.num_proc",
     "preprocessing_num_workers": "data.num_proc",
     "finetuning_type": "method.type",

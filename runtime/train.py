@@ -21,7 +21,7 @@ from typing import Any
 
 from ftune.runtime import hints
 from ftune.runtime.callbacks import EventsCallback, Stopper, StopRequested
-from ftune.runtime.data import CHATML_TEMPLATE, DataError, load_messages, split, tokenize_rows
+from ftune.runtime.data import CHATML_TEMPLATE, DataError, load_data, sources_for, split, tokenize_examples
 from ftune.runtime.events import EventWriter
 from ftune.runtime.launch import project_dir
 from ftune.runtime.rundir import RunDir, RunError
@@ -56,19 +56,22 @@ def prepare_data(spec: RunSpec, tokenizer, base: Path, events: EventWriter) -> d
     import datasets
 
     d = spec.data
-    loaded = load_messages(d.train, base, d.on_invalid, d.max_samples)
-    if loaded.errors:  # on_invalid: skip; say so, never silently
+    loaded = load_data(sources_for(d.train, base, d.format, d.dataset_dir), spec.stage.type, d.on_invalid,
+                       d.max_samples)
+    if loaded.problems:  # on_invalid: skip; say so, never silently
         events.emit("warning", message=f"skipped {loaded.invalid} invalid rows of {loaded.total}",
-                    hint=f"First: {loaded.errors[0]}")
+                    hint=f"First: {loaded.problems[0]}")
     if d.validation:
-        train_rows = split(loaded.rows, 0.0, spec.training.seed)[0]
-        eval_rows = load_messages([d.validation], base, d.on_invalid, None).rows
+        train_rows = split(loaded.examples, 0.0, spec.training.seed, d.shuffle)[0]
+        eval_rows = load_data(sources_for([d.validation], base, d.format), spec.stage.type, d.on_invalid).examples
     else:
-        train_rows, eval_rows = split(loaded.rows, d.val_size, spec.training.seed)
-    train_cols, truncated = tokenize_rows(tokenizer, train_rows, d.max_length, d.train_on_prompt)
-    eval_cols, _ = tokenize_rows(tokenizer, eval_rows, d.max_length, d.train_on_prompt)
+        train_rows, eval_rows = split(loaded.examples, d.val_size, spec.training.seed, d.shuffle)
+    opts = dict(max_length=d.max_length, train_on_prompt=d.train_on_prompt, mask_history=d.mask_history,
+                combine=d.combine)
+    train_cols, truncated = tokenize_examples(tokenizer, train_rows, **opts)
+    eval_cols, _ = tokenize_examples(tokenizer, eval_rows, **opts)
     if truncated:
-        events.emit("warning", message=f"{truncated} rows had no answer left after truncation to "
+        events.emit("warning", message=f"{truncated} examples had no answer left after truncation to "
                                        f"{d.max_length} tokens and were dropped",
                     hint="Raise data.max_length.")
     if not train_cols["input_ids"]:
@@ -80,6 +83,7 @@ def prepare_data(spec: RunSpec, tokenizer, base: Path, events: EventWriter) -> d
         "skipped_rows": loaded.invalid + truncated,
         "num_train_rows": len(train_cols["input_ids"]),
         "num_eval_rows": len(eval_cols["input_ids"]),
+        "format": loaded.formatting,
     }
 
 
@@ -180,6 +184,7 @@ def build_trainer(spec: RunSpec, model, tokenizer, data: dict[str, Any], run: Ru
         save_total_limit=t.save_total_limit,
         dataloader_num_workers=t.dataloader_num_workers,
         dataloader_pin_memory=plan["cuda"],
+        train_sampling_strategy="random" if spec.data.shuffle else "sequential",
         include_num_input_tokens_seen="non_padding",
         max_length=spec.data.max_length,
         packing=False,
@@ -231,7 +236,7 @@ def train(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
     trainable, total = count_params(model)
     callback = EventsCallback(events, run, {
         "run": spec.name, "stage": spec.stage.type, "method": spec.method_label, "model": spec.model.name_or_path,
-        "num_train_rows": data["num_train_rows"], "num_eval_rows": data["num_eval_rows"],
+        "num_train_rows": data["num_train_rows"], "num_eval_rows": data["num_eval_rows"], "format": data["format"],
         "skipped_rows": data["skipped_rows"], "total_rows": data["total_rows"], "world_size": 1,
         "trainable_params": trainable, "total_params": total, "precision": plan["name"],
         "resumed_from": resume_from[0] if resume_from else None,

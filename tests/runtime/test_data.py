@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from ftune.runtime.data import DataError, check_messages, load_messages, read_jsonl, split, tokenize_conversation
+from ftune.runtime.data import DataError, check_messages, load_data, sources_for, split, tokenize_conversation
+from ftune.runtime.formats import read_rows
 
 
 def m(role, content):
@@ -18,15 +19,15 @@ def m(role, content):
     ({"messages": [{"role": "user"}]}, "message 1 must be an object with 'role' and 'content'"),
     ({"messages": [m("bot", "x"), m("assistant", "y")]}, "message 1 has role 'bot'; use system, user or assistant"),
     ({"messages": [m("user", "x"), m("system", "s"), m("assistant", "y")]},
-     "message 2 is a system message; it may only come first"),
-    ({"messages": [m("system", "s")]}, "only a system message: add at least one user/assistant pair"),
+     "turn 2 is a system message; it may only come first"),
+    ({"messages": [m("system", "s")]}, "no conversation: add at least one user/assistant pair"),
     ({"messages": [m("system", "s"), m("assistant", "y")]},
-     "the first message after system should be user (user and assistant must alternate, starting with user)"),
+     "the first turn after system should be user (user and assistant must alternate, starting with user)"),
     ({"messages": [m("user", "x"), m("user", "y")]},
-     "message 2 should be assistant (user and assistant must alternate, starting with user)"),
+     "turn 2 should be assistant (user and assistant must alternate, starting with user)"),
     ({"messages": [m("user", "x"), m("assistant", "y"), m("user", "z")]},
-     "the conversation ends with a user message: it needs the assistant's answer"),
-    ({"messages": [m("user", 3), m("assistant", "y")]}, "message 1 has content that is not a string"),
+     "the conversation ends with a user turn: it needs the assistant's answer"),
+    ({"messages": [m("user", 3), m("assistant", "y")]}, "message 1's content must be a string, not int"),
 ])
 def test_siliconflow_rules(row, problem):
     assert check_messages(row) == problem
@@ -36,7 +37,7 @@ def test_syntax_error_names_line_and_column_with_caret(tmp_path):
     p = tmp_path / "d.jsonl"
     p.write_text('{"messages": []}\n\n{"messages": [{"role": "user" "content": "x"}]}\n')
     with pytest.raises(DataError) as info:
-        read_jsonl(p)
+        list(read_rows(p))
     msg = str(info.value)
     assert msg.startswith(f"{p}:3:31: not valid JSON: Expecting ',' delimiter")
     lines = msg.splitlines()
@@ -48,16 +49,16 @@ def test_invalid_rows_error_lists_them_and_skip_counts(tmp_path):
     good = json.dumps({"messages": [m("user", "a"), m("assistant", "b")]})
     p.write_text("\n".join([good, json.dumps({"messages": []}), good, json.dumps({"x": 1})]) + "\n")
     with pytest.raises(DataError) as info:
-        load_messages([str(p)], tmp_path, "error", None)
+        load_data(sources_for([str(p)], tmp_path), "sft", "error")
     assert str(info.value) == (f"2 of 4 rows are invalid:\n  {p}:2: 'messages' must be a non-empty array\n"
                                f"  {p}:4: missing the 'messages' key")
-    loaded = load_messages(["d.jsonl"], tmp_path, "skip", None)
-    assert (len(loaded.rows), loaded.total, loaded.invalid) == (2, 4, 2)
+    loaded = load_data(sources_for(["d.jsonl"], tmp_path), "sft", "skip")
+    assert (len(loaded.examples), loaded.total, loaded.invalid) == (2, 4, 2)
 
 
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match="data file not found"):
-        load_messages(["nope.jsonl"], tmp_path, "error", None)
+        load_data(sources_for(["nope.jsonl"], tmp_path), "sft", "error")
 
 
 def test_split_is_seeded_and_holds_out_share():
@@ -89,3 +90,67 @@ def test_truncation_that_leaves_no_answer_returns_none(tiny_model):
     tok = AutoTokenizer.from_pretrained(tiny_model)
     msgs = [m("user", "Where is my order? " * 20), m("assistant", "Open Orders.")]
     assert tokenize_conversation(tok, msgs, max_length=10) is None
+
+
+def tok_of(tiny_model):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model)
+
+
+def learnt(tok, out):
+    return tok.decode([i for i, l in zip(out["input_ids"], out["labels"]) if l != -100])
+
+
+def test_mask_history_learns_only_the_last_answer(tiny_model):
+    tok = tok_of(tiny_model)
+    msgs = [m("user", "a?"), m("assistant", "First."), m("user", "b?"), m("assistant", "Second.")]
+    out = tokenize_conversation(tok, msgs, max_length=1024, mask_history=True)
+    assert learnt(tok, out) == "Second.<|im_end|>\n"
+
+
+def test_tool_turns_are_context_and_calls_are_learnt(tiny_model):
+    from ftune.runtime.data import tokenize_examples
+    from ftune.runtime.formats import Example
+
+    tok = tok_of(tiny_model)
+    ex = Example(messages=[m("user", "Weather in Oslo?"), m("assistant", '{"name": "weather", "arguments": {}}'),
+                           m("tool", '{"temp": 3}'), m("assistant", "It is 3 degrees.")],
+                 tools='[{"name": "weather"}]')
+    cols, dropped = tokenize_examples(tok, [ex], max_length=1024)
+    out = {"input_ids": cols["input_ids"][0], "labels": cols["labels"][0]}
+    assert dropped == 0
+    assert learnt(tok, out) == '{"name": "weather", "arguments": {}}<|im_end|>\nIt is 3 degrees.<|im_end|>\n'
+    text = tok.decode(out["input_ids"])
+    assert text.startswith("<|im_start|>system\nYou can call these tools") and '[{"name": "weather"}]' in text
+    assert "<|im_start|>tool\n{\"temp\": 3}<|im_end|>" in text
+
+
+def test_combine_false_makes_one_example_per_answer(tiny_model):
+    from ftune.runtime.data import tokenize_examples
+    from ftune.runtime.formats import Example
+
+    tok = tok_of(tiny_model)
+    ex = Example(messages=[m("system", "S"), m("user", "a?"), m("assistant", "First."), m("user", "b?"),
+                           m("assistant", "Second.")])
+    cols, _ = tokenize_examples(tok, [ex], max_length=1024, combine=False)
+    assert len(cols["input_ids"]) == 2
+    assert [learnt(tok, {"input_ids": i, "labels": l}) for i, l in zip(cols["input_ids"], cols["labels"])] == \
+        ["First.<|im_end|>\n", "Second.<|im_end|>\n"]
+    combined, _ = tokenize_examples(tok, [ex], max_length=1024, combine=True)
+    assert len(combined["input_ids"]) == 1
+
+
+def test_stage_needs_the_right_kind_of_data(tmp_path):
+    p = tmp_path / "pref.jsonl"
+    p.write_text(json.dumps({"conversations": [{"from": "human", "value": "q"}],
+                             "chosen": {"from": "gpt", "value": "good"}, "rejected": {"from": "gpt", "value": "bad"}}) + "\n")
+    with pytest.raises(DataError) as info:
+        load_data(sources_for(["pref.jsonl"], tmp_path), "sft", "error")
+    assert "holds preference data" in str(info.value) and "suits dpo, orpo, simpo, rm" in str(info.value)
+    assert load_data(sources_for(["pref.jsonl"], tmp_path), "dpo", "error").examples[0].chosen == "good"
+
+
+def test_no_shuffle_keeps_order():
+    rows = list(range(10))
+    assert split(rows, 0.2, seed=3, shuffle=False) == (rows[2:], rows[:2])

@@ -1,0 +1,406 @@
+"""Data formats: read files, detect the format, check every row and convert it to one shape.
+
+Formats: OpenAI-style `messages` (SiliconFlow's rules), Alpaca, ShareGPT (from/value or
+role/content, tools, function calls), preference (chosen/rejected) and KTO (label) variants of
+each, and pre-training text. Files: JSON lines, JSON arrays, .txt; CSV and parquet through
+`datasets`. LLaMA-Factory's `dataset_info.json` describes a file the same way (`Source`).
+
+Pure Python: no torch, no tokenizer. Row errors name the file, the line (and the item index in a
+JSON array) and the rule broken, in plain words.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from ftune.runtime.errors import UserError
+
+KINDS = {"chat": ["sft"], "preference": ["dpo", "orpo", "simpo", "rm"], "kto": ["kto"], "text": ["pt"]}
+ROLES = ("system", "user", "assistant", "tool")
+SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
+                 "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"}
+ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "system": "system",
+                  "history": "history", "chosen": "chosen", "rejected": "rejected", "kto_tag": "kto_tag"}
+SHAREGPT_COLUMNS = {"messages": "conversations", "system": "system", "tools": "tools", "chosen": "chosen",
+                    "rejected": "rejected", "kto_tag": "kto_tag"}
+
+
+class DataError(UserError):
+    """Bad training data: the message names the file and line and says what to fix."""
+
+
+@dataclass
+class Example:
+    """One row in the shape training uses. `messages` roles: system, user, assistant, tool."""
+
+    messages: list[dict[str, str]] = field(default_factory=list)
+    chosen: str | None = None  # preference: the better final answer
+    rejected: str | None = None  # preference: the worse one
+    label: bool | None = None  # KTO: is the final answer desirable
+    text: str | None = None  # pre-training text
+    tools: str | None = None  # JSON text of the tools the assistant may call
+
+
+@dataclass
+class Source:
+    """How to read one file: its format (alpaca, sharegpt, messages, text), kind and column names."""
+
+    path: Path
+    formatting: str | None = None  # None: detect from the first row
+    kind: str | None = None  # chat, preference, kto, text; None: detect
+    columns: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    reason: str = ""
+
+
+@dataclass
+class RowProblem:
+    file: str
+    line: int
+    index: int | None  # item index in a JSON array, None for JSON lines
+    message: str
+
+    def __str__(self) -> str:
+        item = f" item {self.index}:" if self.index is not None else ""
+        return f"{self.file}:{self.line}:{item} {self.message}"
+
+
+# --------------------------------------------------------------------------- reading files
+def _caret(path: Path, text: str, lineno: int, col: int, msg: str) -> DataError:
+    line = text.splitlines()[lineno - 1] if 0 < lineno <= len(text.splitlines()) else ""
+    start = max(0, col - 60) if len(line) > 120 else 0
+    shown, caret = line[start: start + 120], " " * (col - 1 - start) + "^"
+    return DataError(f"{path}:{lineno}:{col}: not valid JSON: {msg}\n    {shown}\n    {caret}",
+                     hint="A missing comma between items or a trailing comma is the usual cause.")
+
+
+def _json_array(path: Path, text: str) -> Iterator[tuple[int, int | None, Any]]:
+    """Items of a JSON array with their line numbers; a syntax error shows the line and a caret."""
+    decoder = json.JSONDecoder()
+    newlines = [i for i, ch in enumerate(text) if ch == "\n"]
+
+    def line_of(pos: int) -> int:
+        return bisect.bisect_right(newlines, pos - 1) + 1
+
+    def fail(pos: int, msg: str):
+        line = line_of(pos)
+        col = pos - (newlines[line - 2] + 1 if line > 1 else 0) + 1
+        raise _caret(path, text, line, col, msg)
+
+    pos = len(text) - len(text.lstrip())
+    if not text[pos:].startswith("["):
+        fail(pos, "expected a JSON array '[' or one JSON object per line")
+    pos += 1
+    index = 0
+    while True:
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if pos < len(text) and text[pos] == "]" and index == 0:
+            return
+        try:
+            item, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            fail(e.pos, e.msg)
+        yield line_of(pos), index, item
+        index += 1
+        pos = end
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if pos < len(text) and text[pos] == ",":
+            pos += 1
+            continue
+        if pos < len(text) and text[pos] == "]":
+            return
+        fail(pos, "Expecting ',' delimiter between items" if pos < len(text) else "the array is not closed with ']'")
+
+
+def _json_lines(path: Path, text: str) -> Iterator[tuple[int, int | None, Any]]:
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, None, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise _caret(path, text, lineno, e.colno, e.msg) from None
+
+
+def read_rows(path: str | Path) -> Iterator[tuple[int, int | None, Any]]:
+    """(line, array index or None, object) for every row of a data file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}", hint="Check data.train in the run file.")
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".parquet"):
+        import datasets  # heavy; only for these formats
+
+        table = datasets.load_dataset(suffix.lstrip("."), data_files=str(path), split="train")
+        for i, row in enumerate(table):
+            yield i + 2 if suffix == ".csv" else i + 1, None, row
+        return
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason})", hint="Save the file as UTF-8.") from None
+    if suffix == ".txt":
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                yield lineno, None, {"text": line}
+        return
+    if text.lstrip().startswith("["):
+        yield from _json_array(path, text)
+    else:
+        yield from _json_lines(path, text)
+
+
+# --------------------------------------------------------------------------- detecting
+def _kind_of(row: dict) -> str | None:
+    keys = set(row)
+    return "preference" if {"chosen", "rejected"} <= keys else "kto" if keys & {"label", "kto_tag"} else None
+
+
+def detect(row: Any) -> tuple[str, str, str]:
+    """(formatting, kind, why) from one row."""
+    if not isinstance(row, dict):
+        raise DataError("rows must be JSON objects")
+    keys = set(row)
+    kind = _kind_of(row)
+    if "messages" in keys:
+        first = row["messages"][0] if isinstance(row["messages"], list) and row["messages"] else {}
+        if isinstance(first, dict) and "from" in first:
+            return "sharegpt", kind or "chat", "rows have 'messages' with from/value turns (ShareGPT)"
+        return "messages", kind or "chat", "rows have a 'messages' array of role/content turns"
+    if "conversations" in keys:
+        return "sharegpt", kind or "chat", "rows have a 'conversations' array (ShareGPT)"
+    if "instruction" in keys:
+        return "alpaca", kind or "chat", "rows have instruction/input/output (Alpaca)"
+    if "text" in keys:
+        return "text", "text", "rows have a 'text' field (pre-training text)"
+    raise DataError(f"cannot tell the format from the keys {', '.join(sorted(keys)) or '(none)'}",
+                    hint="Use messages, conversations (ShareGPT), instruction/output (Alpaca) or text; "
+                         "or name the columns in a dataset_info.json.")
+
+
+# --------------------------------------------------------------------------- converting one row
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, not {type(value).__name__}")
+    return value
+
+
+def _nonempty(value: Any, what: str) -> str:
+    if not _text(value, what).strip():
+        raise ValueError(f"{what} is empty")
+    return value
+
+
+def _alternation(turns: list[dict[str, str]], final: str) -> None:
+    """system first only; then user (or tool) and assistant alternate, starting with user."""
+    offset = 1 if turns and turns[0]["role"] == "system" else 0
+    for i, t in enumerate(turns):
+        if t["role"] == "system" and i != 0:
+            raise ValueError(f"turn {i + 1} is a system message; it may only come first")
+    body = turns[offset:]
+    if not body:
+        raise ValueError("no conversation: add at least one user/assistant pair")
+    for i, t in enumerate(body):
+        want = ("user", "tool") if i % 2 == 0 else ("assistant",)
+        if t["role"] not in want:
+            where = "the first turn after system" if i == 0 and offset else f"turn {i + offset + 1}"
+            raise ValueError(f"{where} should be {want[0]} (user and assistant must alternate, starting with user)")
+    if body[0]["role"] != "user":
+        raise ValueError("the conversation must start with a user turn")
+    if final == "assistant" and body[-1]["role"] != "assistant":
+        raise ValueError("the conversation ends with a user turn: it needs the assistant's answer")
+    if final == "user" and body[-1]["role"] == "assistant":
+        raise ValueError("for preference data the conversation must end with the user's turn; "
+                         "the answers go in chosen and rejected")
+
+
+def _answer(value: Any, what: str, content_tag: str = "value") -> str:
+    """A preference answer: a string, or one message object."""
+    if isinstance(value, dict):
+        value = value.get(content_tag, value.get("content"))
+    return _nonempty(value, what)
+
+
+def _label(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"the KTO label must be true or false, not {value!r}")
+
+
+def convert_messages(row: dict, src: Source) -> Example:
+    """OpenAI-style messages. SiliconFlow's rules: non-empty array, role and content on each, roles
+    system/user/assistant (plus tool), system only first, user first, alternating in pairs."""
+    msgs = row.get(src.columns.get("messages", "messages"))
+    if msgs is None:
+        raise ValueError("missing the 'messages' key")
+    if not isinstance(msgs, list) or not msgs:
+        raise ValueError("'messages' must be a non-empty array")
+    turns = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise ValueError(f"message {i + 1} must be an object with 'role' and 'content'")
+        if m["role"] not in ROLES:
+            raise ValueError(f"message {i + 1} has role {m['role']!r}; use system, user or assistant")
+        turns.append({"role": m["role"], "content": _text(m["content"], f"message {i + 1}'s content")})
+    return _finish(row, src, turns)
+
+
+def convert_sharegpt(row: dict, src: Source) -> Example:
+    tags = {**SHAREGPT_TAGS, **src.tags}
+    cols = {**SHAREGPT_COLUMNS, **src.columns}
+    msgs = row.get(cols["messages"])
+    if not isinstance(msgs, list) or not msgs:
+        raise ValueError(f"'{cols['messages']}' must be a non-empty array")
+    role_tag, content_tag = tags["role_tag"], tags["content_tag"]
+    if isinstance(msgs[0], dict) and "role" in msgs[0] and role_tag not in msgs[0]:
+        role_tag, content_tag = "role", "content"  # role/content spelling without a dataset_info
+    names = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant", tags["observation_tag"]: "tool",
+             tags["function_tag"]: "assistant", tags["system_tag"]: "system", "user": "user",
+             "assistant": "assistant", "system": "system", "tool": "tool"}
+    turns = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or role_tag not in m or content_tag not in m:
+            raise ValueError(f"turn {i + 1} must be an object with '{role_tag}' and '{content_tag}'")
+        if m[role_tag] not in names:
+            raise ValueError(f"turn {i + 1} has {role_tag} {m[role_tag]!r}; use "
+                             f"{', '.join(repr(t) for t in (tags['user_tag'], tags['assistant_tag'], tags['system_tag'], tags['function_tag'], tags['observation_tag']))}")
+        turns.append({"role": names[m[role_tag]], "content": _text(m[content_tag], f"turn {i + 1}'s {content_tag}")})
+    system = row.get(cols["system"])
+    if system and (not turns or turns[0]["role"] != "system"):
+        turns.insert(0, {"role": "system", "content": _text(system, "system")})
+    return _finish(row, src, turns, cols, content_tag)
+
+
+def convert_alpaca(row: dict, src: Source) -> Example:
+    cols = {**ALPACA_COLUMNS, **src.columns}
+    instruction = _nonempty(row.get(cols["prompt"]), f"'{cols['prompt']}'") if cols["prompt"] in row else None
+    if instruction is None:
+        raise ValueError(f"missing '{cols['prompt']}'")
+    query = row.get(cols["query"]) or ""
+    prompt = f"{instruction}\n{_text(query, repr(cols['query']))}" if query else instruction
+    turns: list[dict[str, str]] = []
+    if row.get(cols["system"]):
+        turns.append({"role": "system", "content": _text(row[cols["system"]], "system")})
+    history = row.get(cols["history"]) or []
+    if not isinstance(history, list):
+        raise ValueError("'history' must be a list of [instruction, answer] pairs")
+    for i, pair in enumerate(history):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            raise ValueError(f"history entry {i + 1} must be a pair of strings [instruction, answer]")
+        turns += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    turns.append({"role": "user", "content": prompt})
+    kind = src.kind or "chat"
+    if kind == "chat" or kind == "kto":
+        if cols["response"] not in row:
+            raise ValueError(f"missing '{cols['response']}' (the answer to learn)")
+        turns.append({"role": "assistant", "content": _nonempty(row[cols["response"]], f"'{cols['response']}'")})
+    return _finish(row, src, turns, cols)
+
+
+def convert_text(row: dict, src: Source) -> Example:
+    column = src.columns.get("prompt", "text")
+    if column not in row:
+        raise ValueError(f"missing the '{column}' field")
+    return Example(text=_nonempty(row[column], f"'{column}'"))
+
+
+CONVERTERS = {"messages": convert_messages, "sharegpt": convert_sharegpt, "alpaca": convert_alpaca,
+              "text": convert_text}
+
+
+def _finish(row: dict, src: Source, turns: list[dict[str, str]], cols: dict | None = None,
+            content_tag: str = "value") -> Example:
+    cols = cols or {"chosen": "chosen", "rejected": "rejected", "kto_tag": "label", "tools": "tools"}
+    kind = src.kind or "chat"
+    ex = Example(messages=turns)
+    if kind == "preference":
+        _alternation(turns, final="user")
+        ex.chosen = _answer(row.get(cols["chosen"]), "'chosen'", content_tag)
+        ex.rejected = _answer(row.get(cols["rejected"]), "'rejected'", content_tag)
+    else:
+        _alternation(turns, final="assistant")
+        if kind == "kto":
+            tag = cols.get("kto_tag", "label")
+            ex.label = _label(row.get(tag, row.get("label")))
+    tools = row.get(cols.get("tools", "tools"))
+    if tools:
+        ex.tools = tools if isinstance(tools, str) else json.dumps(tools, ensure_ascii=False)
+    return ex
+
+
+# --------------------------------------------------------------------------- a whole source
+@dataclass
+class Loaded:
+    examples: list[Example]
+    total: int
+    problems: list[RowProblem]
+    formatting: str
+    kind: str
+    reason: str
+
+    @property
+    def invalid(self) -> int:
+        return len(self.problems)
+
+
+def load_source(src: Source) -> Loaded:
+    """Read every row of a source, detect its format when not given, convert and check each row."""
+    examples, problems, total = [], [], 0
+    for line, index, row in read_rows(src.path):
+        total += 1
+        if src.formatting is None:
+            try:
+                src.formatting, kind, src.reason = detect(row)
+            except DataError as e:
+                problems.append(RowProblem(str(src.path), line, index, str(e)))
+                continue
+            src.kind = src.kind or kind
+        elif src.kind is None:  # format named (run file or dataset_info.json): the kind from the row's keys
+            src.kind = "text" if src.formatting == "text" else (_kind_of(row) if isinstance(row, dict) else None) or "chat"
+            src.reason = src.reason or f"format {src.formatting} named in the run file"
+        try:
+            if not isinstance(row, dict):
+                raise ValueError("each row must be a JSON object")
+            examples.append(CONVERTERS[src.formatting](row, src))
+        except ValueError as e:
+            problems.append(RowProblem(str(src.path), line, index, str(e)))
+    return Loaded(examples, total, problems, src.formatting or "unknown", src.kind or "unknown", src.reason)
+
+
+# --------------------------------------------------------------------------- dataset_info.json
+def registry_sources(dataset_dir: Path, names: list[str]) -> list[Source]:
+    """Sources for data sets named by their key in LLaMA-Factory's dataset_info.json."""
+    info_path = dataset_dir / "dataset_info.json"
+    if not info_path.is_file():
+        raise DataError(f"no dataset_info.json in {dataset_dir}", hint="Point data.dataset_dir at the folder that has it.")
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    out = []
+    for name in names:
+        if name not in info:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(info), n=1)
+            raise DataError(f"'{name}' is not in {info_path}" + (f" — did you mean '{close[0]}'?" if close else ""))
+        entry = info[name]
+        if "file_name" not in entry:
+            raise DataError(f"'{name}' in {info_path} is a hub or script data set; only local files (file_name) "
+                            "can be read offline")
+        formatting = entry.get("formatting", "alpaca")
+        columns = dict(entry.get("columns", {}))
+        kind = "preference" if entry.get("ranking") else "kto" if "kto_tag" in columns else None
+        if formatting == "alpaca" and set(columns) == {"prompt"}:  # LLaMA-Factory's way to name pre-training text
+            formatting, kind = "text", "text"
+        if formatting == "sharegpt" and entry.get("tags", {}).get("role_tag") == "role" and "messages" in columns:
+            formatting = "sharegpt"  # role/content tags: the OpenAI shape, read with ShareGPT's rules
+        if kind is None and formatting == "alpaca":
+            kind = "chat"
+        out.append(Source(dataset_dir / entry["file_name"], formatting, kind, columns, dict(entry.get("tags", {})),
+                          reason=f"'{name}' in {info_path.name}: formatting {formatting}"
+                                 + (", ranking" if entry.get("ranking") else "")))
+    return out
