@@ -237,6 +237,78 @@ def logs(ctx: click.Context, name: str, follow: bool, tail: int | None) -> None:
             pass
 
 
+# --------------------------------------------------------------------------- data
+@main.group(context_settings=CONTEXT)
+def data() -> None:
+    """Look at data sets before training on them."""
+
+
+@data.command(name="check", context_settings=CONTEXT)
+@click.argument("file")
+@click.option("--model", metavar="PATH_OR_ID", help="Tokenise with this model's tokenizer: lengths, truncation, masks.")
+@click.option("--max-length", default=1024, show_default=True, help="Cutoff length to check against (data.max_length).")
+@click.option("--dataset-dir", type=click.Path(file_okay=False), help="FILE is a key of DIR/dataset_info.json.")
+@click.option("--show", default=0, help="With --model: print N tokenised samples, learnt tokens highlighted.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def data_check(file: str, model: str | None, max_length: int, dataset_dir: str | None, show: int, as_json: bool) -> None:
+    """Detect FILE's format, check every row, and (with --model) how it tokenises.
+
+    Exit code 0 when every row is valid, 1 when some are not, 2 when the file cannot be read.
+    """
+    import json
+
+    from ftune.runtime.datacheck import check
+    from ftune.runtime.formats import DataError
+
+    report = check(file, model, max_length, dataset_dir, show)
+    if as_json:
+        click.echo(json.dumps(report, ensure_ascii=False, indent=2))
+    else:
+        _print_data_report(report)
+    if report["fatal"]:
+        if as_json:
+            sys.exit(2)
+        raise DataError(report["fatal"])
+    sys.exit(1 if report["invalid"] else 0)
+
+
+def _print_data_report(r: dict) -> None:
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console(highlight=False)
+    console.print(f"[bold]{r['path']}")
+    if r["fatal"]:
+        return
+    if not r["format"]:
+        console.print(f"  format   [red]not recognised[/]: {r['reason']}")
+    else:
+        console.print(f"  format   {r['format']}, {r['kind']} data ({r['reason']}); suits: {', '.join(r['stages'])}")
+    colour = "red" if r["invalid"] else "green"
+    console.print(f"  rows     {r['total']}: [green]{r['valid']} valid[/], [{colour}]{r['invalid']} invalid[/]")
+    if r["turns"]:
+        turns = ", ".join(f"{k} turn{'s' if int(k) != 1 else ''}: {v}" for k, v in sorted(r["turns"].items()))
+        console.print(f"  turns    {turns}")
+        console.print(f"  roles    {', '.join(f'{k} {v}' for k, v in r['roles'].items())}")
+    tokens = r.get("tokens")
+    if tokens:
+        t = tokens["tokens"]
+        console.print(f"  tokens   min {t['min']}, p50 {t['p50']}, p90 {t['p90']}, p99 {t['p99']}, max {t['max']} "
+                      f"({tokens['tokenizer']})")
+        console.print(f"  cutoff   {tokens['over_max_length']} rows longer than {tokens['max_length']} tokens; "
+                      f"{tokens['answer_cut_away']} would lose their whole answer")
+        for i, sample in enumerate(tokens["samples"], 1):
+            console.print(f"  sample {i} ([green]learnt[/], [dim]not learnt[/]):")
+            text = Text()
+            for seg in sample:
+                text.append(seg["text"], style="green" if seg["learnt"] else "dim")
+            console.print(text)
+    for e in r["errors"]:
+        console.print(f"  [red]error[/]    {e}")
+    if r["invalid"] > len(r["errors"]):
+        console.print(f"  ... and {r['invalid'] - len(r['errors'])} more invalid rows")
+
+
 # --------------------------------------------------------------------------- rm
 @main.command(context_settings=CONTEXT)
 @run_argument

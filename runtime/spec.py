@@ -49,13 +49,26 @@ class Section(BaseModel):
 class ModelSpec(Section):
     """The base model to fine-tune."""
 
+    @field_validator("template")
+    @classmethod
+    def _known_template(cls, v: str) -> str:
+        from ftune.runtime.templates import NAMES
+
+        if v != "auto" and v not in NAMES:
+            close = difflib.get_close_matches(v, NAMES, n=1)
+            hint = f" — did you mean '{close[0]}'?" if close else f"; use auto or one of: {', '.join(NAMES)}"
+            raise ValueError(f"unknown template '{v}'{hint}")
+        return v
+
     name_or_path: str = Field(
         description="Hugging Face hub id (e.g. Qwen/Qwen2.5-7B-Instruct) or a local folder with config.json."
     )
     revision: str | None = Field(None, description="Branch, tag or commit of a hub model.")
     template: str = Field(
         "auto",
-        description="Chat template. 'auto' uses the tokenizer's own template (ChatML when it has none).",
+        description="Chat template: 'auto' keeps the tokenizer's own (ChatML when it has none), or a name: "
+        "chatml, qwen, llama2, llama3, mistral, gemma, glm4, yi, deepseek, deepseekr1, phi, phi4, baichuan2, "
+        "intern2, falcon, alpaca, vicuna, default. Instruct/chat models need their own.",
     )
     trust_remote_code: bool = Field(False, description="Allow model code shipped with the checkpoint to run.")
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
@@ -332,7 +345,6 @@ class RunSpec(Section):
 # --------------------------------------------------------------------------- values not wired yet
 # Values of wired fields that have a home but no implementation yet.
 _LATER_VALUES: dict[tuple[str, ...], set[Any]] = {
-    ("model", "template"): set(),  # any name but 'auto' (checked below)
     ("stage", "type"): {"pt", "rm", "dpo", "kto", "orpo", "simpo", "rl"},
     ("method", "type"): {"freeze"},
     ("training", "optim"): {"adamw_8bit", "adam_mini"},
@@ -498,8 +510,6 @@ def _later_problems(raw: dict[str, Any]) -> list[Problem]:
             dotted = ".".join(path)
             if not is_wired(info) and value != default and not (value in (None, [], {}) and not default):
                 problems.append(Problem(dotted, f"not supported yet — remove it or set it back to {default!r}"))
-            elif path == ("model", "template") and value != "auto":
-                problems.append(Problem(dotted, "named templates are not supported yet — use 'auto'"))
             elif path in _LATER_VALUES and value in _LATER_VALUES[path]:
                 works = [v for v in typing.get_args(info.annotation) if v not in _LATER_VALUES[path]]
                 problems.append(Problem(dotted, f"{value!r} is not supported yet (works today: {', '.join(map(str, works))})"))

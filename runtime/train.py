@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from ftune.runtime import hints
+from ftune.runtime import hints, templates
 from ftune.runtime.callbacks import EventsCallback, Stopper, StopRequested
 from ftune.runtime.data import CHATML_TEMPLATE, DataError, load_data, sources_for, split, tokenize_examples
 from ftune.runtime.events import EventWriter
@@ -45,7 +45,9 @@ def load_tokenizer(spec: RunSpec, source: str, events: EventWriter):
     )
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    if not tok.chat_template:
+    if spec.model.template != "auto":  # saved with the export, so chat and serve render the same way
+        tok.chat_template = templates.get(spec.model.template)
+    elif not tok.chat_template:
         tok.chat_template = CHATML_TEMPLATE
         events.emit("warning", message="the tokenizer has no chat template; using ChatML",
                     hint="Fine for a base model. For an instruct model, name its template in model.template.")

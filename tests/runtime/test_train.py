@@ -101,3 +101,31 @@ def test_output_dir_elsewhere_is_recorded_and_used(project, tiny_model, tmp_path
     assert system and system[0]["rss"] > 10_000_000  # the worker's memory, recorded from the start
     run.remove()
     assert not (big_disk / "run-01" / "export").exists() and not run.path.exists()
+
+
+def test_named_template_trains_and_ships_with_the_export(project, tiny_model):
+    from transformers import AutoTokenizer
+
+    from ftune.runtime import templates
+
+    run = make_run(project, tiny_model, model={"template": "llama3"}, training={"max_steps": 2})
+    assert train_to_end(run)[-1]["type"] == "finished"
+    exported = AutoTokenizer.from_pretrained(run.export_dir())
+    assert exported.chat_template == templates.get("llama3")
+    msgs = [{"role": "user", "content": "hi"}]
+    assert exported.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == \
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>" \
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+
+
+def test_alpaca_data_through_dataset_info_trains(project, tiny_model):
+    (project / "data").mkdir()
+    (project / "data" / "mine.json").write_text(json.dumps(
+        [{"q": f"question {i}", "a": f"answer {i}"} for i in range(20)]))
+    (project / "data" / "dataset_info.json").write_text(json.dumps(
+        {"mine": {"file_name": "mine.json", "columns": {"prompt": "q", "response": "a"}}}))
+    run = make_run(project, tiny_model, data={"train": ["mine"], "dataset_dir": "data"}, training={"max_steps": 2})
+    events = train_to_end(run)
+    assert events[-1]["type"] == "finished", open(run.log_path).read()[-2000:]
+    started = of_type(events, "started")[0]
+    assert started["format"] == "alpaca" and started["num_train_rows"] + started["num_eval_rows"] == 20

@@ -1,0 +1,96 @@
+"""`ftune data check`: what a data file is, what is wrong with it, and — with a model — how it tokenises.
+
+Without a model this needs no heavy imports. With one, it loads only the tokenizer and measures
+token lengths, what the cutoff would cut, and shows samples with the loss mask (axolotl's
+`preprocess --debug` idea).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ftune.runtime.data import FileSummary, summarize_file, tokenize_conversation, with_tools
+from ftune.runtime.formats import Source, load_source, registry_sources
+
+
+def _percentile(sorted_vals: list[int], q: float) -> int:
+    if not sorted_vals:
+        return 0
+    return sorted_vals[min(len(sorted_vals) - 1, int(round(q / 100 * (len(sorted_vals) - 1))))]
+
+
+def token_report(source: Source, model: str, max_length: int, show: int, trust_remote_code: bool = False) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    from ftune.runtime.data import CHATML_TEMPLATE
+
+    tok = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+    if not tok.chat_template:
+        tok.chat_template = CHATML_TEMPLATE
+    lengths, over, cut_away, samples = [], 0, 0, []
+    for ex in load_source(source).examples:
+        if ex.text is not None:
+            ids = tok(ex.text, add_special_tokens=False)["input_ids"]
+            lengths.append(len(ids))
+            over += len(ids) > max_length
+            continue
+        msgs = with_tools(ex)
+        if ex.chosen is not None:
+            msgs = msgs + [{"role": "assistant", "content": ex.chosen}]
+        full = tokenize_conversation(tok, msgs, 10**9)
+        if full is None:
+            continue
+        n = len(full["input_ids"])
+        lengths.append(n)
+        if n > max_length:
+            over += 1
+            if all(label == -100 for label in full["labels"][:max_length]):
+                cut_away += 1
+        if len(samples) < show:
+            samples.append(_segments(tok, full))
+    lengths.sort()
+    return {
+        "tokenizer": model,
+        "max_length": max_length,
+        "tokens": {"min": lengths[0] if lengths else 0, "p50": _percentile(lengths, 50),
+                   "p90": _percentile(lengths, 90), "p99": _percentile(lengths, 99),
+                   "max": lengths[-1] if lengths else 0},
+        "over_max_length": over,
+        "answer_cut_away": cut_away,
+        "samples": samples,
+    }
+
+
+def _segments(tok, out: dict[str, list[int]]) -> list[dict[str, Any]]:
+    """Runs of tokens with the same mask: [{"text": ..., "learnt": bool}, ...]."""
+    segs: list[dict[str, Any]] = []
+    run: list[int] = []
+    learnt = None
+    for tid, label in zip(out["input_ids"], out["labels"]):
+        flag = label != -100
+        if flag != learnt and run:
+            segs.append({"text": tok.decode(run), "learnt": learnt})
+            run = []
+        learnt = flag
+        run.append(tid)
+    if run:
+        segs.append({"text": tok.decode(run), "learnt": learnt})
+    return segs
+
+
+def check(path: str, model: str | None = None, max_length: int = 1024, dataset_dir: str | None = None,
+          show: int = 0, max_errors: int = 10) -> dict[str, Any]:
+    """The whole report as plain data (what --json prints)."""
+    if dataset_dir:
+        (source,) = registry_sources(Path(dataset_dir), [path])
+    else:
+        source = Source(Path(path))
+    summary: FileSummary = summarize_file(source.path, max_errors, source=source)
+    report = asdict(summary)
+    report["invalid"] = summary.invalid
+    if model and summary.fatal is None and summary.valid:
+        source = registry_sources(Path(dataset_dir), [path])[0] if dataset_dir else Source(Path(path))
+        report["tokens"] = token_report(source, model, max_length, show)
+    return report

@@ -1,0 +1,81 @@
+"""Named chat templates (Jinja, the format tokenizers carry), for `model.template`.
+
+`auto` keeps the tokenizer's own template (ChatML when it has none). A named template replaces
+it for training and is saved with the exported tokenizer, so chat and serve render exactly what
+training saw. Names follow LLaMA-Factory's where it has one. Every template renders history
+unchanged when a turn is added (the loss mask relies on it; a test checks each one) and ends
+each answer with its end-of-turn marker so the model learns to stop.
+
+Roles: system, user, assistant, tool. Templates without a system slot put it before the first
+user turn; tool results are shown as user-side turns.
+"""
+
+from __future__ import annotations
+
+
+def _simple(system: str, user: str, assistant: str, tool: str, generation: str, prefix: str = "") -> str:
+    """A template from per-role formats; `{c}` stands for the message content."""
+    def fmt(pattern: str) -> str:
+        body = pattern.replace("'", "\\'").replace("\n", "\\n")
+        body = body.replace("{c}", "' + message['content'] + '").replace("{eos}", "' + eos_token + '")
+        return "{{ '" + body + "' }}"
+
+    return (
+        (("{{ " + prefix + " }}") if prefix else "")
+        + "{% for message in messages %}"
+        + "{% if message['role'] == 'system' %}" + fmt(system)
+        + "{% elif message['role'] == 'user' %}" + fmt(user)
+        + "{% elif message['role'] == 'assistant' %}" + fmt(assistant)
+        + "{% else %}" + fmt(tool)
+        + "{% endif %}{% endfor %}"
+        + "{% if add_generation_prompt %}" + fmt(generation) + "{% endif %}"
+    )
+
+
+_EOS = "{eos}"  # the tokenizer's end-of-sequence token
+
+CHATML = _simple("<|im_start|>system\n{c}<|im_end|>\n", "<|im_start|>user\n{c}<|im_end|>\n",
+                 "<|im_start|>assistant\n{c}<|im_end|>\n", "<|im_start|>tool\n{c}<|im_end|>\n",
+                 "<|im_start|>assistant\n")
+
+TEMPLATES: dict[str, str] = {
+    "chatml": CHATML,
+    "llama3": _simple(
+        "<|start_header_id|>system<|end_header_id|>\n\n{c}<|eot_id|>",
+        "<|start_header_id|>user<|end_header_id|>\n\n{c}<|eot_id|>",
+        "<|start_header_id|>assistant<|end_header_id|>\n\n{c}<|eot_id|>",
+        "<|start_header_id|>ipython<|end_header_id|>\n\n{c}<|eot_id|>",
+        "<|start_header_id|>assistant<|end_header_id|>\n\n", prefix="'<|begin_of_text|>'"),
+    "llama2": _simple("<<SYS>>\n{c}\n<</SYS>>\n\n", "[INST] {c} [/INST]", " {c} " + _EOS, "[INST] {c} [/INST]", ""),
+    "mistral": _simple("{c}\n\n", "[INST] {c}[/INST]", " {c}" + _EOS, "[TOOL_RESULTS] {c}[/TOOL_RESULTS]", ""),
+    "gemma": _simple("<start_of_turn>user\n{c}<end_of_turn>\n", "<start_of_turn>user\n{c}<end_of_turn>\n",
+                     "<start_of_turn>model\n{c}<end_of_turn>\n", "<start_of_turn>user\n{c}<end_of_turn>\n",
+                     "<start_of_turn>model\n", prefix="bos_token"),
+    "glm4": _simple("<|system|>\n{c}", "<|user|>\n{c}", "<|assistant|>\n{c}" + _EOS, "<|observation|>\n{c}",
+                    "<|assistant|>\n", prefix="'[gMASK]<sop>'"),
+    "deepseek": _simple("{c}\n\n", "User: {c}\n\n", "Assistant: {c}" + _EOS, "User: {c}\n\n", "Assistant:"),
+    "deepseekr1": _simple("{c}", "<｜User｜>{c}", "<｜Assistant｜>{c}<｜end▁of▁sentence｜>", "<｜User｜>{c}",
+                          "<｜Assistant｜>", prefix="'<｜begin▁of▁sentence｜>'"),
+    "phi": _simple("<|system|>\n{c}<|end|>\n", "<|user|>\n{c}<|end|>\n", "<|assistant|>\n{c}<|end|>\n",
+                   "<|user|>\n{c}<|end|>\n", "<|assistant|>\n"),
+    "phi4": _simple("<|im_start|>system<|im_sep|>{c}<|im_end|>", "<|im_start|>user<|im_sep|>{c}<|im_end|>",
+                    "<|im_start|>assistant<|im_sep|>{c}<|im_end|>", "<|im_start|>tool<|im_sep|>{c}<|im_end|>",
+                    "<|im_start|>assistant<|im_sep|>"),
+    "baichuan2": _simple("{c}", "<reserved_106>{c}", "<reserved_107>{c}" + _EOS, "<reserved_106>{c}",
+                         "<reserved_107>"),
+    "falcon": _simple("System: {c}\n", "User: {c}\n", "Falcon: {c}" + _EOS + "\n", "User: {c}\n", "Falcon:"),
+    "alpaca": _simple("{c}\n\n", "### Instruction:\n{c}\n\n", "### Response:\n{c}" + _EOS + "\n\n",
+                      "### Input:\n{c}\n\n", "### Response:\n"),
+    "vicuna": _simple("{c} ", "USER: {c} ", "ASSISTANT: {c}" + _EOS, "USER: {c} ", "ASSISTANT:"),
+    "default": _simple("System: {c}\n", "Human: {c}\n", "Assistant: {c}" + _EOS + "\n", "Human: {c}\n",
+                       "Assistant:"),
+}
+ALIASES = {"qwen": "chatml", "qwen3": "chatml", "yi": "chatml", "intern2": "chatml", "internlm2": "chatml",
+           "llama3.1": "llama3", "llama3.2": "llama3", "mixtral": "mistral", "gemma2": "gemma", "gemma3": "gemma",
+           "phi3": "phi"}
+NAMES = sorted([*TEMPLATES, *ALIASES])
+
+
+def get(name: str) -> str:
+    """The Jinja text of a named template; KeyError for an unknown name."""
+    return TEMPLATES[ALIASES.get(name, name)]
