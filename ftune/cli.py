@@ -276,7 +276,7 @@ def _print_data_report(r: dict) -> None:
     from rich.console import Console
     from rich.text import Text
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)  # paths and errors stay whole lines (grep, copy)
     console.print(f"[bold]{r['path']}")
     if r["fatal"]:
         return
@@ -287,8 +287,8 @@ def _print_data_report(r: dict) -> None:
     colour = "red" if r["invalid"] else "green"
     console.print(f"  rows     {r['total']}: [green]{r['valid']} valid[/], [{colour}]{r['invalid']} invalid[/]")
     if r["turns"]:
-        turns = ", ".join(f"{k} turn{'s' if int(k) != 1 else ''}: {v}" for k, v in sorted(r["turns"].items()))
-        console.print(f"  turns    {turns}")
+        turns = ", ".join(f"{k}: {v}" for k, v in sorted(r["turns"].items()))
+        console.print(f"  answers  per row (answers: rows) {turns}")
         console.print(f"  roles    {', '.join(f'{k} {v}' for k, v in r['roles'].items())}")
     tokens = r.get("tokens")
     if tokens:

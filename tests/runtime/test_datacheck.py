@@ -1,0 +1,52 @@
+import json
+
+from click.testing import CliRunner
+
+from ftune.cli import main
+from ftune.runtime.datacheck import check
+from tests.conftest import SHARED_DATA, write_messages
+
+
+def test_check_without_model_counts_turns_and_roles(tmp_path):
+    p = write_messages(tmp_path / "d.jsonl", 20)
+    r = check(str(p))
+    assert (r["format"], r["kind"], r["stages"], r["total"], r["valid"], r["invalid"]) == \
+        ("messages", "chat", ["sft"], 20, 20, 0)
+    assert sum(r["turns"].values()) == 20 and r["roles"]["user"] == r["roles"]["assistant"]
+    assert "tokens" not in r
+
+
+def test_check_with_model_measures_tokens_and_cutoff(tmp_path, tiny_model):
+    p = write_messages(tmp_path / "d.jsonl", 20)
+    r = check(str(p), model=str(tiny_model), max_length=12, show=1)
+    t = r["tokens"]
+    assert t["tokens"]["min"] <= t["tokens"]["p50"] <= t["tokens"]["max"] and t["tokens"]["min"] > 12
+    assert t["over_max_length"] == 20 and t["answer_cut_away"] == 20  # 12 tokens never reach an answer
+    (sample,) = t["samples"]
+    assert any(s["learnt"] for s in sample) and any(not s["learnt"] for s in sample)
+    assert "".join(s["text"] for s in sample).startswith("<|im_start|>")
+
+
+def test_cli_json_and_exit_codes(tmp_path):
+    good = write_messages(tmp_path / "good.jsonl", 5)
+    result = CliRunner().invoke(main, ["data", "check", str(good), "--json"])
+    assert result.exit_code == 0 and json.loads(result.output)["valid"] == 5
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(good.read_text() + '{"messages": []}\n')
+    result = CliRunner().invoke(main, ["data", "check", str(bad)])
+    assert result.exit_code == 1 and "1 invalid" in result.output and "bad.jsonl:6: 'messages' must be" in result.output
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"instruction": "a", "output": "b"} {"instruction": "c"}]')
+    result = CliRunner().invoke(main, ["data", "check", str(broken)])
+    assert result.exit_code == 2 and "broken.json:1:38: not valid JSON" in result.output
+
+
+def test_cli_dataset_dir_key():
+    lf = SHARED_DATA / "llamafactory"
+    if not lf.is_dir():
+        import pytest
+
+        pytest.skip(f"shared data not found at {lf}")
+    result = CliRunner().invoke(main, ["data", "check", "dpo_en_demo", "--dataset-dir", str(lf), "--json"])
+    r = json.loads(result.output)
+    assert result.exit_code == 0 and r["kind"] == "preference" and r["valid"] == 300
