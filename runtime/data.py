@@ -137,9 +137,15 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str
 
 
 def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]], max_length: int,
-                          train_on_prompt: bool = False, mask_history: bool = False) -> dict[str, list[int]] | None:
+                          train_on_prompt: bool = False, mask_history: bool = False,
+                          max_input_length: int | None = None,
+                          max_output_length: int | None = None) -> dict[str, list[int]] | None:
     """input_ids and labels (-100 where there is no loss); None when truncation leaves nothing to learn.
-    Truncation keeps the start (cutoff length); a row whose answers are all cut is dropped and counted."""
+
+    Cutting, in this order: max_input_length keeps the LAST N tokens of everything before the final
+    answer (the question nearest the answer stays); max_output_length keeps the FIRST N tokens of the
+    final answer; max_length (cutoff) keeps the start of the whole sequence. A row whose answers are
+    all cut away returns None and is counted by the caller."""
     text, spans = assistant_spans(tokenizer, messages)
     if mask_history:
         spans = spans[-1:]
@@ -147,6 +153,19 @@ def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]], max_le
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     labels = [tok if train_on_prompt or any(a <= start < b for a, b in spans) else -100
               for tok, (start, _end) in zip(ids, offsets)]
+    if (max_input_length or max_output_length) and spans:
+        a, b = spans[-1]
+        first = next((i for i, (start, _) in enumerate(offsets) if start >= a), len(ids))
+        after = next((i for i, (start, _) in enumerate(offsets) if start >= b), len(ids))
+        keep = list(range(first))
+        if max_input_length:
+            keep = keep[-max_input_length:]
+        answer = list(range(first, after))
+        tail = list(range(after, len(ids)))
+        if max_output_length and len(answer) > max_output_length:
+            answer, tail = answer[:max_output_length], []
+        keep += answer + tail
+        ids, labels = [ids[i] for i in keep], [labels[i] for i in keep]
     ids, labels = ids[:max_length], labels[:max_length]
     if all(label == -100 for label in labels):
         return None
@@ -159,7 +178,8 @@ def per_turn(messages: list[dict[str, str]]) -> list[list[dict[str, str]]]:
 
 
 def tokenize_examples(tokenizer: Any, examples: list[Example], max_length: int, train_on_prompt: bool = False,
-                      mask_history: bool = False, combine: bool = True) -> tuple[dict[str, list], int]:
+                      mask_history: bool = False, combine: bool = True, max_input_length: int | None = None,
+                      max_output_length: int | None = None) -> tuple[dict[str, list], int]:
     """Columns for a datasets.Dataset, and how many rows truncation emptied (reported, not hidden)."""
     columns: dict[str, list] = {"input_ids": [], "labels": []}
     dropped = 0
@@ -168,7 +188,7 @@ def tokenize_examples(tokenizer: Any, examples: list[Example], max_length: int, 
         for conversation in ([msgs] if combine else per_turn(msgs)):
             # per-turn examples learn their last answer only: the earlier ones are prompt
             out = tokenize_conversation(tokenizer, conversation, max_length, train_on_prompt,
-                                        mask_history or not combine)
+                                        mask_history or not combine, max_input_length, max_output_length)
             if out is None:
                 dropped += 1
                 continue

@@ -114,9 +114,15 @@ class DataSpec(Section):
         "turn becomes its own example with the turns before it as the prompt."
     )
     shuffle: bool = Field(True, description="Shuffle rows (by training.seed) before the split and each epoch.")
-    packing: bool = later(False, "Pack several short examples into one sequence.")
-    max_input_length: int | None = later(None, "Separate cutoff for the prompt (GLM-style).")
-    max_output_length: int | None = later(None, "Separate cutoff for the answer (GLM-style).")
+    packing: bool = Field(
+        False, description="Pack several short examples into one max_length sequence (best-fit, boundaries kept)."
+    )
+    max_input_length: int | None = Field(
+        None, gt=0, description="GLM-style cutoff of the prompt before the final answer: keeps its last N tokens."
+    )
+    max_output_length: int | None = Field(
+        None, gt=0, description="GLM-style cutoff of the final answer: keeps its first N tokens."
+    )
     num_proc: int | None = later(None, "Processes for data preprocessing.")
     mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = later(
         "concat", "How several data sets are mixed."

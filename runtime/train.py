@@ -69,7 +69,7 @@ def prepare_data(spec: RunSpec, tokenizer, base: Path, events: EventWriter) -> d
     else:
         train_rows, eval_rows = split(loaded.examples, d.val_size, spec.training.seed, d.shuffle)
     opts = dict(max_length=d.max_length, train_on_prompt=d.train_on_prompt, mask_history=d.mask_history,
-                combine=d.combine)
+                combine=d.combine, max_input_length=d.max_input_length, max_output_length=d.max_output_length)
     train_cols, truncated = tokenize_examples(tokenizer, train_rows, **opts)
     eval_cols, _ = tokenize_examples(tokenizer, eval_rows, **opts)
     if truncated:
@@ -175,8 +175,9 @@ def build_trainer(spec: RunSpec, model, tokenizer, data: dict[str, Any], run: Ru
         data_seed=t.seed,
         bf16=plan["bf16"],
         fp16=plan["fp16"],
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        # transformers 5 name for gradient checkpointing; setting it also overrides TRL's default of True
+        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         neftune_noise_alpha=t.neftune_noise_alpha,
         logging_steps=t.logging_steps,
         logging_first_step=True,
@@ -189,7 +190,8 @@ def build_trainer(spec: RunSpec, model, tokenizer, data: dict[str, Any], run: Ru
         train_sampling_strategy="random" if spec.data.shuffle else "sequential",
         include_num_input_tokens_seen="non_padding",
         max_length=spec.data.max_length,
-        packing=False,
+        packing=spec.data.packing,  # best-fit decreasing: whole examples, attention kept within each
+        packing_strategy="bfd",
         report_to="none",  # our callback is added explicitly; defaults differ between releases
         disable_tqdm=True,
         **eval_plan(spec, data["eval"] is not None, steps_estimate),

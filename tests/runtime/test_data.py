@@ -154,3 +154,14 @@ def test_stage_needs_the_right_kind_of_data(tmp_path):
 def test_no_shuffle_keeps_order():
     rows = list(range(10))
     assert split(rows, 0.2, seed=3, shuffle=False) == (rows[2:], rows[:2])
+
+
+def test_glm_input_and_output_cutoffs(tiny_model):
+    tok = tok_of(tiny_model)
+    msgs = [m("user", "one two three four five six seven eight nine ten"), m("assistant", "alpha beta gamma delta")]
+    full = tokenize_conversation(tok, msgs, max_length=1024)
+    n_prompt = full["labels"].index(next(l for l in full["labels"] if l != -100))
+    cut = tokenize_conversation(tok, msgs, max_length=1024, max_input_length=3, max_output_length=2)
+    assert cut["input_ids"][:3] == full["input_ids"][n_prompt - 3:n_prompt]  # the prompt keeps its end
+    assert cut["labels"][3:] == full["labels"][n_prompt:n_prompt + 2]  # the answer keeps its start
+    assert len(cut["input_ids"]) == 5

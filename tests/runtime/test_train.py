@@ -129,3 +129,15 @@ def test_alpaca_data_through_dataset_info_trains(project, tiny_model):
     assert events[-1]["type"] == "finished", open(run.log_path).read()[-2000:]
     started = of_type(events, "started")[0]
     assert started["format"] == "alpaca" and started["num_train_rows"] + started["num_eval_rows"] == 20
+
+
+def test_packing_and_gradient_checkpointing_train(project, tiny_model):
+    run = make_run(project, tiny_model, data={"packing": True, "max_length": 256},
+                   training={"num_train_epochs": 1, "gradient_checkpointing": True})
+    events = train_to_end(run)
+    assert events[-1]["type"] == "finished", open(run.log_path).read()[-2000:]
+    started = of_type(events, "started")[0]
+    unpacked_steps = -(-started["num_train_rows"] // 8)
+    assert started["max_steps"] < unpacked_steps / 2  # short rows share 256-token sequences
+    assert all(s["loss"] is not None for s in of_type(events, "step"))
+    assert "`gradient_checkpointing` is deprecated" not in run.log_path.read_text()  # the v5 name is used
