@@ -53,10 +53,31 @@ def sources_for(names: list[str], base: Path, formatting: str = "auto", dataset_
                    "text" if formatting == "text" else None) for n in names]
 
 
-def load_data(sources: list[Source], stage: str, on_invalid: str, max_samples: int | None = None) -> Loaded:
+def interleave(groups: list[list], probs: list[float] | None, seed: int, until: str) -> list:
+    """Sample rows from several data sets by probability: until='first' stops when one runs out,
+    'all' goes on (repeating the exhausted ones) until every one has been used up once."""
+    rng = random.Random(seed)
+    probs = probs or [1 / len(groups)] * len(groups)
+    pos, done, out = [0] * len(groups), set(), []
+    live = [i for i, g in enumerate(groups) if g and probs[i] > 0]
+    while live and len(done) < len(live):
+        i = rng.choices(live, weights=[probs[j] for j in live])[0]
+        out.append(groups[i][pos[i] % len(groups[i])])
+        pos[i] += 1
+        if pos[i] % len(groups[i]) == 0:
+            done.add(i)
+            if until == "first":
+                break
+    return out
+
+
+def load_data(sources: list[Source], stage: str, on_invalid: str, max_samples: int | None = None,
+              mix: str = "concat", probs: list[float] | None = None, seed: int = 0) -> Loaded:
     """Every source loaded and checked; refuses data of the wrong kind for the stage and, with
-    on_invalid=error, any invalid row (listing the first ten and the count)."""
+    on_invalid=error, any invalid row (listing the first ten and the count). Several sources are
+    concatenated or interleaved (mix)."""
     want = STAGE_KIND.get(stage, "chat")
+    groups: list[list[Example]] = []
     examples: list[Example] = []
     problems: list[RowProblem] = []
     total, formats, reasons = 0, [], []
@@ -67,7 +88,7 @@ def load_data(sources: list[Source], stage: str, on_invalid: str, max_samples: i
             raise DataError(f"{src.path} holds {loaded.kind} data ({loaded.reason}), which suits {fits}; "
                             f"stage {stage} needs {want} data",
                             hint="Choose the stage that fits the data, or other data for this stage.")
-        examples += loaded.examples
+        groups.append(loaded.examples)
         problems += loaded.problems
         total += loaded.total
         formats.append(loaded.formatting)
@@ -77,6 +98,10 @@ def load_data(sources: list[Source], stage: str, on_invalid: str, max_samples: i
         more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
         raise DataError(f"{len(problems)} of {total} rows are invalid:\n{shown}{more}",
                         hint="Fix the rows, or set data.on_invalid: skip to train on the valid rows only.")
+    if mix == "concat" or len(groups) == 1:
+        examples = [ex for g in groups for ex in g]
+    else:
+        examples = interleave(groups, probs, seed, "first" if mix == "interleave_under" else "all")
     if not examples:
         raise DataError(f"no valid rows in {', '.join(str(s.path) for s in sources)}",
                         hint="The file is empty or every row is invalid.")
@@ -177,10 +202,37 @@ def per_turn(messages: list[dict[str, str]]) -> list[list[dict[str, str]]]:
     return [messages[: i + 1] for i, m in enumerate(messages) if m["role"] == "assistant"]
 
 
+_worker_tokenizer: Any = None
+
+
+def _init_worker(tokenizer: Any) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = tokenizer
+
+
+def _tokenize_chunk(args: tuple) -> tuple[dict[str, list], int]:
+    examples, opts = args
+    return tokenize_examples(_worker_tokenizer, examples, **opts)
+
+
 def tokenize_examples(tokenizer: Any, examples: list[Example], max_length: int, train_on_prompt: bool = False,
                       mask_history: bool = False, combine: bool = True, max_input_length: int | None = None,
-                      max_output_length: int | None = None) -> tuple[dict[str, list], int]:
-    """Columns for a datasets.Dataset, and how many rows truncation emptied (reported, not hidden)."""
+                      max_output_length: int | None = None, num_proc: int | None = None) -> tuple[dict[str, list], int]:
+    """Columns for a datasets.Dataset, and how many rows truncation emptied (reported, not hidden).
+    With num_proc > 1 the rows are split into chunks tokenised in parallel processes, order kept."""
+    opts = dict(max_length=max_length, train_on_prompt=train_on_prompt, mask_history=mask_history, combine=combine,
+                max_input_length=max_input_length, max_output_length=max_output_length)
+    if num_proc and num_proc > 1 and len(examples) >= 2 * num_proc:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        size = -(-len(examples) // (num_proc * 4))
+        chunks = [(examples[i: i + size], opts) for i in range(0, len(examples), size)]
+        ctx = multiprocessing.get_context("spawn")  # fork after torch/tokenizers threads is unsafe
+        with ProcessPoolExecutor(num_proc, mp_context=ctx, initializer=_init_worker, initargs=(tokenizer,)) as pool:
+            parts = list(pool.map(_tokenize_chunk, chunks))
+        return ({k: [x for cols, _ in parts for x in cols[k]] for k in ("input_ids", "labels")},
+                sum(d for _, d in parts))
     columns: dict[str, list] = {"input_ids": [], "labels": []}
     dropped = 0
     for ex in examples:

@@ -123,11 +123,18 @@ class DataSpec(Section):
     max_output_length: int | None = Field(
         None, gt=0, description="GLM-style cutoff of the final answer: keeps its first N tokens."
     )
-    num_proc: int | None = later(None, "Processes for data preprocessing.")
-    mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = later(
-        "concat", "How several data sets are mixed."
+    num_proc: int | None = Field(None, ge=1, description="Processes for tokenising (worth it from ~10k rows).")
+    mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = Field(
+        "concat",
+        description="Several data sets: concat; interleave_under (sample by interleave_probs until the first "
+        "runs out); interleave_over (until the last runs out, repeating the others).",
     )
-    interleave_probs: list[float] | None = later(None, "Sampling probabilities for interleaving.")
+    interleave_probs: list[float] | None = Field(
+        None, description="Sampling probabilities per data set for interleaving (default: equal)."
+    )
+    cache: bool = Field(
+        True, description="Keep the tokenised data in the run directory so a restart or resume skips tokenising."
+    )
     streaming: bool = later(False, "Stream the data set instead of loading it whole.")
 
     @field_validator("train", mode="before")
@@ -141,6 +148,16 @@ class DataSpec(Section):
         if not v:
             raise ValueError("name at least one training file")
         return v
+
+    @model_validator(mode="after")
+    def _probs_match(self) -> "DataSpec":
+        p = self.interleave_probs
+        if p is not None:
+            if len(p) != len(self.train):
+                raise ValueError(f"interleave_probs has {len(p)} values for {len(self.train)} data sets")
+            if any(x < 0 for x in p) or abs(sum(p) - 1) > 1e-6:
+                raise ValueError("interleave_probs must be non-negative and sum to 1")
+        return self
 
 
 # --------------------------------------------------------------------------- stage

@@ -54,12 +54,39 @@ def load_tokenizer(spec: RunSpec, source: str, events: EventWriter):
     return tok
 
 
-def prepare_data(spec: RunSpec, tokenizer, base: Path, events: EventWriter) -> dict[str, Any]:
+def data_cache_key(spec: RunSpec, tokenizer, sources: list, base: Path) -> str:
+    """Everything that changes the tokenised data: files (size, mtime), tokenizer, template, options."""
+    import hashlib
+    import json
+
+    d = spec.data
+    paths = [s.path for s in sources] + ([s.path for s in sources_for([d.validation], base)] if d.validation else [])
+    files = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+    payload = {
+        "v": 1, "files": files, "data": d.model_dump(mode="json", exclude={"cache", "num_proc"}),
+        "stage": spec.stage.type, "seed": spec.training.seed, "model": spec.model.name_or_path,
+        "revision": spec.model.revision, "template": tokenizer.chat_template, "vocab": len(tokenizer),
+        "eos": tokenizer.eos_token,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def prepare_data(spec: RunSpec, tokenizer, base: Path, events: EventWriter, run: RunDir) -> dict[str, Any]:
+    """Load, check, split and tokenise; reuse the run's cache of it when nothing changed."""
+    import json
+
     import datasets
 
     d = spec.data
-    loaded = load_data(sources_for(d.train, base, d.format, d.dataset_dir), spec.stage.type, d.on_invalid,
-                       d.max_samples)
+    sources = sources_for(d.train, base, d.format, d.dataset_dir)
+    cache = run.path / "tokenized" / data_cache_key(spec, tokenizer, sources, base) if d.cache else None
+    if cache is not None and (cache / "meta.json").is_file():
+        meta = json.loads((cache / "meta.json").read_text())
+        return {**meta, "train": datasets.load_from_disk(str(cache / "train")),
+                "eval": datasets.load_from_disk(str(cache / "eval")) if (cache / "eval").is_dir() else None,
+                "cached": True}
+    loaded = load_data(sources, spec.stage.type, d.on_invalid, d.max_samples, d.mix_strategy, d.interleave_probs,
+                       spec.training.seed)
     if loaded.problems:  # on_invalid: skip; say so, never silently
         events.emit("warning", message=f"skipped {loaded.invalid} invalid rows of {loaded.total}",
                     hint=f"First: {loaded.problems[0]}")
@@ -69,7 +96,8 @@ def prepare_data(spec: RunSpec, tokenizer, base: Path, events: EventWriter) -> d
     else:
         train_rows, eval_rows = split(loaded.examples, d.val_size, spec.training.seed, d.shuffle)
     opts = dict(max_length=d.max_length, train_on_prompt=d.train_on_prompt, mask_history=d.mask_history,
-                combine=d.combine, max_input_length=d.max_input_length, max_output_length=d.max_output_length)
+                combine=d.combine, max_input_length=d.max_input_length, max_output_length=d.max_output_length,
+                num_proc=d.num_proc)
     train_cols, truncated = tokenize_examples(tokenizer, train_rows, **opts)
     eval_cols, _ = tokenize_examples(tokenizer, eval_rows, **opts)
     if truncated:
@@ -78,15 +106,22 @@ def prepare_data(spec: RunSpec, tokenizer, base: Path, events: EventWriter) -> d
                     hint="Raise data.max_length.")
     if not train_cols["input_ids"]:
         raise DataError("no training rows left after tokenisation", hint="Raise data.max_length.")
-    return {
-        "train": datasets.Dataset.from_dict(train_cols),
-        "eval": datasets.Dataset.from_dict(eval_cols) if eval_cols["input_ids"] else None,
-        "total_rows": loaded.total,
-        "skipped_rows": loaded.invalid + truncated,
-        "num_train_rows": len(train_cols["input_ids"]),
-        "num_eval_rows": len(eval_cols["input_ids"]),
-        "format": loaded.formatting,
-    }
+    meta = {"total_rows": loaded.total, "skipped_rows": loaded.invalid + truncated,
+            "num_train_rows": len(train_cols["input_ids"]), "num_eval_rows": len(eval_cols["input_ids"]),
+            "format": loaded.formatting}
+    out = {**meta, "train": datasets.Dataset.from_dict(train_cols),
+           "eval": datasets.Dataset.from_dict(eval_cols) if eval_cols["input_ids"] else None, "cached": False}
+    if cache is not None:
+        import shutil
+
+        shutil.rmtree(cache.parent, ignore_errors=True)  # one cache per run: the newest
+        tmp = cache.with_name(cache.name + ".partial")
+        out["train"].save_to_disk(str(tmp / "train"))
+        if out["eval"] is not None:
+            out["eval"].save_to_disk(str(tmp / "eval"))
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        os.replace(tmp, cache)
+    return out
 
 
 def precision_plan(precision: str, method: str) -> dict[str, Any]:
@@ -234,13 +269,13 @@ def train(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
     set_seed(spec.training.seed)
     source = model_source(spec, base)
     tokenizer = load_tokenizer(spec, source, events)
-    data = prepare_data(spec, tokenizer, base, events)
+    data = prepare_data(spec, tokenizer, base, events, run)
     plan = precision_plan(spec.training.precision, spec.method.type)
     model = load_model(spec, source, plan)
     trainable, total = count_params(model)
     callback = EventsCallback(events, run, {
         "run": spec.name, "stage": spec.stage.type, "method": spec.method_label, "model": spec.model.name_or_path,
-        "num_train_rows": data["num_train_rows"], "num_eval_rows": data["num_eval_rows"], "format": data["format"],
+        "num_train_rows": data["num_train_rows"], "num_eval_rows": data["num_eval_rows"], "format": data["format"], "data_cached": data["cached"],
         "skipped_rows": data["skipped_rows"], "total_rows": data["total_rows"], "world_size": 1,
         "trainable_params": trainable, "total_params": total, "precision": plan["name"],
         "resumed_from": resume_from[0] if resume_from else None,

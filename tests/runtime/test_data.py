@@ -165,3 +165,25 @@ def test_glm_input_and_output_cutoffs(tiny_model):
     assert cut["input_ids"][:3] == full["input_ids"][n_prompt - 3:n_prompt]  # the prompt keeps its end
     assert cut["labels"][3:] == full["labels"][n_prompt:n_prompt + 2]  # the answer keeps its start
     assert len(cut["input_ids"]) == 5
+
+
+def test_num_proc_gives_the_same_columns(tiny_model):
+    from ftune.runtime.data import tokenize_examples
+    from ftune.runtime.formats import Example
+
+    tok = tok_of(tiny_model)
+    examples = [Example(messages=[m("user", f"question {i}"), m("assistant", f"answer {i}")]) for i in range(40)]
+    one, d1 = tokenize_examples(tok, examples, max_length=64)
+    two, d2 = tokenize_examples(tok, examples, max_length=64, num_proc=2)
+    assert one == two and d1 == d2 == 0
+
+
+def test_interleave_under_and_over():
+    from ftune.runtime.data import interleave
+
+    a, b = list(range(10)), ["x", "y"]
+    under = interleave([a, b], [0.5, 0.5], seed=0, until="first")
+    assert set(b) <= set(under) and len(under) < 12
+    over = interleave([a, b], [0.5, 0.5], seed=0, until="all")
+    assert set(a) <= set(over) and over.count("x") >= 2  # the short set repeats until the long one is used up
+    assert interleave([a, b], [0.5, 0.5], seed=0, until="all") == over  # seeded

@@ -117,9 +117,9 @@ def test_overrides_win_and_parse_yaml_values():
 
 def test_unwired_fields_are_marked_and_at_default_are_accepted():
     unwired = [path for path, info, _ in iter_fields() if not is_wired(info)]
-    assert "data.packing" in unwired and "method.quantization.bits" in unwired
-    spec = build_spec({**BASE, "data": {"train": "t.jsonl", "packing": False}})  # the default is fine
-    assert "packing" not in spec_to_dict(spec)["data"]
+    assert "data.streaming" in unwired and "method.quantization.bits" in unwired
+    spec = build_spec({**BASE, "data": {"train": "t.jsonl", "streaming": False}})  # the default is fine
+    assert "streaming" not in spec_to_dict(spec)["data"]
 
 
 def test_full_method_rejects_adapter_save_format():

@@ -141,3 +141,22 @@ def test_packing_and_gradient_checkpointing_train(project, tiny_model):
     assert started["max_steps"] < unpacked_steps / 2  # short rows share 256-token sequences
     assert all(s["loss"] is not None for s in of_type(events, "step"))
     assert "`gradient_checkpointing` is deprecated" not in run.log_path.read_text()  # the v5 name is used
+
+
+def test_tokenised_data_is_cached_for_resume_and_interleave_mixes(project, tiny_model):
+    import shutil
+
+    shutil.copy(project / "train.jsonl", project / "more.jsonl")
+    run = make_run(project, tiny_model, data={"train": ["train.jsonl", "more.jsonl"], "mix_strategy": "interleave_under",
+                                              "interleave_probs": [0.5, 0.5]},
+                   training={"max_steps": 2, "save_steps": 2})
+    events = train_to_end(run)
+    first = of_type(events, "started")[0]
+    assert events[-1]["type"] == "finished" and first["data_cached"] is False
+    assert 64 <= first["num_train_rows"] + first["num_eval_rows"] < 128  # stopped when one set ran out
+    assert len(list((run.path / "tokenized").iterdir())) == 1
+    run.spec_path.write_text(run.spec_path.read_text().replace("max_steps: 2", "max_steps: 3"))
+    events = train_to_end(run, resume=True)
+    again = of_type(events, "started")[-1]
+    assert again["data_cached"] is True and again["num_train_rows"] == first["num_train_rows"]
+    assert events[-1]["type"] == "finished"
