@@ -149,7 +149,8 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str
         if m["role"] != "assistant":
             continue
         before = _render(tokenizer, messages[:i], add_generation_prompt=True)
-        upto = _render(tokenizer, messages[: i + 1])
+        # the rendering up to the last message is the whole text: one render saved per row
+        upto = full if i == len(messages) - 1 else _render(tokenizer, messages[: i + 1])
         if upto.startswith(before) and full.startswith(upto):
             spans.append((len(before), len(upto)))
         else:
@@ -159,6 +160,34 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str
             spans.append((start, start + len(m["content"])))
         cursor = spans[-1][1]
     return full, spans
+
+
+def _mask_and_cut(ids: list[int], offsets: list, spans: list[tuple[int, int]], max_length: int,
+                  train_on_prompt: bool, max_input_length: int | None,
+                  max_output_length: int | None) -> dict[str, list[int]] | None:
+    """Labels from character spans (one sweep: token starts and spans both increase), then the cuts."""
+    labels, k = [], 0
+    for tok, (start, _end) in zip(ids, offsets):
+        while k < len(spans) and start >= spans[k][1]:
+            k += 1
+        learn = train_on_prompt or (k < len(spans) and start >= spans[k][0])
+        labels.append(tok if learn else -100)
+    if (max_input_length or max_output_length) and spans:
+        a, b = spans[-1]
+        first = next((i for i, (start, _) in enumerate(offsets) if start >= a), len(ids))
+        after = next((i for i, (start, _) in enumerate(offsets) if start >= b), len(ids))
+        keep = list(range(first))
+        if max_input_length:
+            keep = keep[-max_input_length:]
+        answer, tail = list(range(first, after)), list(range(after, len(ids)))
+        if max_output_length and len(answer) > max_output_length:
+            answer, tail = answer[:max_output_length], []
+        keep += answer + tail
+        ids, labels = [ids[i] for i in keep], [labels[i] for i in keep]
+    ids, labels = ids[:max_length], labels[:max_length]
+    if all(label == -100 for label in labels):
+        return None
+    return {"input_ids": list(ids), "labels": labels}
 
 
 def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]], max_length: int,
@@ -175,26 +204,8 @@ def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]], max_le
     if mask_history:
         spans = spans[-1:]
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    labels = [tok if train_on_prompt or any(a <= start < b for a, b in spans) else -100
-              for tok, (start, _end) in zip(ids, offsets)]
-    if (max_input_length or max_output_length) and spans:
-        a, b = spans[-1]
-        first = next((i for i, (start, _) in enumerate(offsets) if start >= a), len(ids))
-        after = next((i for i, (start, _) in enumerate(offsets) if start >= b), len(ids))
-        keep = list(range(first))
-        if max_input_length:
-            keep = keep[-max_input_length:]
-        answer = list(range(first, after))
-        tail = list(range(after, len(ids)))
-        if max_output_length and len(answer) > max_output_length:
-            answer, tail = answer[:max_output_length], []
-        keep += answer + tail
-        ids, labels = [ids[i] for i in keep], [labels[i] for i in keep]
-    ids, labels = ids[:max_length], labels[:max_length]
-    if all(label == -100 for label in labels):
-        return None
-    return {"input_ids": ids, "labels": labels}
+    return _mask_and_cut(enc["input_ids"], enc["offset_mapping"], spans, max_length, train_on_prompt,
+                         max_input_length, max_output_length)
 
 
 def per_turn(messages: list[dict[str, str]]) -> list[list[dict[str, str]]]:
@@ -235,12 +246,19 @@ def tokenize_examples(tokenizer: Any, examples: list[Example], max_length: int, 
                 sum(d for _, d in parts))
     columns: dict[str, list] = {"input_ids": [], "labels": []}
     dropped = 0
+    rendered: list[tuple[str, list[tuple[int, int]]]] = []
     for ex in examples:
         msgs = with_tools(ex)
         for conversation in ([msgs] if combine else per_turn(msgs)):
+            text, spans = assistant_spans(tokenizer, conversation)
             # per-turn examples learn their last answer only: the earlier ones are prompt
-            out = tokenize_conversation(tokenizer, conversation, max_length, train_on_prompt,
-                                        mask_history or not combine, max_input_length, max_output_length)
+            rendered.append((text, spans[-1:] if mask_history or not combine else spans))
+    for i in range(0, len(rendered), 1000):  # batches: the Rust tokenizer encodes them on all cores
+        batch = rendered[i: i + 1000]
+        enc = tokenizer([t for t, _ in batch], add_special_tokens=False, return_offsets_mapping=True)
+        for (_, spans), ids, offsets in zip(batch, enc["input_ids"], enc["offset_mapping"]):
+            out = _mask_and_cut(ids, offsets, spans, max_length, train_on_prompt, max_input_length,
+                                max_output_length)
             if out is None:
                 dropped += 1
                 continue
