@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 from ftune.runtime.errors import UserError
 
-KINDS = {"chat": ["sft"], "preference": ["dpo", "orpo", "simpo", "rm"], "kto": ["kto"], "text": ["pt"]}
+KINDS = {"chat": ["sft", "rl"], "preference": ["dpo", "orpo", "simpo", "rm"], "kto": ["kto"], "text": ["pt"]}
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
                  "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"}

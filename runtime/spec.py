@@ -169,18 +169,33 @@ class StageSpec(Section):
         description="sft supervised fine-tuning; pt continued pre-training; rm reward model; dpo/kto/orpo/simpo "
         "preference optimisation; rl reinforcement learning from a reward model.",
     )
-    pref_beta: float = later(0.1, "Beta of the preference loss (DPO/ORPO/SimPO).")
-    pref_loss: Literal["sigmoid", "hinge", "ipo", "kto_pair"] = later("sigmoid", "DPO loss variant.")
-    pref_ftx: float = later(0.0, "Weight of the SFT loss added to DPO.")
-    label_smoothing: float = later(0.0, "DPO label smoothing, 0 to 0.5.")
-    simpo_gamma: float = later(0.5, "SimPO reward margin.")
-    kto_desirable_weight: float = later(1.0, "KTO weight of desirable examples.")
-    kto_undesirable_weight: float = later(1.0, "KTO weight of undesirable examples.")
-    ref_model: str | None = later(None, "Reference model for DPO/KTO: another run or a path.")
+    pref_beta: float = Field(0.1, gt=0, description="Beta of the preference loss (DPO, KTO, ORPO, SimPO).")
+    pref_loss: Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero",
+                       "apo_down"] = Field("sigmoid", description="DPO loss variant (TRL's names).")
+    pref_ftx: float = Field(0.0, ge=0, description="Weight of an SFT loss on the chosen answers added to DPO.")
+    label_smoothing: float = Field(0.0, ge=0, le=0.5, description="DPO label smoothing, 0 to 0.5.")
+    simpo_gamma: float = Field(0.5, description="SimPO reward margin.")
+    kto_desirable_weight: float = Field(1.0, gt=0, description="KTO weight of desirable examples.")
+    kto_undesirable_weight: float = Field(1.0, gt=0, description="KTO weight of undesirable examples.")
+    ref_model: str | None = Field(
+        None, description="Reference model for dpo/kto: another run's name or a model folder (default: the base "
+        "model — with LoRA, the adapter switched off)."
+    )
     ref_model_quantization_bits: Literal[4, 8] | None = later(None, "Quantise the reference model.")
-    reward_model: str | None = later(None, "Reward model for rl: an rm run or a path.")
+    reward_model: str | None = Field(None, description="Reward model for rl: an rm run's name or a model folder.")
     reward_model_quantization_bits: Literal[4, 8] | None = later(None, "Quantise the reward model.")
-    rl_algorithm: Literal["grpo", "rloo"] = later("grpo", "TRL trainer used for rl (TRL has no PPO trainer).")
+    rl_algorithm: Literal["grpo", "rloo"] = Field(
+        "grpo", description="TRL trainer used for rl: GRPO (TRL 1.x has no PPO trainer; this is what runs)."
+    )
+    num_generations: int = Field(4, ge=2, description="rl: answers sampled per prompt and compared.")
+    max_completion_length: int = Field(128, ge=1, description="rl: longest sampled answer, in tokens.")
+    kl_beta: float = Field(0.0, ge=0, description="rl: weight of the KL penalty towards the starting model.")
+
+    @model_validator(mode="after")
+    def _rl_needs_reward_model(self) -> "StageSpec":
+        if self.type == "rl" and not self.reward_model:
+            raise ValueError("stage rl needs reward_model: the name of a finished rm run or a model folder")
+        return self
 
 
 # --------------------------------------------------------------------------- method
@@ -351,6 +366,11 @@ class RunSpec(Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "RunSpec":
+        t = self.training
+        if self.stage.type == "rl" and (t.per_device_train_batch_size * t.gradient_accumulation_steps) % \
+                self.stage.num_generations:
+            raise ValueError("stage rl: per_device_train_batch_size × gradient_accumulation_steps must be a "
+                             f"multiple of stage.num_generations ({self.stage.num_generations})")
         if self.method.type == "full" and self.output.save_format != "lora":
             raise ValueError("output.save_format applies to adapters; full fine-tuning always saves the whole model")
         return self
@@ -368,7 +388,7 @@ class RunSpec(Section):
 # --------------------------------------------------------------------------- values not wired yet
 # Values of wired fields that have a home but no implementation yet.
 _LATER_VALUES: dict[tuple[str, ...], set[Any]] = {
-    ("stage", "type"): {"pt", "rm", "dpo", "kto", "orpo", "simpo", "rl"},
+    ("stage", "rl_algorithm"): {"rloo"},
     ("method", "type"): {"freeze"},
     ("training", "optim"): {"adamw_8bit", "adam_mini"},
     ("output", "save_format"): {"merged_4bit"},

@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from ftune.runtime import hints, templates
+from ftune.runtime import hints, stages, templates
 from ftune.runtime.callbacks import EventsCallback, Stopper, StopRequested
 from ftune.runtime.data import CHATML_TEMPLATE, DataError, load_data, sources_for, split, tokenize_examples
 from ftune.runtime.events import EventWriter
@@ -95,22 +95,31 @@ def prepare_data(spec: RunSpec, tokenizer, base: Path, events: EventWriter, run:
         eval_rows = load_data(sources_for([d.validation], base, d.format), spec.stage.type, d.on_invalid).examples
     else:
         train_rows, eval_rows = split(loaded.examples, d.val_size, spec.training.seed, d.shuffle)
-    opts = dict(max_length=d.max_length, train_on_prompt=d.train_on_prompt, mask_history=d.mask_history,
-                combine=d.combine, max_input_length=d.max_input_length, max_output_length=d.max_output_length,
-                num_proc=d.num_proc)
-    train_cols, truncated = tokenize_examples(tokenizer, train_rows, **opts)
-    eval_cols, _ = tokenize_examples(tokenizer, eval_rows, **opts)
+    stage = spec.stage.type
+    if stage == "sft":
+        opts = dict(max_length=d.max_length, train_on_prompt=d.train_on_prompt, mask_history=d.mask_history,
+                    combine=d.combine, max_input_length=d.max_input_length, max_output_length=d.max_output_length,
+                    num_proc=d.num_proc)
+        train_cols, truncated = tokenize_examples(tokenizer, train_rows, **opts)
+        eval_cols, _ = tokenize_examples(tokenizer, eval_rows, **opts)
+    elif stage == "pt":
+        train_cols, truncated = stages.text_columns(tokenizer, train_rows, d.max_length)
+        eval_cols, _ = stages.text_columns(tokenizer, eval_rows, d.max_length)
+    else:  # preference, KTO and RL rows: the TRL trainer tokenises them with the run's template
+        train_cols, truncated = stages.columns_for(stage, train_rows), 0
+        eval_cols = stages.columns_for(stage, eval_rows)
+    first = next(iter(train_cols))
     if truncated:
         events.emit("warning", message=f"{truncated} examples had no answer left after truncation to "
                                        f"{d.max_length} tokens and were dropped",
                     hint="Raise data.max_length.")
-    if not train_cols["input_ids"]:
+    if not train_cols[first]:
         raise DataError("no training rows left after tokenisation", hint="Raise data.max_length.")
     meta = {"total_rows": loaded.total, "skipped_rows": loaded.invalid + truncated,
-            "num_train_rows": len(train_cols["input_ids"]), "num_eval_rows": len(eval_cols["input_ids"]),
+            "num_train_rows": len(train_cols[first]), "num_eval_rows": len(eval_cols[first]),
             "format": loaded.formatting}
     out = {**meta, "train": datasets.Dataset.from_dict(train_cols),
-           "eval": datasets.Dataset.from_dict(eval_cols) if eval_cols["input_ids"] else None, "cached": False}
+           "eval": datasets.Dataset.from_dict(eval_cols) if eval_cols[first] else None, "cached": False}
     if cache is not None:
         import shutil
 
@@ -144,13 +153,16 @@ def precision_plan(precision: str, method: str) -> dict[str, Any]:
     return {"name": precision, "dtype": dtype, "bf16": precision == "bf16", "fp16": precision == "fp16", "cuda": cuda}
 
 
-def load_model(spec: RunSpec, source: str, plan: dict[str, Any]):
-    from transformers import AutoModelForCausalLM
+def load_model(spec: RunSpec, source: str, plan: dict[str, Any], tokenizer):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     kwargs: dict[str, Any] = {"dtype": plan["dtype"]}
     if spec.model.attn_implementation != "auto":
         kwargs["attn_implementation"] = spec.model.attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(
+    reward = spec.stage.type == "rm"  # a reward model: one score per sequence
+    if reward:
+        kwargs.update(num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    model = (AutoModelForSequenceClassification if reward else AutoModelForCausalLM).from_pretrained(
         source, revision=spec.model.revision, trust_remote_code=spec.model.trust_remote_code, **kwargs
     )
     if spec.method.type == "lora":
@@ -161,12 +173,25 @@ def load_model(spec: RunSpec, source: str, plan: dict[str, Any]):
         config = LoraConfig(
             r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target,
             modules_to_save=lora.modules_to_save or None, use_rslora=lora.use_rslora, use_dora=lora.use_dora,
-            task_type="CAUSAL_LM",
+            task_type="SEQ_CLS" if reward else "CAUSAL_LM",  # SEQ_CLS also trains and saves the score head
         )
         if spec.training.gradient_checkpointing:
             model.enable_input_require_grads()
         model = get_peft_model(model, config)
     return model
+
+
+def load_stage_models(spec: RunSpec, run: RunDir, base: Path, plan: dict[str, Any]):
+    """The reference model (dpo/kto, when named) and the reward model (rl): other runs or paths."""
+    s = spec.stage
+    ref = reward = None
+    if s.ref_model and s.type in ("dpo", "kto"):
+        ref = stages.load_reference(stages.resolve_model_ref(s.ref_model, run.root, base), plan["dtype"],
+                                    spec.model.trust_remote_code)
+    if s.type == "rl":
+        reward = stages.load_reward_model(stages.resolve_model_ref(s.reward_model, run.root, base), plan["dtype"],
+                                          spec.model.trust_remote_code)
+    return ref, reward
 
 
 def count_params(model) -> tuple[int, int]:
@@ -186,14 +211,12 @@ def eval_plan(spec: RunSpec, has_eval: bool, steps_estimate: int) -> dict[str, A
     return {"eval_strategy": strategy, "eval_steps": every if strategy == "steps" else None}
 
 
-def build_trainer(spec: RunSpec, model, tokenizer, data: dict[str, Any], run: RunDir, plan, callback):
-    from trl import SFTConfig, SFTTrainer
-
+def common_args(spec: RunSpec, run: RunDir, plan, num_train_rows: int, has_eval: bool) -> dict[str, Any]:
+    """TrainingArguments every stage shares, straight from the run file."""
     t = spec.training
-    batches = math.ceil(data["num_train_rows"] / t.per_device_train_batch_size)
+    batches = math.ceil(num_train_rows / t.per_device_train_batch_size)
     steps_estimate = t.max_steps or math.ceil(batches / t.gradient_accumulation_steps * t.num_train_epochs)
-    warmup: float = t.warmup_steps or t.warmup_ratio  # transformers 5: a float below 1 is a ratio
-    config = SFTConfig(
+    return dict(
         output_dir=str(run.checkpoints_dir()),
         num_train_epochs=t.num_train_epochs,
         max_steps=t.max_steps or -1,
@@ -201,7 +224,7 @@ def build_trainer(spec: RunSpec, model, tokenizer, data: dict[str, Any], run: Ru
         per_device_train_batch_size=t.per_device_train_batch_size,
         per_device_eval_batch_size=t.per_device_eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
-        warmup_steps=warmup,
+        warmup_steps=t.warmup_steps or t.warmup_ratio,  # transformers 5: a float below 1 is a ratio
         lr_scheduler_type=t.lr_scheduler_type,
         optim=t.optim,
         weight_decay=t.weight_decay,
@@ -224,12 +247,25 @@ def build_trainer(spec: RunSpec, model, tokenizer, data: dict[str, Any], run: Ru
         dataloader_pin_memory=plan["cuda"],
         train_sampling_strategy="random" if spec.data.shuffle else "sequential",
         include_num_input_tokens_seen="non_padding",
+        report_to="none",  # our callback is added explicitly; defaults differ between releases
+        disable_tqdm=True,
+        **eval_plan(spec, has_eval, steps_estimate),
+    )
+
+
+def build_trainer(spec: RunSpec, model, tokenizer, data: dict[str, Any], run: RunDir, plan, callback,
+                  ref_model=None, reward_model=None):
+    common = common_args(spec, run, plan, data["num_train_rows"], data["eval"] is not None)
+    if spec.stage.type not in ("sft", "pt"):
+        return stages.build_trainer(spec.stage.type, spec, model, tokenizer, data["train"], data["eval"], common,
+                                    callback, ref_model, reward_model)
+    from trl import SFTConfig, SFTTrainer
+
+    config = SFTConfig(
+        **common,
         max_length=spec.data.max_length,
         packing=spec.data.packing,  # best-fit decreasing: whole examples, attention kept within each
         packing_strategy="bfd",
-        report_to="none",  # our callback is added explicitly; defaults differ between releases
-        disable_tqdm=True,
-        **eval_plan(spec, data["eval"] is not None, steps_estimate),
     )
     return SFTTrainer(
         model=model, args=config, train_dataset=data["train"], eval_dataset=data["eval"],
@@ -271,7 +307,8 @@ def train(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
     tokenizer = load_tokenizer(spec, source, events)
     data = prepare_data(spec, tokenizer, base, events, run)
     plan = precision_plan(spec.training.precision, spec.method.type)
-    model = load_model(spec, source, plan)
+    model = load_model(spec, source, plan, tokenizer)
+    ref_model, reward_model = load_stage_models(spec, run, base, plan)
     trainable, total = count_params(model)
     callback = EventsCallback(events, run, {
         "run": spec.name, "stage": spec.stage.type, "method": spec.method_label, "model": spec.model.name_or_path,
@@ -280,7 +317,7 @@ def train(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
         "trainable_params": trainable, "total_params": total, "precision": plan["name"],
         "resumed_from": resume_from[0] if resume_from else None,
     }, stopper)
-    trainer = build_trainer(spec, model, tokenizer, data, run, plan, callback)
+    trainer = build_trainer(spec, model, tokenizer, data, run, plan, callback, ref_model, reward_model)
     result = trainer.train(resume_from_checkpoint=str(resume_from[1]) if resume_from else None)
     metrics = {**callback.metrics, **(result.metrics or {})}
     metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}

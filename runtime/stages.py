@@ -1,0 +1,161 @@
+"""Training stages beyond SFT, each through the TRL trainer that implements it.
+
+    pt      continued pre-training   SFTTrainer on plain text (every token learnt)
+    rm      reward model             RewardTrainer (a sequence-classification head)
+    dpo     preference optimisation  DPOTrainer (loss variants, beta, SFT term, label smoothing)
+    kto     unpaired preferences     KTOTrainer (desirable / undesirable weights)
+    orpo    odds-ratio preferences   trl.experimental ORPOTrainer
+    simpo   simple preference opt.   trl.experimental CPOTrainer with loss_type="simpo"
+    rl      RL from a reward model   GRPOTrainer with the rm run's model as the reward function
+                                     (TRL 1.x has no PPO trainer; GRPO is what runs)
+
+Rows arrive as `formats.Example`; this module turns them into the columns each trainer reads
+(conversational prompt/chosen/rejected, prompt/completion/label, prompt) and builds the trainer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ftune.runtime.data import with_tools
+from ftune.runtime.formats import Example
+
+ASSISTANT = "assistant"
+
+
+# --------------------------------------------------------------------------- rows per stage
+def text_columns(tokenizer: Any, examples: list[Example], max_length: int) -> tuple[dict[str, list], int]:
+    """Pre-training: each text followed by EOS, every token learnt, cut at max_length."""
+    if not examples:
+        return {"input_ids": [], "labels": []}, 0
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    enc = tokenizer([ex.text for ex in examples], add_special_tokens=False)["input_ids"]
+    ids = [(row + eos)[:max_length] for row in enc]
+    return {"input_ids": ids, "labels": [list(r) for r in ids]}, 0
+
+
+def preference_columns(examples: list[Example]) -> dict[str, list]:
+    return {
+        "prompt": [with_tools(ex) for ex in examples],
+        "chosen": [[{"role": ASSISTANT, "content": ex.chosen}] for ex in examples],
+        "rejected": [[{"role": ASSISTANT, "content": ex.rejected}] for ex in examples],
+    }
+
+
+def kto_columns(examples: list[Example]) -> dict[str, list]:
+    msgs = [with_tools(ex) for ex in examples]
+    return {
+        "prompt": [m[:-1] for m in msgs],
+        "completion": [m[-1:] for m in msgs],
+        "label": [bool(ex.label) for ex in examples],
+    }
+
+
+def prompt_columns(examples: list[Example]) -> dict[str, list]:
+    """RL: the conversation up to the last user turn; the model writes the answer itself."""
+    out = []
+    for ex in examples:
+        msgs = with_tools(ex)
+        last_user = max(i for i, m in enumerate(msgs) if m["role"] == "user")
+        out.append(msgs[: last_user + 1])
+    return {"prompt": out}
+
+
+def columns_for(stage: str, examples: list[Example]) -> dict[str, list]:
+    if stage in ("dpo", "orpo", "simpo", "rm"):
+        return preference_columns(examples)
+    if stage == "kto":
+        return kto_columns(examples)
+    if stage == "rl":
+        return prompt_columns(examples)
+    raise ValueError(stage)
+
+
+# --------------------------------------------------------------------------- models named by a stage
+def resolve_model_ref(name: str, runs_root: Path, base: Path) -> Path | str:
+    """A model named in the run file: another run (its export), a local folder, or a hub id."""
+    run_export = runs_root / name / "export"
+    if (runs_root / name / "run.yaml").is_file():
+        if not run_export.is_dir():
+            from ftune.runtime.rundir import RunError
+
+            raise RunError(f"run '{name}' has no export yet: train it to the end first")
+        return run_export
+    local = Path(name).expanduser()
+    local = local if local.is_absolute() else base / local
+    return local if local.exists() else name
+
+
+def load_reference(path: Path | str, dtype, trust_remote_code: bool):
+    """A frozen causal LM: a plain model folder, or an adapter export merged into its base."""
+    from transformers import AutoModelForCausalLM
+
+    if Path(path, "adapter_config.json").is_file():
+        from peft import AutoPeftModelForCausalLM
+
+        return AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype).merge_and_unload()
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+
+
+def load_reward_model(path: Path | str, dtype, trust_remote_code: bool):
+    """The rm run's model: a sequence-classification head, adapter merged when it is one."""
+    from transformers import AutoModelForSequenceClassification
+
+    if Path(path, "adapter_config.json").is_file():
+        from peft import AutoPeftModelForSequenceClassification
+
+        return AutoPeftModelForSequenceClassification.from_pretrained(path, dtype=dtype, num_labels=1).merge_and_unload()
+    return AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, num_labels=1,
+                                                              trust_remote_code=trust_remote_code)
+
+
+# --------------------------------------------------------------------------- trainers
+def build_trainer(stage: str, spec, model, tokenizer, train_ds, eval_ds, common: dict[str, Any], callback,
+                  ref_model=None, reward_model=None):
+    s = spec.stage
+    max_length = spec.data.max_length
+    kw = dict(model=model, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+              callbacks=[callback])
+    if stage == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        losses, weights = [s.pref_loss], [1.0]
+        if s.pref_ftx > 0:  # LLaMA-Factory's pref_ftx: an SFT term on the chosen answers
+            losses.append("sft")
+            weights.append(s.pref_ftx)
+        args = DPOConfig(**common, beta=s.pref_beta, loss_type=losses, loss_weights=weights,
+                         label_smoothing=s.label_smoothing, max_length=max_length)
+        return DPOTrainer(ref_model=ref_model, args=args, **kw)
+    if stage == "kto":
+        from trl import KTOConfig, KTOTrainer
+
+        # KTO's KL term pairs each row with its neighbours: TRL needs a fixed order (rows were shuffled by seed)
+        common = {**common, "train_sampling_strategy": "sequential"}
+        args = KTOConfig(**common, beta=s.pref_beta, desirable_weight=s.kto_desirable_weight,
+                         undesirable_weight=s.kto_undesirable_weight, max_length=max_length)
+        return KTOTrainer(ref_model=ref_model, args=args, **kw)
+    if stage == "orpo":
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        args = ORPOConfig(**common, beta=s.pref_beta, max_length=max_length)
+        return ORPOTrainer(args=args, **kw)
+    if stage == "simpo":
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+        args = CPOConfig(**common, loss_type="simpo", cpo_alpha=0.0, simpo_gamma=s.simpo_gamma, beta=s.pref_beta,
+                         max_length=max_length)
+        return CPOTrainer(args=args, **kw)
+    if stage == "rm":
+        from trl import RewardConfig, RewardTrainer
+
+        args = RewardConfig(**common, max_length=max_length)
+        return RewardTrainer(args=args, **kw)
+    if stage == "rl":
+        from trl import GRPOConfig, GRPOTrainer
+
+        args = GRPOConfig(**common, num_generations=s.num_generations, max_completion_length=s.max_completion_length,
+                          beta=s.kl_beta)
+        kw.pop("processing_class")
+        return GRPOTrainer(reward_funcs=reward_model, args=args, processing_class=tokenizer, **kw)
+    raise ValueError(f"no trainer for stage {stage}")

@@ -1,0 +1,80 @@
+"""Every stage trains for real through its TRL trainer on the tiny model (a few steps each)."""
+
+import json
+import math
+
+import pytest
+
+from tests.runtime.helpers import make_run, of_type, train_to_end
+
+QS = ["Where is my order?", "How do I return a lamp?", "Can I pay by card?", "退款多久到账？"]
+
+
+def write_jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n")
+
+
+def preference_rows(n=24):
+    return [{"conversations": [{"from": "human", "value": QS[i % 4]}],
+             "chosen": {"from": "gpt", "value": "Open Orders and follow the steps. Thanks!"},
+             "rejected": {"from": "gpt", "value": "No idea, ask someone else."}} for i in range(n)]
+
+
+def run_stage(project, tiny_model, stage, data_rows, **extra):
+    write_jsonl(project / "data.jsonl", data_rows)
+    training = {"max_steps": 6, "learning_rate": 5e-3, "per_device_train_batch_size": 4, "save_steps": 100,
+                **extra.pop("training", {})}
+    run = make_run(project, tiny_model, name=extra.pop("name", "run-01"), stage={"type": stage, **extra},
+                   data={"train": "data.jsonl", "val_size": 0}, training=training)
+    events = train_to_end(run)
+    assert events[-1]["type"] == "finished", run.log_path.read_text()[-3000:]
+    steps = of_type(events, "step")
+    assert of_type(events, "started")[0]["stage"] == stage
+    assert len(steps) == 6 and all(s["loss"] is not None and math.isfinite(s["loss"]) for s in steps)
+    return run, events, [s["loss"] for s in steps]
+
+
+def test_pretraining_on_text(project, tiny_model):
+    rows = [{"text": "Lumen ships home electronics within three days. " * 3}] * 16
+    run, events, losses = run_stage(project, tiny_model, "pt", rows)
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("variant", [{}, {"pref_loss": "ipo", "pref_ftx": 0.5}])
+def test_dpo_learns_to_prefer_the_chosen_answer(project, tiny_model, variant):
+    run, events, losses = run_stage(project, tiny_model, "dpo", preference_rows(), **variant)
+    if not variant:
+        assert abs(losses[0] - math.log(2)) < 0.01  # the policy starts equal to the reference
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("stage", ["orpo", "simpo"])
+def test_orpo_and_simpo(project, tiny_model, stage):
+    run, events, losses = run_stage(project, tiny_model, stage, preference_rows())
+    assert losses[-1] < losses[0]
+
+
+def test_kto(project, tiny_model):
+    rows = [{"messages": [{"role": "user", "content": QS[i % 4]},
+                          {"role": "assistant", "content": "Open Orders." if i % 2 else "No idea."}],
+             "label": bool(i % 2)} for i in range(24)]
+    run, events, losses = run_stage(project, tiny_model, "kto", rows, kto_undesirable_weight=1.2)
+    assert losses[-1] < losses[0]
+
+
+def test_reward_model_then_rl_with_it(project, tiny_model):
+    rm, events, losses = run_stage(project, tiny_model, "rm", preference_rows(), name="rm-01")
+    assert losses[-1] < losses[0]
+    assert (rm.export_dir() / "adapter_config.json").is_file()
+    prompts = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "x"}]} for q in QS * 4]
+    rl, events, losses = run_stage(project, tiny_model, "rl", prompts, name="rl-01", reward_model="rm-01",
+                                   num_generations=2, max_completion_length=8,
+                                   training={"per_device_train_batch_size": 4})
+    assert (rl.export_dir() / "adapter_config.json").is_file()
+
+
+def test_wrong_data_for_the_stage(project, tiny_model):
+    write_jsonl(project / "data.jsonl", preference_rows(4))
+    run = make_run(project, tiny_model, stage={"type": "kto"}, data={"train": "data.jsonl"})
+    events = train_to_end(run)
+    assert events[-1]["type"] == "error" and "holds preference data" in events[-1]["message"]
