@@ -34,8 +34,41 @@ def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1
 
 
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def hardware_problem(spec: RunSpec) -> str | None:
+    """Choices that need a CUDA GPU or an optional package, checked before anything starts
+    (instead of failing deep inside bitsandbytes)."""
+    from ftune.runtime.sysmon import gpu_samples
+
+    q, t, m = spec.method.quantization, spec.training, spec.method
+    needs_gpu = []
+    if q.bits and q.method in ("bnb", "eetq"):
+        needs_gpu.append(f"QLoRA {q.bits}-bit ({q.method})")
+    if t.optim == "adamw_8bit":
+        needs_gpu.append("the 8-bit AdamW optimiser")
+    if needs_gpu and not gpu_samples():
+        return (f"{' and '.join(needs_gpu)} needs a CUDA GPU, and none is visible here (nvidia-ml-py found no "
+                f"GPU): use plain LoRA (remove method.quantization) or training.optim: adamw_torch on this machine")
+    wanted = {"bitsandbytes": bool((q.bits and q.method == "bnb") or t.optim == "adamw_8bit"),
+              "hqq": bool(q.bits and q.method == "hqq"), "eetq": bool(q.bits and q.method == "eetq"),
+              "galore_torch": bool(m.galore), "apollo_torch": bool(m.apollo)}
+    missing = [name for name, needed in wanted.items() if needed and not _has(name)]
+    if missing:
+        pip = {"galore_torch": "galore-torch", "apollo_torch": "apollo-torch"}
+        return f"this run needs {', '.join(missing)}: pip install {' '.join(pip.get(x, x) for x in missing)}"
+    return None
+
+
 def preflight(spec: RunSpec, run: RunDir) -> None:
     """Checks that need no heavy imports; each failure is one clear sentence."""
+    problem = hardware_problem(spec)
+    if problem:
+        raise RunError(problem)
     base = project_dir(run)
     if spec.data.dataset_dir:
         from ftune.runtime.formats import registry_sources

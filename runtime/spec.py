@@ -213,28 +213,40 @@ class LoraSpec(Section):
     )
     use_rslora: bool = Field(False, description="Rank-stabilised LoRA scaling (alpha / sqrt(r)).")
     use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
-    pissa_init: bool = later(False, "Initialise the adapter with PiSSA.")
-    loraplus_lr_ratio: float | None = later(None, "LoRA+ learning-rate ratio of B over A.")
-    loraplus_lr_embedding: float | None = later(None, "LoRA+ learning rate of embedding adapters.")
-    adapter: str | None = later(None, "Continue from an existing adapter (path or run).")
-    create_new_adapter: bool = later(False, "Add a new adapter on top of the one given in adapter.")
+    pissa_init: bool = Field(False, description="Initialise the adapter from the weights' principal directions (PiSSA).")
+    loraplus_lr_ratio: float | None = Field(
+        None, gt=0, description="LoRA+: the B matrices learn this many times faster than A (e.g. 16)."
+    )
+    loraplus_lr_embedding: float | None = Field(None, gt=0, description="LoRA+ learning rate of embedding adapters.")
+    adapter: str | None = Field(
+        None, description="Start from an existing adapter: a run's name (its export) or an adapter folder."
+    )
+    create_new_adapter: bool = Field(
+        False, description="With adapter: merge it into the base and train a fresh adapter on top."
+    )
 
 
 class FreezeSpec(Section):
     """Freeze tuning settings (method.type: freeze)."""
 
-    trainable_layers: int = later(2, "Train the last N layers (negative: the first N).")
-    trainable_modules: str | list[str] = later("all", "Which modules of those layers to train.")
-    extra_modules: list[str] = later([], "Modules outside the layers to train too (e.g. embed_tokens).")
+    trainable_layers: int = Field(2, description="Train the last N layers (negative: the first N).")
+    trainable_modules: str | list[str] = Field(
+        "all", description="'all', or names of the modules inside those layers to train (e.g. [mlp])."
+    )
+    extra_modules: list[str] = Field(
+        default_factory=list, description="Modules outside the layers to train too (e.g. embed_tokens, norm)."
+    )
 
 
 class QuantizationSpec(Section):
     """Load the base model quantised (QLoRA)."""
 
-    bits: Literal[4, 8] | None = later(None, "4 or 8 to load the base model quantised (QLoRA).")
-    method: Literal["bnb", "hqq", "eetq"] = later("bnb", "Quantisation library.")
-    quant_type: Literal["nf4", "fp4"] = later("nf4", "4-bit data type.")
-    double_quant: bool = later(True, "Quantise the quantisation constants too.")
+    bits: Literal[4, 8] | None = Field(
+        None, description="4 or 8 to load the base model quantised (QLoRA); needs a CUDA GPU and the library."
+    )
+    method: Literal["bnb", "hqq", "eetq"] = Field("bnb", description="Quantisation library: bitsandbytes, HQQ or EETQ.")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type (bitsandbytes).")
+    double_quant: bool = Field(True, description="Quantise the quantisation constants too (bitsandbytes 4-bit).")
 
 
 class MethodSpec(Section):
@@ -246,8 +258,13 @@ class MethodSpec(Section):
     lora: LoraSpec = Field(default_factory=LoraSpec)
     freeze: FreezeSpec = Field(default_factory=FreezeSpec)
     quantization: QuantizationSpec = Field(default_factory=QuantizationSpec)
-    galore: dict[str, Any] | None = later(None, "GaLore optimiser settings (rank, update_interval, scale, target).")
-    apollo: dict[str, Any] | None = later(None, "APOLLO optimiser settings.")
+    galore: dict[str, Any] | None = Field(
+        None, description="GaLore low-rank gradient projection (galore-torch): {rank, update_proj_gap, scale, "
+        "proj_type, target: all or names, layerwise}."
+    )
+    apollo: dict[str, Any] | None = Field(
+        None, description="APOLLO optimiser (apollo-torch): {rank, update_proj_gap, scale, proj, target, layerwise}."
+    )
     badam: dict[str, Any] | None = later(None, "BAdam block-wise optimiser settings.")
     llama_pro_blocks: int | None = later(None, "LLaMA Pro: expand the model by N blocks and train only those.")
 
@@ -375,6 +392,19 @@ class RunSpec(Section):
             raise ValueError("output.save_format applies to adapters; full fine-tuning always saves the whole model")
         return self
 
+    @model_validator(mode="after")
+    def _method_checks(self) -> "RunSpec":
+        m = self.method
+        if m.quantization.bits and m.type != "lora":
+            raise ValueError("method.quantization (QLoRA) trains a LoRA adapter: set method.type: lora")
+        if m.lora.create_new_adapter and not m.lora.adapter:
+            raise ValueError("method.lora.create_new_adapter needs method.lora.adapter")
+        if m.galore and m.apollo:
+            raise ValueError("choose one of method.galore and method.apollo")
+        if (m.galore or m.apollo) and m.type == "lora":
+            raise ValueError("GaLore and APOLLO train full weights: set method.type: full or freeze")
+        return self
+
     @property
     def method_label(self) -> str:
         """Short label for tables: lora, dora, full, qlora-4bit..."""
@@ -389,8 +419,7 @@ class RunSpec(Section):
 # Values of wired fields that have a home but no implementation yet.
 _LATER_VALUES: dict[tuple[str, ...], set[Any]] = {
     ("stage", "rl_algorithm"): {"rloo"},
-    ("method", "type"): {"freeze"},
-    ("training", "optim"): {"adamw_8bit", "adam_mini"},
+    ("training", "optim"): {"adam_mini"},
     ("output", "save_format"): {"merged_4bit"},
 }
 

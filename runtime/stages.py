@@ -112,11 +112,11 @@ def load_reward_model(path: Path | str, dtype, trust_remote_code: bool):
 
 # --------------------------------------------------------------------------- trainers
 def build_trainer(stage: str, spec, model, tokenizer, train_ds, eval_ds, common: dict[str, Any], callback,
-                  ref_model=None, reward_model=None):
+                  ref_model=None, reward_model=None, optimizer=None):
     s = spec.stage
     max_length = spec.data.max_length
     kw = dict(model=model, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-              callbacks=[callback])
+              callbacks=[callback], optimizers=(optimizer, None))
     if stage == "dpo":
         from trl import DPOConfig, DPOTrainer
 

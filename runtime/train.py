@@ -153,32 +153,100 @@ def precision_plan(precision: str, method: str) -> dict[str, Any]:
     return {"name": precision, "dtype": dtype, "bf16": precision == "bf16", "fp16": precision == "fp16", "cuda": cuda}
 
 
-def load_model(spec: RunSpec, source: str, plan: dict[str, Any], tokenizer):
+def quantization_config(spec: RunSpec, dtype):
+    """QLoRA: load the base quantised (bitsandbytes, HQQ or EETQ; launch checks for CUDA first)."""
+    q = spec.method.quantization
+    if not q.bits:
+        return None
+    import transformers
+
+    if q.method == "hqq":
+        return transformers.HqqConfig(nbits=q.bits)
+    if q.method == "eetq":
+        if q.bits != 8:
+            raise ValueError("EETQ quantises to 8 bits only: set method.quantization.bits: 8")
+        return transformers.EetqConfig("int8")
+    if q.bits == 8:
+        return transformers.BitsAndBytesConfig(load_in_8bit=True)
+    return transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q.quant_type,
+                                           bnb_4bit_use_double_quant=q.double_quant, bnb_4bit_compute_dtype=dtype)
+
+
+def freeze_layers(model, spec: RunSpec) -> None:
+    """Freeze tuning: train the last (or first) N decoder layers, optionally only some modules in them."""
+    f = spec.method.freeze
+    n_layers = model.config.num_hidden_layers
+    layers = next((m for m in model.modules() if m.__class__.__name__ == "ModuleList" and len(m) == n_layers), None)
+    if layers is None:
+        raise ValueError("freeze tuning could not find the model's decoder layers")
+    chosen = range(n_layers - f.trainable_layers, n_layers) if f.trainable_layers > 0 else range(-f.trainable_layers)
+    for p in model.parameters():
+        p.requires_grad = False
+    wanted = None if f.trainable_modules == "all" else list(f.trainable_modules)
+    for i in chosen:
+        for name, p in layers[i].named_parameters():
+            if wanted is None or any(w in name.split(".") for w in wanted):
+                p.requires_grad = True
+    for name, p in model.named_parameters():
+        if any(x in name.split(".") for x in f.extra_modules):
+            p.requires_grad = True
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("freeze tuning selected no parameters: check method.freeze.trainable_modules")
+
+
+def load_model(spec: RunSpec, source: str, plan: dict[str, Any], tokenizer, run: RunDir, base: Path):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     kwargs: dict[str, Any] = {"dtype": plan["dtype"]}
     if spec.model.attn_implementation != "auto":
         kwargs["attn_implementation"] = spec.model.attn_implementation
+    quant = quantization_config(spec, plan["dtype"])
+    if quant is not None:
+        kwargs["quantization_config"] = quant
     reward = spec.stage.type == "rm"  # a reward model: one score per sequence
     if reward:
         kwargs.update(num_labels=1, pad_token_id=tokenizer.pad_token_id)
     model = (AutoModelForSequenceClassification if reward else AutoModelForCausalLM).from_pretrained(
         source, revision=spec.model.revision, trust_remote_code=spec.model.trust_remote_code, **kwargs
     )
-    if spec.method.type == "lora":
-        from peft import LoraConfig, get_peft_model
+    if spec.method.type == "freeze":
+        freeze_layers(model, spec)
+    if spec.method.type != "lora":
+        return model
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
-        lora = spec.method.lora
-        target = "all-linear" if lora.target_modules == "all" else lora.target_modules
-        config = LoraConfig(
-            r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target,
-            modules_to_save=lora.modules_to_save or None, use_rslora=lora.use_rslora, use_dora=lora.use_dora,
-            task_type="SEQ_CLS" if reward else "CAUSAL_LM",  # SEQ_CLS also trains and saves the score head
-        )
-        if spec.training.gradient_checkpointing:
-            model.enable_input_require_grads()
-        model = get_peft_model(model, config)
-    return model
+    lora = spec.method.lora
+    if quant is not None:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.training.gradient_checkpointing)
+    elif spec.training.gradient_checkpointing:
+        model.enable_input_require_grads()
+    if lora.adapter:
+        path = stages.resolve_model_ref(lora.adapter, run.root, base)
+        if not lora.create_new_adapter:  # continue training the given adapter
+            return PeftModel.from_pretrained(model, path, is_trainable=True)
+        model = PeftModel.from_pretrained(model, path).merge_and_unload()  # then a fresh adapter on top
+    target = "all-linear" if lora.target_modules == "all" else lora.target_modules
+    config = LoraConfig(
+        r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target,
+        modules_to_save=lora.modules_to_save or None, use_rslora=lora.use_rslora, use_dora=lora.use_dora,
+        init_lora_weights="pissa" if lora.pissa_init else True,
+        task_type="SEQ_CLS" if reward else "CAUSAL_LM",  # SEQ_CLS also trains and saves the score head
+    )
+    return get_peft_model(model, config)
+
+
+def loraplus_optimizer(spec: RunSpec, model):
+    """LoRA+: B matrices get loraplus_lr_ratio × the learning rate (peft's optimizer builder)."""
+    lora = spec.method.lora
+    if spec.method.type != "lora" or not lora.loraplus_lr_ratio:
+        return None
+    import torch
+    from peft.optimizers import create_loraplus_optimizer
+
+    extra = {"loraplus_lr_embedding": lora.loraplus_lr_embedding} if lora.loraplus_lr_embedding else {}
+    return create_loraplus_optimizer(model, torch.optim.AdamW, lr=spec.training.learning_rate,
+                                     loraplus_lr_ratio=lora.loraplus_lr_ratio,
+                                     weight_decay=spec.training.weight_decay, **extra)
 
 
 def load_stage_models(spec: RunSpec, run: RunDir, base: Path, plan: dict[str, Any]):
@@ -226,7 +294,7 @@ def common_args(spec: RunSpec, run: RunDir, plan, num_train_rows: int, has_eval:
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         warmup_steps=t.warmup_steps or t.warmup_ratio,  # transformers 5: a float below 1 is a ratio
         lr_scheduler_type=t.lr_scheduler_type,
-        optim=t.optim,
+        **optimizer_args(spec),
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         seed=t.seed,
@@ -253,12 +321,27 @@ def common_args(spec: RunSpec, run: RunDir, plan, num_train_rows: int, has_eval:
     )
 
 
+def optimizer_args(spec: RunSpec) -> dict[str, Any]:
+    """The optimiser by transformers' name; GaLore and APOLLO with their settings and target modules."""
+    names = {"adamw_8bit": "adamw_bnb_8bit"}
+    m = spec.method
+    for kind, settings in (("galore", m.galore), ("apollo", m.apollo)):
+        if settings:
+            s = dict(settings)
+            layerwise = "_layerwise" if s.pop("layerwise", False) else ""
+            target = s.pop("target", "all")
+            return {"optim": f"{kind}_adamw{layerwise}", "optim_target_modules": "all-linear" if target == "all"
+                    else target, "optim_args": ",".join(f"{k}={v}" for k, v in s.items()) or None}
+    return {"optim": names.get(spec.training.optim, spec.training.optim)}
+
+
 def build_trainer(spec: RunSpec, model, tokenizer, data: dict[str, Any], run: RunDir, plan, callback,
                   ref_model=None, reward_model=None):
     common = common_args(spec, run, plan, data["num_train_rows"], data["eval"] is not None)
+    optimizer = loraplus_optimizer(spec, model)
     if spec.stage.type not in ("sft", "pt"):
         return stages.build_trainer(spec.stage.type, spec, model, tokenizer, data["train"], data["eval"], common,
-                                    callback, ref_model, reward_model)
+                                    callback, ref_model, reward_model, optimizer)
     from trl import SFTConfig, SFTTrainer
 
     config = SFTConfig(
@@ -269,7 +352,7 @@ def build_trainer(spec: RunSpec, model, tokenizer, data: dict[str, Any], run: Ru
     )
     return SFTTrainer(
         model=model, args=config, train_dataset=data["train"], eval_dataset=data["eval"],
-        processing_class=tokenizer, callbacks=[callback],
+        processing_class=tokenizer, callbacks=[callback], optimizers=(optimizer, None),
     )
 
 
@@ -307,7 +390,7 @@ def train(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
     tokenizer = load_tokenizer(spec, source, events)
     data = prepare_data(spec, tokenizer, base, events, run)
     plan = precision_plan(spec.training.precision, spec.method.type)
-    model = load_model(spec, source, plan, tokenizer)
+    model = load_model(spec, source, plan, tokenizer, run, base)
     ref_model, reward_model = load_stage_models(spec, run, base, plan)
     trainable, total = count_params(model)
     callback = EventsCallback(events, run, {
