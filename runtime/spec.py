@@ -749,6 +749,8 @@ def spec_to_dict(spec: RunSpec) -> dict[str, Any]:
     for kind in ("lora", "freeze"):  # settings of the methods not chosen are noise in the file
         if method.get("type") != kind:
             method.pop(kind, None)
+    if not method.get("quantization", {}).get("bits"):
+        method.pop("quantization", None)
     for key, field in _SHORTHAND.items():
         if list(data.get(key, {})) == [field]:
             data[key] = data[key][field]

@@ -69,7 +69,7 @@ def test_every_mistake_at_once_with_lines(tmp_path):
         "  num_train_epochs: three\n"        # 5 bad type
         "  seed: 1\n"                        # 6
         "method:\n"                          # 7
-        "  quantization: {bits: 4}\n"        # 8 not wired yet
+        "  llama_pro_blocks: 2\n"            # 8 not wired yet
         "resources: {strategy: fsdp}\n"      # 9 value not wired yet
     )
     with pytest.raises(SpecError) as info:
@@ -78,7 +78,7 @@ def test_every_mistake_at_once_with_lines(tmp_path):
     assert got["name"] == f"'Run_01' is not a valid run name: use lowercase letters, digits and '-', " \
                           f"starting and ending with a letter or digit (e.g. run-01)"
     assert got["training.num_train_epochs"].startswith("Input should be a valid number")
-    assert got["method.quantization.bits"] == "not supported yet — remove it or set it back to None"
+    assert got["method.llama_pro_blocks"] == "not supported yet — remove it or set it back to None"
     assert got["resources.strategy"] == "not supported yet — remove it or set it back to 'auto'"
     assert [p.line for p in info.value.problems] == [1, 5, 8, 9]
 
@@ -117,7 +117,7 @@ def test_overrides_win_and_parse_yaml_values():
 
 def test_unwired_fields_are_marked_and_at_default_are_accepted():
     unwired = [path for path, info, _ in iter_fields() if not is_wired(info)]
-    assert "data.streaming" in unwired and "method.quantization.bits" in unwired
+    assert "data.streaming" in unwired and "method.llama_pro_blocks" in unwired
     spec = build_spec({**BASE, "data": {"train": "t.jsonl", "streaming": False}})  # the default is fine
     assert "streaming" not in spec_to_dict(spec)["data"]
 
