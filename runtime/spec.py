@@ -74,10 +74,10 @@ class ModelSpec(Section):
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
         "auto", description="Attention kernel; 'auto' lets transformers choose (sdpa where it can)."
     )
-    rope_scaling: Literal["linear", "dynamic", "yarn"] | None = later(
-        None, "RoPE interpolation to stretch the context length."
+    rope_scaling: Literal["linear", "dynamic", "yarn"] | None = Field(
+        None, description="RoPE interpolation to stretch the context length beyond what the model was trained on."
     )
-    rope_factor: float | None = later(None, "RoPE scaling factor (with rope_scaling).")
+    rope_factor: float = Field(2.0, gt=1, description="How many times longer the context gets (with rope_scaling).")
     acceleration: Literal["none", "unsloth", "liger"] = later(
         "none", "Kernel acceleration: unsloth or liger kernels."
     )

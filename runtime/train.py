@@ -172,6 +172,20 @@ def quantization_config(spec: RunSpec, dtype):
                                            bnb_4bit_use_double_quant=q.double_quant, bnb_4bit_compute_dtype=dtype)
 
 
+def rope_scaled_config(spec: RunSpec, source: str):
+    """The model's config with RoPE interpolation (transformers 5 keeps it in rope_parameters)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(source, revision=spec.model.revision,
+                                        trust_remote_code=spec.model.trust_remote_code)
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    params.update(rope_type=spec.model.rope_scaling, factor=spec.model.rope_factor)
+    if spec.model.rope_scaling == "yarn":
+        params.setdefault("original_max_position_embeddings", config.max_position_embeddings)
+    config.rope_parameters = params
+    return config
+
+
 def freeze_layers(model, spec: RunSpec) -> None:
     """Freeze tuning: train the last (or first) N decoder layers, optionally only some modules in them."""
     f = spec.method.freeze
@@ -206,6 +220,8 @@ def load_model(spec: RunSpec, source: str, plan: dict[str, Any], tokenizer, run:
     reward = spec.stage.type == "rm"  # a reward model: one score per sequence
     if reward:
         kwargs.update(num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    if spec.model.rope_scaling:
+        kwargs["config"] = rope_scaled_config(spec, source)
     model = (AutoModelForSequenceClassification if reward else AutoModelForCausalLM).from_pretrained(
         source, revision=spec.model.revision, trust_remote_code=spec.model.trust_remote_code, **kwargs
     )

@@ -56,3 +56,15 @@ def test_cuda_only_choices_are_refused_clearly_without_a_gpu(project, tiny_model
     with pytest.raises(RunError, match="needs a CUDA GPU, and none is visible here"):
         launch.start(run)
     assert not run.events_path.exists()
+
+
+@pytest.mark.parametrize("kind", ["linear", "yarn"])
+def test_rope_scaling_reaches_the_model(project, tiny_model, kind):
+    import json
+
+    run = make_run(project, tiny_model, model={"rope_scaling": kind, "rope_factor": 4}, method="full",
+                   training=SHORT)
+    events = train_to_end(run)
+    assert events[-1]["type"] == "finished", run.log_path.read_text()[-2000:]
+    rope = json.loads((run.export_dir() / "config.json").read_text())["rope_parameters"]
+    assert rope["rope_type"] == kind and rope["factor"] == 4
