@@ -11,7 +11,7 @@ def test_check_without_model_counts_turns_and_roles(tmp_path):
     p = write_messages(tmp_path / "d.jsonl", 20)
     r = check(str(p))
     assert (r["format"], r["kind"], r["stages"], r["total"], r["valid"], r["invalid"]) == \
-        ("messages", "chat", ["sft"], 20, 20, 0)
+        ("messages", "chat", ["sft", "rl"], 20, 20, 0)
     assert sum(r["turns"].values()) == 20 and r["roles"]["user"] == r["roles"]["assistant"]
     assert "tokens" not in r
 

@@ -144,8 +144,8 @@ def test_shared_data_through_dataset_info(name, formatting, kind, rows):
 
 @needs_shared
 @pytest.mark.parametrize("file,formatting,stages", [
-    ("identity.json", "alpaca", ["sft"]), ("alpaca_en_demo.json", "alpaca", ["sft"]),
-    ("alpaca_zh_demo.json", "alpaca", ["sft"]), ("glaive_toolcall_en_demo.json", "sharegpt", ["sft"]),
+    ("identity.json", "alpaca", ["sft", "rl"]), ("alpaca_en_demo.json", "alpaca", ["sft", "rl"]),
+    ("alpaca_zh_demo.json", "alpaca", ["sft", "rl"]), ("glaive_toolcall_en_demo.json", "sharegpt", ["sft", "rl"]),
     ("dpo_en_demo.json", "sharegpt", ["dpo", "orpo", "simpo", "rm"]), ("kto_en_demo.json", "messages", ["kto"]),
     ("c4_demo.jsonl", "text", ["pt"]),
 ])
