@@ -278,6 +278,22 @@ def load_stage_models(spec: RunSpec, run: RunDir, base: Path, plan: dict[str, An
     return ref, reward
 
 
+def check_trainer_rows(spec: RunSpec, trainer, data: dict[str, Any], events: EventWriter) -> None:
+    """TRL's preference trainers drop rows longer than max_length on their own: count them, never silently."""
+    if spec.stage.type in ("sft", "pt") or not hasattr(trainer.train_dataset, "__len__"):
+        return
+    kept = len(trainer.train_dataset)
+    dropped = data["num_train_rows"] - kept
+    if kept == 0:
+        raise DataError(f"all {data['num_train_rows']} training rows are longer than data.max_length "
+                        f"({spec.data.max_length} tokens) and were dropped", hint="Raise data.max_length.")
+    if dropped > 0:
+        events.emit("warning", message=f"{dropped} of {data['num_train_rows']} rows are longer than "
+                                       f"data.max_length ({spec.data.max_length}) and were dropped",
+                    hint="Raise data.max_length to keep them.")
+        data["num_train_rows"], data["skipped_rows"] = kept, data["skipped_rows"] + dropped
+
+
 def count_params(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
@@ -417,6 +433,8 @@ def train(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
         "resumed_from": resume_from[0] if resume_from else None,
     }, stopper)
     trainer = build_trainer(spec, model, tokenizer, data, run, plan, callback, ref_model, reward_model)
+    check_trainer_rows(spec, trainer, data, events)
+    callback.started_fields.update(num_train_rows=data["num_train_rows"], skipped_rows=data["skipped_rows"])
     result = trainer.train(resume_from_checkpoint=str(resume_from[1]) if resume_from else None)
     metrics = {**callback.metrics, **(result.metrics or {})}
     metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}

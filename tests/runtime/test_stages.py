@@ -73,8 +73,50 @@ def test_reward_model_then_rl_with_it(project, tiny_model):
     assert (rl.export_dir() / "adapter_config.json").is_file()
 
 
+def test_rows_the_trainer_drops_are_counted(project, tiny_model):
+    rows = preference_rows(8)
+    rows[0]["chosen"]["value"] = "long " * 300  # beyond max_length: RewardTrainer filters it out
+    write_jsonl(project / "data.jsonl", rows)
+    run = make_run(project, tiny_model, stage={"type": "rm"}, data={"train": "data.jsonl", "val_size": 0,
+                                                                    "max_length": 64},
+                   training={"max_steps": 1, "per_device_train_batch_size": 4})
+    events = train_to_end(run)
+    assert events[-1]["type"] == "finished", run.log_path.read_text()[-2000:]
+    assert "1 of 8 rows are longer than data.max_length (64) and were dropped" in \
+        [w["message"] for w in of_type(events, "warning")]
+    assert of_type(events, "started")[0]["skipped_rows"] == 1
+
+
 def test_wrong_data_for_the_stage(project, tiny_model):
     write_jsonl(project / "data.jsonl", preference_rows(4))
     run = make_run(project, tiny_model, stage={"type": "kto"}, data={"train": "data.jsonl"})
     events = train_to_end(run)
     assert events[-1]["type"] == "error" and "holds preference data" in events[-1]["message"]
+
+
+LF = __import__("tests.conftest", fromlist=["SHARED_DATA"]).SHARED_DATA / "llamafactory"
+
+
+@pytest.mark.skipif(not LF.is_dir(), reason=f"shared data not found at {LF} (a fresh clone has none)")
+@pytest.mark.parametrize("stage,dataset", [("sft", "identity"), ("sft", "glaive_toolcall_en_demo"), ("pt", "c4_demo"),
+                                           ("dpo", "dpo_en_demo"), ("kto", "kto_en_demo"), ("rm", "dpo_en_demo")])
+def test_stages_on_the_shared_llamafactory_files(project, tiny_model, stage, dataset):
+    run = make_run(project, tiny_model, stage={"type": stage},
+                   data={"train": [dataset], "dataset_dir": str(LF), "max_samples": 16, "max_length": 2048,
+                         "val_size": 0},
+                   training={"max_steps": 2, "per_device_train_batch_size": 4, "save_steps": 100})
+    events = train_to_end(run)
+    assert events[-1]["type"] == "finished", run.log_path.read_text()[-3000:]
+    assert all(math.isfinite(s["loss"]) for s in of_type(events, "step"))
+    assert (run.export_dir() / "adapter_config.json").is_file()
+    if stage == "rm":  # the reward model loads as a scorer and gives one score per sequence
+        import torch
+        from peft import AutoPeftModelForSequenceClassification
+        from transformers import AutoTokenizer
+
+        model = AutoPeftModelForSequenceClassification.from_pretrained(run.export_dir(), num_labels=1)
+        tok = AutoTokenizer.from_pretrained(run.export_dir())
+        batch = tok(["a good answer", "a bad answer"], return_tensors="pt", padding=True)
+        with torch.no_grad():
+            scores = model(**batch).logits
+        assert scores.shape == (2, 1) and torch.isfinite(scores).all()
