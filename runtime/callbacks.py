@@ -22,9 +22,10 @@ class Stopper:
     """SIGTERM (from `ftune stop`) and SIGINT ask for a graceful stop; SIGHUP is ignored so a dropped
     SSH session never kills training. Outside the loop the first signal aborts at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, world_size: int = 1) -> None:
         self.requested = False
         self.in_loop = False
+        self.world_size = world_size
 
     def install(self) -> "Stopper":
         signal.signal(signal.SIGTERM, self._handle)
@@ -35,7 +36,8 @@ class Stopper:
     def _handle(self, signum: int, frame: Any) -> None:
         already = self.requested
         self.requested = True
-        if not self.in_loop and not already:
+        # before the loop a single process can just leave; several must reach step 1 and agree there
+        if not self.in_loop and not already and self.world_size == 1:
             raise StopRequested()
 
 
@@ -66,6 +68,13 @@ class EventsCallback(TrainerCallback):
             self.run.update_status(state="running", step=state.global_step, max_steps=state.max_steps)
 
     def on_step_end(self, args, state, control, **kwargs):
+        if args.world_size > 1:  # `ftune stop` reaches rank 0 only: every rank stops at the same step
+            import torch
+            import torch.distributed as dist
+
+            flag = torch.tensor([1.0 if self.stopper.requested else 0.0], device=args.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            self.stopper.requested = bool(flag.item())
         if self.stopper.requested:  # `ftune stop`: checkpoint this step, then leave the loop
             if state.is_world_process_zero and not control.should_training_stop:
                 self.run.update_status(state="stopping")

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from ftune.runtime.distributed import worker_command
 from ftune.runtime.events import FINAL_TYPES, EventReader
 from ftune.runtime.rundir import ACTIVE_STATES, RunDir, RunError
 from ftune.runtime.spec import RunSpec, load_spec
@@ -47,6 +48,8 @@ def hardware_problem(spec: RunSpec) -> str | None:
 
     q, t, m = spec.method.quantization, spec.training, spec.method
     needs_gpu = []
+    if spec.resources.strategy != "auto" and spec.resources.strategy != "ddp":
+        needs_gpu.append(f"strategy {spec.resources.strategy}")
     if q.bits and q.method in ("bnb", "eetq"):
         needs_gpu.append(f"QLoRA {q.bits}-bit ({q.method})")
     if t.optim == "adamw_8bit":
@@ -56,7 +59,8 @@ def hardware_problem(spec: RunSpec) -> str | None:
                 f"GPU): use plain LoRA (remove method.quantization) or training.optim: adamw_torch on this machine")
     wanted = {"bitsandbytes": bool((q.bits and q.method == "bnb") or t.optim == "adamw_8bit"),
               "hqq": bool(q.bits and q.method == "hqq"), "eetq": bool(q.bits and q.method == "eetq"),
-              "galore_torch": bool(m.galore), "apollo_torch": bool(m.apollo)}
+              "galore_torch": bool(m.galore), "apollo_torch": bool(m.apollo),
+              "deepspeed": spec.resources.strategy.startswith("deepspeed")}
     missing = [name for name, needed in wanted.items() if needed and not _has(name)]
     if missing:
         pip = {"galore_torch": "galore-torch", "apollo_torch": "apollo-torch"}
@@ -90,7 +94,7 @@ def preflight(spec: RunSpec, run: RunDir) -> None:
             raise RunError(f"{model} has no config.json: model.name_or_path must be a model folder or a hub id")
 
 
-def start(run: RunDir, *, resume: bool = False, restart: bool = False) -> subprocess.Popen:
+def start(run: RunDir, *, resume: bool = False, restart: bool = False, node_rank: int = 0) -> subprocess.Popen:
     """Validate, take the lock and start the worker detached. Raises RunError/SpecError for the user."""
     run.require()
     lock_fd = run.acquire_lock()
@@ -117,9 +121,7 @@ def start(run: RunDir, *, resume: bool = False, restart: bool = False) -> subpro
         out_dir = str(_local(project_dir(run), spec.output.dir).resolve()) if spec.output.dir else None
         run.update_status(state="starting", pid=None, started_at=time.time(), ended_at=None, error=None,
                           output_dir=out_dir, resumed=resume)
-        cmd = [sys.executable, "-m", "ftune.runtime.train", str(run.path.resolve()), "--lock-fd", str(lock_fd)]
-        if resume:
-            cmd.append("--resume")
+        cmd = worker_command(spec, run, lock_fd, resume, node_rank)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(run.log_path, "ab") as log:
             log.write(f"\n=== ftune train {run.name}{' --resume' if resume else ''} "
@@ -131,6 +133,15 @@ def start(run: RunDir, *, resume: bool = False, restart: bool = False) -> subpro
             )
     finally:
         os.close(lock_fd)  # the worker holds its own copy of the locked descriptor
+
+
+def request_stop(run: RunDir) -> int | None:
+    """SIGTERM to the rank-0 worker (it agrees the stopping step with the other ranks); its pid or None."""
+    pid = run.read_status().get("pid")
+    if pid is None or not run.is_locked():
+        return None
+    os.kill(int(pid), signal.SIGTERM)
+    return int(pid)
 
 
 def stop(run: RunDir, wait: float = 600.0, on_wait=None) -> dict | None:
@@ -147,9 +158,8 @@ def stop(run: RunDir, wait: float = 600.0, on_wait=None) -> dict | None:
         pid = run.read_status().get("pid")
         if pid is None:
             time.sleep(0.2)
-    if pid is None or not run.is_locked():
+    if pid is None or request_stop(run) is None:
         raise RunError(f"run '{run.name}' has no live worker to stop")
-    os.kill(int(pid), signal.SIGTERM)
     end = time.time() + wait
     final = None
     while time.time() < end:

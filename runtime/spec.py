@@ -340,21 +340,34 @@ class OutputSpec(Section):
 class ResourcesSpec(Section):
     """Machines and GPUs."""
 
-    gpus_per_node: int | Literal["auto"] = Field("auto", description="GPUs to use on each machine; auto: all visible.")
-    nodes: int = later(1, "Machines taking part.")
-    strategy: Literal["auto", "ddp", "deepspeed-zero2", "deepspeed-zero3", "fsdp"] = later(
-        "auto", "Multi-GPU strategy."
+    gpus_per_node: int | Literal["auto"] = Field(
+        "auto", description="Processes (GPUs) per machine; auto: every GPU nvidia-ml-py sees, or 1 on a CPU. "
+        "On a machine without GPUs, N > 1 with ddp runs N CPU processes over gloo."
     )
-    offload: bool = later(False, "CPU offload for ZeRO-3 / FSDP.")
-    master_addr: str | None = later(None, "Address of node 0 (multi-node).")
-    master_port: int | None = later(None, "Port on node 0 (multi-node).")
+    nodes: int = Field(1, ge=1, description="Machines taking part; start `ftune train RUN --node-rank K` on each.")
+    strategy: Literal["auto", "ddp", "deepspeed-zero2", "deepspeed-zero3", "fsdp"] = Field(
+        "auto", description="Multi-process strategy: ddp replicates the model; ZeRO-2 shards optimiser state and "
+        "gradients; ZeRO-3 and FSDP also shard the parameters. auto: ddp."
+    )
+    offload: bool = Field(False, description="Offload parameters and optimiser state to CPU (ZeRO-3 / FSDP).")
+    master_addr: str | None = Field(None, description="Address of node 0 (multi-node).")
+    master_port: int | None = Field(None, ge=1, le=65535, description="Port on node 0 (default 29500; a free one "
+                                                                      "on a single machine).")
 
     @field_validator("gpus_per_node")
     @classmethod
-    def _one_gpu_for_now(cls, v: int | str) -> int | str:
+    def _at_least_one(cls, v: int | str) -> int | str:
         if isinstance(v, int) and v < 1:
             raise ValueError("gpus_per_node must be at least 1 (or auto)")
         return v
+
+    @model_validator(mode="after")
+    def _coherent(self) -> "ResourcesSpec":
+        if self.offload and self.strategy not in ("deepspeed-zero3", "fsdp"):
+            raise ValueError("offload works with strategy deepspeed-zero3 or fsdp")
+        if self.nodes > 1 and not self.master_addr:
+            raise ValueError("several nodes need master_addr: the address of node 0")
+        return self
 
 
 # --------------------------------------------------------------------------- the run

@@ -345,6 +345,7 @@ def common_args(spec: RunSpec, run: RunDir, plan, num_train_rows: int, has_eval:
         save_total_limit=t.save_total_limit,
         dataloader_num_workers=t.dataloader_num_workers,
         dataloader_pin_memory=plan["cuda"],
+        use_cpu=not plan["cuda"],  # several CPU processes then train as DDP over gloo
         train_sampling_strategy="random" if spec.data.shuffle else "sequential",
         include_num_input_tokens_seen="non_padding",
         report_to="none",  # our callback is added explicitly; defaults differ between releases
@@ -407,8 +408,11 @@ def export(spec: RunSpec, trainer, tokenizer, run: RunDir) -> dict[str, Any]:
     return {"export": str(out), "format": fmt}
 
 
-def train(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, resume: bool) -> None:
+def train(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, resume: bool, lead: bool = True) -> None:
+    """The recipe. Every process runs it; only the lead (global rank 0) writes status and the export."""
     from transformers import set_seed
+
+    status = run.update_status if lead else (lambda **fields: None)
 
     base = project_dir(run)
     resume_from = None
@@ -428,13 +432,16 @@ def train(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
     callback = EventsCallback(events, run, {
         "run": spec.name, "stage": spec.stage.type, "method": spec.method_label, "model": spec.model.name_or_path,
         "num_train_rows": data["num_train_rows"], "num_eval_rows": data["num_eval_rows"], "format": data["format"], "data_cached": data["cached"],
-        "skipped_rows": data["skipped_rows"], "total_rows": data["total_rows"], "world_size": 1,
+        "skipped_rows": data["skipped_rows"], "total_rows": data["total_rows"],
         "trainable_params": trainable, "total_params": total, "precision": plan["name"],
         "resumed_from": resume_from[0] if resume_from else None,
     }, stopper)
     trainer = build_trainer(spec, model, tokenizer, data, run, plan, callback, ref_model, reward_model)
     check_trainer_rows(spec, trainer, data, events)
-    callback.started_fields.update(num_train_rows=data["num_train_rows"], skipped_rows=data["skipped_rows"])
+    callback.started_fields.update(num_train_rows=data["num_train_rows"], skipped_rows=data["skipped_rows"],
+                                   world_size=trainer.args.world_size,
+                                   global_batch=trainer.args.world_size * spec.training.per_device_train_batch_size
+                                   * spec.training.gradient_accumulation_steps)
     result = trainer.train(resume_from_checkpoint=str(resume_from[1]) if resume_from else None)
     metrics = {**callback.metrics, **(result.metrics or {})}
     metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -442,12 +449,14 @@ def train(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
     if stopper.requested:
         ckpt = run.checkpoints_dir() / f"checkpoint-{step}"
         events.emit("stopped", step=step, metrics=metrics, artifacts={"checkpoint": str(ckpt)})
-        run.update_status(state="stopped", step=step, ended_at=time.time())
+        status(state="stopped", step=step, ended_at=time.time())
+        return
+    if not lead:  # the export is written once
         return
     artifacts = export(spec, trainer, tokenizer, run)
     artifacts["checkpoints"] = [str(p) for _, p in run.checkpoints()]
     events.emit("finished", step=step, metrics=metrics, artifacts=artifacts)
-    run.update_status(state="finished", step=step, ended_at=time.time(), export=artifacts["export"])
+    status(state="finished", step=step, ended_at=time.time(), export=artifacts["export"])
 
 
 # --------------------------------------------------------------------------- entry point
@@ -466,17 +475,20 @@ def main(argv: list[str] | None = None) -> int:
         except RunError as e:
             print(f"ftune: {e}", file=sys.stderr)
             return 2
-    stopper = Stopper().install()
-    rank = int(os.environ.get("RANK", "0"))
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    lead = rank == 0
+    stopper = Stopper(world).install()
     events = EventWriter.for_rank(run.events_path, rank)
-    run.update_status(state="starting", pid=os.getpid(), host=os.uname().nodename)
+    if lead:  # the pid `ftune stop` signals: rank 0, which agrees the stopping step with the others
+        run.update_status(state="starting", pid=os.getpid(), host=os.uname().nodename, world_size=world)
     spec: RunSpec | None = None
     try:
         spec = load_spec(run.spec_path)
         sampler = Sampler(lambda s: events.emit("system", **s), spec.training.system_interval_s)
-        sampler.start()
+        if lead:
+            sampler.start()
         try:
-            train(spec, run, events, stopper, args.resume)
+            train(spec, run, events, stopper, args.resume, lead)
         finally:
             sampler.stop()
         return 0
@@ -488,6 +500,9 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:  # noqa: BLE001 - every failure must end the stream with an error event
         traceback.print_exc()
         message, hint = hints.explain(exc, spec)
+        if not lead:  # any rank's failure ends the run with an error event naming it
+            events = EventWriter(run.events_path)
+            message = f"rank {rank}: {message}"
         events.emit("error", message=message, hint=hint, kind=type(exc).__name__, rank=rank)
         run.update_status(state="failed", ended_at=time.time(), error=message)
         return 1

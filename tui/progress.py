@@ -73,7 +73,10 @@ def follow(run: RunDir, proc: subprocess.Popen, console: Console | None = None) 
             except KeyboardInterrupt:
                 interrupts += 1
                 if interrupts == 1:
-                    proc.send_signal(signal.SIGTERM)
+                    from ftune.runtime.launch import request_stop
+
+                    if request_stop(run) is None:  # not started yet: stop the launcher's child itself
+                        proc.send_signal(signal.SIGTERM)
                     console.print("[yellow]Stopping gracefully: saving a checkpoint… "
                                   "(Ctrl+C again leaves; the run finishes stopping on its own)")
                 else:

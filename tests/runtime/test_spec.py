@@ -70,7 +70,7 @@ def test_every_mistake_at_once_with_lines(tmp_path):
         "  seed: 1\n"                        # 6
         "method:\n"                          # 7
         "  llama_pro_blocks: 2\n"            # 8 not wired yet
-        "resources: {strategy: fsdp}\n"      # 9 value not wired yet
+        "stage: {type: rl, rl_algorithm: rloo, reward_model: rm-01}\n"  # 9 value not wired yet
     )
     with pytest.raises(SpecError) as info:
         load_spec(write(tmp_path, text))
@@ -79,7 +79,7 @@ def test_every_mistake_at_once_with_lines(tmp_path):
                           f"starting and ending with a letter or digit (e.g. run-01)"
     assert got["training.num_train_epochs"].startswith("Input should be a valid number")
     assert got["method.llama_pro_blocks"] == "not supported yet — remove it or set it back to None"
-    assert got["resources.strategy"] == "not supported yet — remove it or set it back to 'auto'"
+    assert got["stage.rl_algorithm"] == "'rloo' is not supported yet (works today: grpo)"
     assert [p.line for p in info.value.problems] == [1, 5, 8, 9]
 
 
