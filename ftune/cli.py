@@ -116,9 +116,10 @@ def _after_start(run, proc, foreground: bool) -> None:
 @click.option("--restart", is_flag=True, help="Start over: delete this run's checkpoints, export and history.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Change a run-file value before starting (written to run.yaml), e.g. --set training.max_steps=100.")
+@click.option("--node-rank", default=0, show_default=True, help="This machine's rank in a multi-node run (0 on node 0).")
 @click.pass_context
 def train(ctx: click.Context, name: str, foreground: bool, resume: bool, restart: bool,
-          overrides: tuple[str, ...]) -> None:
+          overrides: tuple[str, ...], node_rank: int) -> None:
     """Train RUN from runs/RUN/run.yaml in a detached process.
 
     The worker runs in its own session: closing the terminal or losing SSH does not stop it.
@@ -131,7 +132,7 @@ def train(ctx: click.Context, name: str, foreground: bool, resume: bool, restart
     run = _run(ctx, name)
     if overrides:
         _apply_overrides(run, list(overrides))
-    proc = launch.start(run, resume=resume, restart=restart)
+    proc = launch.start(run, resume=resume, restart=restart, node_rank=node_rank)
     _after_start(run, proc, foreground)
 
 
