@@ -54,16 +54,19 @@ def hardware_problem(spec: RunSpec) -> str | None:
         needs_gpu.append(f"QLoRA {q.bits}-bit ({q.method})")
     if t.optim == "adamw_8bit":
         needs_gpu.append("the 8-bit AdamW optimiser")
+    if spec.model.acceleration == "liger":
+        needs_gpu.append("Liger kernels")
     if needs_gpu and not gpu_samples():
         return (f"{' and '.join(needs_gpu)} needs a CUDA GPU, and none is visible here (nvidia-ml-py found no "
                 f"GPU): use plain LoRA (remove method.quantization) or training.optim: adamw_torch on this machine")
     wanted = {"bitsandbytes": bool((q.bits and q.method == "bnb") or t.optim == "adamw_8bit"),
               "hqq": bool(q.bits and q.method == "hqq"), "eetq": bool(q.bits and q.method == "eetq"),
               "galore_torch": bool(m.galore), "apollo_torch": bool(m.apollo),
-              "deepspeed": spec.resources.strategy.startswith("deepspeed")}
+              "deepspeed": spec.resources.strategy.startswith("deepspeed"),
+              "liger_kernel": spec.model.acceleration == "liger"}
     missing = [name for name, needed in wanted.items() if needed and not _has(name)]
     if missing:
-        pip = {"galore_torch": "galore-torch", "apollo_torch": "apollo-torch"}
+        pip = {"galore_torch": "galore-torch", "apollo_torch": "apollo-torch", "liger_kernel": "liger-kernel"}
         return f"this run needs {', '.join(missing)}: pip install {' '.join(pip.get(x, x) for x in missing)}"
     return None
 

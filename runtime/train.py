@@ -346,6 +346,7 @@ def common_args(spec: RunSpec, run: RunDir, plan, num_train_rows: int, has_eval:
         dataloader_num_workers=t.dataloader_num_workers,
         dataloader_pin_memory=plan["cuda"],
         use_cpu=not plan["cuda"],  # several CPU processes then train as DDP over gloo
+        use_liger_kernel=spec.model.acceleration == "liger",
         train_sampling_strategy="random" if spec.data.shuffle else "sequential",
         include_num_input_tokens_seen="non_padding",
         report_to="none",  # our callback is added explicitly; defaults differ between releases
@@ -397,10 +398,10 @@ def export(spec: RunSpec, trainer, tokenizer, run: RunDir) -> dict[str, Any]:
     model = trainer.model
     fmt = "full" if spec.method.type == "full" else spec.output.save_format
     if fmt == "merged_16bit":
-        import torch
+        from ftune.runtime.export import merged_dtype  # the rule `ftune export` follows too
 
         model = model.merge_and_unload()
-        model = model.to(torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16)
+        model = model.to(merged_dtype())
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(out, ignore_errors=True)

@@ -50,7 +50,9 @@ def test_continue_from_an_adapter_and_stack_a_new_one(project, tiny_model):
 
 
 @pytest.mark.skipif(bool(gpu_samples()), reason="checks the refusal on a machine without a GPU")
-@pytest.mark.parametrize("change", [{"method": {"quantization": {"bits": 4}}}, {"training": {"optim": "adamw_8bit"}}])
+@pytest.mark.parametrize("change", [{"method": {"quantization": {"bits": 4}}}, {"training": {"optim": "adamw_8bit"}},
+                                    {"model": {"acceleration": "liger"}},
+                                    {"resources": {"strategy": "deepspeed-zero3", "gpus_per_node": 2}}])
 def test_cuda_only_choices_are_refused_clearly_without_a_gpu(project, tiny_model, change):
     run = make_run(project, tiny_model, **change)
     with pytest.raises(RunError, match="needs a CUDA GPU, and none is visible here"):
