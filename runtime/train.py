@@ -398,10 +398,10 @@ def export(spec: RunSpec, trainer, tokenizer, run: RunDir) -> dict[str, Any]:
     model = trainer.model
     fmt = "full" if spec.method.type == "full" else spec.output.save_format
     if fmt == "merged_16bit":
-        from ftune.runtime.export import merged_dtype  # the rule `ftune export` follows too
+        import torch
 
         model = model.merge_and_unload()
-        model = model.to(merged_dtype())
+        model = model.to(torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(out, ignore_errors=True)
