@@ -60,9 +60,11 @@ def main(runs_dir: str | None) -> None:
 
     \b
     Start here:    ftune demo                 tiny model, bundled data, < 1 minute on a CPU
+    Set up a run:  ftune new                  guided: model, data, method, memory check
     Train a run:   ftune train run-01         detached; survives closing the terminal
-    Follow it:     ftune logs run-01 -f       or ftune ls for every run
+    Follow it:     ftune watch run-01         live monitor; ftune logs run-01 -f, ftune ls
     Stop it:       ftune stop run-01          saves a checkpoint; resume with --resume
+    Use it:        ftune chat run-01          also: export, serve (OpenAI API), eval, plot
 
     Shell completion: eval "$(_FTUNE_COMPLETE=bash_source ftune)" (zsh_source, fish_source).
     """
@@ -98,7 +100,7 @@ def demo(ctx: click.Context, overrides: tuple[str, ...], detach: bool) -> None:
 def _after_start(run, proc, foreground: bool) -> None:
     if not foreground:
         click.echo(f"Started {run.name} in the background (pid {proc.pid}); it keeps going if you log out.")
-        click.echo(f"  follow:  ftune logs {run.name} -f    ·  all runs: ftune ls")
+        click.echo(f"  watch:   ftune watch {run.name}       ·  log: ftune logs {run.name} -f  ·  all runs: ftune ls")
         click.echo(f"  stop:    ftune stop {run.name}       (saves a checkpoint; continue with --resume)")
         return
     from ftune.tui.progress import follow
@@ -106,6 +108,131 @@ def _after_start(run, proc, foreground: bool) -> None:
     final = follow(run, proc)
     if final is None or final.get("type") == "error":
         sys.exit(1)
+
+
+# --------------------------------------------------------------------------- new
+NEW_STAGES = ("sft", "dpo", "kto", "orpo", "simpo", "rm", "pt", "rl")
+NEW_METHODS = ("lora", "qlora", "qlora-4", "qlora-8", "dora", "full", "full-bf16", "freeze")
+PRESET_NAMES = ("standard", "quality", "fast")  # ftune.presets.NAMES, kept here so --help stays light
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--name", metavar="NAME", help="Run name (default: the next free run-01, run-02, ...).")
+@click.option("--model", "-m", metavar="MODEL", help="Hub id (e.g. Qwen/Qwen2.5-7B-Instruct) or a local model folder.")
+@click.option("--data", "-d", metavar="FILE", help="Training data file.")
+@click.option("--validation", metavar="FILE", help="A separate validation file (instead of --val-size).")
+@click.option("--val-size", type=float, metavar="SHARE", help="Share of the rows held out for evaluation (default 0.1).")
+@click.option("--stage", type=click.Choice(NEW_STAGES), help="What is learnt (default sft).")
+@click.option("--method", type=click.Choice(NEW_METHODS), help="How the weights change (default lora; qlora = qlora-4).")
+@click.option("--preset", type=click.Choice(PRESET_NAMES), help="Scenario preset (default standard; see `ftune presets`).")
+@click.option("--template", metavar="NAME", help="Chat template (default auto: the tokenizer's own).")
+@click.option("--trust-remote-code", is_flag=True, help="Allow a model that ships its own code to run it.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Any run-file value, e.g. --set training.learning_rate=2e-4 (repeatable).")
+@click.option("--from", "from_file", metavar="FILE", help="Start from a partial run file; flags override it.")
+@click.option("--yes", "-y", is_flag=True, help="Ask nothing: write the run file from the flags.")
+@click.option("--overwrite", is_flag=True, help="With --yes: replace an existing run file.")
+@click.option("--start", is_flag=True, help="With --yes: start training once the file is written.")
+@click.pass_context
+def new(ctx: click.Context, **options) -> None:
+    """Set up a run: answer a few questions (or pass them as flags) and get runs/NAME/run.yaml.
+
+    \b
+    Guided:    ftune new                  Ctrl+B goes back a step, Ctrl+C cancels
+    Scripted:  ftune new --model Qwen/Qwen2.5-0.5B-Instruct --data train.jsonl \\
+                 --preset fast --stage sft --method lora --set training.learning_rate=2e-4 --yes
+
+    Without a terminal (or with --yes) nothing is asked: a missing answer is an error naming its flag.
+    Flags given to the guided setup become its default answers.
+    """
+    from ftune.wizard.noninteractive import Flags, answers_from, run_noninteractive
+    from ftune.wizard.runfile import project_dir
+    from ftune.wizard.term import UI
+
+    root = _runs_root(ctx)
+    flags = Flags(**options)
+    tty = sys.stdin.isatty() and sys.stdout.isatty()
+    ui = UI()
+    answers = answers_from(flags, project=project_dir(root))
+    if flags.yes or not tty:
+        written = run_noninteractive(flags, answers, root, tty=tty)
+        click.echo(ui.t(f"Wrote {written.run.spec_path}"))
+        click.echo(ui.t(f"  {written.memory_line}"))
+        if flags.start:
+            from ftune.runtime import launch
+
+            _after_start(written.run, launch.start(written.run), foreground=False)
+        else:
+            click.echo(f"  train it: ftune train {written.run.name}")
+        return
+    from ftune.wizard.flow import Wizard
+    from ftune.wizard.prompts import Prompter
+
+    try:
+        outcome = Wizard(Prompter(ui), answers, root).run()
+    except KeyboardInterrupt:
+        click.echo(ui.t("Cancelled — nothing was written"))
+        ctx.exit(130)
+    run = outcome.run
+    if outcome.interrupted:
+        click.echo(f"Not started. {run.spec_path} is written: start it with `ftune train {run.name}`")
+        ctx.exit(130)
+    if not outcome.start:
+        if not outcome.refused:
+            click.echo(f"Start it when you are ready: ftune train {run.name}")
+        return
+    from ftune.runtime import launch
+
+    _watch_or_follow(ctx, run, launch.start(run))
+
+
+def _watch_or_follow(ctx: click.Context, run, proc) -> None:
+    """Open the live monitor when this ftune has one, else print how to follow the run."""
+    import importlib.util
+
+    watch = main.get_command(ctx, "watch")
+    if watch is not None and importlib.util.find_spec("ftune.tui.app") is not None:
+        arg = next((p.name for p in watch.params if isinstance(p, click.Argument)), None)
+        click.echo(f"Started {run.name} (pid {proc.pid}): opening the monitor; leaving it does not stop training.")
+        ctx.invoke(watch, **({arg: run.name} if arg else {}))
+        return
+    _after_start(run, proc, foreground=False)
+
+
+@main.command(context_settings=CONTEXT)
+def presets() -> None:
+    """List the scenario presets and the values each one sets."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ftune.presets import NAMES, describe, load_preset
+
+    def flat(data: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in data.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return out
+
+    values = {n: flat(load_preset(n)) for n in NAMES}
+    keys = list(dict.fromkeys(k for n in NAMES for k in values[n]))
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    table.add_column("setting")
+    for n in NAMES:
+        table.add_column(n, justify="right")
+    for k in keys:
+        table.add_row(k, *(f"{values[n][k]:g}" if isinstance(values[n].get(k), float) else str(values[n].get(k, "-"))
+                           for n in NAMES))
+    console = Console(highlight=False)
+    console.print(table)
+    console.print()
+    about = Table(box=None, show_header=False, pad_edge=False)
+    about.add_column(style="bold", no_wrap=True)
+    about.add_column()
+    for n in NAMES:
+        about.add_row(n, describe(n))
+    console.print(about)
+    console.print("\nUse one with `ftune new --preset NAME` or `preset: NAME` in run.yaml. "
+                  "Order: defaults < preset < run file < --set.")
 
 
 # --------------------------------------------------------------------------- train
@@ -203,6 +330,38 @@ def ls_(ctx: click.Context) -> None:
         model = r["model"] if len(r["model"]) <= room else "…" + r["model"][-(room - 1):]
         table.add_row(r["name"], status, r["stage_method"], model, r["progress"], r["loss"], r["started"])
     console.print(table)
+
+
+# --------------------------------------------------------------------------- watch
+@main.command(context_settings=CONTEXT)
+@click.argument("name", metavar="[RUN]", required=False, shell_complete=_complete_run)
+@click.pass_context
+def watch(ctx: click.Context, name: str | None) -> None:
+    """Watch RUN live: progress, loss, learning rate, GPUs, steps, checkpoints, problems.
+
+    \b
+    Keys:  q leave (the run goes on)   s stop the run (asks first)   l train.log
+           p large loss plot           ? help
+
+    It only reads the run's files: open it from any terminal or SSH session, during the run or
+    after it. Without RUN: a list of runs to pick from (`ftune ls` prints the plain table).
+    """
+    from ftune.runtime.rundir import ACTIVE_STATES, RunError
+
+    root = _runs_root(ctx)
+    if name is not None:
+        _run(ctx, name)  # a clear error (exit 2) for a run that does not exist
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise RunError("ftune watch needs a terminal: without one, use `ftune ls` or `ftune logs RUN -f`")
+    from ftune.tui.app import make_app
+
+    app = make_app(root, name, watch_terminal=True)
+    app.run()  # a terminal that hangs up ends the process from inside (exit code 129)
+    if app.left:
+        left, state = app.left
+        if state in ("waiting", *ACTIVE_STATES):
+            click.echo(f"Left the monitor; {left} goes on ({state}). Back with `ftune watch {left}`; "
+                       f"stop it with `ftune stop {left}`.")
 
 
 # --------------------------------------------------------------------------- logs
@@ -331,6 +490,138 @@ def rm(ctx: click.Context, name: str, yes: bool) -> None:
         click.confirm(f"Delete {run.path}{extra} ({state})?", abort=True)
     run.remove()
     click.echo(f"Deleted {name}.")
+
+
+# --------------------------------------------------------------------------- after training
+EXPORT_FORMATS = ("lora", "merged_16bit", "merged_4bit")  # ftune.runtime.export.FORMATS; here so --help stays light
+checkpoint_option = click.option("--checkpoint", type=int, metavar="STEP",
+                                 help="Use checkpoint STEP instead of the final model (export/).")
+
+
+@main.command(context_settings=CONTEXT)
+@run_argument
+@checkpoint_option
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS),
+              help="Default: the run's output.save_format. merged_4bit needs bitsandbytes on a CUDA GPU.")
+@click.option("--out", type=click.Path(file_okay=False), metavar="DIR",
+              help="Folder to write (default: runs/RUN/exports/FORMAT, or FORMAT-step-N).")
+@click.pass_context
+def export(ctx: click.Context, name: str, checkpoint: int | None, fmt: str | None, out: str | None) -> None:
+    """Write RUN's model as an adapter or a merged model, with its tokenizer, chat template and model card.
+
+    \b
+    lora          the adapter alone (small; loads on top of the base model)
+    merged_16bit  adapter merged into the base, bf16: loads with plain transformers, vLLM, ...
+    merged_4bit   merged and quantised to 4 bits (bitsandbytes, CUDA GPU only; loses some accuracy)
+
+    Before saying done it loads what it wrote with plain transformers/peft, compares its logits with
+    the run's model and lets it generate; a failed check leaves nothing behind.
+    """
+    from ftune.runtime.export import export_run
+
+    run = _run(ctx, name)
+    result = export_run(run, fmt, checkpoint, out, say=click.echo)
+    c = result.check
+    if c["generated_tokens"]:
+        click.echo(f"Checked: it loads and generates ({c['generated_tokens']} tokens); next-token agreement with "
+                   f"the run's model {c['agreement']:.0%}, largest logit difference {c['max_abs_diff']:.2g}.")
+    else:  # a reward model scores instead of generating
+        click.echo(f"Checked: it loads and scores like the run's model (largest difference {c['max_abs_diff']:.2g}).")
+    click.secho(f"Done: {result.path} ({result.format}, {result.dtype}, from {result.source})", fg="green")
+
+
+@main.command(context_settings=CONTEXT)
+@run_argument
+@checkpoint_option
+@click.option("--compare-base", is_flag=True, help="Answer each prompt with the base model too, side by side.")
+@click.option("--temperature", type=click.FloatRange(0, 2), default=0.7, show_default=True, help="0: greedy.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--system", metavar="TEXT", help="System prompt (or /system inside the chat).")
+@click.option("--seed", type=int, help="Seed every answer's sampling: the same prompt gets the same answer.")
+@click.pass_context
+def chat(ctx: click.Context, name: str, checkpoint: int | None, compare_base: bool, temperature: float,
+         top_p: float, max_new_tokens: int, system: str | None, seed: int | None) -> None:
+    """Chat with RUN's model in the terminal, answers streamed as they are written.
+
+    Multi-turn, with the chat template the run trained with. Inside: /system TEXT, /reset,
+    /set temperature|top_p|max_new_tokens VALUE, /settings, /help, /exit (or Ctrl+D).
+    """
+    from ftune.tui.chat import run_chat
+
+    run_chat(_run(ctx, name), checkpoint, compare_base, temperature, top_p, max_new_tokens, system, seed)
+
+
+@main.command(context_settings=CONTEXT)
+@run_argument
+@checkpoint_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; over SSH keep loopback and forward the port (ssh -L).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--api-key", envvar="FTUNE_API_KEY", show_envvar=True, metavar="KEY",
+              help="Require 'Authorization: Bearer KEY' on every /v1 request.")
+@click.option("--engine", type=click.Choice(("auto", "transformers", "vllm")), default="auto", show_default=True,
+              help="auto: vLLM when it is installed and a CUDA GPU is present, else transformers.")
+@click.pass_context
+def serve(ctx: click.Context, name: str, checkpoint: int | None, host: str, port: int, api_key: str | None,
+          engine: str) -> None:
+    """Serve RUN's model behind an OpenAI-compatible API (/v1/models, /v1/chat/completions).
+
+    \b
+    curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+      -d '{"model": "RUN", "messages": [{"role": "user", "content": "Hello"}]}'
+    """
+    from ftune.runtime.serve import serve as serve_run
+
+    serve_run(_run(ctx, name), checkpoint, host, port, api_key, engine, say=click.echo)
+
+
+@main.command(name="eval", context_settings=CONTEXT)
+@run_argument
+@checkpoint_option
+@click.option("--test", "test_file", type=click.Path(dir_okay=False, exists=True), metavar="FILE",
+              help="Test file (default: the run's data.test).")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), help="Default: training.max_new_tokens.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Default: training.per_device_eval_batch_size.")
+@click.pass_context
+def eval_(ctx: click.Context, name: str, checkpoint: int | None, test_file: str | None, max_new_tokens: int | None,
+          batch_size: int | None) -> None:
+    """Answer the prompts of RUN's test file and score the answers: BLEU, ROUGE-1/2/L.
+
+    Writes runs/RUN/eval/<export|checkpoint-N>/predictions.jsonl and metrics.json.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ftune.runtime.evaluate import evaluate_run
+
+    run = _run(ctx, name)
+    console = Console(highlight=False)
+    with Progress(TextColumn("answering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("eval", total=None)
+        result = evaluate_run(run, checkpoint, test_file, max_new_tokens, batch_size, say=console.print,
+                              on_batch=lambda done, total: progress.update(task, completed=done, total=total))
+    m = result.metrics
+    console.print(f"[bold]{m['num_samples']} answers[/] ({m['model']}, greedy, up to {m['max_new_tokens']} new "
+                  f"tokens, {m['predict_runtime']:.1f} s)")
+    console.print(f"  BLEU     {m['predict_bleu']:.2f}   (sacrebleu, tokenize={m['bleu_tokenize']})")
+    console.print(f"  ROUGE-1  {m['predict_rouge1']:.2f}   ROUGE-2 {m['predict_rouge2']:.2f}   "
+                  f"ROUGE-L {m['predict_rougeL']:.2f}")
+    if m.get("skipped_rows"):
+        console.print(f"  [yellow]{m['skipped_rows']} invalid test rows skipped[/]")
+    console.print(f"  {result.predictions}\n  {result.metrics_path}")
+
+
+@main.command(context_settings=CONTEXT)
+@run_argument
+@click.option("--out", type=click.Path(dir_okay=False), metavar="FILE", help="Default: runs/RUN/loss.png.")
+@click.pass_context
+def plot(ctx: click.Context, name: str, out: str | None) -> None:
+    """Draw RUN's training loss, eval loss and learning rate to a PNG (also while it trains)."""
+    from ftune.runtime.plot import plot_run
+
+    click.echo(f"Wrote {plot_run(_run(ctx, name), out)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

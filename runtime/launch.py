@@ -85,6 +85,8 @@ def preflight(spec: RunSpec, run: RunDir) -> None:
         paths = [_local(base, name) for name in spec.data.train]
     if spec.data.validation:
         paths.append(_local(base, spec.data.validation))
+    if spec.data.test:  # found missing now, not after hours of training
+        paths.append(_local(base, spec.data.test))
     for path in paths:
         if not path.is_file():
             raise RunError(f"data file not found: {path} (data in {run.spec_path}; "

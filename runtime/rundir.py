@@ -138,7 +138,7 @@ class RunDir:
             os.close(fd)
             pid = self.read_status().get("pid")
             raise RunError(
-                f"run '{self.name}' is already running (pid {pid}): follow it with `ftune logs {self.name} -f` "
+                f"run '{self.name}' is already running (pid {pid}): watch it with `ftune watch {self.name}` "
                 f"or stop it with `ftune stop {self.name}`"
             ) from None
         return fd

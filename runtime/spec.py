@@ -102,7 +102,10 @@ class DataSpec(Section):
     val_size: float = Field(
         0.1, ge=0.0, lt=1.0, description="Share of the training rows held out for evaluation (ignored with validation)."
     )
-    test: str | None = later(None, "Test file for predict_with_generate.")
+    test: str | None = Field(
+        None, description="Test file (chat or preference data) for training.predict_with_generate and `ftune eval`: "
+        "its prompts are answered and the answers scored against its own."
+    )
     on_invalid: Literal["error", "skip"] = Field(
         "error", description="What to do with rows that fail validation: refuse to train, or skip them (counted)."
     )
@@ -313,8 +316,14 @@ class TrainingSpec(Section):
         False, description="Resume from the newest checkpoint when the run is started again (like --resume)."
     )
     system_interval_s: float = Field(10.0, gt=0, description="Seconds between system (memory) events.")
-    predict_with_generate: bool = later(False, "Generate answers for the test file and score them.")
-    max_new_tokens: int = later(512, "Generation length for predict_with_generate.")
+    predict_with_generate: bool = Field(
+        False, description="After training, answer the prompts of data.test (greedy) and score the answers: "
+        "BLEU and ROUGE-1/2/L in runs/<name>/eval/export/ (predictions.jsonl, metrics.json)."
+    )
+    max_new_tokens: int = Field(
+        512, ge=1, description="Longest generated answer, in tokens, for predict_with_generate and `ftune eval` "
+        "(GLM-4's generation_config.max_new_tokens)."
+    )
 
     @model_validator(mode="after")
     def _precision_is_coherent(self) -> "TrainingSpec":
@@ -402,6 +411,8 @@ class RunSpec(Section):
                 self.stage.num_generations:
             raise ValueError("stage rl: per_device_train_batch_size × gradient_accumulation_steps must be a "
                              f"multiple of stage.num_generations ({self.stage.num_generations})")
+        if t.predict_with_generate and not self.data.test:
+            raise ValueError("training.predict_with_generate needs data.test: the file whose prompts are answered")
         if self.method.type == "full" and self.output.save_format != "lora":
             raise ValueError("output.save_format applies to adapters; full fine-tuning always saves the whole model")
         return self
@@ -449,6 +460,7 @@ FOREIGN_KEYS: dict[str, str] = {
     "val_file": "data.validation",
     "eval_dataset": "data.validation",
     "test_file": "data.test",
+    "generation_config": "training.max_new_tokens",
     "disable_shuffling": "data.shuffle",
     "dataset_num_proc": "data.num_proc",
     "preprocessing_num_workers": "data.num_proc",

@@ -63,7 +63,7 @@ def data_cache_key(spec: RunSpec, tokenizer, sources: list, base: Path) -> str:
     paths = [s.path for s in sources] + ([s.path for s in sources_for([d.validation], base)] if d.validation else [])
     files = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
     payload = {
-        "v": 1, "files": files, "data": d.model_dump(mode="json", exclude={"cache", "num_proc"}),
+        "v": 1, "files": files, "data": d.model_dump(mode="json", exclude={"cache", "num_proc", "test"}),
         "stage": spec.stage.type, "seed": spec.training.seed, "model": spec.model.name_or_path,
         "revision": spec.model.revision, "template": tokenizer.chat_template, "vocab": len(tokenizer),
         "eos": tokenizer.eos_token,
@@ -71,8 +71,10 @@ def data_cache_key(spec: RunSpec, tokenizer, sources: list, base: Path) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def prepare_data(spec: RunSpec, tokenizer, base: Path, events: EventWriter, run: RunDir) -> dict[str, Any]:
-    """Load, check, split and tokenise; reuse the run's cache of it when nothing changed."""
+def prepare_data(spec: RunSpec, tokenizer, base: Path, events: EventWriter, run: RunDir,
+                 lead: bool = True) -> dict[str, Any]:
+    """Load, check, split and tokenise; reuse the run's cache of it when nothing changed.
+    Every rank tokenises for itself; only the lead writes the cache."""
     import json
 
     import datasets
@@ -120,7 +122,7 @@ def prepare_data(spec: RunSpec, tokenizer, base: Path, events: EventWriter, run:
             "format": loaded.formatting}
     out = {**meta, "train": datasets.Dataset.from_dict(train_cols),
            "eval": datasets.Dataset.from_dict(eval_cols) if eval_cols[first] else None, "cached": False}
-    if cache is not None:
+    if cache is not None and lead:
         import shutil
 
         shutil.rmtree(cache.parent, ignore_errors=True)  # one cache per run: the newest
@@ -398,10 +400,10 @@ def export(spec: RunSpec, trainer, tokenizer, run: RunDir) -> dict[str, Any]:
     model = trainer.model
     fmt = "full" if spec.method.type == "full" else spec.output.save_format
     if fmt == "merged_16bit":
-        import torch
+        from ftune.runtime.export import merged_dtype  # the rule `ftune export` follows too
 
         model = model.merge_and_unload()
-        model = model.to(torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16)
+        model = model.to(merged_dtype())
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(out, ignore_errors=True)
@@ -425,7 +427,7 @@ def train(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
     set_seed(spec.training.seed)
     source = model_source(spec, base)
     tokenizer = load_tokenizer(spec, source, events)
-    data = prepare_data(spec, tokenizer, base, events, run)
+    data = prepare_data(spec, tokenizer, base, events, run, lead)
     plan = precision_plan(spec.training.precision, spec.method.type)
     model = load_model(spec, source, plan, tokenizer, run, base)
     ref_model, reward_model = load_stage_models(spec, run, base, plan)
@@ -456,6 +458,9 @@ def train(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
         return
     artifacts = export(spec, trainer, tokenizer, run)
     artifacts["checkpoints"] = [str(p) for _, p in run.checkpoints()]
+    from ftune.runtime.after import after_training  # predictions on data.test, model card, loss plot
+
+    artifacts.update(after_training(spec, run, events, trainer.model, tokenizer, metrics, artifacts))
     events.emit("finished", step=step, metrics=metrics, artifacts=artifacts)
     status(state="finished", step=step, ended_at=time.time(), export=artifacts["export"])
 

@@ -1,0 +1,53 @@
+"""What the worker does once the final model is exported: model card, predictions, loss plot.
+
+Each step is worth having but none is worth failing a finished run for: a step that fails becomes a
+`warning` event (message and hint), and the run still ends `finished`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ftune.runtime.events import EventWriter
+from ftune.runtime.rundir import RunDir
+from ftune.runtime.spec import RunSpec
+
+
+def _warn(events: EventWriter, spec: RunSpec, what: str, exc: BaseException) -> None:
+    import traceback
+
+    from ftune.runtime import hints
+
+    traceback.print_exc()  # the details go to train.log
+    message, hint = hints.explain(exc, spec)
+    events.emit("warning", message=f"{what}: {message}", hint=hint)
+
+
+def after_training(spec: RunSpec, run: RunDir, events: EventWriter, model, tokenizer, metrics: dict[str, Any],
+                   artifacts: dict[str, Any]) -> dict[str, Any]:
+    """Predictions on data.test (with training.predict_with_generate), the model card in export/ and
+    runs/<name>/loss.png. Adds predict_* scores to `metrics`; returns the new artifacts."""
+    out: dict[str, Any] = {}
+    if spec.training.predict_with_generate and spec.data.test:
+        try:
+            from ftune.runtime.evaluate import evaluate_run
+
+            result = evaluate_run(run, model=model, tokenizer=tokenizer, label="export")
+            metrics.update({k: v for k, v in result.metrics.items() if k.startswith("predict_")})
+            out.update(predictions=str(result.predictions), eval_metrics=str(result.metrics_path))
+        except Exception as e:  # noqa: BLE001 - reported as a warning; the model is trained and exported
+            _warn(events, spec, "predicting on the test file failed", e)
+    try:
+        from ftune.runtime import modelcard
+
+        modelcard.write(run.export_dir(), modelcard.render(spec, run, artifacts.get("format", "lora"), "export",
+                                                           metrics))
+    except Exception as e:  # noqa: BLE001
+        _warn(events, spec, "writing the model card failed", e)
+    try:
+        from ftune.runtime.plot import plot_run
+
+        out["plot"] = str(plot_run(run))
+    except Exception as e:  # noqa: BLE001
+        _warn(events, spec, "drawing the loss plot failed", e)
+    return out

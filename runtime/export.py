@@ -1,0 +1,315 @@
+"""`ftune export`: write a run's model in a chosen format, then prove it loads and generates.
+
+Formats:
+    lora          the adapter alone (small; needs the base model to load)
+    merged_16bit  the adapter merged into the base, saved in bf16
+    merged_4bit   merged, then quantised to 4 bits with bitsandbytes (needs a CUDA GPU; merging into
+                  4 bits loses accuracy, so keep the 16-bit export as the reference)
+
+Every export gets its tokenizer with the chat template used in training, a model card (README.md)
+and `ftune_export.json`. It is written to a hidden `.partial` folder, loaded back with plain
+transformers/peft, and its logits compared with the run's model on a probe conversation; only
+when that check passes is it moved into place, so a folder that exists is a working model.
+
+Precision: on a CPU the run's model is loaded and merged in fp32 (merging in half precision there
+is slow and rounds twice); on a GPU in bf16 (fp16 where bf16 is missing). Either way a merged
+export is saved in bf16 (`merged_dtype`) — the rule the training worker follows for its own
+merged_16bit export too, so both paths write the same thing on any machine.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ftune.runtime import loading, modelcard
+from ftune.runtime.errors import UserError
+from ftune.runtime.rundir import RunDir
+from ftune.runtime.spec import load_spec
+
+FORMATS = ("lora", "merged_16bit", "merged_4bit")
+MARKER = "ftune_export.json"
+PROBE = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "Where is my order? 我的订单在哪里？"},
+    {"role": "assistant", "content": "Open Orders and pick the order: the tracking link shows where it is."},
+]
+# What "the export matches the run's model" means (logits on the probe conversation, see `judge`):
+#   lora: the same adapter on the same base: equal up to float noise.
+#   merged_16bit (and a full fine-tune saved in 16 bits): weights rounded to 16 bits: small differences,
+#     and far smaller than what the adapter itself changes (a merge that lost the adapter fails here).
+#   merged_4bit: quantised: loads, gives finite logits and generates; closeness is reported, not required.
+MAX_REL_DIFF = {"lora": 1e-3, "merged_16bit": 0.05}
+MAX_SHARE_OF_ADAPTER_EFFECT = 0.25
+
+class ExportError(UserError):
+    """An export that cannot be made or did not check out: one clear sentence."""
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    source: str  # "export" or "checkpoint-<step>"
+    dtype: str
+    check: dict[str, Any] = field(default_factory=dict)
+    sample: str = ""  # what the exported model generated on the probe question
+
+
+def merged_dtype():
+    """The dtype of a merged 16-bit model: bf16 on every machine, so the same run exports the same file on a
+    CPU and on any GPU. bf16 keeps fp32's range (no overflow, unlike fp16); a GPU without bf16 loads it as fp16."""
+    import torch
+
+    return torch.bfloat16
+
+
+def four_bit_problem() -> str | None:
+    """Why merged_4bit cannot be written here, or None."""
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return ("merged_4bit needs bitsandbytes on a CUDA GPU, and no CUDA GPU is visible here: export "
+                "merged_16bit or lora on this machine, or run `ftune export --format merged_4bit` on a GPU machine")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "merged_4bit needs bitsandbytes: pip install bitsandbytes"
+    return None
+
+
+def default_out(run: RunDir, fmt: str, target: loading.Target) -> Path:
+    name = fmt if target.step is None else f"{fmt}-step-{target.step}"
+    return run.output_base() / "exports" / name
+
+
+def _check_out(out: Path, run: RunDir, target: loading.Target) -> None:
+    out = out.resolve()
+    for taken in (run.export_dir().resolve(), run.checkpoints_dir().resolve()):
+        if out == taken or taken in out.parents:
+            raise ExportError(f"--out {out} is inside the run's own {taken.name}/: choose another folder")
+    if out == run.path.resolve():
+        raise ExportError(f"--out {out} is the run directory itself: choose another folder")
+    if out == target.path.resolve():
+        raise ExportError(f"--out {out} is the folder being exported from: choose another folder")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
+        raise ExportError(f"{out} exists and is not an earlier ftune export: choose an empty or new folder")
+
+
+# --------------------------------------------------------------------------- checking
+def probe_inputs(tokenizer, causal: bool = True) -> dict[str, Any]:
+    text = tokenizer.apply_chat_template(PROBE, tokenize=False)
+    return tokenizer(text, add_special_tokens=False, return_tensors="pt")
+
+
+def logits_of(model, inputs: dict[str, Any]):
+    import torch
+
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        out = model(**{k: v.to(device) for k, v in inputs.items()})
+    return out.logits.float().cpu()
+
+
+def compare(ref, got) -> dict[str, float]:
+    """How close two sets of logits are: largest difference (absolute and relative to the logits' range)
+    and how often the top next token is the same."""
+    diff = (ref - got).abs()
+    scale = float(ref.abs().max()) or 1.0
+    agreement = float((ref.argmax(-1) == got.argmax(-1)).float().mean())
+    return {"max_abs_diff": float(diff.max()), "rel_diff": float(diff.max()) / scale, "agreement": agreement}
+
+
+def judge(fmt: str, check: dict[str, Any], causal: bool = True) -> str | None:
+    """Why an export does not match the run's model (None when it does)."""
+    import math
+
+    if not math.isfinite(check["max_abs_diff"]):
+        return "its logits are not finite"
+    if causal and check.get("generated_tokens", 0) < 1:
+        return "it generated nothing"
+    if fmt == "merged_4bit":
+        return None
+    if check["rel_diff"] > MAX_REL_DIFF[fmt]:
+        return f"its logits differ by up to {check['max_abs_diff']:.3g} ({check['rel_diff']:.1%} of their range)"
+    effect = check.get("adapter_effect")
+    if fmt != "lora" and effect and effect > 1e-3 * check["scale"] \
+            and check["max_abs_diff"] > MAX_SHARE_OF_ADAPTER_EFFECT * effect:
+        return (f"its logits differ from the run's by {check['max_abs_diff']:.3g}, against {effect:.3g} between the "
+                f"run's model and its base: the adapter did not survive the merge")
+    return None
+
+
+def load_exported(path: Path, fmt: str, spec, run: RunDir, dtype):
+    """The export as a user would load it: plain transformers, or peft for an adapter."""
+    import transformers
+
+    causal = spec.stage.type != "rm"
+    extra: dict[str, Any] = {} if causal else {"num_labels": 1}
+    placement = loading.placement()
+    if fmt == "lora":
+        if spec.model.rope_scaling:  # the adapter's base needs the run's RoPE config
+            from peft import PeftModel
+
+            return PeftModel.from_pretrained(loading.load_base_model(spec, run, dtype), path)
+        import peft
+
+        cls = peft.AutoPeftModelForCausalLM if causal else peft.AutoPeftModelForSequenceClassification
+        return cls.from_pretrained(path, dtype=dtype, trust_remote_code=spec.model.trust_remote_code, **placement,
+                                   **extra)
+    cls = transformers.AutoModelForCausalLM if causal else transformers.AutoModelForSequenceClassification
+    kwargs = {} if fmt == "merged_4bit" else {"dtype": dtype}  # a 4-bit model brings its own quantisation config
+    return cls.from_pretrained(path, trust_remote_code=spec.model.trust_remote_code, **placement, **kwargs, **extra)
+
+
+def _free() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------- writing
+def _write_merged(model, path: Path, tokenizer, adapter: bool):
+    from ftune.runtime.generate import stop_token_ids
+
+    if adapter:
+        model = model.merge_and_unload()
+    dtype = merged_dtype()
+    model = model.to(dtype)
+    if getattr(model, "generation_config", None) is not None:  # plain `generate` stops at the turn marker too
+        model.generation_config.eos_token_id = stop_token_ids(tokenizer, model)
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(path)
+    return model, dtype
+
+
+def _quantize_4bit(merged: Path, path: Path, spec) -> None:
+    """Load a merged 16-bit model quantised by bitsandbytes (NF4, double quantisation) and save that:
+    transformers serialises 4-bit bitsandbytes weights."""
+    import transformers
+
+    quant = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                            bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=merged_dtype())
+    q = transformers.AutoModelForCausalLM.from_pretrained(merged, quantization_config=quant, device_map="auto",
+                                                          trust_remote_code=spec.model.trust_remote_code)
+    q.save_pretrained(path)
+
+
+def export_run(run: RunDir, fmt: str | None = None, checkpoint: int | None = None, out: str | Path | None = None,
+               say: Callable[[str], None] = lambda s: None) -> ExportResult:
+    """Write the run's model (its export, or checkpoint N) in `fmt` to `out`, checked; see the module doc."""
+    with loading.quiet():
+        return _export(run, fmt, checkpoint, out, say)
+
+
+def _export(run: RunDir, fmt: str | None, checkpoint: int | None, out: str | Path | None,
+            say: Callable[[str], None]) -> ExportResult:
+    import torch
+    from transformers import AutoTokenizer
+
+    from ftune.runtime.generate import Generation, Settings
+
+    spec = load_spec(run.spec_path)
+    fmt = fmt or spec.output.save_format
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format '{fmt}': use one of {', '.join(FORMATS)}")
+    if fmt == "merged_4bit":
+        problem = four_bit_problem()
+        if problem:
+            raise ExportError(problem)
+    causal = spec.stage.type != "rm"
+    if fmt == "merged_4bit" and not causal:
+        raise ExportError("merged_4bit is for generating models; a reward model (stage rm) exports as lora or "
+                          "merged_16bit")
+    target = loading.resolve_target(run, checkpoint)
+    if fmt == "lora" and not target.adapter:
+        if spec.method.type != "lora":
+            raise ExportError(f"run '{run.name}' trained the weights themselves (method {spec.method.type}): "
+                              f"there is no adapter to export; use --format merged_16bit")
+        steps = ", ".join(str(s) for s, _ in run.checkpoints()) or "none"
+        raise ExportError(f"the run's {target.label} is a merged model; the adapter is in its checkpoints: "
+                          f"pass --checkpoint STEP (checkpoints: {steps})")
+    out = Path(out).expanduser().resolve() if out else default_out(run, fmt, target)
+    _check_out(out, run, target)
+
+    cuda = torch.cuda.is_available()
+    dtype = loading.inference_dtype() if cuda else torch.float32
+    say(f"Loading {run.name} ({target.label}{', adapter on ' + spec.model.name_or_path if target.adapter else ''})")
+    tokenizer = loading.load_tokenizer(spec, target, run, loading.base_source(spec, run))
+    model = loading.load_weights(spec, run, target, dtype)
+    model.eval()
+    inputs = probe_inputs(tokenizer)
+    reference = logits_of(model, inputs)
+    effect = None
+    if target.adapter:  # how far the adapter moves the base: the yardstick for a merge
+        with model.disable_adapter():
+            effect = float((logits_of(model, inputs) - reference).abs().max())
+
+    tmp = out.parent / f".{out.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        say(f"Writing {fmt} to {out}")
+        saved_dtype = str(dtype).replace("torch.", "")
+        if fmt == "lora":
+            model.save_pretrained(tmp)
+            lora = next((p for n, p in model.named_parameters() if "lora_" in n), None)
+            saved_dtype = str(lora.dtype if lora is not None else dtype).replace("torch.", "")
+        elif fmt == "merged_16bit":
+            _, d = _write_merged(model, tmp, tokenizer, target.adapter)
+            saved_dtype = str(d).replace("torch.", "")
+        else:  # merge to a 16-bit staging folder, free the model, quantise from there
+            staging = tmp.with_name(tmp.name + ".16bit")
+            shutil.rmtree(staging, ignore_errors=True)
+            _write_merged(model, staging, tokenizer, target.adapter)
+            del model
+            _free()
+            try:
+                _quantize_4bit(staging, tmp, spec)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            saved_dtype = "4-bit nf4 (bitsandbytes)"
+        tokenizer.save_pretrained(tmp)
+        model = None  # the run's model is no longer needed: free it before loading the export
+        _free()
+
+        say("Checking that it loads with plain transformers/peft and generates")
+        loaded = load_exported(tmp, fmt, spec, run, dtype)
+        loaded.eval()
+        tok = AutoTokenizer.from_pretrained(tmp, trust_remote_code=spec.model.trust_remote_code)
+        if tok.chat_template != tokenizer.chat_template:
+            raise ExportError("the exported tokenizer lost the run's chat template")
+        check = compare(reference, logits_of(loaded, probe_inputs(tok)))
+        check.update(scale=float(reference.abs().max()), adapter_effect=effect, generated_tokens=0)
+        sample = ""
+        if causal:
+            gen = Generation(loaded, tok, PROBE[:2], Settings(temperature=0, max_new_tokens=16))
+            sample = gen.result()
+            check["generated_tokens"] = gen.completion_tokens
+        problem = judge(fmt, check, causal)
+        if problem:
+            raise ExportError(f"the exported model does not match the run's model: {problem}; nothing was "
+                              f"written to {out}", hint="This is a bug in ftune or a library: please report it with the command.")
+        del loaded
+        _free()
+
+        metrics = modelcard.run_metrics(run, target.step)
+        modelcard.write(tmp, modelcard.render(spec, run, fmt, target.label, metrics, saved_dtype, check))
+        (tmp / MARKER).write_text(json.dumps({
+            "run": run.name, "format": fmt, "source": target.label, "step": target.step, "dtype": saved_dtype,
+            "base_model": spec.model.name_or_path, "check": check, "created": time.time()}, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportResult(out, fmt, target.label, saved_dtype, check, sample)

@@ -1,0 +1,195 @@
+"""Load a run's model for inference: its export or one of its checkpoints, with the run's tokenizer.
+
+What a run leaves behind, and how each loads:
+
+    export/ (lora)            the adapter       -> base model + peft adapter
+    export/ (merged, full)    a whole model     -> transformers alone
+    checkpoints/checkpoint-N  adapter or model  -> the same rules
+
+The tokenizer comes from the same folder (the worker saves it, chat template included, with every
+checkpoint and the export), so chat, serve and eval render prompts exactly as training did. Only
+when a folder has no tokenizer is the base model's taken, with the run's `model.template` applied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ftune.runtime.rundir import RunDir, RunError
+from ftune.runtime.spec import RunSpec, load_spec
+
+
+@dataclass
+class Target:
+    """Which weights of a run: a folder, and what it holds."""
+
+    path: Path
+    label: str  # "export" or "checkpoint-<step>"
+    step: int | None  # the checkpoint's step (None for the export)
+    adapter: bool  # a peft adapter (else a whole model)
+
+
+@dataclass
+class RunModel:
+    """A run's model ready to generate: the model, its tokenizer and where they came from."""
+
+    model: Any
+    tokenizer: Any
+    spec: RunSpec
+    target: Target
+    base_source: str  # the base model folder or hub id
+    name: str  # the run's name, as clients address it
+
+    @property
+    def adapter(self) -> bool:
+        return self.target.adapter
+
+
+def base_source(spec: RunSpec, run: RunDir) -> str:
+    """The base model as the worker resolved it: a local folder relative to the project, else the hub id."""
+    from ftune.runtime.launch import project_dir
+
+    p = Path(spec.model.name_or_path).expanduser()
+    p = p if p.is_absolute() else project_dir(run) / p
+    return str(p) if p.exists() else spec.model.name_or_path
+
+
+def resolve_target(run: RunDir, checkpoint: int | None = None) -> Target:
+    """The export by default (the newest checkpoint when there is no export yet); or checkpoint N."""
+    found = dict(run.checkpoints())
+    steps = ", ".join(str(s) for s in found) or "none"
+    if checkpoint is not None:
+        if checkpoint not in found:
+            raise RunError(f"run '{run.name}' has no complete checkpoint at step {checkpoint} (checkpoints: {steps})")
+        path = found[checkpoint]
+        return Target(path, f"checkpoint-{checkpoint}", checkpoint, (path / "adapter_config.json").is_file())
+    export = run.export_dir()
+    if (export / "config.json").is_file() or (export / "adapter_config.json").is_file():
+        return Target(export, "export", None, (export / "adapter_config.json").is_file())
+    latest = run.latest_checkpoint()
+    if latest is None:
+        raise RunError(f"run '{run.name}' has no export and no checkpoint yet: train it first "
+                       f"(`ftune train {run.name}`)")
+    step, path = latest
+    return Target(path, f"checkpoint-{step}", step, (path / "adapter_config.json").is_file())
+
+
+@contextlib.contextmanager
+def quiet():
+    """Load progress bars and library deprecation warnings are noise in a chat, a server log or an export."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+
+
+def inference_dtype():
+    """bf16 on GPUs that have it, fp16 on other GPUs, fp32 on a CPU (half precision is slow and lossy there)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def placement() -> dict[str, Any]:
+    """Where weights go: spread over the GPUs by accelerate when there are any, else the CPU."""
+    import torch
+
+    return {"device_map": "auto"} if torch.cuda.is_available() else {}
+
+
+def load_tokenizer(spec: RunSpec, target: Target, run: RunDir, base: str):
+    """The tokenizer saved with the weights (template included); else the base's with the run's template."""
+    from transformers import AutoTokenizer
+
+    from ftune.runtime import templates
+    from ftune.runtime.data import CHATML_TEMPLATE
+
+    for folder in (target.path, run.export_dir()):
+        if (folder / "tokenizer_config.json").is_file():
+            tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=spec.model.trust_remote_code)
+            break
+    else:
+        tok = AutoTokenizer.from_pretrained(base, revision=spec.model.revision,
+                                            trust_remote_code=spec.model.trust_remote_code)
+        if spec.model.template != "auto":
+            tok.chat_template = templates.get(spec.model.template)
+        elif not tok.chat_template:
+            tok.chat_template = CHATML_TEMPLATE  # what the worker trained with
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _model_class(spec: RunSpec):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification if spec.stage.type == "rm" else AutoModelForCausalLM
+
+
+def load_base_model(spec: RunSpec, run: RunDir, dtype=None, where: dict[str, Any] | None = None):
+    """The base model as training loaded it (RoPE scaling and reward head included), without the adapter."""
+    kwargs: dict[str, Any] = {"dtype": dtype or inference_dtype(), **(placement() if where is None else where)}
+    source = base_source(spec, run)
+    if spec.model.rope_scaling:
+        from ftune.runtime.train import rope_scaled_config
+
+        kwargs["config"] = rope_scaled_config(spec, source)
+    if spec.stage.type == "rm":
+        kwargs["num_labels"] = 1
+    return _model_class(spec).from_pretrained(source, revision=spec.model.revision,
+                                              trust_remote_code=spec.model.trust_remote_code, **kwargs)
+
+
+def load_weights(spec: RunSpec, run: RunDir, target: Target, dtype=None, where: dict[str, Any] | None = None):
+    """The model at `target`: base + adapter (a PeftModel) or a whole model."""
+    if target.adapter:
+        from peft import PeftModel
+
+        base = load_base_model(spec, run, dtype, where)
+        return PeftModel.from_pretrained(base, target.path)
+    kwargs: dict[str, Any] = {"dtype": dtype or inference_dtype(), **(placement() if where is None else where)}
+    if spec.stage.type == "rm":
+        kwargs["num_labels"] = 1
+    return _model_class(spec).from_pretrained(target.path, trust_remote_code=spec.model.trust_remote_code, **kwargs)
+
+
+def load_run_model(run: RunDir, checkpoint: int | None = None, dtype=None, for_generation: bool = True) -> RunModel:
+    """A run's model and tokenizer, in eval mode, at its export or checkpoint N."""
+    spec = load_spec(run.spec_path)
+    if for_generation and spec.stage.type == "rm":
+        raise RunError(f"run '{run.name}' trained a reward model (stage rm): it scores answers and cannot "
+                       f"generate them; chat, serve and eval need a run of another stage")
+    target = resolve_target(run, checkpoint)
+    base = base_source(spec, run)
+    with quiet():
+        tokenizer = load_tokenizer(spec, target, run, base)
+        model = load_weights(spec, run, target, dtype)
+    model.eval()
+    return RunModel(model, tokenizer, spec, target, base, run.name)
+
+
+def load_base_for_comparison(rm: RunModel, run: RunDir):
+    """The base model next to a run's model: the same object with its adapter switched off when it has
+    one (no second copy in memory), else the base loaded once more."""
+    if rm.adapter:
+        return rm.model, True
+    with quiet():
+        model = load_base_model(rm.spec, run, next(rm.model.parameters()).dtype)
+    model.eval()
+    return model, False

@@ -1,0 +1,365 @@
+"""`ftune serve`: a run's model behind an OpenAI-compatible API (FastAPI + uvicorn).
+
+    GET  /v1/models              the served model (its id is the run's name)
+    GET  /v1/models/{id}
+    POST /v1/chat/completions    with or without `stream: true` (server-sent events)
+    GET  /health                 no key needed: for load balancers and scripts
+
+Errors use OpenAI's body, `{"error": {"message", "type", "param", "code"}}`, with its status codes:
+400 for a bad request (validation, unsupported options, a prompt longer than the context), 401 for a
+missing or wrong API key, 404 for an unknown model or path, 500 when generation itself fails.
+
+Engines: transformers (always; one generation at a time, in the order requests arrive) or vLLM —
+its own OpenAI server, started on the run's export — when vLLM is installed and a CUDA GPU is
+present. Binds to 127.0.0.1 unless told otherwise: over SSH, forward the port
+(`ssh -L 8000:127.0.0.1:8000 host`) rather than opening it to the network.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import threading
+import time
+import uuid
+from typing import Any, Iterator, Literal
+
+from fastapi import Request  # at module level: FastAPI resolves the string annotations of the routes here
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ftune.runtime.errors import UserError
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class ServeError(UserError):
+    """A server that cannot start as asked."""
+
+
+# --------------------------------------------------------------------------- request schema
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            for part in self.content:
+                if part.type != "text":
+                    raise APIError(400, f"content parts of type '{part.type}' are not supported: this model reads "
+                                        f"text only", param="messages")
+            return "".join(p.text or "" for p in self.content)
+        if self.content is None:
+            raise APIError(400, f"a {self.role} message needs text content (tool calls are not supported)",
+                           param="messages")
+        return self.content
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    """The fields of OpenAI's chat/completions request that this server honours. Unknown fields are
+    ignored (clients send new ones all the time); known ones it cannot honour are refused."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    n: int = Field(1, ge=1)
+    seed: int | None = None
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    logprobs: bool | None = None
+    tools: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, v: Any) -> Any:
+        if isinstance(v, list) and len(v) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return v
+
+    def unsupported(self) -> tuple[str, str] | None:
+        """(param, why) for an option this server cannot honour."""
+        if self.n != 1:
+            return "n", "only n=1 is supported"
+        if self.presence_penalty or self.frequency_penalty:
+            return ("presence_penalty" if self.presence_penalty else "frequency_penalty",
+                    "presence and frequency penalties are not supported")
+        if self.logprobs:
+            return "logprobs", "logprobs are not supported"
+        if self.tools:
+            return "tools", "tool calling is not supported by this server"
+        if self.response_format and self.response_format.get("type", "text") != "text":
+            return "response_format", "only the text response format is supported"
+        return None
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, type_: str | None = None, param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.type = type_ or ("invalid_request_error" if status < 500 else "server_error")
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+# --------------------------------------------------------------------------- engine
+class TransformersEngine:
+    """A run's model loaded with transformers; one generation at a time."""
+
+    def __init__(self, rm):
+        self.rm = rm
+        self.lock = threading.Lock()
+        cfg = getattr(rm.model, "config", None)
+        self.context = int(getattr(cfg, "max_position_embeddings", 0) or 0) or None
+        gen = rm.model.generation_config
+        sampled = bool(getattr(gen, "do_sample", False))
+        self.default_temperature = float(gen.temperature) if sampled and gen.temperature is not None else 1.0
+        self.default_top_p = float(gen.top_p) if sampled and gen.top_p is not None else 1.0
+
+    def start(self, messages: list[dict[str, str]], req: ChatRequest):
+        from ftune.runtime.generate import Generation, Settings, prompt_inputs
+
+        n_prompt = int(prompt_inputs(self.rm.tokenizer, messages, "cpu")["input_ids"].shape[1])
+        if self.context and n_prompt >= self.context:
+            raise APIError(400, f"the messages are {n_prompt} tokens; this model's context is {self.context} tokens",
+                           param="messages", code="context_length_exceeded")
+        room = (self.context - n_prompt) if self.context else 1024
+        wanted = req.max_completion_tokens or req.max_tokens
+        if wanted and self.context and wanted > room:
+            raise APIError(400, f"max_tokens {wanted} plus the {n_prompt} prompt tokens exceeds this model's context "
+                                f"of {self.context} tokens", param="max_tokens", code="context_length_exceeded")
+        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        settings = Settings(temperature=self.default_temperature if req.temperature is None else req.temperature,
+                            top_p=self.default_top_p if req.top_p is None else req.top_p,
+                            max_new_tokens=wanted or min(1024, room), seed=req.seed, stop=stop)
+        return Generation(self.rm.model, self.rm.tokenizer, messages, settings, lock=self.lock)
+
+
+# --------------------------------------------------------------------------- the app
+def _messages(req: ChatRequest) -> list[dict[str, str]]:
+    out = []
+    for m in req.messages:
+        role = "system" if m.role == "developer" else m.role
+        out.append({"role": role, "content": m.text()})
+    return out
+
+
+def _validation_message(exc) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "invalid request", None
+    e = errors[0]
+    loc = [str(x) for x in e.get("loc", ()) if x != "body"]
+    if e.get("type") == "json_invalid":
+        return "the request body is not valid JSON", None
+    if e.get("type") == "missing":
+        return f"missing required parameter: '{'.'.join(loc)}'", ".".join(loc) or None
+    where = ".".join(loc)
+    msg = str(e.get("msg", "")).removeprefix("Value error, ")
+    return (f"invalid value for '{where}': {msg}" if where else msg), where or None
+
+
+def create_app(engine, model_id: str, api_key: str | None = None, owned_by: str = "ftune"):
+    """The FastAPI app around an engine (anything with `start(messages, request) -> Generation`)."""
+    from fastapi import Depends, FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    created = int(time.time())
+    app = FastAPI(title=f"ftune · {model_id}", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        message, param = _validation_message(exc)
+        return JSONResponse(APIError(400, message, param=param).body(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        message = {404: f"unknown path {request.url.path}: this server has /v1/models and /v1/chat/completions",
+                   405: f"method {request.method} is not allowed on {request.url.path}"}.get(exc.status_code,
+                                                                                               str(exc.detail))
+        return JSONResponse(APIError(exc.status_code, message).body(), status_code=exc.status_code)
+
+    def authorize(request: Request) -> None:
+        if api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if not header:
+            raise APIError(401, "no API key given: send it as 'Authorization: Bearer KEY'", code="invalid_api_key")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), api_key.encode()):
+            raise APIError(401, "incorrect API key", code="invalid_api_key")
+
+    def model_card() -> dict[str, Any]:
+        return {"id": model_id, "object": "model", "created": created, "owned_by": owned_by}
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok", "model": model_id}
+
+    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{name:path}", dependencies=[Depends(authorize)])
+    def get_model(name: str) -> dict[str, Any]:
+        if name != model_id:
+            raise APIError(404, f"the model '{name}' does not exist: this server serves '{model_id}'",
+                           param="model", code="model_not_found")
+        return model_card()
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
+    def chat_completions(req: ChatRequest):
+        if req.model != model_id:
+            raise APIError(404, f"the model '{req.model}' does not exist: this server serves '{model_id}'",
+                           param="model", code="model_not_found")
+        problem = req.unsupported()
+        if problem:
+            raise APIError(400, problem[1], param=problem[0])
+        messages = _messages(req)
+        try:
+            gen = engine.start(messages, req)
+        except ValueError as e:  # settings out of range
+            raise APIError(400, str(e)) from None
+        cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        now = int(time.time())
+        if req.stream:
+            usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(_sse(gen, cid, now, model_id, usage), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        try:
+            text = gen.result()
+        except Exception as e:  # noqa: BLE001 - the client gets a 500 with the reason
+            raise APIError(500, f"generation failed: {type(e).__name__}: {e}") from None
+        return {
+            "id": cid, "object": "chat.completion", "created": now, "model": model_id,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                         "finish_reason": gen.finish_reason}],
+            "usage": _usage(gen),
+        }
+
+    return app
+
+
+def _usage(gen) -> dict[str, int]:
+    return {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
+            "total_tokens": gen.prompt_tokens + gen.completion_tokens}
+
+
+def _sse(gen, cid: str, created: int, model_id: str, include_usage: bool) -> Iterator[str]:
+    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`."""
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_id,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        for piece in gen:
+            yield chunk({"content": piece})
+        yield chunk({}, gen.finish_reason)
+        if include_usage:
+            body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_id,
+                    "choices": [], "usage": _usage(gen)}
+            yield f"data: {json.dumps(body)}\n\n"
+        yield "data: [DONE]\n\n"
+    except Exception as e:  # noqa: BLE001 - headers are sent: the error goes in the stream
+        yield f"data: {json.dumps(APIError(500, f'generation failed: {type(e).__name__}: {e}').body())}\n\n"
+    finally:
+        gen.cancel()  # a client that went away stops the generation
+
+
+# --------------------------------------------------------------------------- vLLM
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_usable() -> bool:
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def vllm_command(run, checkpoint: int | None, host: str, port: int, api_key: str | None) -> list[str]:
+    """`vllm serve` for the run: a merged model directly; an adapter on its base (`--enable-lora`),
+    served under the run's name, with the run's tokenizer (and so its chat template)."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from ftune.runtime import loading
+    from ftune.runtime.spec import load_spec
+
+    spec = load_spec(run.spec_path)
+    target = loading.resolve_target(run, checkpoint)
+    exe = Path(sys.executable).with_name("vllm")
+    vllm = str(exe) if exe.exists() else (shutil.which("vllm") or "vllm")
+    if target.adapter:
+        rank = next((r for r in VLLM_LORA_RANKS if r >= spec.method.lora.rank), VLLM_LORA_RANKS[-1])
+        cmd = [vllm, "serve", loading.base_source(spec, run), "--tokenizer", str(target.path),
+               "--served-model-name", f"{run.name}-base", "--enable-lora",
+               "--lora-modules", f"{run.name}={target.path}", "--max-lora-rank", str(rank)]
+    else:
+        cmd = [vllm, "serve", str(target.path), "--served-model-name", run.name]
+    cmd += ["--host", host, "--port", str(port)]
+    if api_key:
+        cmd += ["--api-key", api_key]
+    if spec.model.trust_remote_code:
+        cmd.append("--trust-remote-code")
+    return cmd
+
+
+# --------------------------------------------------------------------------- entry point
+def serve(run, checkpoint: int | None = None, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          engine: str = "auto", say=print) -> None:
+    """Serve until interrupted."""
+    if host not in LOOPBACK and not api_key:
+        say(f"warning: serving on {host} without --api-key: anyone who can reach this port can use the model")
+    if engine == "vllm" or (engine == "auto" and vllm_usable()):
+        if engine == "vllm" and not vllm_usable():
+            raise ServeError("--engine vllm needs the vllm package and a CUDA GPU; use --engine transformers")
+        import os
+
+        cmd = vllm_command(run, checkpoint, host, port, api_key)
+        say(f"Starting vLLM: {' '.join(c if c != api_key else '***' for c in cmd)}")
+        os.execv(cmd[0], cmd)  # vLLM's own OpenAI server takes over this process
+    import uvicorn
+
+    from ftune.runtime.loading import load_run_model
+
+    say(f"Loading {run.name}…")
+    rm = load_run_model(run, checkpoint)
+    app = create_app(TransformersEngine(rm), run.name, api_key)
+    shown = f"[{host}]" if ":" in host else host
+    say(f"Serving {run.name} ({rm.target.label}) with transformers at http://{shown}:{port}/v1 — model id "
+        f"'{run.name}'{', API key required' if api_key else ''}. Ctrl+C stops.")
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=True)

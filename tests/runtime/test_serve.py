@@ -1,0 +1,189 @@
+"""`ftune serve` on a tiny trained run, live on loopback, spoken to with the official openai client."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import openai
+import pytest
+
+from ftune.runtime.serve import vllm_command
+from tests.runtime.trained import cli, train_tiny_run
+
+KEY = "test-key-123"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model):
+    run, _ = train_tiny_run(tmp_path_factory.mktemp("serve"), tiny_model)
+    return run
+
+
+@pytest.fixture(scope="module")
+def server(trained):
+    port = free_port()
+    log = open(trained.path / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "ftune", "--runs-dir", str(trained.root), "serve", "run-01",
+                             "--port", str(port), "--api-key", KEY], stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                if json.load(r)["status"] == "ok":
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail("the server did not start:\n" + (trained.path / "serve.log").read_text()[-3000:])
+        time.sleep(0.3)
+    yield base
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def local(trained):
+    """What the run's model answers, computed here without the server: greedy, or sampled with a seed."""
+    from ftune.runtime.generate import Generation, Settings
+    from ftune.runtime.loading import load_run_model
+
+    rm = load_run_model(trained)
+
+    def answer(messages, max_new_tokens, seed=None):
+        settings = Settings(temperature=0 if seed is None else 1.0, top_p=1.0, max_new_tokens=max_new_tokens, seed=seed)
+        return Generation(rm.model, rm.tokenizer, messages, settings).result()
+    return answer
+
+
+QUESTION = [{"role": "user", "content": "Where is my order?"}]
+CONVO = [{"role": "system", "content": "Be brief."}, *QUESTION, {"role": "assistant", "content": "Open Orders."},
+         {"role": "user", "content": "Can I return a lamp?"}]
+
+
+def test_models_lists_the_run(client):
+    assert [m.id for m in client.models.list()] == ["run-01"]
+    assert client.models.retrieve("run-01").owned_by == "ftune"
+
+
+def test_chat_completion_answers_what_the_model_generates(client, local):
+    r = client.chat.completions.create(model="run-01", messages=QUESTION, temperature=0, max_tokens=12)
+    choice = r.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.message.content == local(QUESTION, 12)
+    assert choice.finish_reason in ("stop", "length")
+    assert r.usage.prompt_tokens > 0 and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert r.object == "chat.completion" and r.id.startswith("chatcmpl-")
+    # sampled with a seed: the same tokens as here, so template, history and settings all arrived intact
+    sampled = client.chat.completions.create(model="run-01", messages=CONVO, temperature=1, top_p=1, seed=7,
+                                             max_tokens=16)
+    assert sampled.choices[0].message.content == local(CONVO, 16, seed=7)
+
+
+def test_streaming_sends_the_same_answer_in_pieces(client):
+    args = dict(model="run-01", messages=CONVO, temperature=1, top_p=1, seed=11, max_tokens=16)
+    whole = client.chat.completions.create(**args).choices[0].message.content
+    chunks = list(client.chat.completions.create(**args, stream=True, stream_options={"include_usage": True}))
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(pieces) > 1 and "".join(pieces) == whole
+    assert chunks[0].choices[0].delta.role == "assistant" and chunks[0].object == "chat.completion.chunk"
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finishes) == 1
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_stop_sequences_end_the_answer_before_them(client):
+    args = dict(model="run-01", messages=CONVO, temperature=1, top_p=1, seed=5, max_tokens=24)
+    full = client.chat.completions.create(**args).choices[0].message.content
+    assert len(full) >= 6, full
+    stop = full[len(full) // 2: len(full) // 2 + 2]
+    cut = client.chat.completions.create(**args, stop=[stop])
+    assert cut.choices[0].message.content == full[: full.find(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+    streamed = client.chat.completions.create(**args, stop=stop, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == full[: full.find(stop)]
+
+
+@pytest.mark.parametrize("kwargs,param", [
+    ({"temperature": 3}, "temperature"),
+    ({"top_p": 0}, "top_p"),
+    ({"n": 2}, "n"),
+    ({"messages": []}, "messages"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"max_tokens": 10**6}, "max_tokens"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages"),
+    ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
+])
+def test_bad_requests_get_400_with_an_openai_error_body(client, kwargs, param):
+    args = {"model": "run-01", "messages": QUESTION, **kwargs}
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(**args)
+    body = err.value.body
+    assert err.value.status_code == 400 and body["type"] == "invalid_request_error" and body["param"] == param
+    assert body["message"]
+
+
+def test_unknown_model_is_404(client):
+    with pytest.raises(openai.NotFoundError) as err:
+        client.chat.completions.create(model="gpt-4o", messages=QUESTION)
+    assert err.value.body["code"] == "model_not_found" and "'run-01'" in err.value.body["message"]
+
+
+def test_wrong_or_missing_api_key_is_401(server):
+    wrong = openai.OpenAI(base_url=f"{server}/v1", api_key="nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as err:
+        wrong.models.list()
+    assert err.value.body["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        wrong.chat.completions.create(model="run-01", messages=QUESTION)
+    with pytest.raises(urllib.error.HTTPError) as raw:
+        urllib.request.urlopen(f"{server}/v1/models")
+    assert raw.value.code == 401 and json.load(raw.value)["error"]["code"] == "invalid_api_key"
+
+
+def test_malformed_json_and_unknown_paths(server):
+    req = urllib.request.Request(f"{server}/v1/chat/completions", data=b"{not json", method="POST",
+                                 headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req)
+    assert err.value.code == 400 and "not valid JSON" in json.load(err.value)["error"]["message"]
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"{server}/v1/completions")
+    assert err.value.code == 404 and "/v1/chat/completions" in json.load(err.value)["error"]["message"]
+
+
+def test_vllm_command_serves_the_adapter_on_its_base_with_the_run_tokenizer(trained, tiny_model):
+    cmd = vllm_command(trained, None, "127.0.0.1", 8001, "k")
+    assert cmd[1:3] == ["serve", str(tiny_model)]
+    export = str(trained.export_dir())
+    assert cmd[cmd.index("--tokenizer") + 1] == export and "--enable-lora" in cmd
+    assert cmd[cmd.index("--lora-modules") + 1] == f"run-01={export}"
+    assert cmd[cmd.index("--max-lora-rank") + 1] == "8" and cmd[cmd.index("--api-key") + 1] == "k"
+
+
+def test_engine_vllm_without_vllm_or_cuda_is_refused(trained):
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("vllm") and torch.cuda.is_available():
+        pytest.skip("vLLM can run here")
+    result = cli(trained, "serve", "run-01", "--engine", "vllm")
+    assert result.exit_code == 2 and "needs the vllm package and a CUDA GPU" in result.output

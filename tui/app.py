@@ -1,0 +1,506 @@
+"""`ftune watch`: the live monitor of one run (or a list of runs to pick from).
+
+It reads the run directory only (events.jsonl, status.json, train.log): leaving it never touches
+the run, and opening it later shows the whole history. Each data source has one long-lived thread
+worker that sleeps on `worker.cancelled_event.wait(poll)` and reaches the UI through post_message:
+
+    follow_events   events.jsonl + status.json  -> HistoryUpdated   (tail.py folds into history.py)
+    sample_system   NVML / worker RSS, live     -> SystemSampled    (only while the run runs here)
+    stop_run        launch.stop, on `s`         -> StopDone
+    watch_terminal  stdin still a TTY?          -> exits when the terminal hangs up
+
+Panels are drawn by tui/panels.py from the data those messages carry. Never imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from textual import work
+from rich.text import Text
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Sparkline
+from textual.worker import get_current_worker
+
+from ftune.runtime.rundir import ACTIVE_STATES, RunDir
+from ftune.tui import panels
+from ftune.tui.history import History, View, empty_view
+from ftune.tui.messages import HistoryUpdated, StopDone, SystemSampled
+from ftune.tui.screens import ConfirmStop, HelpScreen, LogScreen
+from ftune.tui.tail import Tail, load
+from ftune.tui.widgets import Panel, StepLog
+
+LIVE_SAMPLE_S = 2.0  # NVML sampling interval while the run runs on this machine
+FINAL_POLL_S = 2.0  # a finished run is still watched (it may be resumed), just less often
+
+CSS = """
+Screen { layout: vertical; }
+#header { height: 3; padding: 0 1; background: $boost; }
+#problems { height: auto; max-height: 7; padding: 0 1; border-left: thick $warning; background: $warning 10%;
+            display: none; }
+#problems.-shown { display: block; }
+#problems.-error { border-left: thick $error; background: $error 12%; }
+#middle { height: 6; margin-top: 1; }
+#charts { width: 1fr; padding: 0 1; }
+#side { width: 1fr; padding: 0 1; }
+#loss-spark { height: 2; }
+.row { height: 1; }
+.caption { width: 16; }
+.title { height: 1; color: $text-muted; text-style: bold; }
+#gpu { height: auto; max-height: 4; }
+#checkpoints { height: 1fr; }
+#eval-row { display: none; }
+#eval-row.-shown { display: block; }
+#loss-spark > .sparkline--max-color { color: $warning; }
+#loss-spark > .sparkline--min-color { color: $success; }
+#eval-spark > .sparkline--max-color { color: $secondary; }
+#eval-spark > .sparkline--min-color { color: $secondary 50%; }
+#log-title { height: 1; padding: 0 1; background: $boost; color: $text-muted; text-style: bold; }
+#log { height: 1fr; padding: 0 1; overflow-x: hidden; scrollbar-size-vertical: 1; }
+#plot { height: 1fr; display: none; }
+MonitorScreen.-plot #middle, MonitorScreen.-plot #log-title, MonitorScreen.-plot #log { display: none; }
+MonitorScreen.-plot #plot { display: block; }
+MonitorScreen.-tall #middle { height: 10; }
+MonitorScreen.-tall #loss-spark { height: 6; }
+MonitorScreen.-tall #problems { max-height: 10; }
+MonitorScreen.-tall #gpu { max-height: 8; }
+ConfirmStop, HelpScreen, LogScreen { align: center middle; }
+#dialog { width: 64; height: auto; padding: 1 2; border: thick $warning; background: $surface; }
+#helpbox { width: 100; max-width: 100%; height: auto; max-height: 100%; padding: 1 2; border: thick $primary;
+           background: $surface; }
+#logbox { width: 100%; height: 100%; border: thick $primary; background: $surface; }
+#logpath { height: 1; }
+#trainlog { height: 1fr; }
+#runs-title { height: 1; padding: 0 1; background: $boost; }
+#runs { height: 1fr; }
+#runs-empty { height: auto; padding: 0 1; }
+"""
+
+
+class MonitorScreen(Screen):
+    """One run: header, problems, loss / lr / grad-norm sparklines, GPUs, checkpoints, the step log."""
+
+    BINDINGS = [
+        Binding("q", "leave", "leave (run goes on)"),
+        Binding("s", "stop", "stop run"),
+        Binding("l", "train_log", "train.log"),
+        Binding("p", "plot", "plot"),
+        Binding("question_mark", "help", "help", key_display="?"),
+    ]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]
+
+    def __init__(self, run: RunDir, *, clock: Callable[[], float] = time.time, poll: float = 1.0,
+                 live_system: bool = True, from_list: bool = False) -> None:
+        super().__init__()
+        self.run = run
+        self.clock, self.poll, self.live_system, self.from_list = clock, poll, live_system, from_list
+        self.view: View = empty_view()
+        self.state = "waiting"
+        self.status: dict[str, Any] = {}
+        self.note: str | None = None
+        self.live: SystemSampled | None = None
+        self.loaded = False  # the first read of the history is on screen
+        self._generation = -1
+        self._shown_seq = 0
+        self._alert_seq = 0
+        self._stop_requested = False
+        self.stop_result: StopDone | None = None
+
+    # ------------------------------------------------------------------ layout
+    def compose(self) -> ComposeResult:
+        yield Panel(id="header")
+        yield Panel(id="problems")
+        with Horizontal(id="middle"):
+            with Vertical(id="charts"):
+                yield Panel(id="loss-caption", classes="row")
+                yield Sparkline([], id="loss-spark", summary_function=statistics.fmean)
+                with Horizontal(id="eval-row", classes="row"):
+                    yield Panel(id="eval-caption", classes="caption")
+                    yield Sparkline([], id="eval-spark", summary_function=statistics.fmean)
+                with Horizontal(classes="row"):
+                    yield Panel(id="lr-caption", classes="caption")
+                    yield Sparkline([], id="lr-spark", summary_function=statistics.fmean)
+                with Horizontal(classes="row"):
+                    yield Panel(id="gn-caption", classes="caption")
+                    yield Sparkline([], id="gn-spark", summary_function=statistics.fmean)
+            with Vertical(id="side"):
+                yield Panel("GPU", id="gpu-title", classes="title")
+                yield Panel(id="gpu")
+                yield Panel("Checkpoints", id="checkpoints-title", classes="title")
+                yield Panel(id="checkpoints")
+        yield Panel("Steps", id="log-title")
+        yield StepLog(id="log")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        log = self.query_one(StepLog)
+        log.focus()
+        self.watch(log, "unseen", lambda _: self._log_title())
+        self._apply()
+        self.follow_events()
+        if self.live_system:
+            self.sample_system()
+        self._ticker = self.set_interval(1.0, self._tick)
+
+    def on_resize(self) -> None:
+        self._checkpoints()
+
+    # ------------------------------------------------------------------ readers (threads)
+    @work(thread=True, exit_on_error=False, group="events")
+    def follow_events(self) -> None:
+        worker = get_current_worker()
+        path = self.run.events_path
+        history, tail, fresh = History(-1), Tail(path), True
+        recorded, status, last = "new", {}, None
+        while not worker.is_cancelled:
+            changed, note = False, None
+            try:
+                if fresh or tail.replaced():  # first, or truncated / replaced / deleted: read it all again
+                    history, tail = load(path, history.generation + 1)
+                    fresh, changed = False, True
+                else:
+                    events = tail.read_new()
+                    if tail.reset:  # replaced between the check and the read: these events are the file
+                        history = History(history.generation + 1)
+                    if events or tail.reset:
+                        history.extend(events)
+                        changed = True
+                if self.run.path.is_dir():
+                    recorded, status = self.run.state(), self.run.read_status()
+                else:
+                    note = f"{self.run.path} no longer exists"
+            except Exception as exc:  # noqa: BLE001 - the monitor stays up and says what it could not read
+                note = f"could not read the run: {exc}"
+            state = panels.display_state(recorded)
+            if self._stop_requested and state in ("running", "waiting"):
+                state = "stopping"
+            if changed or (state, status, note) != last:
+                self.post_message(HistoryUpdated(history.view(), state, status, note))
+                last = (state, status, note)
+            if worker.cancelled_event.wait(self.poll if state in panels.ACTIVE else max(self.poll, FINAL_POLL_S)):
+                return
+
+    @work(thread=True, exit_on_error=False, group="system")
+    def sample_system(self) -> None:
+        from ftune.runtime.sysmon import system_sample
+
+        worker = get_current_worker()
+        host = os.uname().nodename
+        was_live = False
+        while not worker.is_cancelled:
+            status = self.run.read_status()
+            here = status.get("state") in ACTIVE_STATES and status.get("host") == host and status.get("pid")
+            if here:
+                sample = system_sample(int(status["pid"]))
+                self.post_message(SystemSampled(sample, time.time()))
+            elif was_live:
+                self.post_message(SystemSampled(None, time.time()))
+            was_live = bool(here)
+            if worker.cancelled_event.wait(LIVE_SAMPLE_S):
+                return
+
+    @work(thread=True, exit_on_error=False, group="stop")
+    def stop_run(self) -> None:
+        from ftune.runtime import launch
+
+        worker = get_current_worker()
+
+        def on_wait() -> None:  # the monitor was closed: the run goes on stopping by itself
+            if worker.is_cancelled:
+                raise _Left()
+
+        try:
+            final = launch.stop(self.run, wait=600, on_wait=on_wait)
+            self.post_message(StopDone(final, None))
+        except _Left:
+            pass
+        except Exception as exc:  # noqa: BLE001 - RunError and the like: shown, never a crash
+            self.post_message(StopDone(None, str(exc)))
+
+    # ------------------------------------------------------------------ messages
+    def on_history_updated(self, message: HistoryUpdated) -> None:
+        first = not self.loaded
+        self.view, self.state, self.status, self.note = message.view, message.state, message.status, message.note
+        self.loaded = True
+        self._alerts(first)
+        self._apply()
+        self._ticker.reset()  # the header was just drawn: the next clock-only redraw is a second away
+
+    def on_system_sampled(self, message: SystemSampled) -> None:
+        self.live = message if message.sample is not None else None
+        self._gpu()
+
+    def on_stop_done(self, message: StopDone) -> None:
+        self.stop_result = message
+        self._stop_requested = False
+        name = self.run.name
+        if message.error:
+            self.notify(message.error, title="Stop", severity="error", timeout=10)
+        elif message.final is None:
+            self.notify(f"{name} ended without a final event: press l for train.log", severity="error", timeout=10)
+        elif message.final.get("type") == "stopped":
+            ckpt = (message.final.get("artifacts") or {}).get("checkpoint")
+            self.notify(f"Stopped at step {message.final.get('step')}" + (f"; checkpoint {ckpt}" if ckpt else "")
+                        + f". Continue with: ftune train {name} --resume", title="Stopped", timeout=15)
+        else:
+            self.notify(f"{name} ended with '{message.final.get('type')}' before it could stop", timeout=10)
+
+    def _alerts(self, first: bool) -> None:
+        """New problems pop up at once (and ring the bell); the history they were loaded with does not."""
+        newest = max((p.seq for p in self.view.problems), default=0)
+        if first or self.view.generation != self._generation:
+            self._alert_seq = newest
+            return
+        fresh = [p for p in self.view.problems if p.seq > self._alert_seq]
+        self._alert_seq = max(newest, self._alert_seq)
+        for p in fresh[-3:]:
+            self.notify(p.message + (f"\n{p.hint}" if p.hint else ""), title="Error" if p.kind == "error" else "Warning",
+                        severity="error" if p.kind == "error" else "warning", timeout=12)
+        if fresh:
+            self.app.bell()
+
+    # ------------------------------------------------------------------ drawing
+    def _apply(self) -> None:
+        self._header()
+        self._problems()
+        self._charts()
+        self._gpu()
+        self._checkpoints()
+        self._log()
+        if self.has_class("-plot"):
+            self._plot()
+
+    def _tick(self) -> None:  # once a second: the clocks move even when no event comes
+        self._header()
+        self._gpu_title()
+
+    def _header(self) -> None:
+        self.query_one("#header", Panel).update(
+            panels.header(self.run.name, self.state, self.view, self.status, self.clock()))
+
+    def _problems(self) -> None:
+        widget = self.query_one("#problems", Panel)
+        text = panels.problems_panel(self.view.problems, self.state, self.run.name, self.status,
+                                     self.view.omitted_warnings)
+        if self.note:
+            note = Text(f"monitor: {self.note}", style="italic")
+            text = note if text is None else Text("\n").join([text, note])
+        widget.set_class(text is not None, "-shown")
+        widget.set_class(self.state in ("failed", "crashed") or any(p.kind == "error" for p in self.view.problems),
+                         "-error")
+        if text is not None:
+            widget.update(text, key=text.plain, same=text)  # its height follows its text
+
+    def _charts(self) -> None:
+        v = self.view
+        last = v.last_step or {}
+        caption = panels.loss_caption(v)
+        self.query_one("#loss-caption", Panel).update(caption, same=caption)
+        self.query_one("#loss-spark", Sparkline).data = list(v.loss[1])
+        has_eval = bool(v.eval_loss[1])
+        self.query_one("#eval-row").set_class(has_eval, "-shown")
+        if has_eval:
+            self.query_one("#eval-caption", Panel).update(
+                panels.series_caption("eval", v.last_eval.get("eval_loss") if v.last_eval else None, ".4g"))
+            self.query_one("#eval-spark", Sparkline).data = list(v.eval_loss[1])
+        caption = panels.series_caption("lr", last.get("lr"), ".2e")
+        self.query_one("#lr-caption", Panel).update(caption, same=caption)
+        self.query_one("#lr-spark", Sparkline).data = list(v.lr[1])
+        caption = panels.series_caption("gn", last.get("grad_norm"), ".3g")
+        self.query_one("#gn-caption", Panel).update(caption, same=caption)
+        self.query_one("#gn-spark", Sparkline).data = list(v.grad_norm[1])
+
+    def _gpu_sample(self) -> tuple[dict[str, Any] | None, str]:
+        if self.live is not None:
+            return self.live.sample, "live"
+        sample = self.view.system
+        if not sample:
+            return None, ""
+        t = sample.get("t")
+        return sample, (f"{panels.duration(self.clock() - t)} ago" if isinstance(t, (int, float)) else "recorded")
+
+    def _gpu_title(self) -> None:
+        sample, source = self._gpu_sample()
+        gpus = (sample or {}).get("gpus") or []
+        title = f"GPU{'s' if len(gpus) > 1 else ''}" + (f" · {source}" if source else "")
+        self.query_one("#gpu-title", Panel).update(title, same=title)
+
+    def _gpu(self) -> None:
+        self._gpu_title()
+        sample, _ = self._gpu_sample()
+        widget = self.query_one("#gpu", Panel)
+        width = max(20, widget.size.width or 38)
+        if sample is None:
+            text = "no sample yet" if self.state in panels.ACTIVE else "no GPU figures recorded"
+            widget.update(Text(text, style="dim"), key=1, same=text)
+            return
+        gpus = sample.get("gpus") or []
+        widget.update(panels.gpu_panel(sample, width), key=max(1, len(gpus)), same=(width, repr(sample)))
+
+    def _checkpoints(self) -> None:
+        widget = self.query_one("#checkpoints", Panel)
+        rows = widget.size.height or 3
+        cps = self.view.checkpoints
+        title = f"Checkpoints{f' · {len(cps)}' if cps else ''}"
+        self.query_one("#checkpoints-title", Panel).update(title, same=title)
+        removed = frozenset(str(c.get("path")) for c in cps[-rows:] if c.get("path") and not Path(c["path"]).exists())
+        widget.update(panels.checkpoints_panel(cps, self.run.path, rows, removed),
+                      same=(rows, widget.size.width, len(cps), cps[-1] if cps else None, removed))
+
+    def _log(self) -> None:
+        log = self.query_one(StepLog)
+        v = self.view
+        if v.generation != self._generation:
+            self._generation = v.generation
+            log.reset(panels.step_line(e, v.started_t) for _, e in v.log)
+        else:
+            log.append(panels.step_line(e, v.started_t) for seq, e in v.log if seq > self._shown_seq)
+        self._shown_seq = v.log_seq
+        self._log_title()
+
+    def _log_title(self) -> None:
+        log = self.query_one(StepLog)
+        text = Text("Steps")
+        if self.view.log_seq > len(self.view.log) or self.view.stride > 1:
+            text.append(f"  (the last {len(self.view.log)})", "dim")
+        if log.unseen:
+            text.append(f"   +{log.unseen} new ↓ (End)", "bold reverse")
+        self.query_one("#log-title", Panel).update(text, same=text)
+
+    def _plot(self) -> None:
+        plot = self.query_one("#plot")
+        plt = plot.plt
+        plt.clear_data()
+        plt.clear_figure()
+        xs, ys = self.view.loss
+        exs, eys = self.view.eval_loss
+        positive = all(y > 0 for y in ys + eys) and bool(ys or eys)
+        f = math.log10 if positive else (lambda y: y)  # log10 of the values, not a log axis (it raises on resize)
+        if ys:
+            plt.plot(xs, [f(y) for y in ys], marker="braille")  # no legend: it hides the first steps
+        if eys:
+            plt.scatter(exs, [f(y) for y in eys], marker="o")
+        if positive:  # ticks at round loss values, labelled as losses
+            lo, hi = f(min(ys + eys)), f(max(ys + eys))
+            ticks = [lo + (hi - lo) * i / 4 for i in range(5)] if hi > lo else [lo]
+            plt.yticks(ticks, [f"{10 ** t:.4g}" for t in ticks])
+        steps = xs + exs
+        if steps:  # whole steps on the x axis
+            lo, hi = min(steps), max(steps)
+            ticks = sorted({round(lo + (hi - lo) * i / 4) for i in range(5)})
+            plt.xticks(ticks, [str(t) for t in ticks])
+        plt.title(f"{self.run.name}: training loss" + (" (line), eval loss (o)" if eys else "")
+                  + (", log scale" if positive else ""))
+        plt.xlabel("step")
+        plot.refresh()
+
+    # ------------------------------------------------------------------ keys
+    def action_leave(self) -> None:
+        app = self.app
+        if isinstance(app, WatchApp):
+            app.left = (self.run.name, self.state)
+        if self.from_list:
+            self.dismiss()
+            self.notify(f"{self.run.name} goes on; the monitor only read its files")
+        else:
+            app.exit()
+
+    def action_stop(self) -> None:
+        if self._stop_requested or self.state == "stopping":
+            self.notify(f"{self.run.name} is already stopping: it is saving a checkpoint")
+            return
+        if self.status.get("state") not in ACTIVE_STATES or self.state not in ("running", "waiting"):
+            shown = self.state if self.status.get("state") else "not started"
+            self.notify(f"{self.run.name} is not running ({shown})", severity="warning")
+            return
+        self.app.push_screen(ConfirmStop(self.run.name), self._stop_confirmed)
+
+    def _stop_confirmed(self, yes: bool | None) -> None:
+        if not yes:
+            return
+        self._stop_requested = True
+        self.state = "stopping"
+        self._header()
+        self.notify(f"Stopping {self.run.name}: it finishes this step and saves a checkpoint…", timeout=8)
+        self.stop_run()
+
+    def action_train_log(self) -> None:
+        self.app.push_screen(LogScreen(self.run.log_path, poll=self.poll))
+
+    def action_help(self) -> None:
+        self.app.push_screen(HelpScreen())
+
+    def action_plot(self) -> None:
+        if not self.query("#plot"):
+            from textual_plotext import PlotextPlot
+
+            self.mount(PlotextPlot(id="plot"), before=self.query_one(Footer))
+        self.toggle_class("-plot")
+        if self.has_class("-plot"):
+            self._plot()
+        else:
+            self.query_one(StepLog).focus()
+
+
+class _Left(Exception):
+    """The monitor closed while waiting for a stop."""
+
+
+class WatchApp(App):
+    """`ftune watch [RUN]`."""
+
+    CSS = CSS
+    TITLE = "ftune watch"
+    ENABLE_COMMAND_PALETTE = False
+
+    def __init__(self, root: Path, name: str | None, *, clock: Callable[[], float] = time.time, poll: float = 1.0,
+                 live_system: bool = True, watch_terminal: bool = False) -> None:
+        super().__init__()
+        self.root, self.run_name = Path(root), name
+        self.clock, self.poll, self.live_system, self.watch_terminal = clock, poll, live_system, watch_terminal
+        self.left: tuple[str, str] | None = None  # (run, state) when the user left a monitor with q
+
+    def on_mount(self) -> None:
+        if self.run_name:
+            self.push_screen(self.monitor(RunDir(self.root, self.run_name)))
+        else:
+            from ftune.tui.runs_list import RunsScreen
+
+            self.push_screen(RunsScreen(self.root, poll=max(self.poll, 1.0)))
+        if self.watch_terminal:
+            self.terminal_watchdog()
+
+    def monitor(self, run: RunDir, from_list: bool = False) -> MonitorScreen:
+        return MonitorScreen(run, clock=self.clock, poll=self.poll, live_system=self.live_system, from_list=from_list)
+
+    @work(thread=True, exit_on_error=False, group="terminal")
+    def terminal_watchdog(self) -> None:
+        """A hung-up terminal must end the monitor, not leave it spinning (or stuck) on a dead tty.
+
+        There is nothing to restore on a terminal that is gone, and Textual's own shutdown blocks
+        writing to it, so the process leaves at once. The run is not affected: it never depended
+        on the monitor, and a stop already asked for goes on in the worker."""
+        worker = get_current_worker()
+        while not worker.cancelled_event.wait(1.0):
+            if not os.isatty(0):
+                os._exit(129)
+
+
+def make_app(run_dir_root: str | Path, name: str | None = None, *, clock: Callable[[], float] = time.time,
+             poll: float = 1.0, live_system: bool = True, watch_terminal: bool = False) -> WatchApp:
+    """The monitor for run `name` under `run_dir_root` (or the runs list when name is None).
+
+    clock: what "now" is (tests freeze it); poll: seconds between reads of the run's files;
+    live_system: sample GPUs through NVML while the run runs on this machine; watch_terminal: exit
+    when stdin stops being a terminal (the CLI turns it on).
+    """
+    return WatchApp(Path(run_dir_root), name, clock=clock, poll=poll, live_system=live_system,
+                    watch_terminal=watch_terminal)

@@ -1,0 +1,226 @@
+"""`ftune chat RUN`: talk to a run's model in the terminal, tokens streamed as they are generated.
+
+Multi-turn, with the chat template the run trained with (it travels with the tokenizer). Commands:
+
+    /system TEXT   set the system prompt (empty: none); applies from the next answer
+    /reset         forget the conversation (the system prompt stays)
+    /set KEY VALUE temperature, top_p or max_new_tokens (temperature 0: greedy, repeatable)
+    /settings      show them
+    /help          this list
+    /exit          leave (Ctrl+D too); Ctrl+C stops an answer being written
+
+With `--compare-base` every prompt is answered by the base model too, side by side (stacked on a
+narrow terminal); each model keeps its own conversation. Nothing here imports torch: the model is
+loaded and run through `ftune.runtime` functions, called once the chat starts.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+HELP = """commands:
+  /system TEXT     set the system prompt (empty: none)
+  /reset           forget the conversation
+  /set KEY VALUE   temperature (0 = greedy), top_p, max_new_tokens
+  /settings        show the generation settings
+  /exit            leave (or Ctrl+D); Ctrl+C stops an answer"""
+SETTING_TYPES = {"temperature": float, "top_p": float, "max_new_tokens": int}
+
+
+@dataclass
+class Conversation:
+    """One model's side of the chat: the turns so far."""
+
+    turns: list[dict[str, str]] = field(default_factory=list)
+
+    def messages(self, system: str | None, prompt: str) -> list[dict[str, str]]:
+        head = [{"role": "system", "content": system}] if system else []
+        return head + self.turns + [{"role": "user", "content": prompt}]
+
+    def add(self, prompt: str, answer: str) -> None:
+        self.turns += [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+
+
+class ChatSession:
+    """The chat loop. `models` is a list of (label, model, tokenizer, disable_adapter): the run's model
+    first, the base second with --compare-base. Input comes from `read` (input() by default)."""
+
+    def __init__(self, models: list[tuple[str, Any, Any, bool]], settings, console: Console | None = None,
+                 read: Callable[[str], str] | None = None, system: str | None = None):
+        self.models = models
+        self.settings = settings
+        self.console = console or Console(highlight=False)
+        self.read = read or (lambda prompt: self.console.input(prompt))
+        self.system = system
+        self.conversations = [Conversation() for _ in models]
+        self.lock = threading.Lock()  # one generation at a time: a stopped one finishes its step first
+
+    # ------------------------------------------------------------------ commands
+    def command(self, line: str) -> bool:
+        """Run a /command; False when the chat should end."""
+        name, _, arg = line[1:].partition(" ")
+        arg = arg.strip()
+        say = self.console.print
+        if name in ("exit", "quit", "q"):
+            return False
+        if name == "reset":
+            self.conversations = [Conversation() for _ in self.models]
+            say("[dim]Conversation cleared.[/]")
+        elif name == "system":
+            self.system = arg or None
+            say(f"[dim]System prompt {'set' if arg else 'cleared'}; it applies from the next answer.[/]")
+        elif name == "set":
+            self._set(arg)
+        elif name == "settings":
+            s = self.settings
+            say(f"[dim]temperature {s.temperature}, top_p {s.top_p}, max_new_tokens {s.max_new_tokens}; "
+                f"system prompt: {self.system or '(none)'}[/]")
+        elif name == "help":
+            say(Text(HELP, style="dim"))
+        else:
+            say(f"[yellow]unknown command /{name}[/]: /help lists them")
+        return True
+
+    def _set(self, arg: str) -> None:
+        key, _, value = arg.partition(" ")
+        if key not in SETTING_TYPES or not value.strip():
+            self.console.print(f"[yellow]usage: /set {{{'|'.join(SETTING_TYPES)}}} VALUE[/]")
+            return
+        try:
+            new = SETTING_TYPES[key](value.strip())
+        except ValueError:
+            self.console.print(f"[yellow]{key} needs {'a whole number' if SETTING_TYPES[key] is int else 'a number'}[/]")
+            return
+        old = getattr(self.settings, key)
+        setattr(self.settings, key, new)
+        try:
+            self.settings.check()
+        except ValueError as e:
+            setattr(self.settings, key, old)
+            self.console.print(f"[yellow]{e}[/]")
+            return
+        self.console.print(f"[dim]{key} = {new}[/]")
+
+    # ------------------------------------------------------------------ answering
+    def answer(self, prompt: str) -> list[str] | None:
+        """Every model's answer to `prompt`, streamed to the terminal; each conversation grows by a turn.
+        None when Ctrl+C stopped it (the conversations are left as they were)."""
+        if len(self.models) == 1:
+            answers = self._stream_plain(prompt)
+        else:
+            answers = self._stream_side_by_side(prompt)
+        if answers is not None:
+            for conv, text in zip(self.conversations, answers):
+                conv.add(prompt, text)
+        return answers
+
+    def _generation(self, i: int, prompt: str):
+        from ftune.runtime.generate import Generation
+
+        _, model, tok, adapter_off = self.models[i]
+        return Generation(model, tok, self.conversations[i].messages(self.system, prompt), self.settings,
+                          disable_adapter=adapter_off, lock=self.lock)
+
+    def _stream_plain(self, prompt: str) -> list[str] | None:
+        gen = self._generation(0, prompt)
+        self.console.print(f"[bold cyan]{self.models[0][0]} ›[/] ", end="")
+        out = self.console.file
+        try:
+            for piece in gen:
+                out.write(piece)
+                out.flush()
+        except KeyboardInterrupt:
+            gen.cancel()
+            out.write(" [stopped]\n")
+            out.flush()
+            return None
+        out.write("\n")
+        out.flush()
+        self._footer(gen)
+        return [gen.text]
+
+    def _footer(self, gen) -> None:
+        if gen.finish_reason == "length":
+            self.console.print(f"[dim](cut at max_new_tokens={self.settings.max_new_tokens}; "
+                               f"/set max_new_tokens N for longer answers)[/]")
+
+    def _stream_side_by_side(self, prompt: str) -> list[str] | None:
+        texts = ["" for _ in self.models]
+        wide = self.console.width >= 80
+
+        def view():
+            panels = [Panel(Text(t or "…"), title=label, title_align="left", border_style=style)
+                      for (label, *_), t, style in zip(self.models, texts, ("cyan", "magenta"))]
+            if not wide:
+                return Group(*panels)
+            table = Table.grid(expand=True, padding=(0, 1))
+            for _ in panels:
+                table.add_column(ratio=1)
+            table.add_row(*panels)
+            return table
+
+        with Live(view(), console=self.console, refresh_per_second=12) as live:
+            for i in range(len(self.models)):
+                gen = self._generation(i, prompt)
+                try:
+                    for piece in gen:
+                        texts[i] += piece
+                        live.update(view())
+                except KeyboardInterrupt:
+                    gen.cancel()
+                    texts[i] += " [stopped]"
+                    live.update(view())
+                    return None
+                texts[i] = gen.text
+            live.update(view())
+        return texts
+
+    # ------------------------------------------------------------------ the loop
+    def loop(self) -> None:
+        while True:
+            try:
+                line = self.read("[bold green]you ›[/] ")
+            except (EOFError, KeyboardInterrupt):
+                self.console.print()
+                break
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("/"):
+                if not self.command(line):
+                    break
+                continue
+            self.answer(line)
+
+
+def run_chat(run, checkpoint: int | None = None, compare_base: bool = False, temperature: float = 0.7,
+             top_p: float = 0.9, max_new_tokens: int = 512, system: str | None = None, seed: int | None = None,
+             console: Console | None = None, read: Callable[[str], str] | None = None) -> ChatSession:
+    """Load the run's model (and the base) and chat until /exit or end of input."""
+    from ftune.runtime.generate import Settings
+    from ftune.runtime.loading import load_base_for_comparison, load_run_model
+
+    console = console or Console(highlight=False)
+    settings = Settings(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+    settings.check()
+    with console.status(f"Loading {run.name}…"):
+        rm = load_run_model(run, checkpoint)
+        models = [(f"{run.name} ({rm.target.label})", rm.model, rm.tokenizer, False)]
+        if compare_base:
+            base, via_adapter = load_base_for_comparison(rm, run)
+            models.append((f"base ({rm.spec.model.name_or_path})", base, rm.tokenizer, via_adapter))
+    template = rm.spec.model.template if rm.spec.model.template != "auto" else "the tokenizer's own"
+    console.print(f"Chatting with [bold]{run.name}[/] ({rm.target.label}"
+                  f"{', adapter on ' + rm.spec.model.name_or_path if rm.adapter else ''}); template: {template}."
+                  f"{' The base answers too.' if compare_base else ''} /help for commands, /exit to leave.")
+    session = ChatSession(models, settings, console, read, system)
+    session.loop()
+    return session

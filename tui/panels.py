@@ -1,0 +1,292 @@
+"""The monitor's panels as functions of data: a View (tui/history.py), the run's status and a time
+in, a rich renderable out. No Textual and no I/O here, so each panel is easy to test and to reuse."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from rich.console import Group, RenderableType
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from ftune.tui.history import Problem, View, finite
+
+STATE_STYLE = {
+    "waiting": "yellow", "running": "bold green", "stopping": "bold yellow", "stopped": "yellow",
+    "finished": "bold cyan", "failed": "bold red", "crashed": "bold red",
+}
+ACTIVE = ("waiting", "running", "stopping")
+
+
+def display_state(recorded: str) -> str:
+    """RunDir.state() in the monitor's words: a run that is new or still loading is 'waiting'."""
+    return "waiting" if recorded in ("new", "starting") else recorded
+
+
+# --------------------------------------------------------------------------- numbers
+def duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return "–"
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    if d:
+        return f"{d}d {h}h{m:02d}m"
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def num(x: Any, spec: str = ".4g") -> str:
+    return format(x, spec) if finite(x) else "–"
+
+
+def si(x: Any) -> str:
+    """12.3k, 1.2M: throughput at a glance."""
+    if not finite(x):
+        return "–"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= size:
+            return f"{x / size:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def size(n: Any) -> str:
+    if not finite(n):
+        return "–"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return "–"
+
+
+def clock_time(t: Any) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(t)) if finite(t) else "–"
+
+
+def short_model(name: Any) -> str:
+    """A local model path shows its last two parts; a hub id stays whole."""
+    text = str(name or "?")
+    if text.startswith(("/", ".", "~")):
+        parts = Path(text).parts
+        return "/".join(parts[-2:]) if len(parts) > 1 else text
+    return text
+
+
+# --------------------------------------------------------------------------- header
+def timing(state: str, view: View, status: dict[str, Any], now: float) -> tuple[float | None, float | None]:
+    """(elapsed, eta) in seconds. Elapsed counts this attempt: from its launch (loading included; the
+    `started` event when status.json does not say) to now, or to the final event once there is one."""
+    begun = _num(status.get("started_at")) or view.started_t
+    if begun is None:
+        return None, None
+    final_t = _num((view.final or {}).get("t")) or (_num(status.get("ended_at")) if state not in ACTIVE else None)
+    end = final_t if final_t is not None else now
+    elapsed = max(0.0, end - begun)
+    eta = None
+    if state in ("running", "stopping") and view.rate and view.max_steps and view.rate_t is not None:
+        eta = max(0.0, view.rate_t + (view.max_steps - view.step) / view.rate - now)
+    return elapsed, eta
+
+
+def header(name: str, state: str, view: View, status: dict[str, Any], now: float) -> RenderableType:
+    meta = view.meta
+    elapsed, eta = timing(state, view, status, now)
+    top = Table.grid(expand=True, padding=(0, 2))
+    top.add_column(no_wrap=True)
+    top.add_column(no_wrap=True, overflow="ellipsis", ratio=1)
+    top.add_column(no_wrap=True, justify="right")
+    what = " · ".join(str(x) for x in (meta.get("stage"), meta.get("method")) if x)
+    model = short_model(meta.get("model")) if meta.get("model") else ""
+    top.add_row(
+        Text.assemble((name, "bold"), "  ", ("● " + state, STATE_STYLE.get(state, "bold"))),
+        Text(" · ".join(x for x in (what, model) if x), style="dim" if not what else ""),
+        Text.assemble(("elapsed ", "dim"), duration(elapsed), ("  ETA ", "dim"),
+                      duration(eta) if state in ("running", "stopping") else "–"),
+    )
+    bar = Table.grid(expand=True, padding=(0, 1))
+    bar.add_column(ratio=1)
+    bar.add_column(no_wrap=True, justify="right")
+    total = view.max_steps or 0
+    pct = f"{100 * view.step / total:.0f}%" if total else ""
+    epoch = f"epoch {view.epoch:.2f}" if view.epoch is not None else ""
+    bar.add_row(ProgressBar(total=max(total, 1), completed=min(view.step, total) if total else 0),
+                Text.assemble((f"{view.step}/{total or '?'}", "bold"), f" {pct}  ", (epoch, "dim")))
+    return Group(top, bar, Text(_third_line(name, state, view, status), no_wrap=True, overflow="ellipsis", style="dim"))
+
+
+def _third_line(name: str, state: str, view: View, status: dict[str, Any]) -> str:
+    last = view.last_step or {}
+    if last:
+        parts = [f"{si(last.get('tokens_per_s'))} tokens/s", f"{num(last.get('samples_per_s'), '.3g')} samples/s"]
+    elif state == "waiting" and status.get("state") is None:
+        return f"not started: start it with `ftune train {name}`; this view follows it when it does"
+    elif state == "waiting" and not view.meta:
+        return "starting: loading the model and the data (l shows train.log)"
+    elif state == "waiting":
+        return "started: waiting for the first step"
+    else:
+        parts = ["no steps logged"]
+    meta = view.meta
+    if finite(meta.get("num_train_rows")):
+        parts.append(f"{meta['num_train_rows']:,} rows")
+    if finite(meta.get("world_size")) and meta["world_size"] > 1:
+        parts.append(f"{meta['world_size']} processes")
+    if meta.get("precision"):
+        parts.append(str(meta["precision"]))
+    if finite(meta.get("resumed_from")):
+        parts.append(f"resumed from step {meta['resumed_from']}")
+    return " · ".join(parts)
+
+
+# --------------------------------------------------------------------------- charts
+def loss_caption(view: View) -> Text:
+    last = view.last_step or {}
+    loss = last.get("loss")
+    text = Text.assemble(("loss ", "bold"))
+    if loss is None and "loss" in (last.get("nonfinite") or []):
+        text.append("NaN/inf", "bold red")
+    else:
+        text.append(num(loss), "bold")
+    if finite(view.first_loss) and finite(loss):
+        text.append(f"  from {num(view.first_loss)}", "dim")
+    if view.last_eval:
+        text.append("   eval ", "bold")
+        text.append(num(view.last_eval.get("eval_loss")), "bold magenta")
+        text.append(f" @{view.last_eval.get('step', '?')}", "dim")
+    return text
+
+
+def series_caption(label: str, value: Any, spec: str) -> Text:
+    return Text.assemble((f"{label} ", "bold"), num(value, spec))
+
+
+# --------------------------------------------------------------------------- GPU
+def gpu_panel(sample: dict[str, Any] | None, width: int) -> RenderableType:
+    """One line a device: memory used/total as a bar, utilisation, temperature, power. Without a GPU,
+    the worker's memory."""
+    gpus = [g for g in (sample or {}).get("gpus") or [] if isinstance(g, dict)]
+    lines: list[Text] = []
+    if not gpus:
+        rss = (sample or {}).get("rss")
+        line = Text.assemble(("no GPU", "dim"))
+        if finite(rss):
+            line.append(" · worker memory ", "dim")
+            line.append(size(rss), "bold")
+        lines.append(line)
+    for g in gpus:
+        used, total = g.get("mem_used"), g.get("mem_total")
+        frac = used / total if finite(used) and finite(total) and total > 0 else 0.0
+        figures = f" {gb(used)}/{gb(total)} GB" if finite(total) else " –"
+        extra = " ".join(x for x in (
+            f"{g['util']:.0f}%" if finite(g.get("util")) else "",
+            f"{g['temp']:.0f}°C" if finite(g.get("temp")) else "",
+            f"{g['power']:.0f}W" if finite(g.get("power")) else "") if x)
+        name = str(g.get("name") or "").replace("NVIDIA ", "")
+        room = width - (len(str(g.get("index", "?"))) + 1 + len(figures) + 1 + len(extra))
+        show_name = bool(name) and room - len(name) - 1 >= 10
+        bar_w = max(4, min(24, room - (len(name) + 1 if show_name else 0)))
+        line = Text.assemble((f"{g.get('index', '?')} ", "bold"))
+        if show_name:
+            line.append(name + " ", "dim")
+        line.append_text(meter(frac, bar_w))
+        line.append(figures)
+        line.append(" " + extra)
+        lines.append(line)
+    for line in lines:
+        line.no_wrap, line.overflow = True, "ellipsis"
+    return Group(*lines)
+
+
+def gb(n: Any) -> str:
+    if not finite(n):
+        return "–"
+    g = n / 1024**3
+    return f"{g:.0f}" if g >= 10 else f"{g:.1f}"
+
+
+def meter(frac: float, width: int) -> Text:
+    frac = min(max(frac, 0.0), 1.0)
+    done = round(frac * width)
+    style = "red" if frac > 0.95 else "yellow" if frac > 0.85 else "green"
+    return Text.assemble(("█" * done, style), ("░" * (width - done), "dim"))
+
+
+# --------------------------------------------------------------------------- checkpoints
+def checkpoints_panel(checkpoints: list[dict[str, Any]], run_path: Path, rows: int,
+                      removed: frozenset[str] = frozenset()) -> RenderableType:
+    """The newest `rows` checkpoints, newest last: step, size, time written, path. Those in `removed`
+    (paths no longer there: `save_total_limit` rotated them out) are struck through."""
+    if not checkpoints:
+        return Text("no checkpoint yet", style="dim")
+    lines = []
+    for c in checkpoints[-rows:] if rows > 0 else []:
+        gone = str(c.get("path")) in removed
+        line = Text.assemble((f"{c.get('step', '?'):>5}", "bold" if not gone else "dim"), f" {size(c.get('bytes')):>8}",
+                             f" {clock_time(c.get('t'))} ", (_near(c.get("path"), run_path), "dim strike" if gone else "dim"),
+                             (" removed" if gone else "", "dim italic"), style="dim" if gone else "")
+        line.no_wrap, line.overflow = True, "ellipsis"
+        lines.append(line)
+    return Group(*lines)
+
+
+def _near(path: Any, run_path: Path) -> str:
+    """A checkpoint in the run's own checkpoints/ shows as checkpoint-N; one elsewhere, whole."""
+    text = str(path or "?")
+    try:
+        rel = Path(text).relative_to(run_path)
+    except ValueError:
+        return text
+    return rel.name if rel.parent == Path("checkpoints") else str(rel)
+
+
+# --------------------------------------------------------------------------- problems
+def problems_panel(problems: Iterable[Problem], state: str, name: str, status: dict[str, Any],
+                   omitted: int = 0) -> Text | None:
+    """Newest first: the error with its hint, then warnings (grouped: 'x 40'). None when all is well."""
+    items = sorted(problems, key=lambda p: (p.kind != "error", -p.seq))
+    text = Text()
+    if state == "crashed":
+        text.append("✖ crashed: ", "bold red")
+        text.append(f"the worker (pid {status.get('pid', '?')}) ended without a final event\n")
+        text.append(f"  see `ftune logs {name}` (or press l); resume with `ftune train {name} --resume`\n", "dim")
+    for p in items:
+        mark, style = ("✖ ", "bold red") if p.kind == "error" else ("▲ ", "bold yellow")
+        text.append(mark + ("failed: " if p.kind == "error" else ""), style)
+        text.append(p.message, "red" if p.kind == "error" else "yellow")
+        if p.count > 1:
+            text.append(f"  ×{p.count}", "bold")
+        text.append("\n")
+        if p.hint:
+            text.append(f"  {p.hint}\n", "dim")
+    if omitted:
+        text.append(f"  (+{omitted} older warnings not loaded)\n", "dim")
+    if not text:
+        return None
+    text.rstrip()
+    return text
+
+
+# --------------------------------------------------------------------------- step log
+def step_line(e: dict[str, Any], started_t: float | None) -> str:
+    """One step event as a log line: step/total, epoch, loss, lr, grad norm, throughput, time."""
+    bad = e.get("nonfinite") or []
+
+    def val(key: str, spec: str) -> str:
+        return "NaN/inf" if e.get(key) is None and key in bad else num(e.get(key), spec)
+
+    total = e.get("max_steps")
+    step = f"{e.get('step', '?')}/{total}" if finite(total) else str(e.get("step", "?"))
+    t = e.get("t")
+    when = f"+{duration(t - started_t)}" if finite(t) and started_t is not None and t >= started_t else clock_time(t)
+    epoch = f"ep {e['epoch']:.2f}" if finite(e.get("epoch")) else ""
+    return (f"{step:>9} {epoch:<7} loss {val('loss', '.4f'):<7} lr {val('lr', '.2e'):<8} "
+            f"gn {val('grad_norm', '.3g'):<5} {si(e.get('tokens_per_s')):>5} tok/s {when}")
+
+
+def _num(x: Any) -> float | None:
+    return float(x) if finite(x) else None

@@ -1,0 +1,139 @@
+"""`ftune watch` without a run: every run with its status, progress and last loss; Enter opens one.
+
+Rows come from the same files as `ftune ls` (runtime/runs.py), but each run's events are followed
+incrementally (tui/tail.py), so a list that refreshes every second stays cheap with long runs.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+from textual.worker import get_current_worker
+
+from ftune.runtime.rundir import RunDir, list_run_names
+from ftune.runtime.runs import _spec_fields  # the loose run.yaml reading `ftune ls` uses
+from ftune.tui import panels
+from ftune.tui.history import History
+from ftune.tui.tail import Tail, load
+
+COLUMNS = ("run", "status", "progress", "loss", "stage/method", "started", "model")  # model last: it gives way
+
+
+class RunRows:
+    """One row per run, from files only; each run's events are read once and then followed."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self._followed: dict[str, tuple[History, Tail]] = {}
+
+    def rows(self) -> list[dict[str, Any]]:
+        names = list_run_names(self.root)
+        for gone in set(self._followed) - set(names):
+            del self._followed[gone]
+        return [self.row(RunDir(self.root, n)) for n in names]
+
+    def row(self, run: RunDir) -> dict[str, Any]:
+        history, tail = self._followed.get(run.name) or load(run.events_path)
+        if tail.replaced():
+            history, tail = load(run.events_path)
+        else:
+            events = tail.read_new()
+            if tail.reset:
+                history = History()
+            history.extend(events)
+        self._followed[run.name] = (history, tail)
+        view, status = history.view(), run.read_status()
+        recorded = run.state()
+        state = "not started" if recorded == "new" else panels.display_state(recorded)
+        loss = (view.last_step or {}).get("loss")
+        started = status.get("started_at") or view.started_t
+        return {
+            "name": run.name, "status": state, **_spec_fields(run),
+            "progress": f"{view.step}/{view.max_steps}" if view.max_steps else "–",
+            "loss": panels.num(loss),
+            "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)) if started else "–",
+        }
+
+
+class RunsScreen(Screen):
+    BINDINGS = [Binding("q", "app.quit", "quit"), Binding("enter", "open", "watch", show=True)]
+
+    class Rows(Message):
+        def __init__(self, rows: list[dict[str, Any]]) -> None:
+            super().__init__()
+            self.rows = rows
+
+    def __init__(self, root: Path, poll: float = 1.0) -> None:
+        super().__init__()
+        self.root, self.poll = Path(root), poll
+        self.loaded = False
+
+    def compose(self) -> ComposeResult:
+        yield Static(f"[b]Runs[/b] in {self.root}   [dim]Enter watches one · q quits[/dim]", id="runs-title")
+        table: DataTable = DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        for col in COLUMNS:
+            table.add_column(col, key=col)
+        yield table
+        yield Static(id="runs-empty")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(DataTable).focus()
+        self.follow_runs()
+
+    @work(thread=True, exit_on_error=False, group="runs")
+    def follow_runs(self) -> None:
+        worker = get_current_worker()
+        rows, last = RunRows(self.root), None
+        while not worker.is_cancelled:
+            try:
+                current = rows.rows()
+            except Exception as exc:  # noqa: BLE001 - a run folder vanishing mid-read: try again next time
+                current = last or []
+                self.log.warning(f"runs list: {exc}")
+            if current != last:
+                self.post_message(self.Rows(current))
+                last = current
+            if worker.cancelled_event.wait(self.poll):
+                return
+
+    def on_runs_screen_rows(self, message: Rows) -> None:
+        table = self.query_one(DataTable)
+        selected = None
+        if table.row_count and table.cursor_row is not None and table.cursor_row < table.row_count:
+            selected = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
+        table.clear()
+        cells = [(r["name"], r["status"], r["progress"], r["loss"], r["stage_method"], r["started"],
+                  panels.short_model(r["model"])) for r in message.rows]
+        widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(COLUMNS[:-1])]
+        room = max(8, (self.size.width or 80) - sum(widths) - 2 * len(COLUMNS) - 1)  # the model column's share
+        for r, row in zip(message.rows, cells):
+            model = row[-1] if len(row[-1]) <= room else "…" + row[-1][-(room - 1):]
+            table.add_row(row[0], Text(row[1], style=panels.STATE_STYLE.get(row[1], "")), *row[2:-1], model,
+                          key=r["name"])
+        if selected is not None and selected in {r["name"] for r in message.rows}:
+            table.move_cursor(row=table.get_row_index(selected))
+        empty = self.query_one("#runs-empty", Static)
+        empty.update("" if message.rows else f"No runs in {self.root}. Try `ftune demo`, or `ftune new`.")
+        self.loaded = True
+
+    def on_data_table_row_selected(self, message: DataTable.RowSelected) -> None:
+        self._open(message.row_key.value)
+
+    def action_open(self) -> None:
+        table = self.query_one(DataTable)
+        if table.row_count:
+            self._open(table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value)
+
+    def _open(self, name: str | None) -> None:
+        if name:
+            self.app.push_screen(self.app.monitor(RunDir(self.root, name), from_list=True))

@@ -1,0 +1,133 @@
+"""The monitor's dialogs: confirm a stop, the tail of train.log, help."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.message import Message
+from textual.screen import ModalScreen
+from textual.widgets import Log, Static
+from textual.worker import get_current_worker
+
+LOG_TAIL_BYTES = 256 << 10
+
+
+class ConfirmStop(ModalScreen[bool]):
+    """y stops the run (it saves a checkpoint first); anything else keeps it training."""
+
+    BINDINGS = [Binding("y", "answer(True)", "stop it"), Binding("n,escape,q", "answer(False)", "keep training")]
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.run_name = name
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Static(
+                f"[b]Stop {self.run_name}?[/b]\n\n"
+                f"It finishes the current step, saves a checkpoint and ends.\n"
+                f"Continue it later with [b]ftune train {self.run_name} --resume[/b].\n\n"
+                f"[b]y[/b] stop it    [b]n[/b] / [b]esc[/b] keep training"
+            )
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
+class LogScreen(ModalScreen[None]):
+    """The end of train.log (the worker's output, tracebacks included), following as it grows."""
+
+    class Lines(Message):
+        def __init__(self, lines: list[str]) -> None:
+            super().__init__()
+            self.lines = lines
+
+    BINDINGS = [Binding("escape,q,l", "close", "close")]
+
+    def __init__(self, path: Path, poll: float = 0.5) -> None:
+        super().__init__()
+        self.path, self.poll = path, poll
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="logbox"):
+            yield Static(f"[b]{self.path}[/b]  [dim](esc closes)[/dim]", id="logpath")
+            yield Log(id="trainlog", max_lines=5000)
+
+    def on_mount(self) -> None:
+        self.query_one(Log).focus()
+        self.follow()
+
+    @work(thread=True, exit_on_error=False)
+    def follow(self) -> None:
+        worker = get_current_worker()
+        offset, inode = None, None
+        while True:
+            try:
+                st = os.stat(self.path)
+                if offset is None or st.st_ino != inode or st.st_size < offset:  # first look, or a new file
+                    offset, inode = (max(0, st.st_size - LOG_TAIL_BYTES) if offset is None else 0), st.st_ino
+                    mid_line = offset > 0
+                else:
+                    mid_line = False
+                if st.st_size > offset:
+                    with open(self.path, "rb") as f:
+                        f.seek(offset)
+                        chunk = f.read()
+                    if mid_line:  # started inside the file: drop the partial first line
+                        skip = chunk.find(b"\n") + 1
+                        offset, chunk = offset + skip, chunk[skip:]
+                    cut = chunk.rfind(b"\n") + 1  # whole lines only; the rest next time
+                    offset += cut
+                    if cut:
+                        lines = chunk[:cut].decode("utf-8", "replace").splitlines()
+                        self.post_message(self.Lines(lines))
+            except FileNotFoundError:
+                if offset is None:
+                    offset = 0
+                    self.post_message(self.Lines(["(no train.log yet)"]))
+            if worker.cancelled_event.wait(self.poll):
+                return
+
+    def on_log_screen_lines(self, message: Lines) -> None:
+        self.query_one(Log).write_lines(message.lines)
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+HELP = """\
+[b]ftune watch[/b] only reads the run's files: leaving it never touches the run.
+
+[b]q[/b]    leave the monitor: [b]the run goes on[/b] (back with ftune watch RUN)
+[b]s[/b]    stop the run gracefully: it saves a checkpoint first (asks)
+[b]l[/b]    the end of train.log, following it
+[b]p[/b]    a large loss plot (train and eval) instead of the sparklines
+[b]?[/b]    this help
+[b]↑ ↓ PgUp PgDn Home End[/b]  scroll the step log; it follows the
+     newest line while you are at the bottom, "+N new" when you are not
+
+[b]state[/b]     waiting · running · stopping · stopped · finished ·
+          failed · crashed (the worker died without a final event)
+[b]loss[/b]      training loss (and eval loss); [b]lr[/b] learning rate;
+          [b]gn[/b] grad norm
+[b]GPU[/b]       live from this machine while the run runs here,
+          else the run's own samples; no GPU: the worker's memory
+[b]Problems[/b]  NaN or inf, a loss stuck at 0 or jumping, the error + hint
+
+[dim]esc closes[/dim]"""
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,question_mark", "close", "close")]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="helpbox"):
+            yield Static(HELP)
+
+    def action_close(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,447 @@
+"""From answers to `runs/<name>/run.yaml`: shared by the questions and the flags.
+
+The run file the wizard writes holds the answers only (name, preset, model, data, stage, method and
+the settings changed on purpose); `ftune train` merges the preset and the defaults under it, the same
+way for every run file. Every check goes through `build_spec`: a stage, method or template is
+"supported" exactly when the run spec accepts it, so the wizard follows the spec as it grows.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ftune.presets import describe, load_preset
+from ftune.runtime import memory
+from ftune.runtime.catalog import ModelInfo
+from ftune.runtime.errors import UserError
+from ftune.runtime.rundir import RunDir
+from ftune.runtime.spec import Problem, RunSpec, SpecError, build_spec, iter_fields, write_atomic
+
+# --------------------------------------------------------------------------- the choices
+# stage: (label, what it is, when to use it)
+STAGES: dict[str, tuple[str, str, str]] = {
+    "sft": ("SFT", "supervised fine-tuning",
+            "Teach the model to answer like your examples: start here, with prompt/answer conversations."),
+    "dpo": ("DPO", "direct preference optimisation",
+            "Make it prefer better answers, from pairs of a chosen and a rejected answer to one prompt."),
+    "kto": ("KTO", "preference from good/bad labels",
+            "Like DPO, but from single answers marked good or bad, when you have thumbs up/down, not pairs."),
+    "orpo": ("ORPO", "SFT and preference in one pass",
+             "SFT and preference learning in one pass over chosen/rejected pairs, with no reference model."),
+    "simpo": ("SimPO", "simple preference optimisation",
+              "A lighter DPO without a reference model, for chosen/rejected pairs on a tight memory budget."),
+    "rm": ("Reward model", "a scorer for answers",
+           "Train a scorer that rates answers, from chosen/rejected pairs: the step before RL."),
+    "pt": ("Pre-training", "continued, on plain text",
+           "Continue pre-training on plain text to teach the model a new domain or language."),
+    "rl": ("RL", "reinforcement learning (GRPO/RLOO)",
+           "Improve an SFT model against a reward model with GRPO or RLOO, when you can score answers."),
+}
+
+METHODS: dict[str, str] = {
+    "lora": "Trains a small adapter beside the frozen weights: the usual choice.",
+    "qlora-8": "LoRA on a base model loaded in 8 bits: about half the memory of LoRA, a little slower.",
+    "qlora-4": "LoRA on a 4-bit base model: the least memory, for big models on small GPUs.",
+    "dora": "LoRA that learns the size and direction of each change apart: often a little better, slower.",
+    "full": "Updates every weight with mixed precision: the most capacity and by far the most memory.",
+    "full-bf16": "Updates every weight in bf16 without fp32 copies: less memory than AMP; needs a bf16 GPU.",
+    "freeze": "Trains only the last few layers and freezes the rest: between LoRA and full.",
+}
+
+# What each method sets in the run file (dotted path -> value); the other methods' keys are cleared.
+METHOD_SETTINGS: dict[str, dict[str, Any]] = {
+    "lora": {"method.type": "lora"},
+    "qlora-8": {"method.type": "lora", "method.quantization.bits": 8},
+    "qlora-4": {"method.type": "lora", "method.quantization.bits": 4},
+    "dora": {"method.type": "lora", "method.lora.use_dora": True},
+    "full": {"method.type": "full"},
+    "full-bf16": {"method.type": "full", "training.precision": "pure_bf16"},
+    "freeze": {"method.type": "freeze"},
+}
+_METHOD_PATHS = ("method.type", "method.quantization.bits", "method.lora.use_dora")
+
+PLACEHOLDERS = {"name": "run-01", "model.name_or_path": "model", "data.train": "train.jsonl"}
+ORDER = ("name", "preset", "model", "data", "stage", "method", "training", "output", "resources")
+NOT_YET = "not supported yet"
+
+
+class WizardError(UserError):
+    """An answer that cannot be used, or one that is missing where nobody can be asked."""
+
+
+# --------------------------------------------------------------------------- dotted paths
+def get_path(data: dict[str, Any], dotted: str, default: Any = None) -> Any:
+    cur: Any = data
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return default
+        cur = cur[part]
+    return cur
+
+
+def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    cur = data
+    for part in parts[:-1]:
+        if not isinstance(cur.get(part), dict):
+            cur[part] = {"type": cur[part]} if part in ("stage", "method") and isinstance(cur.get(part), str) else {}
+        cur = cur[part]
+    cur[parts[-1]] = value
+
+
+def del_path(data: dict[str, Any], dotted: str) -> None:
+    parts = dotted.split(".")
+    cur: Any = data
+    for part in parts[:-1]:
+        if not isinstance(cur, dict) or not isinstance(cur.get(part), dict):
+            return
+        cur = cur[part]
+    if isinstance(cur, dict):
+        cur.pop(parts[-1], None)
+
+
+def normalize(raw: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(raw)
+    for key in ("stage", "method"):
+        if isinstance(out.get(key), str):
+            out[key] = {"type": out[key]}
+    return out
+
+
+def compact(raw: dict[str, Any]) -> dict[str, Any]:
+    """Sections in the usual order, empty ones dropped, `stage: sft` for `stage: {type: sft}`."""
+
+    def prune(value: Any) -> Any:
+        if isinstance(value, dict):
+            pruned = {k: prune(v) for k, v in value.items()}
+            return {k: v for k, v in pruned.items() if v not in ({}, None)}
+        return value
+
+    data = prune(raw)
+    for key in ("stage", "method"):
+        if isinstance(data.get(key), dict) and list(data[key]) == ["type"]:
+            data[key] = data[key]["type"]
+    ordered = {k: data[k] for k in ORDER if k in data}
+    ordered.update({k: v for k, v in data.items() if k not in ordered})
+    return ordered
+
+
+def schema_default(dotted: str) -> Any:
+    for path, info, _cls in iter_fields():
+        if path == dotted:
+            return info.get_default(call_default_factory=True)
+    raise KeyError(dotted)
+
+
+def field_info(dotted: str) -> Any:
+    for path, info, _cls in iter_fields():
+        if path == dotted:
+            return info
+    raise KeyError(dotted)
+
+
+def method_from_raw(raw: dict[str, Any]) -> str:
+    raw = normalize(raw)
+    return memory.method_key(get_path(raw, "method.type", "lora"), get_path(raw, "method.quantization.bits"),
+                             bool(get_path(raw, "method.lora.use_dora", False)),
+                             get_path(raw, "training.precision", "auto"))
+
+
+# --------------------------------------------------------------------------- the answers
+@dataclass
+class Answers:
+    base: dict[str, Any] = field(default_factory=dict)  # a --from file, as written
+    name: str | None = None
+    model: str | None = None  # as the run file will say it
+    trust_remote_code: bool = False
+    template: str = "auto"  # the value written (named templates only where the spec accepts them)
+    template_choice: str | None = None  # what the user picked, for going back
+    stage: str = "sft"
+    method: str = "lora"
+    data: str | None = None  # as the run file will say it
+    validation: str | None = None
+    val_size: float | None = None  # None: the spec's default
+    on_invalid: str | None = None
+    preset: str | None = "standard"
+    settings: dict[str, Any] = field(default_factory=dict)  # dotted path -> value (advanced)
+    overrides: list[str] = field(default_factory=list)  # --set KEY=VALUE, applied last
+    accepted: set[str] = field(default_factory=set)  # paths whose "not supported yet" the user accepted
+
+    @classmethod
+    def from_raw(cls, raw: dict[str, Any]) -> "Answers":
+        """Answers pre-filled from a (partial) run file; everything else in it is kept as it is."""
+        raw = normalize(raw)
+        a = cls(base=raw)
+        a.name = raw.get("name")
+        a.model = get_path(raw, "model.name_or_path")
+        a.trust_remote_code = bool(get_path(raw, "model.trust_remote_code", False))
+        a.template = get_path(raw, "model.template", "auto")
+        train = get_path(raw, "data.train")
+        a.data = train[0] if isinstance(train, list) and len(train) == 1 else train
+        a.validation = get_path(raw, "data.validation")
+        a.val_size = get_path(raw, "data.val_size")
+        a.on_invalid = get_path(raw, "data.on_invalid")
+        a.stage = get_path(raw, "stage.type", "sft")
+        a.method = method_from_raw(raw)
+        a.preset = raw.get("preset", "standard")  # `preset: null` in the file: none
+        return a
+
+    def to_raw(self, placeholders: bool = False) -> dict[str, Any]:
+        """The run file for these answers (`placeholders` fills a name, model and data not given yet,
+        so one answer can be checked before the others exist)."""
+        raw = normalize(self.base)
+        for key, value in (("name", self.name), ("model.name_or_path", self.model), ("data.train", self.data)):
+            if value:
+                set_path(raw, key, value)
+            elif placeholders and not get_path(raw, key):
+                set_path(raw, key, PLACEHOLDERS[key])
+        if self.preset:
+            raw["preset"] = self.preset
+        else:
+            raw.pop("preset", None)
+        if self.trust_remote_code:
+            set_path(raw, "model.trust_remote_code", True)
+        if self.template != "auto":
+            set_path(raw, "model.template", self.template)
+        else:
+            del_path(raw, "model.template")
+        for key, value in (("data.validation", self.validation), ("data.val_size", self.val_size),
+                           ("data.on_invalid", self.on_invalid)):
+            if value is not None:
+                set_path(raw, key, value)
+            else:
+                del_path(raw, key)
+        set_path(raw, "stage.type", self.stage)
+        for path in _METHOD_PATHS:
+            del_path(raw, path)
+        if get_path(raw, "training.precision") == "pure_bf16":
+            del_path(raw, "training.precision")
+        for path, value in METHOD_SETTINGS[self.method].items():
+            set_path(raw, path, value)
+        for path, value in self.settings.items():
+            set_path(raw, path, value)
+        if self.overrides:
+            from ftune.runtime.spec import apply_overrides
+
+            raw = apply_overrides(raw, self.overrides)
+        return compact(raw)
+
+
+# --------------------------------------------------------------------------- checking through the spec
+def problems_of(raw: dict[str, Any]) -> list[Problem]:
+    try:
+        build_spec(raw)
+        return []
+    except SpecError as e:
+        return e.problems
+
+
+def _under(problem: Problem, prefix: str) -> bool:
+    return problem.path == prefix or problem.path.startswith(prefix + ".")
+
+
+def refusals(answers: Answers, *prefixes: str, **changes: Any) -> list[Problem]:
+    """The spec's problems with the answers (with `changes` applied: attribute=value) at any of `prefixes`.
+    Answers still missing are filled with placeholders."""
+    trial = copy.deepcopy(answers)
+    for key, value in changes.items():
+        setattr(trial, key, value)
+    try:
+        raw = trial.to_raw(placeholders=True)
+    except SpecError as e:
+        return e.problems
+    return [p for p in problems_of(raw) if any(_under(p, pre) for pre in prefixes)]
+
+
+def refusal(answers: Answers, *prefixes: str, **changes: Any) -> str | None:
+    """Why the spec refuses the answers at `prefixes` (see `refusals`), in one line; None when it accepts them."""
+    return "; ".join(f"{p.path}: {p.message}" for p in refusals(answers, *prefixes, **changes)) or None
+
+
+def not_yet_paths(answers: Answers, *prefixes: str, **changes: Any) -> list[str]:
+    """The fields whose value the spec has a home for but training does not support yet."""
+    return [p.path for p in refusals(answers, *prefixes, **changes) if NOT_YET in p.message]
+
+
+def setting_refusal(answers: Answers, path: str, value: Any) -> str | None:
+    """Why `path: value` is refused (the message only), or None."""
+    trial = copy.deepcopy(answers)
+    trial.settings[path] = value
+    raw = trial.to_raw(placeholders=True)
+    found = [p for p in problems_of(raw) if _under(p, path)]
+    return "; ".join(p.message for p in found) or None
+
+
+def is_not_yet(message: str | None) -> bool:
+    return bool(message) and NOT_YET in message
+
+
+@dataclass
+class Checked:
+    """The answers validated: the spec as training would see it, and what training refuses for now."""
+
+    raw: dict[str, Any]
+    spec: RunSpec  # with refused values put back to their defaults, for estimates and summaries
+    refused: list[Problem]  # "not supported yet" problems (the user accepted them)
+
+
+def check(answers: Answers, placeholders: bool = False, allow_refused: bool = True) -> Checked:
+    """Validate everything. Raises SpecError for any mistake, and for 'not supported yet' values
+    unless `allow_refused` and the user accepted them on purpose."""
+    raw = answers.to_raw(placeholders=placeholders)
+    found = problems_of(raw)
+    refused = [p for p in found if NOT_YET in p.message and any(_under(p, a) for a in answers.accepted)]
+    other = [p for p in found if p not in refused or not allow_refused]
+    if other:
+        raise SpecError(other, "the run file")
+    trial = normalize(raw)
+    for p in refused:
+        set_path(trial, p.path, schema_default(p.path))
+    if get_path(trial, "method.type") != "lora":
+        del_path(trial, "method.quantization.bits")
+    spec = build_spec(trial, source="the run file")
+    dumped = spec.model_dump(mode="json")
+    for path, value in flatten(raw).items():  # `--set training.learning_rate=2e-4` is a string in YAML 1.1
+        typed = get_path(dumped, path, value)
+        if isinstance(value, str) and isinstance(typed, (int, float)) and not isinstance(typed, bool):
+            set_path(raw, path, typed)
+    return Checked(raw, spec, refused)
+
+
+# --------------------------------------------------------------------------- memory
+def method_of(spec: RunSpec, key: str | None = None) -> str:
+    m = spec.method
+    return key or memory.method_key(m.type, m.quantization.bits, m.lora.use_dora, spec.training.precision)
+
+
+def estimate_for(info: ModelInfo | None, spec: RunSpec, gpus: list[memory.Gpu], method: str | None = None):
+    """(Estimate, Verdict) for the model and the spec's batch and length, or None when the size is unknown."""
+    if info is None or not info.params_b:
+        return None
+    return memory.check(info.params_b, method_of(spec, method), gpus, seq_len=spec.data.max_length,
+                        batch=spec.training.per_device_train_batch_size,
+                        gradient_checkpointing=spec.training.gradient_checkpointing,
+                        precision=spec.training.precision, **info.shape)
+
+
+def estimate_line(info: ModelInfo | None, spec: RunSpec, gpus: list[memory.Gpu], method: str | None = None) -> str:
+    result = estimate_for(info, spec, gpus, method)
+    if result is None:
+        return "memory: model size unknown, no estimate"
+    est, verdict = result
+    gc = ", gradient checkpointing" if spec.training.gradient_checkpointing else ""
+    return (f"memory: ~{memory.gb(est.total_gb)} ({memory.LABELS[est.method]}, "
+            f"{params_text(info.params_b)} parameters, "
+            f"{spec.data.max_length} tokens × batch {spec.training.per_device_train_batch_size}{gc}): "
+            f"{verdict.text}")
+
+
+# --------------------------------------------------------------------------- presets
+_SHORT = {
+    "training.learning_rate": "lr", "training.num_train_epochs": "epochs",
+    "training.per_device_train_batch_size": "batch", "method.lora.rank": "LoRA r", "method.lora.alpha": "α",
+    "method.lora.dropout": "dropout",
+}
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def params_text(params_b: float) -> str:
+    """7.62B, 135M, 110K parameters."""
+    if params_b >= 1:
+        return f"{params_b:.3g}B"
+    if params_b >= 0.001:
+        return f"{params_b * 1000:.3g}M"
+    return f"{params_b * 1e6:.3g}K"
+
+
+def fmt(value: Any) -> str:
+    """A value as a person writes it: 1e-4, 0.05, 3, true."""
+    if isinstance(value, float):
+        if value and abs(value) < 1e-3:
+            mantissa, exponent = f"{value:.3e}".split("e")
+            return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+        return f"{value:g}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    return str(value)
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    return flatten(load_preset(name))
+
+
+def preset_summary(name: str, skip: set[str] | frozenset[str] = frozenset()) -> str:
+    """'lr 1e-4 · epochs 2 · batch 8 · LoRA r 4 · α 16 · dropout 0.05' (without the keys in `skip`)."""
+    return " · ".join(f"{_SHORT.get(k, k)} {fmt(v)}" for k, v in preset_values(name).items() if k not in skip)
+
+
+def preset_line(name: str) -> str:
+    return f"{name}: {describe(name)}"
+
+
+# --------------------------------------------------------------------------- writing
+def project_dir(root: Path) -> Path:
+    """Relative paths in a run file are relative to the folder that holds runs/."""
+    return root.resolve().parent
+
+
+def as_written(path: str | Path, project: Path, cwd: Path | None = None) -> str:
+    """A path as the run file should say it: relative to the project folder when inside it, else absolute."""
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        p = (cwd or Path.cwd()) / p
+    p = p.resolve()
+    try:
+        return p.relative_to(project.resolve()).as_posix()
+    except ValueError:
+        return str(p)
+
+
+def local_path(written: str, project: Path) -> Path:
+    p = Path(written).expanduser()
+    return p if p.is_absolute() else project / p
+
+
+def run_file_text(checked: Checked, when: float | None = None) -> str:
+    stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(when))
+    lines = [f"# ftune run file, written by `ftune new` on {stamp}.",
+             "# Values not set here come from the preset and the defaults (docs/run-file.md)."]
+    if checked.refused:
+        lines.append("# `ftune train` refuses this file until this ftune supports:")
+        lines += [f"#   {p.path}: {p.message}" for p in checked.refused]
+    body = yaml.safe_dump(checked.raw, sort_keys=False, allow_unicode=True, width=100)
+    return "\n".join(lines) + "\n" + body
+
+
+def write_run(root: Path, checked: Checked) -> RunDir:
+    run = RunDir(root, checked.raw["name"])
+    write_atomic(run.spec_path, run_file_text(checked))
+    return run
+
+
+def literal_values(dotted: str) -> list[Any] | None:
+    """The allowed values of a Literal field (None for other types)."""
+    ann = field_info(dotted).annotation
+    for candidate in (ann, *typing.get_args(ann)):
+        if typing.get_origin(candidate) is typing.Literal:
+            return list(typing.get_args(candidate))
+    return None
