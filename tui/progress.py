@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ftune.runtime.events import FINAL_TYPES, EventReader
 from ftune.runtime.rundir import RunDir
+from ftune.tui.panels import size
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 
@@ -32,16 +33,6 @@ def sparkline(values: list[float], width: int = 40) -> str:
 
 def _fmt(x: Any, spec: str = ".4g") -> str:
     return "–" if x is None else format(x, spec)
-
-
-def _bytes(n: Any) -> str:
-    if not isinstance(n, (int, float)):
-        return "?"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return "?"
 
 
 def follow(run: RunDir, proc: subprocess.Popen, console: Console | None = None) -> dict[str, Any] | None:
@@ -105,7 +96,7 @@ def _show(e: dict[str, Any], progress: Progress, task, console: Console, losses:
     elif kind == "eval":
         console.print(f"  step {e.get('step')}: eval loss [cyan]{_fmt(e.get('eval_loss'))}")
     elif kind == "checkpoint":
-        console.print(f"  step {e.get('step')}: checkpoint saved ({_bytes(e.get('bytes'))}) {e.get('path')}")
+        console.print(f"  step {e.get('step')}: checkpoint saved ({size(e.get('bytes'))}) {e.get('path')}")
     elif kind == "warning":
         console.print(f"[yellow]warning:[/] {e.get('message')}" + (f"\n  [dim]{e['hint']}" if e.get("hint") else ""))
     elif kind in FINAL_TYPES:
