@@ -15,8 +15,8 @@ from ftune.runtime.formats import (
     KINDS, DataError, Example, Loaded, RowProblem, Source, convert_messages, load_source, registry_sources,
 )
 
-__all__ = ["DataError", "CHATML_TEMPLATE", "load_data", "split", "tokenize_example", "tokenize_examples",
-           "summarize_file", "check_messages"]
+__all__ = ["DataError", "CHATML_TEMPLATE", "load_data", "split", "tokenize_conversation", "tokenize_examples",
+           "summarize_file", "check_messages"]  # DataError is re-exported from formats for callers here
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
