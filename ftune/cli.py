@@ -259,6 +259,11 @@ def train(ctx: click.Context, name: str, foreground: bool, resume: bool, restart
     run = _run(ctx, name)
     if overrides:
         _apply_overrides(run, list(overrides))
+    from ftune.runtime.spec import load_spec
+
+    too_big = launch.fit_warning(load_spec(run.spec_path), run)
+    if too_big:  # an estimate, so a warning: the user may know better (e.g. shorter real sequences)
+        click.secho(f"warning: this run {too_big} (estimate; starting anyway)", fg="yellow", err=True)
     proc = launch.start(run, resume=resume, restart=restart, node_rank=node_rank)
     _after_start(run, proc, foreground)
 

@@ -71,6 +71,25 @@ def hardware_problem(spec: RunSpec) -> str | None:
     return None
 
 
+def fit_warning(spec: RunSpec, run: RunDir) -> str | None:
+    """One sentence when the run's memory estimate (per GPU, for its strategy) exceeds the free memory of
+    the GPUs here; None when it fits, or when there is no GPU or the model's size is unknown."""
+    from ftune.runtime import catalog, memory
+    from ftune.runtime.sysmon import gpu_samples
+
+    gpus = memory.gpus_from_samples(gpu_samples())
+    info = catalog.resolve(spec.model.name_or_path, project_dir(run))
+    if not gpus or not info.params_b:
+        return None
+    m = spec.method
+    key = memory.method_key(m.type, m.quantization.bits, m.lora.use_dora, spec.training.precision)
+    _, verdict = memory.check(info.params_b, key, gpus, seq_len=spec.data.max_length,
+                              batch=spec.training.per_device_train_batch_size,
+                              gradient_checkpointing=spec.training.gradient_checkpointing,
+                              precision=spec.training.precision, **memory.sharding(spec, len(gpus)), **info.shape)
+    return verdict.text if verdict.label == memory.EXCEEDS else None
+
+
 def preflight(spec: RunSpec, run: RunDir) -> None:
     """Checks that need no heavy imports; each failure is one clear sentence."""
     problem = hardware_problem(spec)

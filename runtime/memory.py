@@ -110,6 +110,14 @@ def sharded_states(states_gb: float, method: str, params_b: float, processes: in
     return 0.0 if offload else share
 
 
+def sharding(spec: Any, gpus_found: int) -> dict[str, Any]:
+    """processes / strategy / offload of a run spec's resources, for `estimate` (auto: the GPUs found)."""
+    r = spec.resources
+    per_node = max(1, gpus_found) if r.gpus_per_node == "auto" else r.gpus_per_node
+    return {"processes": per_node * r.nodes, "strategy": "ddp" if r.strategy == "auto" else r.strategy,
+            "offload": r.offload}
+
+
 def estimate(params_b: float, method: str = "lora", *, seq_len: int = 1024, batch: int = 1,
              gradient_checkpointing: bool = False, hidden: int | None = None, layers: int | None = None,
              vocab: int | None = None, precision: str = "auto", processes: int = 1, strategy: str = "ddp",

@@ -328,7 +328,7 @@ def estimate_for(info: ModelInfo | None, spec: RunSpec, gpus: list[memory.Gpu], 
     return memory.check(info.params_b, method_of(spec, method), gpus, seq_len=spec.data.max_length,
                         batch=spec.training.per_device_train_batch_size,
                         gradient_checkpointing=spec.training.gradient_checkpointing,
-                        precision=spec.training.precision, **info.shape)
+                        precision=spec.training.precision, **memory.sharding(spec, len(gpus)), **info.shape)
 
 
 def estimate_line(info: ModelInfo | None, spec: RunSpec, gpus: list[memory.Gpu], method: str | None = None) -> str:

@@ -57,7 +57,7 @@ def test_bad_run_file_lists_every_mistake_and_writes_nothing(project, tiny_model
     assert "has 2 mistakes" in result.output
     assert "training.learning_rat: unknown key — did you mean 'learning_rate'?" in result.output
     assert "training.num_train_epochs: Input should be a valid number" in result.output
-    assert sorted(p.name for p in run.path.iterdir()) == [".lock", "run.yaml"]
+    assert sorted(p.name for p in run.path.iterdir()) == ["run.yaml"]
 
 
 def test_missing_data_file_exit_2(project, tiny_model):

@@ -92,3 +92,18 @@ def test_worker_command_shapes(tmp_path):
     assert zero3[1:5] == ["-m", "accelerate.commands.launch", "--config_file", str(run.path / "accelerate.yaml")]
     assert yaml.safe_load((run.path / "accelerate.yaml").read_text())["deepspeed_config"]["zero_stage"] == 3
     assert "accelerate.commands.launch --config_file" in (run.path / "launch.sh").read_text()
+
+
+def test_fit_warning_accounts_for_gpus_and_strategy(project, tiny_model, monkeypatch):
+    from ftune.runtime import sysmon
+
+    h100 = {"index": 0, "name": "NVIDIA H100 80GB HBM3", "mem_used": 1 << 30, "mem_total": 80 << 30}
+    monkeypatch.setattr(sysmon, "gpu_samples", lambda: [dict(h100, index=i) for i in range(8)])
+    run = make_run(project, tiny_model, model={"name_or_path": "Qwen/Qwen2.5-72B-Instruct"}, method="full",
+                   training={"per_device_train_batch_size": 1}, data={"max_length": 512})
+    spec = build_spec(yaml.safe_load(run.spec_path.read_text()))
+    assert "more than the" in launch.fit_warning(spec, run)  # DDP: every GPU holds all ~1.3 TB of states
+    run.spec_path.write_text(run.spec_path.read_text() + "resources: {strategy: deepspeed-zero3, offload: true}\n")
+    assert launch.fit_warning(build_spec(yaml.safe_load(run.spec_path.read_text())), run) is None
+    assert launch.fit_warning(build_spec(yaml.safe_load(run.spec_path.read_text())
+                                         | {"model": {"name_or_path": "unknown-model"}}), run) is None
