@@ -15,7 +15,7 @@ import bisect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from ftune.runtime.errors import UserError
 
@@ -70,8 +70,11 @@ class RowProblem:
 
 
 # --------------------------------------------------------------------------- reading files
-def _caret(path: Path, text: str, lineno: int, col: int, msg: str) -> DataError:
+def _caret(path: Path, text: str, lineno: int, col: int, msg: str, shown_lineno: int | None = None) -> DataError:
+    """`text` holds the offending line at `lineno`; `shown_lineno` is its number in the file when `text`
+    is that single line."""
     line = text.splitlines()[lineno - 1] if 0 < lineno <= len(text.splitlines()) else ""
+    lineno = shown_lineno or lineno
     start = max(0, col - 60) if len(line) > 120 else 0
     shown, caret = line[start: start + 120], " " * (col - 1 - start) + "^"
     return DataError(f"{path}:{lineno}:{col}: not valid JSON: {msg}\n    {shown}\n    {caret}",
@@ -118,14 +121,14 @@ def _json_array(path: Path, text: str) -> Iterator[tuple[int, int | None, Any]]:
         fail(pos, "Expecting ',' delimiter between items" if pos < len(text) else "the array is not closed with ']'")
 
 
-def _json_lines(path: Path, text: str) -> Iterator[tuple[int, int | None, Any]]:
-    for lineno, line in enumerate(text.splitlines(), 1):
+def _json_lines(path: Path, lines: Iterable[str]) -> Iterator[tuple[int, int | None, Any]]:
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             yield lineno, None, json.loads(line)
         except json.JSONDecodeError as e:
-            raise _caret(path, text, lineno, e.colno, e.msg) from None
+            raise _caret(path, line, 1, e.colno, e.msg, lineno) from None
 
 
 def read_rows(path: str | Path) -> Iterator[tuple[int, int | None, Any]]:
@@ -142,18 +145,19 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, int | None, Any]]:
             yield i + 2 if suffix == ".csv" else i + 1, None, row
         return
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as f:
+            head = f.read(4096).lstrip()
+            f.seek(0)
+            if suffix == ".txt":
+                for lineno, line in enumerate(f, 1):
+                    if line.strip():
+                        yield lineno, None, {"text": line.rstrip("\n")}
+            elif head.startswith("["):  # a JSON array is one document: read whole
+                yield from _json_array(path, f.read())
+            else:
+                yield from _json_lines(path, f)
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason})", hint="Save the file as UTF-8.") from None
-    if suffix == ".txt":
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                yield lineno, None, {"text": line}
-        return
-    if text.lstrip().startswith("["):
-        yield from _json_array(path, text)
-    else:
-        yield from _json_lines(path, text)
 
 
 # --------------------------------------------------------------------------- detecting
@@ -349,16 +353,16 @@ class Loaded:
         return len(self.problems)
 
 
-def load_source(src: Source) -> Loaded:
-    """Read every row of a source, detect its format when not given, convert and check each row."""
-    examples, problems, total = [], [], 0
+def iter_source(src: Source) -> Iterator[Example | RowProblem]:
+    """Each row of a source as an Example, or the RowProblem that says why it is not one.
+    Detects the format from the first row when it is not given. Lazy: JSON lines and .txt files
+    are read line by line, so a pass over a file larger than memory is fine."""
     for line, index, row in read_rows(src.path):
-        total += 1
         if src.formatting is None:
             try:
                 src.formatting, kind, src.reason = detect(row)
             except DataError as e:
-                problems.append(RowProblem(str(src.path), line, index, str(e)))
+                yield RowProblem(str(src.path), line, index, str(e))
                 continue
             src.kind = src.kind or kind
         elif src.kind is None:  # format named (run file or dataset_info.json): the kind from the row's keys
@@ -367,10 +371,18 @@ def load_source(src: Source) -> Loaded:
         try:
             if not isinstance(row, dict):
                 raise ValueError("each row must be a JSON object")
-            examples.append(CONVERTERS[src.formatting](row, src))
+            yield CONVERTERS[src.formatting](row, src)
         except ValueError as e:
-            problems.append(RowProblem(str(src.path), line, index, str(e)))
-    return Loaded(examples, total, problems, src.formatting or "unknown", src.kind or "unknown", src.reason)
+            yield RowProblem(str(src.path), line, index, str(e))
+
+
+def load_source(src: Source) -> Loaded:
+    """Read every row of a source, detect its format when not given, convert and check each row."""
+    examples, problems = [], []
+    for item in iter_source(src):
+        (problems if isinstance(item, RowProblem) else examples).append(item)
+    return Loaded(examples, len(examples) + len(problems), problems, src.formatting or "unknown",
+                  src.kind or "unknown", src.reason)
 
 
 # --------------------------------------------------------------------------- dataset_info.json

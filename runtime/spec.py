@@ -139,7 +139,11 @@ class DataSpec(Section):
     cache: bool = Field(
         True, description="Keep the tokenised data in the run directory so a restart or resume skips tokenising."
     )
-    streaming: bool = later(False, "Stream the data set instead of loading it whole.")
+    streaming: bool = Field(
+        False, description="Stream JSON-lines or text data larger than memory: rows are checked in one pass, then "
+        "read, shuffled in a buffer and tokenised as training goes. Needs training.max_steps (sft, pt)."
+    )
+    buffer_size: int = Field(16384, ge=1, description="Rows in the shuffle buffer when streaming.")
 
     @field_validator("train", mode="before")
     @classmethod
@@ -411,6 +415,9 @@ class RunSpec(Section):
                 self.stage.num_generations:
             raise ValueError("stage rl: per_device_train_batch_size × gradient_accumulation_steps must be a "
                              f"multiple of stage.num_generations ({self.stage.num_generations})")
+        if self.data.streaming and (not t.max_steps or self.stage.type not in ("sft", "pt")):
+            raise ValueError("data.streaming works for stage sft or pt and needs training.max_steps (a stream has "
+                             "no length to count epochs by)")
         if t.predict_with_generate and not self.data.test:
             raise ValueError("training.predict_with_generate needs data.test: the file whose prompts are answered")
         if self.method.type == "full" and self.output.save_format != "lora":

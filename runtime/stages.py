@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ftune.runtime.data import with_tools
+from ftune.runtime.data import tokenize_examples, with_tools
 from ftune.runtime.formats import Example
 
 ASSISTANT = "assistant"
@@ -70,6 +70,28 @@ def columns_for(stage: str, examples: list[Example]) -> dict[str, list]:
     if stage == "rl":
         return prompt_columns(examples)
     raise ValueError(stage)
+
+
+# --------------------------------------------------------------------------- streaming
+def stream_rows(sources: list, tokenizer_dir: str, chat_template: str, stage: str, opts: dict[str, Any]):
+    """The training stream: valid rows of each source, tokenised one by one (a top-level function with plain
+    arguments, so datasets can fingerprint and re-run it each epoch)."""
+    from transformers import AutoTokenizer
+
+    from ftune.runtime.formats import RowProblem, Source, iter_source
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.chat_template = chat_template
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    for path, formatting, kind, columns, tags in sources:
+        for item in iter_source(Source(Path(path), formatting, kind, columns, tags)):
+            if isinstance(item, RowProblem):
+                continue
+            cols, _ = (text_columns(tokenizer, [item], opts["max_length"]) if stage == "pt"
+                       else tokenize_examples(tokenizer, [item], **opts))
+            for ids, labels in zip(cols["input_ids"], cols["labels"]):
+                yield {"input_ids": ids, "labels": labels}
 
 
 # --------------------------------------------------------------------------- models named by a stage

@@ -81,6 +81,8 @@ def prepare_data(spec: RunSpec, tokenizer, base: Path, events: EventWriter, run:
 
     d = spec.data
     sources = sources_for(d.train, base, d.format, d.dataset_dir)
+    if d.streaming:
+        return stream_data(spec, tokenizer, sources, base, events)
     cache = run.path / "tokenized" / data_cache_key(spec, tokenizer, sources, base) if d.cache else None
     if cache is not None and (cache / "meta.json").is_file():
         meta = json.loads((cache / "meta.json").read_text())
@@ -133,6 +135,47 @@ def prepare_data(spec: RunSpec, tokenizer, base: Path, events: EventWriter, run:
         (tmp / "meta.json").write_text(json.dumps(meta))
         os.replace(tmp, cache)
     return out
+
+
+def stream_data(spec: RunSpec, tokenizer, sources: list, base: Path, events: EventWriter) -> dict[str, Any]:
+    """Data larger than memory: one checking pass (counts, on_invalid), then an iterable data set that reads,
+    shuffles in a buffer and tokenises as training goes. Evaluation uses data.validation only."""
+    import datasets
+
+    from ftune.runtime.formats import RowProblem, iter_source
+
+    d, stage = spec.data, spec.stage.type
+    total, problems = 0, []
+    for src in sources:  # the checking pass keeps nothing but the problems
+        for item in iter_source(src):
+            total += 1
+            if isinstance(item, RowProblem):
+                problems.append(item)
+    if problems and d.on_invalid == "error":
+        shown = "\n".join(f"  {p}" for p in problems[:10])
+        raise DataError(f"{len(problems)} of {total} rows are invalid:\n{shown}",
+                        hint="Fix the rows, or set data.on_invalid: skip to train on the valid rows only.")
+    if problems:
+        events.emit("warning", message=f"skipping {len(problems)} invalid rows of {total}", hint=f"First: {problems[0]}")
+
+    opts = {"max_length": d.max_length, "train_on_prompt": d.train_on_prompt, "mask_history": d.mask_history,
+            "combine": d.combine, "max_input_length": d.max_input_length, "max_output_length": d.max_output_length}
+    kwargs = {"sources": [(str(s.path), s.formatting, s.kind, s.columns, s.tags) for s in sources],
+              "tokenizer_dir": tokenizer.name_or_path, "chat_template": tokenizer.chat_template, "stage": stage,
+              "opts": opts}
+    # an importable function with plain arguments: datasets fingerprints both (the worker runs as __main__)
+    train = datasets.IterableDataset.from_generator(stages.stream_rows, gen_kwargs=kwargs)
+    if d.shuffle:
+        train = train.shuffle(seed=spec.training.seed, buffer_size=d.buffer_size)
+    eval_ds = None
+    if d.validation:
+        v = load_data(sources_for([d.validation], base, d.format), stage, d.on_invalid).examples
+        cols, _ = (stages.text_columns(tokenizer, v, d.max_length) if stage == "pt" else
+                   tokenize_examples(tokenizer, v, d.max_length, d.train_on_prompt, d.mask_history, d.combine))
+        eval_ds = datasets.Dataset.from_dict(cols)
+    return {"train": train, "eval": eval_ds, "total_rows": total, "skipped_rows": len(problems),
+            "num_train_rows": total - len(problems), "num_eval_rows": len(eval_ds) if eval_ds else 0,
+            "format": "+".join(s.formatting or "auto" for s in sources), "cached": False}
 
 
 def precision_plan(precision: str, method: str) -> dict[str, Any]:

@@ -160,3 +160,18 @@ def test_tokenised_data_is_cached_for_resume_and_interleave_mixes(project, tiny_
     again = of_type(events, "started")[-1]
     assert again["data_cached"] is True and again["num_train_rows"] == first["num_train_rows"]
     assert events[-1]["type"] == "finished"
+
+
+def test_streaming_checks_first_then_trains_from_the_stream(project, tiny_model):
+    with open(project / "train.jsonl", "a") as f:
+        f.write('{"messages": []}\n')
+    run = make_run(project, tiny_model, data={"streaming": True, "on_invalid": "skip", "buffer_size": 16},
+                   training={"max_steps": 3, "save_steps": 3})
+    events = train_to_end(run)
+    assert events[-1]["type"] == "finished", run.log_path.read_text()[-3000:]
+    started = of_type(events, "started")[0]
+    assert (started["total_rows"], started["skipped_rows"]) == (65, 1)
+    assert [s["step"] for s in of_type(events, "step")] == [1, 2, 3]
+    assert not (run.path / "tokenized").exists()  # nothing materialised
+    run2 = make_run(project, tiny_model, name="run-02", data={"streaming": True}, training={"max_steps": 2})
+    assert train_to_end(run2)[-1]["message"].startswith("1 of 65 rows are invalid")
