@@ -117,9 +117,9 @@ def test_overrides_win_and_parse_yaml_values():
 
 def test_unwired_fields_are_marked_and_at_default_are_accepted():
     unwired = [path for path, info, _ in iter_fields() if not is_wired(info)]
-    assert "data.streaming" in unwired and "method.llama_pro_blocks" in unwired
-    spec = build_spec({**BASE, "data": {"train": "t.jsonl", "streaming": False}})  # the default is fine
-    assert "streaming" not in spec_to_dict(spec)["data"]
+    assert "method.badam" in unwired and "method.llama_pro_blocks" in unwired
+    spec = build_spec({**BASE, "method": {"llama_pro_blocks": None}})  # the default is fine
+    assert "llama_pro_blocks" not in spec_to_dict(spec)["method"]
 
 
 def test_full_method_rejects_adapter_save_format():
