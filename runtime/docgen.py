@@ -10,7 +10,7 @@ import typing
 from pathlib import Path
 
 from ftune.presets import NAMES, describe, load_preset
-from ftune.runtime.spec import FOREIGN_KEYS, RunSpec, _section_class, is_wired
+from ftune.runtime.spec import FOREIGN_KEYS, RunSpec, _section_class
 
 
 def _type_name(annotation: typing.Any) -> str:
@@ -46,9 +46,6 @@ def render() -> str:
         "in this order: built-in defaults < `preset` < the run file < `--set section.key=value`.",
         "Relative paths are relative to the folder that holds `runs/`.",
         "",
-        "Fields marked *later* have their home here but are not wired to training yet: setting one to",
-        "anything but its default is refused with \"not supported yet\" rather than silently ignored.",
-        "",
         "```yaml",
         "name: run-01",
         "preset: fast",
@@ -76,8 +73,7 @@ def render() -> str:
                 if sub is not None:
                     yield from rows(sub, f"{prefix}{name}.")
                     continue
-                later = "" if is_wired(f) else " *later*"
-                yield f"| `{prefix}{name}` | {_type_name(f.annotation)} | {_default(f)} | {f.description or ''}{later} |"
+                yield f"| `{prefix}{name}` | {_type_name(f.annotation)} | {_default(f)} | {f.description or ''} |"
 
         out += list(rows(cls)) + [""]
     top = [n for n, f in RunSpec.model_fields.items() if _section_class(f.annotation) is None]

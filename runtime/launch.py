@@ -47,26 +47,38 @@ def hardware_problem(spec: RunSpec) -> str | None:
     from ftune.runtime.sysmon import gpu_samples
 
     q, t, m = spec.method.quantization, spec.training, spec.method
-    needs_gpu = []
+    needs_gpu = []  # (what, what to do on this machine instead)
     if spec.resources.strategy != "auto" and spec.resources.strategy != "ddp":
-        needs_gpu.append(f"strategy {spec.resources.strategy}")
+        needs_gpu.append((f"strategy {spec.resources.strategy}", "resources.strategy: ddp"))
     if q.bits and q.method in ("bnb", "eetq"):
-        needs_gpu.append(f"QLoRA {q.bits}-bit ({q.method})")
+        needs_gpu.append((f"QLoRA {q.bits}-bit ({q.method})", "plain LoRA (remove method.quantization)"))
     if t.optim == "adamw_8bit":
-        needs_gpu.append("the 8-bit AdamW optimiser")
-    if spec.model.acceleration == "liger":
-        needs_gpu.append("Liger kernels")
+        needs_gpu.append(("the 8-bit AdamW optimiser", "training.optim: adamw_torch"))
+    if spec.model.acceleration in ("liger", "unsloth"):
+        needs_gpu.append(({"liger": "Liger kernels", "unsloth": "unsloth"}[spec.model.acceleration],
+                          "model.acceleration: none"))
+    for key, what in (("ref_model", "reference"), ("reward_model", "reward")):
+        bits = getattr(spec.stage, f"{key}_quantization_bits")
+        if bits:
+            needs_gpu.append((f"a {bits}-bit {what} model", f"no stage.{key}_quantization_bits"))
+    if spec.output.save_format == "merged_4bit" and spec.method.type == "lora":
+        needs_gpu.append(("output.save_format merged_4bit", "output.save_format: merged_16bit (then `ftune export "
+                                                            "--format merged_4bit` on a GPU machine)"))
     if needs_gpu and not gpu_samples():
-        return (f"{' and '.join(needs_gpu)} needs a CUDA GPU, and none is visible here (nvidia-ml-py found no "
-                f"GPU): use plain LoRA (remove method.quantization) or training.optim: adamw_torch on this machine")
-    wanted = {"bitsandbytes": bool((q.bits and q.method == "bnb") or t.optim == "adamw_8bit"),
+        return (f"{' and '.join(w for w, _ in needs_gpu)} needs a CUDA GPU, and none is visible here (nvidia-ml-py "
+                f"found no GPU): on this machine use {'; '.join(i for _, i in needs_gpu)}")
+    bnb = (q.bits and q.method == "bnb") or t.optim == "adamw_8bit" or spec.output.save_format == "merged_4bit" \
+        or spec.stage.ref_model_quantization_bits or spec.stage.reward_model_quantization_bits
+    wanted = {"bitsandbytes": bool(bnb), "unsloth": spec.model.acceleration == "unsloth",
+              "badam": m.badam is not None, "adam_mini": t.optim == "adam_mini",
               "hqq": bool(q.bits and q.method == "hqq"), "eetq": bool(q.bits and q.method == "eetq"),
-              "galore_torch": bool(m.galore), "apollo_torch": bool(m.apollo),
+              "galore_torch": m.galore is not None, "apollo_torch": m.apollo is not None,
               "deepspeed": spec.resources.strategy.startswith("deepspeed"),
               "liger_kernel": spec.model.acceleration == "liger"}
     missing = [name for name, needed in wanted.items() if needed and not _has(name)]
     if missing:
-        pip = {"galore_torch": "galore-torch", "apollo_torch": "apollo-torch", "liger_kernel": "liger-kernel"}
+        pip = {"galore_torch": "galore-torch", "apollo_torch": "apollo-torch", "liger_kernel": "liger-kernel",
+               "adam_mini": "adam-mini"}
         return f"this run needs {', '.join(missing)}: pip install {' '.join(pip.get(x, x) for x in missing)}"
     return None
 

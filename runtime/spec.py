@@ -1,9 +1,9 @@
 """The run spec: one pydantic schema for `runs/<name>/run.yaml`.
 
 The wizard builds it, `ftune train` validates it, the worker reads it and the
-docs are generated from it. Fields marked `later(...)` have a home in the file
-but are not wired to training yet: setting them to anything but their default
-is a validation error ("not supported yet"), never silently ignored.
+docs are generated from it. A value with a home in the schema that training
+cannot act on yet (listed in `_LATER_VALUES`) is a validation error ("not
+supported yet"), never silently ignored.
 """
 
 from __future__ import annotations
@@ -34,11 +34,6 @@ def check_run_name(name: str) -> str | None:
     if not _NAME_RE.match(name):
         return f"'{name}' is not a valid run name: use {NAME_RULE} (e.g. run-01)"
     return None
-
-
-def later(default: Any, description: str) -> Any:
-    """A field with a home in the run file that training does not use yet."""
-    return Field(default, description=description, json_schema_extra={"wired": False})
 
 
 class Section(BaseModel):
@@ -79,8 +74,8 @@ class ModelSpec(Section):
     )
     rope_factor: float = Field(2.0, gt=1, description="How many times longer the context gets (with rope_scaling).")
     acceleration: Literal["none", "liger", "unsloth"] = Field(
-        "none", description="Kernel acceleration on a GPU: liger (Liger kernels, liger-kernel package); "
-        "unsloth is not supported yet."
+        "none", description="Kernel acceleration on a CUDA GPU: liger (Liger kernels, liger-kernel package) or "
+        "unsloth (unsloth's patched model and LoRA, unsloth package; method lora)."
     )
 
 
@@ -189,11 +184,17 @@ class StageSpec(Section):
         None, description="Reference model for dpo/kto: another run's name or a model folder (default: the base "
         "model — with LoRA, the adapter switched off)."
     )
-    ref_model_quantization_bits: Literal[4, 8] | None = later(None, "Quantise the reference model.")
+    ref_model_quantization_bits: Literal[4, 8] | None = Field(
+        None, description="Load the reference model quantised to 4 or 8 bits (bitsandbytes; needs a CUDA GPU)."
+    )
     reward_model: str | None = Field(None, description="Reward model for rl: an rm run's name or a model folder.")
-    reward_model_quantization_bits: Literal[4, 8] | None = later(None, "Quantise the reward model.")
+    reward_model_quantization_bits: Literal[4, 8] | None = Field(
+        None, description="Load the reward model quantised to 4 or 8 bits (bitsandbytes; needs a CUDA GPU)."
+    )
     rl_algorithm: Literal["grpo", "rloo"] = Field(
-        "grpo", description="TRL trainer used for rl: GRPO (TRL 1.x has no PPO trainer; this is what runs)."
+        "grpo", description="What rl runs (TRL 1.x has no PPO trainer): grpo (Group Relative Policy Optimization: "
+        "each answer scored against the mean of its group) or rloo (REINFORCE Leave-One-Out: against the mean of "
+        "the other answers to the same prompt)."
     )
     num_generations: int = Field(4, ge=2, description="rl: answers sampled per prompt and compared.")
     max_completion_length: int = Field(128, ge=1, description="rl: longest sampled answer, in tokens.")
@@ -273,8 +274,15 @@ class MethodSpec(Section):
     apollo: dict[str, Any] | None = Field(
         None, description="APOLLO optimiser (apollo-torch): {rank, update_proj_gap, scale, proj, target, layerwise}."
     )
-    badam: dict[str, Any] | None = later(None, "BAdam block-wise optimiser settings.")
-    llama_pro_blocks: int | None = later(None, "LLaMA Pro: expand the model by N blocks and train only those.")
+    badam: dict[str, Any] | None = Field(
+        None, description="BAdam (badam package): full fine-tuning that updates one block of layers at a time. "
+        "{mode: layer or ratio, switch_every: steps per block (50), switch_mode: descending, ascending, random or "
+        "fixed, start_block, update_ratio: share of each matrix updated in ratio mode (0.05)}."
+    )
+    llama_pro_blocks: int | None = Field(
+        None, ge=1, description="LLaMA Pro: insert N copies of evenly spaced decoder layers, initialised to pass "
+        "their input through unchanged, and train only those (method.type: freeze; the export is the grown model)."
+    )
 
 
 # --------------------------------------------------------------------------- training
@@ -431,10 +439,24 @@ class RunSpec(Section):
             raise ValueError("method.quantization (QLoRA) trains a LoRA adapter: set method.type: lora")
         if m.lora.create_new_adapter and not m.lora.adapter:
             raise ValueError("method.lora.create_new_adapter needs method.lora.adapter")
-        if m.galore and m.apollo:
+        galore, apollo, badam = (x is not None for x in (m.galore, m.apollo, m.badam))  # `galore: {}` is on
+        if galore and apollo:
             raise ValueError("choose one of method.galore and method.apollo")
-        if (m.galore or m.apollo) and m.type == "lora":
+        if (galore or apollo) and m.type == "lora":
             raise ValueError("GaLore and APOLLO train full weights: set method.type: full or freeze")
+        if badam and (m.type != "full" or galore or apollo or self.training.optim != "adamw_torch"):
+            raise ValueError("method.badam is its own optimiser over full weights: set method.type: full, "
+                             "training.optim: adamw_torch, and no galore or apollo")
+        if self.training.optim == "adam_mini" and (m.type == "lora" or galore or apollo):
+            raise ValueError("training.optim adam_mini splits whole weight matrices by attention head: use "
+                             "method.type full or freeze, without galore or apollo")
+        if m.llama_pro_blocks and m.type != "freeze":
+            raise ValueError("method.llama_pro_blocks trains only the inserted blocks: set method.type: freeze")
+        if self.model.acceleration == "unsloth" and m.type != "lora":
+            raise ValueError("model.acceleration unsloth patches LoRA training: set method.type: lora")
+        if self.output.save_format == "merged_4bit" and self.stage.type == "rm":
+            raise ValueError("output.save_format merged_4bit is for generating models; a reward model saves as "
+                             "lora or merged_16bit")
         return self
 
     @property
@@ -448,13 +470,9 @@ class RunSpec(Section):
 
 
 # --------------------------------------------------------------------------- values not wired yet
-# Values of wired fields that have a home but no implementation yet.
-_LATER_VALUES: dict[tuple[str, ...], set[Any]] = {
-    ("stage", "rl_algorithm"): {"rloo"},
-    ("model", "acceleration"): {"unsloth"},
-    ("training", "optim"): {"adam_mini"},
-    ("output", "save_format"): {"merged_4bit"},
-}
+# Values that have a home in the schema but no implementation yet: none today. A new choice can be listed here
+# (path -> values) so that it is refused with "not supported yet" instead of silently ignored.
+_LATER_VALUES: dict[tuple[str, ...], set[Any]] = {}
 
 # Names users bring from LLaMA-Factory, the seed platforms and TrainingArguments, and where they live here.
 FOREIGN_KEYS: dict[str, str] = {
@@ -580,10 +598,6 @@ def iter_fields(cls: type[BaseModel] = RunSpec, prefix: str = ""):
             yield path, info, cls
 
 
-def is_wired(info: Any) -> bool:
-    return not (info.json_schema_extra or {}).get("wired") is False
-
-
 # --------------------------------------------------------------------------- raw-dict passes
 _SHORTHAND = {"stage": "type", "method": "type"}
 
@@ -612,11 +626,8 @@ def _later_problems(raw: dict[str, Any]) -> list[Problem]:
             if sub is not None and sub is not cls and isinstance(value, dict):
                 walk(sub, value, path)
                 continue
-            default = info.get_default(call_default_factory=True)
             dotted = ".".join(path)
-            if not is_wired(info) and value != default and not (value in (None, [], {}) and not default):
-                problems.append(Problem(dotted, f"not supported yet — remove it or set it back to {default!r}"))
-            elif path in _LATER_VALUES and value in _LATER_VALUES[path]:
+            if path in _LATER_VALUES and value in _LATER_VALUES[path]:
                 works = [v for v in typing.get_args(info.annotation) if v not in _LATER_VALUES[path]]
                 problems.append(Problem(dotted, f"{value!r} is not supported yet (works today: {', '.join(map(str, works))})"))
 
@@ -760,7 +771,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> RunSpec:
 
 
 def spec_to_dict(spec: RunSpec) -> dict[str, Any]:
-    """The spec as plain data for run.yaml: unset optional values and untouched not-yet-wired fields left out."""
+    """The spec as plain data for run.yaml: unset optional values left out."""
 
     def prune(cls: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
         out = {}
@@ -771,7 +782,7 @@ def spec_to_dict(spec: RunSpec) -> dict[str, Any]:
                 value = prune(sub, value)
                 if not value:
                     continue
-            elif value is None or (not is_wired(info) and value == info.get_default(call_default_factory=True)):
+            elif value is None:
                 continue
             elif isinstance(value, float) and value.is_integer() and abs(value) < 1e6:
                 value = int(value)  # `alpha: 16`, not `alpha: 16.0`

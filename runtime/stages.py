@@ -6,8 +6,8 @@
     kto     unpaired preferences     KTOTrainer (desirable / undesirable weights)
     orpo    odds-ratio preferences   trl.experimental ORPOTrainer
     simpo   simple preference opt.   trl.experimental CPOTrainer with loss_type="simpo"
-    rl      RL from a reward model   GRPOTrainer with the rm run's model as the reward function
-                                     (TRL 1.x has no PPO trainer; GRPO is what runs)
+    rl      RL from a reward model   GRPOTrainer or RLOOTrainer with the rm run's model as the reward
+                                     function (TRL 1.x has no PPO trainer; GRPO or RLOO is what runs)
 
 Rows arrive as `formats.Example`; this module turns them into the columns each trainer reads
 (conversational prompt/chosen/rejected, prompt/completion/label, prompt) and builds the trainer.
@@ -109,27 +109,32 @@ def resolve_model_ref(name: str, runs_root: Path, base: Path) -> Path | str:
     return local if local.exists() else name
 
 
-def load_reference(path: Path | str, dtype, trust_remote_code: bool):
-    """A frozen causal LM: a plain model folder, or an adapter export merged into its base."""
-    from transformers import AutoModelForCausalLM
+def _frozen(path: Path | str, auto_class: str, dtype, trust_remote_code: bool, bits: int | None, **extra):
+    """A frozen model of `auto_class` from a folder or hub id. An adapter export is merged into its base; a
+    quantised one (bits: 4 or 8, bitsandbytes) keeps the adapter on top, since a 4/8-bit base cannot take a merge."""
+    import peft
+    import transformers
 
+    kwargs: dict[str, Any] = {"dtype": dtype, **extra}
+    if bits:
+        kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
+            load_in_4bit=bits == 4, load_in_8bit=bits == 8, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+        kwargs["device_map"] = {"": 0}  # the GPU this process trains on
     if Path(path, "adapter_config.json").is_file():
-        from peft import AutoPeftModelForCausalLM
+        model = getattr(peft, f"AutoPeft{auto_class}").from_pretrained(path, **kwargs)
+        return model if bits else model.merge_and_unload()
+    return getattr(transformers, f"Auto{auto_class}").from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                                     **kwargs)
 
-        return AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype).merge_and_unload()
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+
+def load_reference(path: Path | str, dtype, trust_remote_code: bool, bits: int | None = None):
+    """The dpo/kto reference: a frozen causal LM."""
+    return _frozen(path, "ModelForCausalLM", dtype, trust_remote_code, bits)
 
 
-def load_reward_model(path: Path | str, dtype, trust_remote_code: bool):
-    """The rm run's model: a sequence-classification head, adapter merged when it is one."""
-    from transformers import AutoModelForSequenceClassification
-
-    if Path(path, "adapter_config.json").is_file():
-        from peft import AutoPeftModelForSequenceClassification
-
-        return AutoPeftModelForSequenceClassification.from_pretrained(path, dtype=dtype, num_labels=1).merge_and_unload()
-    return AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, num_labels=1,
-                                                              trust_remote_code=trust_remote_code)
+def load_reward_model(path: Path | str, dtype, trust_remote_code: bool, bits: int | None = None):
+    """The rm run's model for rl: a sequence-classification head giving one score."""
+    return _frozen(path, "ModelForSequenceClassification", dtype, trust_remote_code, bits, num_labels=1)
 
 
 # --------------------------------------------------------------------------- trainers
@@ -173,11 +178,11 @@ def build_trainer(stage: str, spec, model, tokenizer, train_ds, eval_ds, common:
 
         args = RewardConfig(**common, max_length=max_length)
         return RewardTrainer(args=args, **kw)
-    if stage == "rl":
-        from trl import GRPOConfig, GRPOTrainer
+    if stage == "rl":  # the same rollout settings for both: they differ in how an answer's advantage is taken
+        import trl
 
-        args = GRPOConfig(**common, num_generations=s.num_generations, max_completion_length=s.max_completion_length,
-                          beta=s.kl_beta)
-        kw.pop("processing_class")
-        return GRPOTrainer(reward_funcs=reward_model, args=args, processing_class=tokenizer, **kw)
+        name = {"grpo": "GRPO", "rloo": "RLOO"}[s.rl_algorithm]
+        args = getattr(trl, f"{name}Config")(**common, num_generations=s.num_generations,
+                                              max_completion_length=s.max_completion_length, beta=s.kl_beta)
+        return getattr(trl, f"{name}Trainer")(reward_funcs=reward_model, args=args, **kw)
     raise ValueError(f"no trainer for stage {stage}")

@@ -231,14 +231,65 @@ def rope_scaled_config(spec: RunSpec, source: str):
     return config
 
 
-def freeze_layers(model, spec: RunSpec) -> None:
-    """Freeze tuning: train the last (or first) N decoder layers, optionally only some modules in them."""
-    f = spec.method.freeze
+def decoder_layers(model):
+    """The model's stack of decoder layers (the ModuleList as long as num_hidden_layers) and its owner."""
     n_layers = model.config.num_hidden_layers
-    layers = next((m for m in model.modules() if m.__class__.__name__ == "ModuleList" and len(m) == n_layers), None)
-    if layers is None:
-        raise ValueError("freeze tuning could not find the model's decoder layers")
-    chosen = range(n_layers - f.trainable_layers, n_layers) if f.trainable_layers > 0 else range(-f.trainable_layers)
+    for owner in model.modules():
+        for name, child in owner.named_children():
+            if child.__class__.__name__ == "ModuleList" and len(child) == n_layers:
+                return owner, name, child
+    raise ValueError("could not find the model's decoder layers (a ModuleList of num_hidden_layers blocks)")
+
+
+def expand_blocks(model, n_new: int) -> list[int]:
+    """LLaMA Pro: after every (layers / n_new)-th decoder layer insert a copy whose output projections (o_proj,
+    down_proj) are zero, so the grown model computes exactly what the original did. Returns the new layers'
+    indices."""
+    import copy
+
+    import torch
+
+    owner, attr, layers = decoder_layers(model)
+    if len(layers) % n_new:
+        raise ValueError(f"method.llama_pro_blocks ({n_new}) must divide the model's {len(layers)} layers evenly")
+    every = len(layers) // n_new
+    grown, added = [], []
+    for i, layer in enumerate(layers):
+        grown.append(layer)
+        if (i + 1) % every == 0:
+            block = copy.deepcopy(layer)
+            outputs = [m for name, m in block.named_modules() if name.split(".")[-1] in ("o_proj", "down_proj")]
+            if len(outputs) != 2:
+                raise ValueError("LLaMA Pro needs Llama-style decoder layers (self_attn.o_proj and mlp.down_proj)")
+            with torch.no_grad():
+                for m in outputs:
+                    m.weight.zero_()
+                    if getattr(m, "bias", None) is not None:
+                        m.bias.zero_()
+            added.append(len(grown))
+            grown.append(block)
+    for index, layer in enumerate(grown):  # the KV cache and the attention masks are looked up by layer index
+        for m in layer.modules():
+            if hasattr(m, "layer_idx"):
+                m.layer_idx = index
+    setattr(owner, attr, torch.nn.ModuleList(grown))
+    config = model.config
+    if getattr(config, "layer_types", None):
+        types = list(config.layer_types)
+        config.layer_types = [types[i] for i in range(len(types)) for _ in range(2 if (i + 1) % every == 0 else 1)]
+    config.num_hidden_layers = len(grown)
+    return added
+
+
+def freeze_layers(model, spec: RunSpec, chosen: list[int] | None = None) -> None:
+    """Freeze tuning: train the last (or first) N decoder layers, or the `chosen` ones, optionally only some
+    modules in them."""
+    f = spec.method.freeze
+    _, _, layers = decoder_layers(model)
+    n_layers = len(layers)
+    if chosen is None:
+        chosen = list(range(n_layers - f.trainable_layers, n_layers) if f.trainable_layers > 0
+                      else range(-f.trainable_layers))
     for p in model.parameters():
         p.requires_grad = False
     wanted = None if f.trainable_modules == "all" else list(f.trainable_modules)
@@ -253,8 +304,29 @@ def freeze_layers(model, spec: RunSpec) -> None:
         raise ValueError("freeze tuning selected no parameters: check method.freeze.trainable_modules")
 
 
+LLAMA_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def load_unsloth_model(spec: RunSpec, source: str, plan: dict[str, Any]):
+    """unsloth's patched model and LoRA (launch has checked for a CUDA GPU, the package and method lora)."""
+    from unsloth import FastLanguageModel
+
+    q, lora = spec.method.quantization, spec.method.lora
+    model, _ = FastLanguageModel.from_pretrained(
+        model_name=source, max_seq_length=spec.data.max_length, dtype=plan["dtype"], load_in_4bit=q.bits == 4,
+        load_in_8bit=q.bits == 8, trust_remote_code=spec.model.trust_remote_code, revision=spec.model.revision)
+    return FastLanguageModel.get_peft_model(
+        model, r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=LLAMA_LINEARS if lora.target_modules == "all" else list(lora.target_modules),
+        modules_to_save=lora.modules_to_save or None, use_rslora=lora.use_rslora, random_state=spec.training.seed,
+        use_gradient_checkpointing="unsloth" if spec.training.gradient_checkpointing else False)
+
+
 def load_model(spec: RunSpec, source: str, plan: dict[str, Any], tokenizer, run: RunDir, base: Path):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if spec.model.acceleration == "unsloth":
+        return load_unsloth_model(spec, source, plan)
 
     kwargs: dict[str, Any] = {"dtype": plan["dtype"]}
     if spec.model.attn_implementation != "auto":
@@ -270,7 +342,9 @@ def load_model(spec: RunSpec, source: str, plan: dict[str, Any], tokenizer, run:
     model = (AutoModelForSequenceClassification if reward else AutoModelForCausalLM).from_pretrained(
         source, revision=spec.model.revision, trust_remote_code=spec.model.trust_remote_code, **kwargs
     )
-    if spec.method.type == "freeze":
+    if spec.method.llama_pro_blocks:
+        freeze_layers(model, spec, expand_blocks(model, spec.method.llama_pro_blocks))
+    elif spec.method.type == "freeze":
         freeze_layers(model, spec)
     if spec.method.type != "lora":
         return model
@@ -296,18 +370,54 @@ def load_model(spec: RunSpec, source: str, plan: dict[str, Any], tokenizer, run:
     return get_peft_model(model, config)
 
 
-def loraplus_optimizer(spec: RunSpec, model):
-    """LoRA+: B matrices get loraplus_lr_ratio × the learning rate (peft's optimizer builder)."""
-    lora = spec.method.lora
-    if spec.method.type != "lora" or not lora.loraplus_lr_ratio:
-        return None
+def custom_optimizer(spec: RunSpec, model):
+    """Optimisers transformers cannot name: LoRA+ (peft), Adam-mini and BAdam (their packages). None otherwise."""
     import torch
-    from peft.optimizers import create_loraplus_optimizer
 
-    extra = {"loraplus_lr_embedding": lora.loraplus_lr_embedding} if lora.loraplus_lr_embedding else {}
-    return create_loraplus_optimizer(model, torch.optim.AdamW, lr=spec.training.learning_rate,
-                                     loraplus_lr_ratio=lora.loraplus_lr_ratio,
-                                     weight_decay=spec.training.weight_decay, **extra)
+    t, m = spec.training, spec.method
+    if m.type == "lora" and m.lora.loraplus_lr_ratio:  # B matrices get loraplus_lr_ratio × the learning rate
+        from peft.optimizers import create_loraplus_optimizer
+
+        extra = {"loraplus_lr_embedding": m.lora.loraplus_lr_embedding} if m.lora.loraplus_lr_embedding else {}
+        return create_loraplus_optimizer(model, torch.optim.AdamW, lr=t.learning_rate,
+                                         loraplus_lr_ratio=m.lora.loraplus_lr_ratio, weight_decay=t.weight_decay,
+                                         **extra)
+    if t.optim == "adam_mini":  # one learning rate per attention head / output neuron instead of per weight
+        from adam_mini import Adam_mini
+
+        c = model.config
+        return Adam_mini(named_parameters=model.named_parameters(), lr=t.learning_rate, weight_decay=t.weight_decay,
+                         dim=c.hidden_size, n_heads=c.num_attention_heads,
+                         n_kv_heads=getattr(c, "num_key_value_heads", None), verbose=False)
+    if m.badam is not None:
+        return badam_optimizer(spec, model)
+    return None
+
+
+def badam_optimizer(spec: RunSpec, model):
+    """BAdam: AdamW over one block of layers at a time (layer mode), or over a sparse share of every matrix
+    (ratio mode); weight decay kept off biases and norms, as transformers does."""
+    import torch
+    from transformers.trainer_pt_utils import get_parameter_names
+
+    t, b = spec.training, dict(spec.method.badam or {})
+    decay = set(get_parameter_names(model, [torch.nn.LayerNorm], ["bias", "layernorm", "rmsnorm", "norm"]))
+    named = list(model.named_parameters())
+    groups = [{"params": [p for n, p in named if n in decay], "weight_decay": t.weight_decay},
+              {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
+    mode = b.get("mode", "layer")
+    if mode == "ratio":
+        from badam import BlockOptimizerRatio
+
+        tied = not any("lm_head" in n for n, _ in named)  # the head is the embedding: nothing of its own to freeze
+        return BlockOptimizerRatio(param_groups=groups, named_parameters_list=named, lr=t.learning_rate,
+                                   update_ratio=b.get("update_ratio", 0.05), switch_every=b.get("switch_every", 50),
+                                   mask_mode=b.get("mask_mode", "adjacent"), include_lm_head=tied, verbose=0)
+    from badam import BlockOptimizer
+
+    return BlockOptimizer(base_optimizer=torch.optim.AdamW(groups, lr=t.learning_rate), named_parameters_list=named,
+                          switch_block_every=b.get("switch_every", 50), switch_mode=b.get("switch_mode", "descending"),
+                          start_block=b.get("start_block"), verbose=0)
 
 
 def load_stage_models(spec: RunSpec, run: RunDir, base: Path, plan: dict[str, Any]):
@@ -316,10 +426,10 @@ def load_stage_models(spec: RunSpec, run: RunDir, base: Path, plan: dict[str, An
     ref = reward = None
     if s.ref_model and s.type in ("dpo", "kto"):
         ref = stages.load_reference(stages.resolve_model_ref(s.ref_model, run.root, base), plan["dtype"],
-                                    spec.model.trust_remote_code)
+                                    spec.model.trust_remote_code, s.ref_model_quantization_bits)
     if s.type == "rl":
         reward = stages.load_reward_model(stages.resolve_model_ref(s.reward_model, run.root, base), plan["dtype"],
-                                          spec.model.trust_remote_code)
+                                          spec.model.trust_remote_code, s.reward_model_quantization_bits)
     return ref, reward
 
 
@@ -402,10 +512,11 @@ def common_args(spec: RunSpec, run: RunDir, plan, num_train_rows: int, has_eval:
 
 def optimizer_args(spec: RunSpec) -> dict[str, Any]:
     """The optimiser by transformers' name; GaLore and APOLLO with their settings and target modules."""
-    names = {"adamw_8bit": "adamw_bnb_8bit"}
+    # adam_mini is built by custom_optimizer and handed to the trainer; its arguments name the AdamW it replaces
+    names = {"adamw_8bit": "adamw_bnb_8bit", "adam_mini": "adamw_torch"}
     m = spec.method
     for kind, settings in (("galore", m.galore), ("apollo", m.apollo)):
-        if settings:
+        if settings is not None:
             s = dict(settings)
             layerwise = "_layerwise" if s.pop("layerwise", False) else ""
             target = s.pop("target", "all")
@@ -417,7 +528,7 @@ def optimizer_args(spec: RunSpec) -> dict[str, Any]:
 def build_trainer(spec: RunSpec, model, tokenizer, data: dict[str, Any], run: RunDir, plan, callback,
                   ref_model=None, reward_model=None):
     common = common_args(spec, run, plan, data["num_train_rows"], data["eval"] is not None)
-    optimizer = loraplus_optimizer(spec, model)
+    optimizer = custom_optimizer(spec, model)
     if spec.stage.type not in ("sft", "pt"):
         return stages.build_trainer(spec.stage.type, spec, model, tokenizer, data["train"], data["eval"], common,
                                     callback, ref_model, reward_model, optimizer)
@@ -435,6 +546,17 @@ def build_trainer(spec: RunSpec, model, tokenizer, data: dict[str, Any], run: Ru
     )
 
 
+def adapt_to_badam(trainer) -> None:
+    """BAdam's own gradient clipping (ratio mode leaves sparse gradients, which torch's clipping refuses) and its
+    callback (gradient checkpointing over blocks that switch, ZeRO-3)."""
+    from types import MethodType
+
+    from badam import BAdamCallback, clip_grad_norm_old_version
+
+    trainer.accelerator.clip_grad_norm_ = MethodType(clip_grad_norm_old_version, trainer.accelerator)
+    trainer.add_callback(BAdamCallback)
+
+
 def export(spec: RunSpec, trainer, tokenizer, run: RunDir) -> dict[str, Any]:
     """Write the final model to export/ (via a temporary folder, so a half export never looks done)."""
     out = run.export_dir()
@@ -447,7 +569,18 @@ def export(spec: RunSpec, trainer, tokenizer, run: RunDir) -> dict[str, Any]:
 
         model = model.merge_and_unload()
         model = model.to(merged_dtype())
-    model.save_pretrained(tmp)
+        model.save_pretrained(tmp)
+    elif fmt == "merged_4bit":  # merged in 16 bits, then quantised by bitsandbytes, as `ftune export` does
+        from ftune.runtime.export import _quantize_4bit, _write_merged
+
+        staging = tmp.with_name(tmp.name + ".16bit")
+        _write_merged(model, staging, tokenizer, adapter=True)
+        try:
+            _quantize_4bit(staging, tmp, spec)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    else:
+        model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
@@ -483,8 +616,11 @@ def train(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
         "resumed_from": resume_from[0] if resume_from else None,
     }, stopper)
     trainer = build_trainer(spec, model, tokenizer, data, run, plan, callback, ref_model, reward_model)
+    if spec.method.badam is not None:
+        adapt_to_badam(trainer)
     check_trainer_rows(spec, trainer, data, events)
-    callback.started_fields.update(num_train_rows=data["num_train_rows"], skipped_rows=data["skipped_rows"],
+    callback.started_fields.update(trainer=type(trainer).__name__,  # what runs, e.g. RLOOTrainer for stage rl
+                                   num_train_rows=data["num_train_rows"], skipped_rows=data["skipped_rows"],
                                    world_size=trainer.args.world_size,
                                    global_batch=trainer.args.world_size * spec.training.per_device_train_batch_size
                                    * spec.training.gradient_accumulation_steps)

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from ftune.runtime.spec import is_wired
 from ftune.wizard.prompts import BACK, Option
 from ftune.wizard.runfile import field_info, fmt, get_path, literal_values, preset_values, setting_refusal
 
@@ -28,8 +27,11 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "method.lora.rank", "method.lora.alpha", "method.lora.dropout", "method.lora.target_modules",
         "method.lora.use_rslora", "method.lora.use_dora", "method.lora.modules_to_save",
     ),
-    "Freeze": ("method.freeze.trainable_layers", "method.freeze.trainable_modules", "method.freeze.extra_modules"),
-    "Precision": ("training.precision", "training.gradient_checkpointing", "model.attn_implementation"),
+    "Freeze": ("method.freeze.trainable_layers", "method.freeze.trainable_modules", "method.freeze.extra_modules",
+               "method.llama_pro_blocks"),
+    "RL": ("stage.rl_algorithm", "stage.num_generations", "stage.max_completion_length", "stage.kl_beta"),
+    "Precision": ("training.precision", "training.gradient_checkpointing", "model.attn_implementation",
+                  "model.acceleration"),
     "Saving": (
         "training.save_strategy", "training.save_steps", "training.save_total_limit", "training.logging_steps",
         "output.save_format", "output.dir", "training.auto_resume",
@@ -39,8 +41,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
 
 
 def knobs(group: str) -> list[str]:
-    """The group's settings that training uses today (fields not wired yet are left out)."""
-    return [p for p in GROUPS[group] if is_wired(field_info(p))]
+    """The group's settings, as the advanced menu lists them."""
+    return list(GROUPS[group])
 
 
 def current(w: "Wizard", path: str) -> tuple[Any, str]:
@@ -53,8 +55,13 @@ def current(w: "Wizard", path: str) -> tuple[Any, str]:
     return value, "default"
 
 
+_FOR = {"LoRA": "LoRA methods", "Freeze": "the freeze method", "RL": "stage rl"}
+
+
 def _short_lora(path: str) -> str:
-    return path.removeprefix("method.lora.").removeprefix("method.freeze.").removeprefix("training.")
+    for prefix in ("method.lora.", "method.freeze.", "training.", "stage."):
+        path = path.removeprefix(prefix)
+    return path
 
 
 def edit(w: "Wizard") -> Any:
@@ -67,10 +74,9 @@ def edit(w: "Wizard") -> Any:
             if not paths:
                 continue
             changed = sum(1 for p in paths if p in w.a.settings)
-            off = (name == "LoRA" and not w.a.method.startswith(("lora", "qlora", "dora"))) or (
-                name == "Freeze" and w.a.method != "freeze")
-            note = ("  (for LoRA methods)" if name == "LoRA" else "  (for the freeze method)") if off else (
-                f"  {changed} changed" if changed else "")
+            off = {"LoRA": not w.a.method.startswith(("lora", "qlora", "dora")), "Freeze": w.a.method != "freeze",
+                   "RL": w.a.stage != "rl"}.get(name, False)
+            note = f"  (for {_FOR[name]})" if off else (f"  {changed} changed" if changed else "")
             options.append(Option(f"{name:<11}{note}", name,
                                   "Settings: " + ", ".join(_short_lora(p) for p in paths) + "."))
         options.append(Option("Done: review the run", DONE))
@@ -98,6 +104,13 @@ def edit_group(w: "Wizard", group: str) -> None:
         edit_knob(w, knob)
 
 
+def _short_reason(why: str | None) -> str | None:
+    """Why a choice is greyed out, short enough to sit beside it in an 80-column terminal."""
+    if not why:
+        return None
+    return why if len(why) <= 48 else why[:47].rstrip() + "…"
+
+
 def _parse(text: str) -> Any:
     try:
         return yaml.safe_load(text)
@@ -116,7 +129,7 @@ def edit_knob(w: "Wizard", path: str) -> Any:
         for v in values:
             why = setting_refusal(w.a, path, v)
             options.append(Option(fmt(v) + ("  (current)" if v == value else ""), v, info.description,
-                                  disabled="not supported yet" if why else None))
+                                  disabled=_short_reason(why)))
         if path in w.a.settings:
             options.append(Option("back to the default", DEFAULT))
         choice = w.p.select(_short_lora(path), options, default=value)

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from ftune.runtime.spec import (
-    RunSpec, SpecError, build_spec, check_run_name, iter_fields, is_wired, load_spec, save_spec, spec_to_dict,
+    RunSpec, SpecError, build_spec, check_run_name, load_spec, save_spec, spec_to_dict,
 )
 
 BASE = {"name": "run-01", "model": {"name_or_path": "Qwen/Qwen2.5-0.5B-Instruct"}, "data": {"train": "train.jsonl"}}
@@ -69,8 +69,8 @@ def test_every_mistake_at_once_with_lines(tmp_path):
         "  num_train_epochs: three\n"        # 5 bad type
         "  seed: 1\n"                        # 6
         "method:\n"                          # 7
-        "  llama_pro_blocks: 2\n"            # 8 not wired yet
-        "stage: {type: rl, rl_algorithm: rloo, reward_model: rm-01}\n"  # 9 value not wired yet
+        "  llama_pro_blocks: 0\n"            # 8 below its minimum
+        "stage: {type: rl, rl_algorithm: ppo, reward_model: rm-01}\n"  # 9 not one of the choices
     )
     with pytest.raises(SpecError) as info:
         load_spec(write(tmp_path, text))
@@ -78,8 +78,8 @@ def test_every_mistake_at_once_with_lines(tmp_path):
     assert got["name"] == f"'Run_01' is not a valid run name: use lowercase letters, digits and '-', " \
                           f"starting and ending with a letter or digit (e.g. run-01)"
     assert got["training.num_train_epochs"].startswith("Input should be a valid number")
-    assert got["method.llama_pro_blocks"] == "not supported yet — remove it or set it back to None"
-    assert got["stage.rl_algorithm"] == "'rloo' is not supported yet (works today: grpo)"
+    assert got["method.llama_pro_blocks"] == "Input should be greater than or equal to 1 (got 0)"
+    assert got["stage.rl_algorithm"] == "Input should be 'grpo' or 'rloo' (got 'ppo')"
     assert [p.line for p in info.value.problems] == [1, 5, 8, 9]
 
 
@@ -115,11 +115,13 @@ def test_overrides_win_and_parse_yaml_values():
         build_spec(BASE, ["training.learning_rate"])
 
 
-def test_unwired_fields_are_marked_and_at_default_are_accepted():
-    unwired = [path for path, info, _ in iter_fields() if not is_wired(info)]
-    assert "method.badam" in unwired and "method.llama_pro_blocks" in unwired
-    spec = build_spec({**BASE, "method": {"llama_pro_blocks": None}})  # the default is fine
-    assert "llama_pro_blocks" not in spec_to_dict(spec)["method"]
+def test_values_not_supported_yet_are_refused_not_ignored(monkeypatch):
+    from ftune.runtime import spec as spec_module
+
+    assert spec_module._LATER_VALUES == {}  # everything the schema offers trains today
+    monkeypatch.setitem(spec_module._LATER_VALUES, ("stage", "rl_algorithm"), {"rloo"})
+    with pytest.raises(SpecError, match=r"'rloo' is not supported yet \(works today: grpo\)"):
+        build_spec({**BASE, "stage": {"type": "rl", "rl_algorithm": "rloo", "reward_model": "rm-01"}})
 
 
 def test_full_method_rejects_adapter_save_format():

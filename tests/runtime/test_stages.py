@@ -67,10 +67,12 @@ def test_reward_model_then_rl_with_it(project, tiny_model):
     assert losses[-1] < losses[0]
     assert (rm.export_dir() / "adapter_config.json").is_file()
     prompts = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "x"}]} for q in QS * 4]
-    rl, events, losses = run_stage(project, tiny_model, "rl", prompts, name="rl-01", reward_model="rm-01",
-                                   num_generations=2, max_completion_length=8,
-                                   training={"per_device_train_batch_size": 4})
-    assert (rl.export_dir() / "adapter_config.json").is_file()
+    for algorithm, trainer in (("grpo", "GRPOTrainer"), ("rloo", "RLOOTrainer")):
+        rl, events, losses = run_stage(project, tiny_model, "rl", prompts, name=f"rl-{algorithm}",
+                                       reward_model="rm-01", rl_algorithm=algorithm, num_generations=2,
+                                       max_completion_length=8, training={"per_device_train_batch_size": 4})
+        assert of_type(events, "started")[0]["trainer"] == trainer
+        assert (rl.export_dir() / "adapter_config.json").is_file()
 
 
 def test_rows_the_trainer_drops_are_counted(project, tiny_model):
