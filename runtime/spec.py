@@ -73,9 +73,11 @@ class ModelSpec(Section):
         None, description="RoPE interpolation to stretch the context length beyond what the model was trained on."
     )
     rope_factor: float = Field(2.0, gt=1, description="How many times longer the context gets (with rope_scaling).")
-    acceleration: Literal["none", "liger", "unsloth"] = Field(
-        "none", description="Kernel acceleration on a CUDA GPU: liger (Liger kernels, liger-kernel package) or "
-        "unsloth (unsloth's patched model and LoRA, unsloth package; method lora)."
+    acceleration: Literal["none", "auto", "liger", "unsloth"] = Field(
+        "none", description="Kernel acceleration on a CUDA GPU: liger (Liger kernels, liger-kernel package); "
+        "unsloth (unsloth's patched model and LoRA, unsloth package; method lora); auto: Liger kernels and "
+        "FlashAttention-2 where their packages are installed (with attn_implementation auto and 16-bit weights), "
+        "nothing on a CPU."
     )
 
 
@@ -313,7 +315,11 @@ class TrainingSpec(Section):
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory by recomputing activations.")
     neftune_noise_alpha: float | None = Field(None, gt=0, description="NEFTune embedding noise (5 is common).")
-    logging_steps: int = Field(10, ge=1, description="Write a step event every N steps.")
+    logging_strategy: Literal["steps", "epoch"] = Field(
+        "steps", description="When to write a step event (loss, learning rate, speed): every logging_steps steps, "
+        "or at the end of each epoch. The first step is always written."
+    )
+    logging_steps: int = Field(10, ge=1, description="Write a step event every N steps (logging_strategy: steps).")
     save_strategy: Literal["steps", "epoch", "no"] = Field("steps", description="When to save checkpoints.")
     save_steps: int = Field(500, ge=1, description="Save a checkpoint every N steps (save_strategy: steps).")
     save_total_limit: int | None = Field(3, ge=1, description="Keep at most N checkpoints (oldest deleted).")

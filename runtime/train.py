@@ -198,6 +198,24 @@ def precision_plan(precision: str, method: str) -> dict[str, Any]:
     return {"name": precision, "dtype": dtype, "bf16": precision == "bf16", "fp16": precision == "fp16", "cuda": cuda}
 
 
+def kernels(spec: RunSpec, plan: dict[str, Any]) -> dict[str, Any]:
+    """The attention kernel and whether Liger's kernels run: as the run file says, or, with acceleration auto,
+    whatever is installed that the GPU and the weights' dtype can use."""
+    import importlib.util
+
+    import torch
+
+    m = spec.model
+    attn = None if m.attn_implementation == "auto" else m.attn_implementation
+    liger = m.acceleration == "liger"
+    if m.acceleration == "auto" and plan["cuda"]:
+        liger = importlib.util.find_spec("liger_kernel") is not None
+        half = plan["dtype"] in (torch.float16, torch.bfloat16)  # FlashAttention-2 refuses fp32 weights
+        if attn is None and half and importlib.util.find_spec("flash_attn") is not None:
+            attn = "flash_attention_2"
+    return {"attn_implementation": attn, "liger": liger}
+
+
 def quantization_config(spec: RunSpec, dtype):
     """QLoRA: load the base quantised (bitsandbytes, HQQ or EETQ; launch checks for CUDA first)."""
     q = spec.method.quantization
@@ -329,8 +347,9 @@ def load_model(spec: RunSpec, source: str, plan: dict[str, Any], tokenizer, run:
         return load_unsloth_model(spec, source, plan)
 
     kwargs: dict[str, Any] = {"dtype": plan["dtype"]}
-    if spec.model.attn_implementation != "auto":
-        kwargs["attn_implementation"] = spec.model.attn_implementation
+    attn = kernels(spec, plan)["attn_implementation"]
+    if attn:
+        kwargs["attn_implementation"] = attn
     quant = quantization_config(spec, plan["dtype"])
     if quant is not None:
         kwargs["quantization_config"] = quant
@@ -492,6 +511,7 @@ def common_args(spec: RunSpec, run: RunDir, plan, num_train_rows: int, has_eval:
         activation_checkpointing=t.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         neftune_noise_alpha=t.neftune_noise_alpha,
+        logging_strategy=t.logging_strategy,
         logging_steps=t.logging_steps,
         logging_first_step=True,
         logging_nan_inf_filter=False,  # a NaN loss must reach the events, not be averaged away
@@ -501,7 +521,7 @@ def common_args(spec: RunSpec, run: RunDir, plan, num_train_rows: int, has_eval:
         dataloader_num_workers=t.dataloader_num_workers,
         dataloader_pin_memory=plan["cuda"],
         use_cpu=not plan["cuda"],  # several CPU processes then train as DDP over gloo
-        use_liger_kernel=spec.model.acceleration == "liger",
+        use_liger_kernel=kernels(spec, plan)["liger"],
         train_sampling_strategy="random" if spec.data.shuffle else "sequential",
         include_num_input_tokens_seen="non_padding",
         report_to="none",  # our callback is added explicitly; defaults differ between releases
@@ -613,6 +633,7 @@ def train(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
         "num_train_rows": data["num_train_rows"], "num_eval_rows": data["num_eval_rows"], "format": data["format"], "data_cached": data["cached"],
         "skipped_rows": data["skipped_rows"], "total_rows": data["total_rows"],
         "trainable_params": trainable, "total_params": total, "precision": plan["name"],
+        "attn_implementation": model.config._attn_implementation, "liger": kernels(spec, plan)["liger"],
         "resumed_from": resume_from[0] if resume_from else None,
     }, stopper)
     trainer = build_trainer(spec, model, tokenizer, data, run, plan, callback, ref_model, reward_model)

@@ -33,7 +33,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "Precision": ("training.precision", "training.gradient_checkpointing", "model.attn_implementation",
                   "model.acceleration"),
     "Saving": (
-        "training.save_strategy", "training.save_steps", "training.save_total_limit", "training.logging_steps",
+        "training.save_strategy", "training.save_steps", "training.save_total_limit", "training.logging_strategy",
+        "training.logging_steps",
         "output.save_format", "output.dir", "training.auto_resume",
     ),
     "Evaluation": ("training.eval_strategy", "training.eval_steps", "training.per_device_eval_batch_size"),

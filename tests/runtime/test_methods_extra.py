@@ -122,3 +122,13 @@ def test_more_cuda_only_choices_are_refused_with_what_to_do_instead(project, tin
         launch.start(run)
     assert f"on this machine use {instead}" in str(info.value)
     assert not run.events_path.exists()
+
+
+def test_logging_per_epoch_and_automatic_acceleration_on_a_cpu(project, tiny_model):
+    run = make_run(project, tiny_model, model={"acceleration": "auto"},
+                   training={"logging_strategy": "epoch", "num_train_epochs": 2, "per_device_train_batch_size": 16,
+                             "save_strategy": "no"}, data={"train": "train.jsonl", "val_size": 0})
+    events = train_to_end(run)
+    started = finished(run, events)
+    assert [s["step"] for s in of_type(events, "step")] == [1, 4, 8]  # the first step, then each epoch's end
+    assert started["liger"] is False and started["attn_implementation"] == "sdpa"  # auto: nothing to add on a CPU
