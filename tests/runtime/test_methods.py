@@ -1,4 +1,7 @@
-"""Methods beyond plain LoRA and full: freeze, PiSSA, LoRA+, continuing an adapter, and the CUDA-only ones."""
+"""Methods beyond plain LoRA and full: freeze, PiSSA, LoRA+, GaLore, APOLLO, continuing an adapter, and the CUDA-only
+ones. (What each method builds, parameter by parameter, is in test_knobs.py.)"""
+
+import math
 
 import pytest
 
@@ -33,6 +36,23 @@ def test_pissa_and_loraplus_train(project, tiny_model):
     events = train_to_end(run)
     assert events[-1]["type"] == "finished", run.log_path.read_text()[-2000:]
     assert len(of_type(events, "step")) == 3
+
+
+@pytest.mark.parametrize("kind", ["galore", "apollo"])
+def test_galore_and_apollo_train_full_weights(project, tiny_model, kind):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    run = make_run(project, tiny_model, method={"type": "full", kind: {"rank": 4, "update_proj_gap": 2, "scale": 0.25}},
+                   training={"max_steps": 2, "save_steps": 100})
+    events = train_to_end(run)
+    assert events[-1]["type"] == "finished", run.log_path.read_text()[-2000:]
+    losses = [s["loss"] for s in of_type(events, "step")]
+    assert len(losses) == 2 and all(isinstance(x, float) and math.isfinite(x) for x in losses), losses
+    # the projected optimiser moved the projected weights
+    after = AutoModelForCausalLM.from_pretrained(run.export_dir()).model.layers[0].self_attn.q_proj.weight
+    before = AutoModelForCausalLM.from_pretrained(tiny_model).model.layers[0].self_attn.q_proj.weight
+    assert not torch.equal(before, after)
 
 
 def test_continue_from_an_adapter_and_stack_a_new_one(project, tiny_model):
