@@ -572,7 +572,8 @@ class SpecError(UserError):
         lines = [head]
         for p in self.problems:
             at = f"line {p.line}: " if p.line else ""
-            lines.append(f"  {at}{p.path or '(top level)'}: {p.message}")
+            said = p.path and p.message.startswith(p.path)  # "training.optim adam_mini ...": no need to say it twice
+            lines.append(f"  {at}{p.message}" if said else f"  {at}{p.path or '(top level)'}: {p.message}")
         return "\n".join(lines)
 
 
@@ -654,12 +655,29 @@ def _suggest(path: tuple[str | int, ...]) -> str:
     return ""
 
 
+_LEADING_PATH = re.compile(r"^[a-z_]+(?:\.[a-z0-9_]+)+")
+
+
+def _leading_field(message: str) -> str | None:
+    """The field a cross-field message starts with ("training.optim adam_mini splits ..."), so the problem is
+    filed under it: its line is found and the wizard greys out exactly that choice."""
+    m = _LEADING_PATH.match(message)
+    parts = m.group(0).split(".") if m else []
+    for n in range(len(parts), 1, -1):
+        cls = _class_at(tuple(parts[: n - 1]))
+        if cls is not None and parts[n - 1] in cls.model_fields:
+            return ".".join(parts[:n])
+    return None
+
+
 def _pydantic_problems(err: ValidationError) -> list[Problem]:
     problems = []
     for e in err.errors(include_url=False):
         loc = tuple(e["loc"])
         dotted = ".".join(str(p) for p in loc)
         kind = e["type"]
+        if kind == "value_error" and len(loc) <= 1:  # a model validator: name the field it is about
+            dotted = _leading_field(e["msg"].removeprefix("Value error, ")) or dotted
         if kind == "extra_forbidden":
             msg = "unknown key" + _suggest(loc)
         elif kind == "missing":

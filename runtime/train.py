@@ -322,20 +322,25 @@ def freeze_layers(model, spec: RunSpec, chosen: list[int] | None = None) -> None
         raise ValueError("freeze tuning selected no parameters: check method.freeze.trainable_modules")
 
 
-LLAMA_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def load_unsloth_model(spec: RunSpec, source: str, plan: dict[str, Any]):
-    """unsloth's patched model and LoRA (launch has checked for a CUDA GPU, the package and method lora)."""
+def load_unsloth_model(spec: RunSpec, source: str, plan: dict[str, Any], base: Path):
+    """unsloth's patched model and LoRA (launch has checked for a CUDA GPU, the package and method lora).
+    unsloth wants module names: 'all' becomes the model family's linear layers from the catalog."""
     from unsloth import FastLanguageModel
 
+    from ftune.runtime.catalog import resolve
+
     q, lora = spec.method.quantization, spec.method.lora
+    targets = list(resolve(spec.model.name_or_path, base).lora_targets or LLAMA_LINEARS) \
+        if lora.target_modules == "all" else list(lora.target_modules)
     model, _ = FastLanguageModel.from_pretrained(
         model_name=source, max_seq_length=spec.data.max_length, dtype=plan["dtype"], load_in_4bit=q.bits == 4,
         load_in_8bit=q.bits == 8, trust_remote_code=spec.model.trust_remote_code, revision=spec.model.revision)
     return FastLanguageModel.get_peft_model(
         model, r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-        target_modules=LLAMA_LINEARS if lora.target_modules == "all" else list(lora.target_modules),
+        target_modules=targets,
         modules_to_save=lora.modules_to_save or None, use_rslora=lora.use_rslora, random_state=spec.training.seed,
         use_gradient_checkpointing="unsloth" if spec.training.gradient_checkpointing else False)
 
@@ -344,7 +349,7 @@ def load_model(spec: RunSpec, source: str, plan: dict[str, Any], tokenizer, run:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     if spec.model.acceleration == "unsloth":
-        return load_unsloth_model(spec, source, plan)
+        return load_unsloth_model(spec, source, plan, base)
 
     kwargs: dict[str, Any] = {"dtype": plan["dtype"]}
     attn = kernels(spec, plan)["attn_implementation"]
@@ -389,18 +394,20 @@ def load_model(spec: RunSpec, source: str, plan: dict[str, Any], tokenizer, run:
     return get_peft_model(model, config)
 
 
-def custom_optimizer(spec: RunSpec, model):
+def custom_optimizer(spec: RunSpec, model, common: dict[str, Any]):
     """Optimisers transformers cannot name: LoRA+ (peft), Adam-mini and BAdam (their packages). None otherwise."""
-    import torch
-
     t, m = spec.training, spec.method
     if m.type == "lora" and m.lora.loraplus_lr_ratio:  # B matrices get loraplus_lr_ratio × the learning rate
         from peft.optimizers import create_loraplus_optimizer
+        from transformers import Trainer, TrainingArguments
 
-        extra = {"loraplus_lr_embedding": m.lora.loraplus_lr_embedding} if m.lora.loraplus_lr_embedding else {}
-        return create_loraplus_optimizer(model, torch.optim.AdamW, lr=t.learning_rate,
-                                         loraplus_lr_ratio=m.lora.loraplus_lr_ratio, weight_decay=t.weight_decay,
-                                         **extra)
+        # the optimiser training.optim names, with transformers' own settings for it (betas, eps, ...)
+        cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(TrainingArguments(**common), model)
+        kwargs.pop("lr", None)
+        if m.lora.loraplus_lr_embedding:
+            kwargs["loraplus_lr_embedding"] = m.lora.loraplus_lr_embedding
+        return create_loraplus_optimizer(model, cls, lr=t.learning_rate, loraplus_lr_ratio=m.lora.loraplus_lr_ratio,
+                                         loraplus_weight_decay=t.weight_decay, **kwargs)
     if t.optim == "adam_mini":  # one learning rate per attention head / output neuron instead of per weight
         from adam_mini import Adam_mini
 
@@ -548,7 +555,7 @@ def optimizer_args(spec: RunSpec) -> dict[str, Any]:
 def build_trainer(spec: RunSpec, model, tokenizer, data: dict[str, Any], run: RunDir, plan, callback,
                   ref_model=None, reward_model=None):
     common = common_args(spec, run, plan, data["num_train_rows"], data["eval"] is not None)
-    optimizer = custom_optimizer(spec, model)
+    optimizer = custom_optimizer(spec, model, common)
     if spec.stage.type not in ("sft", "pt"):
         return stages.build_trainer(spec.stage.type, spec, model, tokenizer, data["train"], data["eval"], common,
                                     callback, ref_model, reward_model, optimizer)

@@ -106,10 +106,12 @@ def edit_group(w: "Wizard", group: str) -> None:
 
 
 def _short_reason(why: str | None) -> str | None:
-    """Why a choice is greyed out, short enough to sit beside it in an 80-column terminal."""
+    """Why a choice is greyed out, short enough to sit beside it in an 80-column terminal: the fix, which the
+    spec's messages put after their last colon ("...: use method.type full or freeze")."""
     if not why:
         return None
-    return why if len(why) <= 48 else why[:47].rstrip() + "…"
+    why = why.rsplit(": ", 1)[-1]
+    return why if len(why) <= 60 else why[:59].rstrip() + "…"
 
 
 def _parse(text: str) -> Any:

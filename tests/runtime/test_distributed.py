@@ -7,7 +7,7 @@ import yaml
 
 from ftune.runtime import launch
 from ftune.runtime.distributed import accelerate_config, worker_command
-from ftune.runtime.events import EventReader, read_all
+from ftune.runtime.events import EventReader
 from ftune.runtime.rundir import RunDir
 from ftune.runtime.spec import build_spec
 from tests.runtime.helpers import make_run, of_type, train_to_end, wait_for

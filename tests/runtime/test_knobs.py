@@ -19,8 +19,8 @@ from ftune.runtime import train as worker
 from ftune.runtime.callbacks import EventsCallback, Stopper
 from ftune.runtime.events import EventWriter, read_all
 from ftune.runtime.launch import project_dir
-from ftune.runtime.spec import SpecError, load_spec
-from tests.runtime.helpers import make_run, of_type
+from ftune.runtime.spec import load_spec
+from tests.runtime.helpers import make_run, of_type, train_to_end
 
 LR = 1e-3
 
@@ -202,21 +202,18 @@ def test_loraplus_lr_embedding_reaches_the_embedding_adapter(build):
     assert emb and all(group_of(optimizer, p)["lr"] == 1e-5 for p in emb)
 
 
-@pytest.mark.xfail(strict=True, reason="LoRA+ drops training.weight_decay: peft's create_loraplus_optimizer sets "
-                                       "every group's weight_decay to loraplus_weight_decay (0.0)")
 def test_loraplus_keeps_the_weight_decay(build):
     b = build(method={"lora": {"loraplus_lr_ratio": 16}}, training={"weight_decay": 0.1})
     lora_a = [p for n, p in b.model.named_parameters() if "lora_A" in n]
     assert all(group_of(b.trainer.create_optimizer(), p)["weight_decay"] == 0.1 for p in lora_a)
 
 
-@pytest.mark.xfail(strict=True, reason="LoRA+ always builds torch AdamW: training.optim is silently ignored")
-def test_loraplus_keeps_the_chosen_optimiser(build):
-    try:
-        b = build(method={"lora": {"loraplus_lr_ratio": 16}}, training={"optim": "sgd"})
-    except SpecError:
-        return  # refusing the combination in the run file is an answer too
-    assert isinstance(b.trainer.create_optimizer(), torch.optim.SGD)
+@pytest.mark.parametrize("optim,cls", [("sgd", "torch.optim.sgd.SGD"),
+                                       ("adafactor", "transformers.optimization.Adafactor")])
+def test_loraplus_keeps_the_chosen_optimiser(build, optim, cls):
+    b = build(method={"lora": {"loraplus_lr_ratio": 16}}, training={"optim": optim})
+    optimizer = b.trainer.create_optimizer()
+    assert f"{type(optimizer).__module__}.{type(optimizer).__name__}" == cls
 
 
 @pytest.mark.parametrize("kind,cls", [("galore", "galore_torch.adamw.AdamW"), ("apollo", "apollo_torch.apollo.AdamW")])
@@ -375,3 +372,13 @@ def test_gradient_checkpointing_is_on_while_training(build, method, on):
     b = build(method=method, training={"gradient_checkpointing": on})
     assert first_step(b).checkpointing == on
 
+
+def test_logging_per_epoch_and_automatic_acceleration_on_a_cpu(project, tiny_model):
+    run = make_run(project, tiny_model, model={"acceleration": "auto"},
+                   training={"logging_strategy": "epoch", "num_train_epochs": 2, "per_device_train_batch_size": 16,
+                             "save_strategy": "no"}, data={"train": "train.jsonl", "val_size": 0})
+    events = train_to_end(run)
+    assert events[-1]["type"] == "finished", run.log_path.read_text()[-3000:]
+    started = of_type(events, "started")[0]
+    assert [s["step"] for s in of_type(events, "step")] == [1, 4, 8]  # the first step, then each epoch's end
+    assert started["liger"] is False and started["attn_implementation"] == "sdpa"  # auto: nothing to add on a CPU

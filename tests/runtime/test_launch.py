@@ -1,6 +1,5 @@
 """The launcher: detached workers, the lock, graceful stop and resume, errors before anything starts."""
 
-import json
 import os
 import subprocess
 import sys

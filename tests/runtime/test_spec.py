@@ -75,8 +75,8 @@ def test_every_mistake_at_once_with_lines(tmp_path):
     with pytest.raises(SpecError) as info:
         load_spec(write(tmp_path, text))
     got = problems(info.value)
-    assert got["name"] == f"'Run_01' is not a valid run name: use lowercase letters, digits and '-', " \
-                          f"starting and ending with a letter or digit (e.g. run-01)"
+    assert got["name"] == "'Run_01' is not a valid run name: use lowercase letters, digits and '-', " \
+                          "starting and ending with a letter or digit (e.g. run-01)"
     assert got["training.num_train_epochs"].startswith("Input should be a valid number")
     assert got["method.llama_pro_blocks"] == "Input should be greater than or equal to 1 (got 0)"
     assert got["stage.rl_algorithm"] == "Input should be 'grpo' or 'rloo' (got 'ppo')"
