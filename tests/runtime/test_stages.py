@@ -101,7 +101,8 @@ LF = __import__("tests.conftest", fromlist=["SHARED_DATA"]).SHARED_DATA / "llama
 
 @pytest.mark.skipif(not LF.is_dir(), reason=f"shared data not found at {LF} (a fresh clone has none)")
 @pytest.mark.parametrize("stage,dataset", [("sft", "identity"), ("sft", "glaive_toolcall_en_demo"), ("pt", "c4_demo"),
-                                           ("dpo", "dpo_en_demo"), ("kto", "kto_en_demo"), ("rm", "dpo_en_demo")])
+                                           ("dpo", "dpo_en_demo"), ("kto", "kto_en_demo"), ("rm", "dpo_en_demo"),
+                                           ("orpo", "dpo_en_demo"), ("simpo", "dpo_en_demo")])
 def test_stages_on_the_shared_llamafactory_files(project, tiny_model, stage, dataset):
     run = make_run(project, tiny_model, stage={"type": stage},
                    data={"train": [dataset], "dataset_dir": str(LF), "max_samples": 16, "max_length": 2048,
@@ -122,3 +123,14 @@ def test_stages_on_the_shared_llamafactory_files(project, tiny_model, stage, dat
         with torch.no_grad():
             scores = model(**batch).logits
         assert scores.shape == (2, 1) and torch.isfinite(scores).all()
+    else:  # the adapter loads onto its base and generates
+        import torch
+        from peft import AutoPeftModelForCausalLM
+        from transformers import AutoTokenizer
+
+        model = AutoPeftModelForCausalLM.from_pretrained(run.export_dir())
+        tok = AutoTokenizer.from_pretrained(run.export_dir())
+        prompt = tok.apply_chat_template([{"role": "user", "content": "Who are you?"}], add_generation_prompt=True,
+                                         return_tensors="pt", return_dict=True)
+        out = model.generate(**prompt, max_new_tokens=4, do_sample=False)
+        assert out.shape[1] > prompt["input_ids"].shape[1]
