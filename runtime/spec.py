@@ -329,6 +329,10 @@ class TrainingSpec(Section):
     eval_steps: int | None = Field(
         None, ge=1, description="Evaluate every N steps (default: save_steps, or 1/5 of the run if shorter)."
     )
+    compute_accuracy: bool = Field(
+        False, description="sft and pt: evaluation also reports token accuracy (eval_mean_token_accuracy: the share "
+        "of learnt tokens the model ranks first)."
+    )
     dataloader_num_workers: int = Field(0, ge=0, description="Worker processes feeding batches.")
     auto_resume: bool = Field(
         False, description="Resume from the newest checkpoint when the run is started again (like --resume)."

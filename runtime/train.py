@@ -559,7 +559,9 @@ def build_trainer(spec: RunSpec, model, tokenizer, data: dict[str, Any], run: Ru
     if spec.stage.type not in ("sft", "pt"):
         return stages.build_trainer(spec.stage.type, spec, model, tokenizer, data["train"], data["eval"], common,
                                     callback, ref_model, reward_model, optimizer)
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
+
+    from ftune.runtime.sft import PlainLossSFTTrainer
 
     config = SFTConfig(
         **common,
@@ -567,9 +569,10 @@ def build_trainer(spec: RunSpec, model, tokenizer, data: dict[str, Any], run: Ru
         packing=spec.data.packing,  # best-fit decreasing: whole examples, attention kept within each
         packing_strategy="bfd",
     )
-    return SFTTrainer(
+    return PlainLossSFTTrainer(
         model=model, args=config, train_dataset=data["train"], eval_dataset=data["eval"],
         processing_class=tokenizer, callbacks=[callback], optimizers=(optimizer, None),
+        compute_accuracy=spec.training.compute_accuracy,
     )
 
 

@@ -37,7 +37,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "training.logging_steps",
         "output.save_format", "output.dir", "training.auto_resume",
     ),
-    "Evaluation": ("training.eval_strategy", "training.eval_steps", "training.per_device_eval_batch_size"),
+    "Evaluation": ("training.eval_strategy", "training.eval_steps", "training.per_device_eval_batch_size",
+                   "training.compute_accuracy"),
 }
 
 

@@ -382,3 +382,31 @@ def test_logging_per_epoch_and_automatic_acceleration_on_a_cpu(project, tiny_mod
     started = of_type(events, "started")[0]
     assert [s["step"] for s in of_type(events, "step")] == [1, 4, 8]  # the first step, then each epoch's end
     assert started["liger"] is False and started["attn_implementation"] == "sdpa"  # auto: nothing to add on a CPU
+
+
+def test_sft_trains_with_the_models_own_loss_which_equals_trls(build):
+    """ftune's SFT loss (full logits, cross-entropy) against TRL's fused LM head, on the same batch."""
+    from trl import SFTTrainer
+
+    b = build(training={"max_steps": 1})
+    assert type(b.trainer).__name__ == "PlainLossSFTTrainer"
+    batch = next(iter(b.trainer.get_train_dataloader()))
+    b.model.eval()  # no dropout: both losses see the same network
+    with torch.no_grad():
+        ours = b.trainer.compute_loss(b.model, dict(batch))
+        trls = SFTTrainer.compute_loss(b.trainer, b.model, dict(batch))
+    assert torch.isfinite(ours) and torch.allclose(ours, trls, rtol=1e-4), (ours, trls)
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_compute_accuracy_adds_token_accuracy_to_evaluation(project, tiny_model, on):
+    run = make_run(project, tiny_model, training={"max_steps": 2, "eval_steps": 2, "compute_accuracy": on,
+                                                   "save_steps": 100}, data={"train": "train.jsonl", "val_size": 0.25})
+    events = train_to_end(run)
+    assert events[-1]["type"] == "finished", run.log_path.read_text()[-3000:]
+    evals = of_type(events, "eval")
+    assert evals and all(math.isfinite(e["eval_loss"]) for e in evals)
+    if on:
+        assert all(0 <= e["eval_mean_token_accuracy"] <= 1 for e in evals)
+    else:
+        assert not any("eval_mean_token_accuracy" in e for e in evals)
