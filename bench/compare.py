@@ -149,16 +149,7 @@ def _count_tokens(step):
     return wrapper
 
 
-def _plain_loss(compute_loss):
-    def plain(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        from transformers import Trainer
-
-        return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
-    return plain
-
-
-_SPECIAL = {"Trainer.__init__": _add_callback, "Trainer.training_step": _count_tokens,
-            "SFTTrainer.compute_loss": _plain_loss}  # the last only for the ftune-plain-loss experiment
+_SPECIAL = {"Trainer.__init__": _add_callback, "Trainer.training_step": _count_tokens}
 _WRAP = {}  # module -> [dotted attribute]
 for _item in filter(None, _os.environ.get("FTUNE_BENCH_PROBE_WRAP", "").split(",")):
     _mod, _attr = _item.split(":")
@@ -397,13 +388,11 @@ def write_lf_job(work: Path, model: Path, data: Path, job: Job) -> Path:
 
 def command(tool: str, work: Path, model: Path, data: Path, job: Job) -> tuple[list[str], dict, Path, str]:
     """(argv, extra env, where the adapter lands, the probe's functions to time) for one tool."""
-    if tool in ("ftune", "ftune-plain-loss"):
+    if tool == "ftune":
         runs = work / "runs"
         write_ftune_run(runs, model, data, job)
         argv = [sys.executable, "-m", "ftune", "--runs-dir", str(runs), "train", "bench", "--foreground"]
         wrap = "ftune.runtime.data:load_data,ftune.runtime.data:tokenize_examples"
-        if tool == "ftune-plain-loss":  # what ftune would do with the model's own loss (see the notes)
-            wrap += ",trl.trainer.sft_trainer:SFTTrainer.compute_loss"
         return argv, {}, runs / "bench" / "export" / "adapter_model.safetensors", wrap
     if tool.startswith("trl"):
         cfg = {**asdict(job), "model": str(model), "data": str(data), "out": str(work / "out"),
@@ -562,7 +551,7 @@ def run_one(tool: str, rnd: int, work: Path, model: Path, data: Path, job: Job, 
 
 
 # --------------------------------------------------------------------------- the report
-LABEL = {"ftune": "ftune", "ftune-plain-loss": "ftune, plain loss (experiment)", "trl": "plain TRL", "lf": "LLaMA-Factory", "trl-defaults": "TRL, its own defaults",
+LABEL = {"ftune": "ftune", "trl": "plain TRL", "lf": "LLaMA-Factory", "trl-defaults": "TRL, its own defaults",
          "trl-logprobs": "TRL, log-probs only", "trl-plain-loss": "TRL, plain loss"}
 METRICS = [("wall", "wall to adapter", "s"), ("exit", "wall to exit", "s"), ("first_step", "to first step", "s"),
            ("steps_per_s", "steady steps/s", ""), ("tokens_per_s", "steady tokens/s", ""), ("prep", "preprocessing", "s"), ("rss", "peak RSS", "MB")]
@@ -818,7 +807,7 @@ Qwen2's, which splits digits, so it sees a little fewer tokens (most rows are cu
 column evens out.
 
 {args.rounds} rounds, the tools alternating ({', '.join(LABEL.get(t, t) for t in tools)}, then again), each run from \
-cold data caches. The two cores were shared with other work (a test suite ran at times): two OpenMP threads on two \
+cold data caches. The machine's two cores may be shared with other work (a test suite, say): two OpenMP threads on two \
 cores make every step several times slower as soon as anything else runs. So before each run the script waited \
 (up to {args.wait_idle:.0f} s) for the machine to go quiet, measured the CPU other processes used during the run \
 (system busy time less the tool's own; column *other CPU*, in cores), and ran again a run during which they used \
