@@ -10,6 +10,11 @@ from pathlib import Path
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Tests run in parallel workers (addopts in pyproject.toml): one compute thread per process, the workers' training
+    # subprocesses included, or torch's per-process thread pools oversubscribe the cores and every step slows down.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
