@@ -25,11 +25,11 @@ from ftune.runtime import memory
 from ftune.runtime.catalog import ModelInfo, family, from_catalog, groups, inspect_local, local_problem, resolve
 from ftune.runtime.catalog import templates as catalog_templates
 from ftune.runtime.rundir import ACTIVE_STATES, RunDir, next_free_name
-from ftune.runtime.spec import Problem, SpecError, check_run_name
+from ftune.runtime.spec import Problem, SpecError, apply_overrides, check_run_name
 from ftune.wizard import advanced
 from ftune.wizard.prompts import BACK, SEPARATOR, Option, Prompter
 from ftune.wizard.runfile import (METHODS, STAGES, Answers, Checked, as_written, check, estimate_for,
-                                  estimate_line, fmt, is_not_yet, local_path, not_yet_paths, params_text,
+                                  estimate_line, fmt, get_path, is_not_yet, local_path, not_yet_paths, params_text,
                                   preset_summary, preset_values, project_dir, refusal, run_file_text,
                                   setting_refusal, write_run)
 
@@ -375,8 +375,9 @@ class Wizard:
                 return "the name of a finished rm run, or a reward model's folder"
             return setting_refusal(self.a, "stage.reward_model", text.strip()) or True
 
+        given = get_path(apply_overrides(self.a.base, self.a.overrides), "stage.reward_model")  # --from, --set
         answer = self.p.text("Reward model (an rm run's name or a model folder)",
-                             self.a.settings.get("stage.reward_model", ""), validate)
+                             self.a.settings.get("stage.reward_model", given or ""), validate)
         if answer is BACK:
             return BACK
         self.a.settings["stage.reward_model"] = answer.strip()

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 from click.testing import CliRunner
 
 from ftune.cli import main

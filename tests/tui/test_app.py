@@ -11,7 +11,7 @@ from ftune.tui.app import MonitorScreen, make_app
 from ftune.tui.screens import ConfirmStop, HelpScreen, LogScreen
 from ftune.tui.widgets import StepLog
 from tests.tui.fakes import T0, Events, append_raw, hold_lock, line, new_run, run_async, scenario, status, wait_until
-from tests.tui.screen import monitor, static
+from tests.tui.screen import static
 
 NOW = T0 + 300
 
