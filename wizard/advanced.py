@@ -29,6 +29,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "Freeze": ("method.freeze.trainable_layers", "method.freeze.trainable_modules", "method.freeze.extra_modules",
                "method.llama_pro_blocks"),
+    "Full-weight": ("method.galore", "method.apollo", "method.badam"),
     "RL": ("stage.rl_algorithm", "stage.num_generations", "stage.max_completion_length", "stage.kl_beta"),
     "Precision": ("training.precision", "training.gradient_checkpointing", "model.attn_implementation",
                   "model.acceleration"),
@@ -57,11 +58,11 @@ def current(w: "Wizard", path: str) -> tuple[Any, str]:
     return value, "default"
 
 
-_FOR = {"LoRA": "LoRA methods", "Freeze": "the freeze method", "RL": "stage rl"}
+_FOR = {"LoRA": "LoRA methods", "Freeze": "the freeze method", "Full-weight": "full and freeze", "RL": "stage rl"}
 
 
 def _short_lora(path: str) -> str:
-    for prefix in ("method.lora.", "method.freeze.", "training.", "stage."):
+    for prefix in ("method.lora.", "method.freeze.", "method.", "training.", "stage."):
         path = path.removeprefix(prefix)
     return path
 
@@ -77,7 +78,7 @@ def edit(w: "Wizard") -> Any:
                 continue
             changed = sum(1 for p in paths if p in w.a.settings)
             off = {"LoRA": not w.a.method.startswith(("lora", "qlora", "dora")), "Freeze": w.a.method != "freeze",
-                   "RL": w.a.stage != "rl"}.get(name, False)
+                   "Full-weight": not w.a.method.startswith(("full", "freeze")), "RL": w.a.stage != "rl"}.get(name, False)
             note = f"  (for {_FOR[name]})" if off else (f"  {changed} changed" if changed else "")
             options.append(Option(f"{name:<11}{note}", name,
                                   "Settings: " + ", ".join(_short_lora(p) for p in paths) + "."))

@@ -382,6 +382,8 @@ def fmt(value: Any) -> str:
         return "true" if value else "false"
     if value is None:
         return "none"
+    if isinstance(value, (dict, list)):  # as the run file writes it: {mode: layer, switch_every: 20}
+        return yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
     return str(value)
 
 
