@@ -177,7 +177,7 @@ def _free() -> None:
 
 
 # --------------------------------------------------------------------------- writing
-def _write_merged(model, path: Path, tokenizer, adapter: bool):
+def write_merged(model, path: Path, tokenizer, adapter: bool):
     from ftune.runtime.generate import stop_token_ids
 
     if adapter:
@@ -191,7 +191,7 @@ def _write_merged(model, path: Path, tokenizer, adapter: bool):
     return model, dtype
 
 
-def _quantize_4bit(merged: Path, path: Path, spec) -> None:
+def quantize_4bit(merged: Path, path: Path, spec) -> None:
     """Load a merged 16-bit model quantised by bitsandbytes (NF4, double quantisation) and save that:
     transformers serialises 4-bit bitsandbytes weights."""
     import transformers
@@ -264,16 +264,16 @@ def _export(run: RunDir, fmt: str | None, checkpoint: int | None, out: str | Pat
             lora = next((p for n, p in model.named_parameters() if "lora_" in n), None)
             saved_dtype = str(lora.dtype if lora is not None else dtype).replace("torch.", "")
         elif fmt == "merged_16bit":
-            _, d = _write_merged(model, tmp, tokenizer, target.adapter)
+            _, d = write_merged(model, tmp, tokenizer, target.adapter)
             saved_dtype = str(d).replace("torch.", "")
         else:  # merge to a 16-bit staging folder, free the model, quantise from there
             staging = tmp.with_name(tmp.name + ".16bit")
             shutil.rmtree(staging, ignore_errors=True)
-            _write_merged(model, staging, tokenizer, target.adapter)
+            write_merged(model, staging, tokenizer, target.adapter)
             del model
             _free()
             try:
-                _quantize_4bit(staging, tmp, spec)
+                quantize_4bit(staging, tmp, spec)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
             saved_dtype = "4-bit nf4 (bitsandbytes)"

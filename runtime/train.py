@@ -594,19 +594,17 @@ def export(spec: RunSpec, trainer, tokenizer, run: RunDir) -> dict[str, Any]:
     shutil.rmtree(tmp, ignore_errors=True)
     model = trainer.model
     fmt = "full" if spec.method.type == "full" else spec.output.save_format
-    if fmt == "merged_16bit":
-        from ftune.runtime.export import merged_dtype  # the rule `ftune export` follows too
+    if fmt == "merged_16bit":  # the writers `ftune export` uses, so both give the same model
+        from ftune.runtime.export import write_merged
 
-        model = model.merge_and_unload()
-        model = model.to(merged_dtype())
-        model.save_pretrained(tmp)
-    elif fmt == "merged_4bit":  # merged in 16 bits, then quantised by bitsandbytes, as `ftune export` does
-        from ftune.runtime.export import _quantize_4bit, _write_merged
+        write_merged(model, tmp, tokenizer, adapter=True)
+    elif fmt == "merged_4bit":  # merged in 16 bits, then quantised by bitsandbytes
+        from ftune.runtime.export import quantize_4bit, write_merged
 
         staging = tmp.with_name(tmp.name + ".16bit")
-        _write_merged(model, staging, tokenizer, adapter=True)
+        write_merged(model, staging, tokenizer, adapter=True)
         try:
-            _quantize_4bit(staging, tmp, spec)
+            quantize_4bit(staging, tmp, spec)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     else:
