@@ -392,7 +392,7 @@ def command(tool: str, work: Path, model: Path, data: Path, job: Job) -> tuple[l
         runs = work / "runs"
         write_ftune_run(runs, model, data, job)
         argv = [sys.executable, "-m", "ftune", "--runs-dir", str(runs), "train", "bench", "--foreground"]
-        wrap = "ftune.runtime.data:load_data,ftune.runtime.data:tokenize_examples"
+        wrap = "ftune.runtime.data.load:load_data,ftune.runtime.data.tokenize:tokenize_examples"
         return argv, {}, runs / "bench" / "export" / "adapter_model.safetensors", wrap
     if tool.startswith("trl"):
         cfg = {**asdict(job), "model": str(model), "data": str(data), "out": str(work / "out"),
@@ -638,11 +638,12 @@ def micro(model_dir: Path, data: Path, job: Job, reps: int) -> dict[str, list[fl
     import contextlib
 
     import torch
-    from ftune.runtime.data import tokenize_examples
-    from ftune.runtime.formats import Source, load_source
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl.trainer.utils import add_fused_lm_head
+
+    from ftune.runtime.data.formats import Source, load_source
+    from ftune.runtime.data.tokenize import tokenize_examples
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     examples = load_source(Source(data)).examples[: job.batch * 4]
@@ -733,8 +734,9 @@ def other_benchmarks(args) -> dict:
             (Path(tmp) / "runs").mkdir()
             out["watch"] = [watch.first_paint(Path(tmp), n, (80, 24), args.watch_runs) for n in args.watch_steps]
     if args.prep_rows:
-        from ftune.runtime.demo import ensure_demo_model
         from transformers import AutoTokenizer
+
+        from ftune.runtime.demo import ensure_demo_model
 
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         demo = ensure_demo_model()

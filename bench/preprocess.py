@@ -23,14 +23,14 @@ DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "llamafactory" / "alpaca
 
 
 def rows_from(path: Path, n: int):
-    from ftune.runtime.formats import Source, load_source
+    from ftune.runtime.data.formats import Source, load_source
 
     base = load_source(Source(path)).examples
     return [base[i % len(base)] for i in range(n)]
 
 
 def time_ftune(tok, examples, num_proc: int | None) -> float:
-    from ftune.runtime.data import tokenize_examples
+    from ftune.runtime.data.tokenize import tokenize_examples
 
     t0 = time.perf_counter()
     cols, _ = tokenize_examples(tok, examples, max_length=1024, num_proc=num_proc)

@@ -8,7 +8,7 @@ First paint: `ftune watch bench` runs in a pseudo-terminal of the given size, as
 it; the clock runs from the fork until the terminal has received both the header's step count and
 the newest step's line in the step log (Textual sends a frame whole, so the screen is complete).
 It includes the interpreter and import start-up. The in-process load of the events file
-(tui/tail.py) is timed on its own too.
+(runtime/tail.py) is timed on its own too.
 
 Idle CPU: the same monitor, nobody pressing keys, on a live run: by default a stand-in worker that
 holds the run's lock and appends a step event every 0.5 s and a system sample every 10 s (the pace
@@ -131,7 +131,7 @@ def close(pid: int, fd: int) -> None:
 
 
 def first_paint(project: Path, steps: int, size: tuple[int, int], runs: int) -> dict:
-    from ftune.tui.tail import load
+    from ftune.runtime.tail import load
 
     name = f"bench-{steps}"
     write_history(project / "runs" / name, steps)

@@ -3,7 +3,6 @@ so that `ftune --help` stays fast and never imports torch."""
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -49,6 +48,47 @@ def _run(ctx: click.Context, name: str):
 
 
 run_argument = click.argument("name", metavar="RUN", shell_complete=_complete_run)
+
+
+class LazyChoice(click.Choice):
+    """A click.Choice whose values are read from where they are defined (the run spec's schema, the presets, the
+    wizard's method names) when first needed, so that `ftune --help` imports none of those modules."""
+
+    def __init__(self, values):
+        self._values = values
+        self._cached: tuple[str, ...] | None = None
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        if self._cached is None:
+            self._cached = tuple(self._values())
+        return self._cached
+
+
+def _schema_values(section: str, field: str):
+    def values():
+        import typing
+
+        from ftune.runtime.spec import RunSpec
+        from ftune.runtime.spec.schema import section_class
+
+        cls = section_class(RunSpec.model_fields[section].annotation)
+        return typing.get_args(cls.model_fields[field].annotation)
+    return values
+
+
+def _new_methods():
+    from ftune.wizard.noninteractive import METHOD_ALIASES
+    from ftune.wizard.runfile import METHOD_SETTINGS
+
+    return [*METHOD_SETTINGS, *METHOD_ALIASES]
+
+
+def _preset_names():
+    from ftune.presets import NAMES
+
+    return NAMES
 
 
 @click.group(cls=FtuneGroup, context_settings=CONTEXT)
@@ -111,20 +151,15 @@ def _after_start(run, proc, foreground: bool) -> None:
 
 
 # --------------------------------------------------------------------------- new
-NEW_STAGES = ("sft", "dpo", "kto", "orpo", "simpo", "rm", "pt", "rl")
-NEW_METHODS = ("lora", "qlora", "qlora-4", "qlora-8", "dora", "full", "full-bf16", "freeze")
-PRESET_NAMES = ("standard", "quality", "fast")  # ftune.presets.NAMES, kept here so --help stays light
-
-
 @main.command(context_settings=CONTEXT)
 @click.option("--name", metavar="NAME", help="Run name (default: the next free run-01, run-02, ...).")
 @click.option("--model", "-m", metavar="MODEL", help="Hub id (e.g. Qwen/Qwen2.5-7B-Instruct) or a local model folder.")
 @click.option("--data", "-d", metavar="FILE", help="Training data file.")
 @click.option("--validation", metavar="FILE", help="A separate validation file (instead of --val-size).")
 @click.option("--val-size", type=float, metavar="SHARE", help="Share of the rows held out for evaluation (default 0.1).")
-@click.option("--stage", type=click.Choice(NEW_STAGES), help="What is learnt (default sft).")
-@click.option("--method", type=click.Choice(NEW_METHODS), help="How the weights change (default lora; qlora = qlora-4).")
-@click.option("--preset", type=click.Choice(PRESET_NAMES), help="Scenario preset (default standard; see `ftune presets`).")
+@click.option("--stage", type=LazyChoice(_schema_values("stage", "type")), help="What is learnt (default sft).")
+@click.option("--method", type=LazyChoice(_new_methods), help="How the weights change (default lora; qlora = qlora-4).")
+@click.option("--preset", type=LazyChoice(_preset_names), help="Scenario preset (default standard; see `ftune presets`).")
 @click.option("--template", metavar="NAME", help="Chat template (default auto: the tokenizer's own).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow a model that ships its own code to run it.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -145,15 +180,15 @@ def new(ctx: click.Context, **options) -> None:
     Without a terminal (or with --yes) nothing is asked: a missing answer is an error naming its flag.
     Flags given to the guided setup become its default answers.
     """
+    from ftune.runtime.rundir import project_of
     from ftune.wizard.noninteractive import Flags, answers_from, run_noninteractive
-    from ftune.wizard.runfile import project_dir
     from ftune.wizard.term import UI
 
     root = _runs_root(ctx)
     flags = Flags(**options)
     tty = sys.stdin.isatty() and sys.stdout.isatty()
     ui = UI()
-    answers = answers_from(flags, project=project_dir(root))
+    answers = answers_from(flags, project=project_of(root))
     if flags.yes or not tty:
         written = run_noninteractive(flags, answers, root, tty=tty)
         click.echo(ui.t(f"Wrote {written.run.spec_path}"))
@@ -206,14 +241,9 @@ def presets() -> None:
     from rich.table import Table
 
     from ftune.presets import NAMES, describe, load_preset
+    from ftune.runtime.spec import shorthand
 
-    def flat(data: dict, prefix: str = "") -> dict:
-        out = {}
-        for key, value in data.items():
-            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-        return out
-
-    values = {n: flat(load_preset(n)) for n in NAMES}
+    values = {n: shorthand.flatten(load_preset(n)) for n in NAMES}
     keys = list(dict.fromkeys(k for n in NAMES for k in values[n]))
     table = Table(box=None, header_style="bold", pad_edge=False)
     table.add_column("setting")
@@ -271,7 +301,8 @@ def train(ctx: click.Context, name: str, foreground: bool, resume: bool, restart
 def _apply_overrides(run, overrides: list[str]) -> None:
     import yaml
 
-    from ftune.runtime.spec import apply_overrides, build_spec, write_atomic
+    from ftune.runtime.files import write_atomic
+    from ftune.runtime.spec import apply_overrides, build_spec
 
     raw = yaml.safe_load(run.spec_path.read_text(encoding="utf-8")) or {}
     merged = apply_overrides(raw, overrides)
@@ -422,56 +453,57 @@ def data_check(file: str, model: str | None, max_length: int, dataset_dir: str |
     """
     import json
 
-    from ftune.runtime.datacheck import check
-    from ftune.runtime.formats import DataError
+    from ftune.runtime.data.check import check
+    from ftune.runtime.data.formats import DataError
 
     report = check(file, model, max_length, dataset_dir, show)
     if as_json:
-        click.echo(json.dumps(report, ensure_ascii=False, indent=2))
+        click.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
     else:
         _print_data_report(report)
-    if report["fatal"]:
+    if report.fatal:
         if as_json:
             sys.exit(2)
-        raise DataError(report["fatal"])
-    sys.exit(1 if report["invalid"] else 0)
+        raise DataError(report.fatal)
+    sys.exit(1 if report.invalid else 0)
 
 
-def _print_data_report(r: dict) -> None:
+def _print_data_report(report) -> None:
     from rich.console import Console
     from rich.text import Text
 
+    r = report.summary
     console = Console(highlight=False, soft_wrap=True)  # paths and errors stay whole lines (grep, copy)
-    console.print(f"[bold]{r['path']}")
-    if r["fatal"]:
+    console.print(f"[bold]{r.path}")
+    if r.fatal:
         return
-    if not r["format"]:
-        console.print(f"  format   [red]not recognised[/]: {r['reason']}")
+    if not r.format:
+        console.print(f"  format   [red]not recognised[/]: {r.reason}")
     else:
-        console.print(f"  format   {r['format']}, {r['kind']} data ({r['reason']}); suits: {', '.join(r['stages'])}")
-    colour = "red" if r["invalid"] else "green"
-    console.print(f"  rows     {r['total']}: [green]{r['valid']} valid[/], [{colour}]{r['invalid']} invalid[/]")
-    if r["turns"]:
-        turns = ", ".join(f"{k}: {v}" for k, v in sorted(r["turns"].items()))
+        console.print(f"  format   {r.format}, {r.kind} data ({r.reason}); suits: {', '.join(r.stages)}")
+    colour = "red" if r.invalid else "green"
+    console.print(f"  rows     {r.total}: [green]{r.valid} valid[/], [{colour}]{r.invalid} invalid[/]")
+    if r.turns:
+        turns = ", ".join(f"{k}: {v}" for k, v in sorted(r.turns.items()))
         console.print(f"  answers  per row (answers: rows) {turns}")
-        console.print(f"  roles    {', '.join(f'{k} {v}' for k, v in r['roles'].items())}")
-    tokens = r.get("tokens")
+        console.print(f"  roles    {', '.join(f'{k} {v}' for k, v in r.roles.items())}")
+    tokens = report.tokens
     if tokens:
-        t = tokens["tokens"]
+        t = tokens.tokens
         console.print(f"  tokens   min {t['min']}, p50 {t['p50']}, p90 {t['p90']}, p99 {t['p99']}, max {t['max']} "
-                      f"({tokens['tokenizer']})")
-        console.print(f"  cutoff   {tokens['over_max_length']} rows longer than {tokens['max_length']} tokens; "
-                      f"{tokens['answer_cut_away']} would lose their whole answer")
-        for i, sample in enumerate(tokens["samples"], 1):
+                      f"({tokens.tokenizer})")
+        console.print(f"  cutoff   {tokens.over_max_length} rows longer than {tokens.max_length} tokens; "
+                      f"{tokens.answer_cut_away} would lose their whole answer")
+        for i, sample in enumerate(tokens.samples, 1):
             console.print(f"  sample {i} ([green]learnt[/], [dim]not learnt[/]):")
             text = Text()
             for seg in sample:
                 text.append(seg["text"], style="green" if seg["learnt"] else "dim")
             console.print(text)
-    for e in r["errors"]:
+    for e in r.errors:
         console.print(f"  [red]error[/]    {e}")
-    if r["invalid"] > len(r["errors"]):
-        console.print(f"  ... and {r['invalid'] - len(r['errors'])} more invalid rows")
+    if r.invalid > len(r.errors):
+        console.print(f"  ... and {r.invalid - len(r.errors)} more invalid rows")
 
 
 # --------------------------------------------------------------------------- rm
@@ -498,7 +530,6 @@ def rm(ctx: click.Context, name: str, yes: bool) -> None:
 
 
 # --------------------------------------------------------------------------- after training
-EXPORT_FORMATS = ("lora", "merged_16bit", "merged_4bit")  # ftune.runtime.export.FORMATS; here so --help stays light
 checkpoint_option = click.option("--checkpoint", type=int, metavar="STEP",
                                  help="Use checkpoint STEP instead of the final model (export/).")
 
@@ -506,7 +537,7 @@ checkpoint_option = click.option("--checkpoint", type=int, metavar="STEP",
 @main.command(context_settings=CONTEXT)
 @run_argument
 @checkpoint_option
-@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS),
+@click.option("--format", "fmt", type=LazyChoice(_schema_values("output", "save_format")),
               help="Default: the run's output.save_format. merged_4bit needs bitsandbytes on a CUDA GPU.")
 @click.option("--out", type=click.Path(file_okay=False), metavar="DIR",
               help="Folder to write (default: runs/RUN/exports/FORMAT, or FORMAT-step-N).")
@@ -522,7 +553,7 @@ def export(ctx: click.Context, name: str, checkpoint: int | None, fmt: str | Non
     Before saying done it loads what it wrote with plain transformers/peft, compares its logits with
     the run's model and lets it generate; a failed check leaves nothing behind.
     """
-    from ftune.runtime.export import export_run
+    from ftune.runtime.infer.export import export_run
 
     run = _run(ctx, name)
     result = export_run(run, fmt, checkpoint, out, say=click.echo)
@@ -576,7 +607,7 @@ def serve(ctx: click.Context, name: str, checkpoint: int | None, host: str, port
     curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
       -d '{"model": "RUN", "messages": [{"role": "user", "content": "Hello"}]}'
     """
-    from ftune.runtime.serve import serve as serve_run
+    from ftune.runtime.infer.serve import serve as serve_run
 
     serve_run(_run(ctx, name), checkpoint, host, port, api_key, engine, say=click.echo)
 
@@ -598,7 +629,7 @@ def eval_(ctx: click.Context, name: str, checkpoint: int | None, test_file: str 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ftune.runtime.evaluate import evaluate_run
+    from ftune.runtime.infer.evaluate import evaluate_run
 
     run = _run(ctx, name)
     console = Console(highlight=False)
@@ -624,7 +655,7 @@ def eval_(ctx: click.Context, name: str, checkpoint: int | None, test_file: str 
 @click.pass_context
 def plot(ctx: click.Context, name: str, out: str | None) -> None:
     """Draw RUN's training loss, eval loss and learning rate to a PNG (also while it trains)."""
-    from ftune.runtime.plot import plot_run
+    from ftune.runtime.infer.plot import plot_run
 
     click.echo(f"Wrote {plot_run(_run(ctx, name), out)}")
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from ftune.runtime.models import local_path, looks_local
+
 _FAMILY_KEYS = ("template", "lora_targets", "context", "trust_remote_code", "kind", "vocab")
 
 
@@ -213,10 +215,6 @@ class ModelInfo:
         return {"hidden": self.hidden, "layers": self.layers, "vocab": self.vocab}
 
 
-def looks_local(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.count("/") != 1
-
-
 def from_catalog(entry: CatalogModel) -> ModelInfo:
     return ModelInfo(entry.id, "catalog", entry.family, entry.template, entry.params_b, entry.trust_remote_code,
                      entry.kind, entry.context, entry.lora_targets, entry.hidden, entry.layers, entry.vocab)
@@ -269,9 +267,7 @@ def resolve(name_or_path: str, base: Path | None = None) -> ModelInfo:
     """Everything known about `name_or_path` (a catalog id, another hub id or a local folder)
     without network. Relative folders are looked up under `base` (the project folder)."""
     name = name_or_path.strip()
-    local = Path(name).expanduser()
-    if not local.is_absolute() and base is not None:
-        local = base / local
+    local = local_path(name, base) if base is not None else Path(name).expanduser()
     if local.is_dir() or looks_local(name):
         return inspect_local(local, name)
     entry = find_model(name)

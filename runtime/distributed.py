@@ -15,8 +15,9 @@ from typing import Any
 
 import yaml
 
+from ftune.runtime.files import write_atomic
 from ftune.runtime.rundir import RunDir
-from ftune.runtime.spec import RunSpec, write_atomic
+from ftune.runtime.spec import RunSpec
 
 
 def processes_per_node(spec: RunSpec) -> int:

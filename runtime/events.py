@@ -89,7 +89,7 @@ class EventReader:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.offset = 0
-        self._inode: int | None = None
+        self.inode: int | None = None
         self._partial = b""
         self.reset = False
         self.bad_lines = 0
@@ -102,9 +102,9 @@ class EventReader:
             if self.offset:
                 self._restart()
             return []
-        if (self._inode is not None and st.st_ino != self._inode) or st.st_size < self.offset:
+        if (self.inode is not None and st.st_ino != self.inode) or st.st_size < self.offset:
             self._restart()
-        self._inode = st.st_ino
+        self.inode = st.st_ino
         if st.st_size == self.offset:
             return []
         with open(self.path, "rb") as f:
@@ -113,12 +113,13 @@ class EventReader:
         self.offset += len(chunk)
         data = self._partial + chunk
         *lines, self._partial = data.split(b"\n")  # the last piece is a torn line or b""
-        return list(self._parse(lines))
+        return list(self.parse(lines))
 
     def _restart(self) -> None:
-        self.offset, self._partial, self._inode, self.reset = 0, b"", None, True
+        self.offset, self._partial, self.inode, self.reset = 0, b"", None, True
 
-    def _parse(self, lines: Iterable[bytes]):
+    def parse(self, lines: Iterable[bytes]):
+        """The events in whole lines of the file (counting the lines that are not events in bad_lines)."""
         for raw in lines:
             if not raw.strip():
                 continue

@@ -12,26 +12,12 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 from ftune.runtime.distributed import worker_command
 from ftune.runtime.events import FINAL_TYPES, EventReader
+from ftune.runtime.models import local_path, looks_local
 from ftune.runtime.rundir import ACTIVE_STATES, RunDir, RunError
 from ftune.runtime.spec import RunSpec, load_spec
-
-
-def project_dir(run: RunDir) -> Path:
-    """Relative paths in a run file are relative to the folder that holds runs/."""
-    return run.root.resolve().parent
-
-
-def _local(base: Path, name: str) -> Path:
-    p = Path(name).expanduser()
-    return p if p.is_absolute() else base / p
-
-
-def _looks_local(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.count("/") > 1
 
 
 def _has(module: str) -> bool:
@@ -89,7 +75,7 @@ def fit_warning(spec: RunSpec, run: RunDir) -> str | None:
     from ftune.runtime.sysmon import gpu_samples
 
     gpus = memory.gpus_from_samples(gpu_samples())
-    info = catalog.resolve(spec.model.name_or_path, project_dir(run))
+    info = catalog.resolve(spec.model.name_or_path, run.project)
     if not gpus or not info.params_b:
         return None
     m = spec.method
@@ -106,23 +92,23 @@ def preflight(spec: RunSpec, run: RunDir) -> None:
     problem = hardware_problem(spec)
     if problem:
         raise RunError(problem)
-    base = project_dir(run)
+    base = run.project
     if spec.data.dataset_dir:
-        from ftune.runtime.formats import registry_sources
+        from ftune.runtime.data.formats import registry_sources
 
-        paths = [s.path for s in registry_sources(_local(base, spec.data.dataset_dir), spec.data.train)]
+        paths = [s.path for s in registry_sources(local_path(spec.data.dataset_dir, base), spec.data.train)]
     else:
-        paths = [_local(base, name) for name in spec.data.train]
+        paths = [local_path(name, base) for name in spec.data.train]
     if spec.data.validation:
-        paths.append(_local(base, spec.data.validation))
+        paths.append(local_path(spec.data.validation, base))
     if spec.data.test:  # found missing now, not after hours of training
-        paths.append(_local(base, spec.data.test))
+        paths.append(local_path(spec.data.test, base))
     for path in paths:
         if not path.is_file():
             raise RunError(f"data file not found: {path} (data in {run.spec_path}; "
                            f"relative paths are relative to {base})")
-    model = _local(base, spec.model.name_or_path)
-    if model.exists() or _looks_local(spec.model.name_or_path):
+    model = local_path(spec.model.name_or_path, base)
+    if model.exists() or looks_local(spec.model.name_or_path):
         if not model.is_dir():
             raise RunError(f"model folder not found: {model}")
         if not (model / "config.json").is_file():
@@ -153,7 +139,7 @@ def start(run: RunDir, *, resume: bool = False, restart: bool = False, node_rank
                 run.clear_history()
         if resume and run.latest_checkpoint() is None:
             raise RunError(f"run '{run.name}' has no complete checkpoint to resume from")
-        out_dir = str(_local(project_dir(run), spec.output.dir).resolve()) if spec.output.dir else None
+        out_dir = str(local_path(spec.output.dir, run.project).resolve()) if spec.output.dir else None
         run.update_status(state="starting", pid=None, started_at=time.time(), ended_at=None, error=None,
                           output_dir=out_dir, resumed=resume)
         cmd = worker_command(spec, run, lock_fd, resume, node_rank)
@@ -163,7 +149,7 @@ def start(run: RunDir, *, resume: bool = False, restart: bool = False, node_rank
                       f"at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
             log.flush()
             return subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=project_dir(run),
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=run.project,
                 env=env, start_new_session=True, pass_fds=(lock_fd,),
             )
     finally:

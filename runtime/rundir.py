@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ftune.runtime.errors import UserError
-from ftune.runtime.spec import check_run_name, write_atomic
+from ftune.runtime.files import write_atomic
+from ftune.runtime.spec import check_run_name
 
 RUNS_ENV = "FTUNE_RUNS_DIR"
 ACTIVE_STATES = ("starting", "running", "stopping")
@@ -35,11 +36,21 @@ def runs_root(override: str | Path | None = None) -> Path:
     return Path(override or os.environ.get(RUNS_ENV) or Path.cwd() / "runs")
 
 
+def project_of(root: str | Path) -> Path:
+    """The project folder: the one that holds runs/. Relative paths in a run file start here."""
+    return Path(root).resolve().parent
+
+
 class RunDir:
     def __init__(self, root: str | Path, name: str):
         self.root = Path(root)
         self.name = name
         self.path = self.root / name
+
+    @property
+    def project(self) -> Path:
+        """The project folder (see `project_of`)."""
+        return project_of(self.root)
 
     # ------------------------------------------------------------------ files
     @property

@@ -10,18 +10,18 @@ import yaml
 
 from ftune.runtime.events import read_all, summarize
 from ftune.runtime.rundir import RunDir, list_run_names
+from ftune.runtime.spec import shorthand
 
 
-def _spec_fields(run: RunDir) -> dict[str, str]:
+def spec_fields(run: RunDir) -> dict[str, str]:
     """Stage, method and model from run.yaml, read loosely: a broken file still gets a row."""
     try:
         raw = yaml.safe_load(run.spec_path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
         return {"stage_method": "?", "model": "(run.yaml unreadable)"}
-    stage = raw.get("stage", "sft")
-    method = raw.get("method", "lora")
-    stage = stage.get("type", "sft") if isinstance(stage, dict) else stage
-    method = method.get("type", "lora") if isinstance(method, dict) else method
+    raw = shorthand.expand(raw) if isinstance(raw, dict) else {}
+    stage = raw["stage"].get("type", "sft") if isinstance(raw.get("stage"), dict) else "sft"
+    method = raw["method"].get("type", "lora") if isinstance(raw.get("method"), dict) else "lora"
     model = (raw.get("model") or {}).get("name_or_path", "?") if isinstance(raw.get("model"), dict) else "?"
     return {"stage_method": f"{stage}/{method}", "model": str(model)}
 
@@ -37,7 +37,7 @@ def run_row(run: RunDir) -> dict[str, Any]:
     return {
         "name": run.name,
         "status": status,
-        **_spec_fields(run),
+        **spec_fields(run),
         "step": summary["step"],
         "max_steps": summary["max_steps"],
         "progress": f"{summary['step']}/{summary['max_steps']}" if summary["max_steps"] else "–",

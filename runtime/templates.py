@@ -38,6 +38,17 @@ CHATML = _simple("<|im_start|>system\n{c}<|im_end|>\n", "<|im_start|>user\n{c}<|
                  "<|im_start|>assistant\n{c}<|im_end|>\n", "<|im_start|>tool\n{c}<|im_end|>\n",
                  "<|im_start|>assistant\n")
 
+# What a tokenizer without a chat template of its own gets under `template: auto` (a base model): ChatML, with
+# `{% generation %}` markers around the answers for tools that read them.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
+    "{% else %}{{ message['content'] + '<|im_end|>' }}{% endif %}{{ '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
 TEMPLATES: dict[str, str] = {
     "chatml": CHATML,
     "llama3": _simple(

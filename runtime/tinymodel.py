@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
-from ftune.runtime.data import CHATML_TEMPLATE
+from ftune.runtime.files import publish_dir
+from ftune.runtime.templates import CHATML_TEMPLATE
 
 RECIPE_VERSION = 1
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -77,16 +76,8 @@ def build_tiny_model(
     config = {"qwen2": Qwen2Config, "llama": LlamaConfig}[arch](**common)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with publish_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "ftune_recipe.json").write_text(json.dumps({"recipe": RECIPE_VERSION, "arch": arch}))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

@@ -42,15 +42,41 @@ def write_messages(path: Path, n: int = 64, seed: int = 0) -> Path:
     return path
 
 
+def shared_root(tmp_path_factory) -> Path:
+    """A folder every test process of this session shares (pytest-xdist gives each worker its own base temp
+    folder; their parent is the session's)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def built_once(root: Path, name: str, build) -> Path:
+    """root/name, built by `build(folder)` in the first process that asks; the others wait for it (a file lock)
+    and reuse it. Only a build that finished is reused."""
+    import fcntl
+    import shutil
+
+    out = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / ".built").is_file():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True)
+            build(out)
+            (out / ".built").touch()
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    """A 2-layer, 64-wide Qwen2 with a BPE tokenizer trained on the test data (built once)."""
+    """A 2-layer, 64-wide Qwen2 with a BPE tokenizer trained on the test data (built once per session)."""
     from ftune.runtime.tinymodel import build_tiny_model
 
-    root = tmp_path_factory.mktemp("model")
-    data = write_messages(root / "texts.jsonl", 200)
-    texts = [m["content"] for line in data.read_text().splitlines() for m in json.loads(line)["messages"]]
-    return build_tiny_model(root / "tiny-qwen2", texts)
+    def build(root: Path) -> None:
+        data = write_messages(root / "texts.jsonl", 200)
+        texts = [m["content"] for line in data.read_text().splitlines() for m in json.loads(line)["messages"]]
+        build_tiny_model(root / "tiny-qwen2", texts)
+
+    return built_once(shared_root(tmp_path_factory), "tiny-model", build) / "tiny-qwen2"
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from textual import work
 from rich.text import Text
+from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -30,12 +30,12 @@ from textual.screen import Screen
 from textual.widgets import Footer, Sparkline
 from textual.worker import get_current_worker
 
+from ftune.runtime.history import History, View, empty_view
 from ftune.runtime.rundir import ACTIVE_STATES, RunDir
+from ftune.runtime.tail import Tail, load
 from ftune.tui import panels
-from ftune.tui.history import History, View, empty_view
 from ftune.tui.messages import HistoryUpdated, StopDone, SystemSampled
 from ftune.tui.screens import ConfirmStop, HelpScreen, LogScreen
-from ftune.tui.tail import Tail, load
 from ftune.tui.widgets import Panel, StepLog
 
 LIVE_SAMPLE_S = 2.0  # NVML sampling interval while the run runs on this machine

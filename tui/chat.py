@@ -123,7 +123,7 @@ class ChatSession:
         return answers
 
     def _generation(self, i: int, prompt: str):
-        from ftune.runtime.generate import Generation
+        from ftune.runtime.infer.generate import Generation
 
         _, model, tok, adapter_off = self.models[i]
         return Generation(model, tok, self.conversations[i].messages(self.system, prompt), self.settings,
@@ -205,8 +205,8 @@ def run_chat(run, checkpoint: int | None = None, compare_base: bool = False, tem
              top_p: float = 0.9, max_new_tokens: int = 512, system: str | None = None, seed: int | None = None,
              console: Console | None = None, read: Callable[[str], str] | None = None) -> ChatSession:
     """Load the run's model (and the base) and chat until /exit or end of input."""
-    from ftune.runtime.generate import Settings
-    from ftune.runtime.loading import load_base_for_comparison, load_run_model
+    from ftune.runtime.infer.generate import Settings
+    from ftune.runtime.infer.loading import load_base_for_comparison, load_run_model
 
     console = console or Console(highlight=False)
     settings = Settings(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)

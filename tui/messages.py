@@ -6,7 +6,7 @@ from typing import Any
 
 from textual.message import Message
 
-from ftune.tui.history import View
+from ftune.runtime.history import View
 
 
 class HistoryUpdated(Message):

@@ -1,4 +1,4 @@
-"""The monitor's panels as functions of data: a View (tui/history.py), the run's status and a time
+"""The monitor's panels as functions of data: a View (runtime/history.py), the run's status and a time
 in, a rich renderable out. No Textual and no I/O here, so each panel is easy to test and to reuse."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from ftune.tui.history import Problem, View, finite
+from ftune.runtime.history import Problem, View, finite
 
 STATE_STYLE = {
     "waiting": "yellow", "running": "bold green", "stopping": "bold yellow", "stopped": "yellow",

@@ -1,7 +1,7 @@
 """`ftune watch` without a run: every run with its status, progress and last loss; Enter opens one.
 
 Rows come from the same files as `ftune ls` (runtime/runs.py), but each run's events are followed
-incrementally (tui/tail.py), so a list that refreshes every second stays cheap with long runs.
+incrementally (runtime/tail.py), so a list that refreshes every second stays cheap with long runs.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 from textual.worker import get_current_worker
 
+from ftune.runtime.history import History
 from ftune.runtime.rundir import RunDir, list_run_names
-from ftune.runtime.runs import _spec_fields  # the loose run.yaml reading `ftune ls` uses
+from ftune.runtime.runs import spec_fields  # the loose run.yaml reading `ftune ls` uses
+from ftune.runtime.tail import Tail, load
 from ftune.tui import panels
-from ftune.tui.history import History
-from ftune.tui.tail import Tail, load
 
 COLUMNS = ("run", "status", "progress", "loss", "stage/method", "started", "model")  # model last: it gives way
 
@@ -57,7 +57,7 @@ class RunRows:
         loss = (view.last_step or {}).get("loss")
         started = status.get("started_at") or view.started_t
         return {
-            "name": run.name, "status": state, **_spec_fields(run),
+            "name": run.name, "status": state, **spec_fields(run),
             "progress": f"{view.step}/{view.max_steps}" if view.max_steps else "–",
             "loss": panels.num(loss),
             "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)) if started else "–",

@@ -9,7 +9,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Log
 
-from ftune.tui.history import LOG_KEEP
+from ftune.runtime.history import LOG_KEEP
 
 
 class StepLog(Log):

@@ -3,17 +3,26 @@ comes from (default, preset, or yours). Each value is checked by the run spec as
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import yaml
 
-from ftune.wizard.prompts import BACK, Option
-from ftune.wizard.runfile import field_info, fmt, get_path, literal_values, preset_values, setting_refusal
-
-if TYPE_CHECKING:
-    from ftune.wizard.flow import Wizard
+from ftune.runtime.spec import RunSpec
+from ftune.wizard.prompts import BACK, Option, Prompter
+from ftune.wizard.runfile import Answers, field_info, fmt, get_path, literal_values, preset_values, setting_refusal
 
 DONE, DEFAULT = "__done__", "__default__"
+
+
+@dataclass
+class Context:
+    """What the menu needs from the wizard: the answers it edits, the prompter it asks with, and the run spec
+    the answers make now."""
+
+    answers: Answers
+    prompter: Prompter
+    spec_now: Callable[[], RunSpec]
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "Training": (
@@ -48,12 +57,12 @@ def knobs(group: str) -> list[str]:
     return list(GROUPS[group])
 
 
-def current(w: "Wizard", path: str) -> tuple[Any, str]:
+def current(c: Context, path: str) -> tuple[Any, str]:
     """The value the run would use and where it comes from: yours, preset or default."""
-    value = get_path(w.spec_now().model_dump(mode="json"), path)
-    if path in w.a.settings:
+    value = get_path(c.spec_now().model_dump(mode="json"), path)
+    if path in c.answers.settings:
         return value, "yours"
-    if w.a.preset and path in preset_values(w.a.preset):
+    if c.answers.preset and path in preset_values(c.answers.preset):
         return value, "preset"
     return value, "default"
 
@@ -67,7 +76,7 @@ def _short_lora(path: str) -> str:
     return path
 
 
-def edit(w: "Wizard") -> Any:
+def edit(c: Context) -> Any:
     """The group list; returns BACK to leave for the preset question, None when done."""
     group = None
     while True:
@@ -76,35 +85,35 @@ def edit(w: "Wizard") -> Any:
             paths = knobs(name)
             if not paths:
                 continue
-            changed = sum(1 for p in paths if p in w.a.settings)
-            off = {"LoRA": not w.a.method.startswith(("lora", "qlora", "dora")), "Freeze": w.a.method != "freeze",
-                   "Full-weight": not w.a.method.startswith(("full", "freeze")), "RL": w.a.stage != "rl"}.get(name, False)
+            changed = sum(1 for p in paths if p in c.answers.settings)
+            off = {"LoRA": not c.answers.method.startswith(("lora", "qlora", "dora")), "Freeze": c.answers.method != "freeze",
+                   "Full-weight": not c.answers.method.startswith(("full", "freeze")), "RL": c.answers.stage != "rl"}.get(name, False)
             note = f"  (for {_FOR[name]})" if off else (f"  {changed} changed" if changed else "")
             options.append(Option(f"{name:<11}{note}", name,
                                   "Settings: " + ", ".join(_short_lora(p) for p in paths) + "."))
         options.append(Option("Done: review the run", DONE))
-        group = w.p.select(f"Advanced settings (from preset {w.a.preset})", options, default=group or "Training")
+        group = c.prompter.select(f"Advanced settings (from preset {c.answers.preset})", options, default=group or "Training")
         if group is BACK:
             return BACK
         if group == DONE:
             return None
-        edit_group(w, group)
+        edit_group(c, group)
 
 
-def edit_group(w: "Wizard", group: str) -> None:
+def edit_group(c: Context, group: str) -> None:
     knob = None
     while True:
         options = []
         for path in knobs(group):
-            value, source = current(w, path)
+            value, source = current(c, path)
             mark = "*" if source == "yours" else " "
             options.append(Option(f"{mark}{_short_lora(path):<28} {fmt(value):<14} {source}", path,
                                   field_info(path).description))
         options.append(Option("Back to the groups", DONE))
-        knob = w.p.select(f"{group} (* changed by you)", options, default=knob)
+        knob = c.prompter.select(f"{group} (* changed by you)", options, default=knob)
         if knob is BACK or knob == DONE:
             return
-        edit_knob(w, knob)
+        edit_knob(c, knob)
 
 
 def _short_reason(why: str | None) -> str | None:
@@ -123,35 +132,35 @@ def _parse(text: str) -> Any:
         return text
 
 
-def edit_knob(w: "Wizard", path: str) -> Any:
+def edit_knob(c: Context, path: str) -> Any:
     info = field_info(path)
-    value, source = current(w, path)
+    value, source = current(c, path)
     values = literal_values(path)
     if values is None and info.annotation is bool:
         values = [True, False]
     if values is not None:
         options = []
         for v in values:
-            why = setting_refusal(w.a, path, v)
+            why = setting_refusal(c.answers, path, v)
             options.append(Option(fmt(v) + ("  (current)" if v == value else ""), v, info.description,
                                   disabled=_short_reason(why)))
-        if path in w.a.settings:
+        if path in c.answers.settings:
             options.append(Option("back to the default", DEFAULT))
-        choice = w.p.select(_short_lora(path), options, default=value)
+        choice = c.prompter.select(_short_lora(path), options, default=value)
         if choice is BACK:
             return BACK
     else:
         def validate(text: str) -> bool | str:
             if not text.strip():
                 return True
-            return setting_refusal(w.a, path, _parse(text)) or True
+            return setting_refusal(c.answers, path, _parse(text)) or True
 
-        answer = w.p.text(f"{_short_lora(path)} ({info.description})", "" if value is None else fmt(value), validate,
+        answer = c.prompter.text(f"{_short_lora(path)} ({info.description})", "" if value is None else fmt(value), validate,
                           instruction="(empty: back to the default; Ctrl+B back)", validate_while_typing=False)
         if answer is BACK:
             return BACK
         choice = DEFAULT if not answer.strip() else _parse(answer)
-    w.a.settings.pop(path, None)
-    if choice != DEFAULT and choice != current(w, path)[0]:  # the same as without it: nothing to write
-        w.a.settings[path] = choice
+    c.answers.settings.pop(path, None)
+    if choice != DEFAULT and choice != current(c, path)[0]:  # the same as without it: nothing to write
+        c.answers.settings[path] = choice
     return None

@@ -24,19 +24,37 @@ from rich.text import Text
 from ftune.runtime import memory
 from ftune.runtime.catalog import ModelInfo, family, from_catalog, groups, inspect_local, local_problem, resolve
 from ftune.runtime.catalog import templates as catalog_templates
-from ftune.runtime.rundir import ACTIVE_STATES, RunDir, next_free_name
+from ftune.runtime.models import is_hub_id, local_path
+from ftune.runtime.rundir import ACTIVE_STATES, RunDir, next_free_name, project_of
 from ftune.runtime.spec import Problem, SpecError, apply_overrides, check_run_name
 from ftune.wizard import advanced
 from ftune.wizard.prompts import BACK, SEPARATOR, Option, Prompter
-from ftune.wizard.runfile import (METHODS, STAGES, Answers, Checked, as_written, check, estimate_for,
-                                  estimate_line, fmt, get_path, is_not_yet, local_path, not_yet_paths, params_text,
-                                  preset_summary, preset_values, project_dir, refusal, run_file_text,
-                                  setting_refusal, write_run)
+from ftune.wizard.runfile import (
+    METHODS,
+    STAGES,
+    Answers,
+    Checked,
+    as_written,
+    check,
+    estimate_for,
+    estimate_line,
+    fmt,
+    get_path,
+    is_not_yet,
+    model_as_written,
+    not_yet_paths,
+    params_text,
+    preset_summary,
+    preset_values,
+    refusal,
+    run_file_text,
+    setting_refusal,
+    write_run,
+)
 
 LOCAL, HUB, OTHER = "__local__", "__hub__", "__other__"
 KEEP, AGAIN, SKIP = "keep", "again", "skip"
 STEPS = ("name", "model", "template", "stage", "method", "data", "preset", "review", "start")
-HUB_ID = r"^[A-Za-z0-9][\w.-]*/[\w.-]+$"
 
 
 @dataclass
@@ -52,7 +70,7 @@ class Wizard:
                  cwd: Path | None = None):
         self.p, self.ui, self.a = prompter, prompter.ui, answers
         self.root = Path(root)
-        self.project = project_dir(self.root)
+        self.project = project_of(self.root)
         self.cwd = cwd or Path.cwd()
         if gpus is None:
             from ftune.runtime.sysmon import gpu_samples
@@ -232,19 +250,17 @@ class Wizard:
         if answer is BACK:
             return BACK
         folder = self.typed_path(answer)
-        return inspect_local(folder.resolve(), as_written(folder, self.project, self.cwd))
+        return inspect_local(folder.resolve(), model_as_written(folder, self.project, self.cwd))
 
     def ask_hub(self) -> Any:
-        import re
-
         default = self.a.model if self.info and self.info.source == "hub" else ""
 
         def validate(text: str) -> bool | str:
             text = text.strip()
             if self.typed_path(text).is_dir() and text:
                 return local_problem(self.typed_path(text)) or True
-            if not re.match(HUB_ID, text):
-                return "a hub id looks like owner/name, e.g. Qwen/Qwen2.5-7B-Instruct"
+            if not is_hub_id(text):
+                return "a hub id looks like owner/name, e.g. Qwen/Qwen2.5-7B-Instruct (or a bare name such as gpt2)"
             return True
 
         answer = self.p.text("Hub id", default, validate, instruction="(owner/name; Ctrl+B back)")
@@ -253,7 +269,7 @@ class Wizard:
         text = answer.strip()
         if self.typed_path(text).is_dir():
             folder = self.typed_path(text)
-            return inspect_local(folder.resolve(), as_written(folder, self.project, self.cwd))
+            return inspect_local(folder.resolve(), model_as_written(folder, self.project, self.cwd))
         return resolve(text)
 
     def show_model(self, info: ModelInfo) -> None:
@@ -480,7 +496,7 @@ class Wizard:
             if answer is BACK:
                 return BACK
             default = answer
-            from ftune.runtime.data import summarize_file
+            from ftune.runtime.data.load import summarize_file
 
             path = self.typed_path(answer)
             s = summarize_file(path)
@@ -548,7 +564,7 @@ class Wizard:
                                  lambda t: True if self.typed_path(t).is_file() else "a file with validation rows")
             if answer is BACK:
                 continue
-            from ftune.runtime.data import summarize_file
+            from ftune.runtime.data.load import summarize_file
 
             s = summarize_file(self.typed_path(answer))
             self.show_summary(s)
@@ -580,7 +596,7 @@ class Wizard:
             if base is BACK:
                 continue
             self.a.preset = base
-            if advanced.edit(self) is BACK:
+            if advanced.edit(advanced.Context(self.a, self.p, self.spec_now)) is BACK:
                 continue
             return None
 

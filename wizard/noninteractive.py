@@ -6,7 +6,6 @@ answer is listed at once.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,11 +13,21 @@ from typing import Any
 import yaml
 
 from ftune.runtime import memory
-from ftune.runtime.catalog import local_problem, looks_local, resolve
-from ftune.runtime.rundir import ACTIVE_STATES, RunDir, next_free_name
+from ftune.runtime.catalog import local_problem, resolve
+from ftune.runtime.models import is_hub_id, local_path, looks_local
+from ftune.runtime.rundir import ACTIVE_STATES, RunDir, next_free_name, project_of
 from ftune.runtime.spec import Problem, SpecError, check_run_name
-from ftune.wizard.runfile import (METHOD_SETTINGS, STAGES, Answers, WizardError, as_written, check, estimate_line,
-                                  local_path, project_dir, write_run)
+from ftune.wizard.runfile import (
+    METHOD_SETTINGS,
+    STAGES,
+    Answers,
+    WizardError,
+    as_written,
+    check,
+    estimate_line,
+    model_as_written,
+    write_run,
+)
 
 METHOD_ALIASES = {"qlora": "qlora-4"}
 
@@ -72,7 +81,7 @@ def answers_from(flags: Flags, cwd: Path | None = None, project: Path | None = N
     if flags.model:
         local = Path(flags.model).expanduser()
         is_local = (cwd / local).is_dir() if not local.is_absolute() else local.is_dir()
-        a.model = as_written(local, project, cwd) if project and (is_local or looks_local(flags.model)) else flags.model
+        a.model = model_as_written(local, project, cwd) if project and (is_local or looks_local(flags.model)) else flags.model
     if flags.data:
         a.data = as_written(flags.data, project, cwd) if project else flags.data
     if flags.validation:
@@ -102,7 +111,7 @@ class Written:
 def run_noninteractive(flags: Flags, answers: Answers, root: Path, *, tty: bool,
                        gpus: list[memory.Gpu] | None = None) -> Written:
     """Check every answer, then write the run file. Raises WizardError / SpecError (the CLI prints them)."""
-    project = project_dir(root)
+    project = project_of(root)
     a = answers
     missing = []
     if not a.model:
@@ -132,7 +141,7 @@ def run_noninteractive(flags: Flags, answers: Answers, root: Path, *, tty: bool,
             raise WizardError(f"--model: {given!r} is neither a model folder nor a hub id (owner/name)")
         if problem:
             raise WizardError(f"--model: {problem}")
-    elif not re.match(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", a.model):
+    elif not is_hub_id(a.model):
         raise WizardError(f"--model: {a.model!r} is neither a model folder nor a hub id (owner/name)")
     if info.trust_remote_code and not a.trust_remote_code:
         raise WizardError(f"{a.model} ships its own model code, which runs when it loads: pass --trust-remote-code "
@@ -156,7 +165,7 @@ def run_noninteractive(flags: Flags, answers: Answers, root: Path, *, tty: bool,
 
 
 def _check_data(a: Answers, project: Path) -> None:
-    from ftune.runtime.data import summarize_file
+    from ftune.runtime.data.load import summarize_file
 
     files = [("--data", f) for f in ([a.data] if isinstance(a.data, str) else a.data or [])]
     for flag, written in files + [("--validation", a.validation)]:

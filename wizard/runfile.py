@@ -21,8 +21,10 @@ from ftune.presets import describe, load_preset
 from ftune.runtime import memory
 from ftune.runtime.catalog import ModelInfo
 from ftune.runtime.errors import UserError
+from ftune.runtime.files import write_atomic
+from ftune.runtime.models import looks_local
 from ftune.runtime.rundir import RunDir
-from ftune.runtime.spec import Problem, RunSpec, SpecError, build_spec, iter_fields, write_atomic
+from ftune.runtime.spec import Problem, RunSpec, SpecError, build_spec, iter_fields, shorthand
 
 # --------------------------------------------------------------------------- the choices
 # stage: (label, what it is, when to use it)
@@ -107,14 +109,6 @@ def del_path(data: dict[str, Any], dotted: str) -> None:
         cur.pop(parts[-1], None)
 
 
-def normalize(raw: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(raw)
-    for key in ("stage", "method"):
-        if isinstance(out.get(key), str):
-            out[key] = {"type": out[key]}
-    return out
-
-
 def compact(raw: dict[str, Any]) -> dict[str, Any]:
     """Sections in the usual order, empty ones dropped, `stage: sft` for `stage: {type: sft}`."""
 
@@ -124,10 +118,7 @@ def compact(raw: dict[str, Any]) -> dict[str, Any]:
             return {k: v for k, v in pruned.items() if v not in ({}, None)}
         return value
 
-    data = prune(raw)
-    for key in ("stage", "method"):
-        if isinstance(data.get(key), dict) and list(data[key]) == ["type"]:
-            data[key] = data[key]["type"]
+    data = shorthand.collapse(prune(raw))
     ordered = {k: data[k] for k in ORDER if k in data}
     ordered.update({k: v for k, v in data.items() if k not in ordered})
     return ordered
@@ -148,7 +139,7 @@ def field_info(dotted: str) -> Any:
 
 
 def method_from_raw(raw: dict[str, Any]) -> str:
-    raw = normalize(raw)
+    raw = shorthand.expand(raw)
     return memory.method_key(get_path(raw, "method.type", "lora"), get_path(raw, "method.quantization.bits"),
                              bool(get_path(raw, "method.lora.use_dora", False)),
                              get_path(raw, "training.precision", "auto"))
@@ -177,7 +168,7 @@ class Answers:
     @classmethod
     def from_raw(cls, raw: dict[str, Any]) -> "Answers":
         """Answers pre-filled from a (partial) run file; everything else in it is kept as it is."""
-        raw = normalize(raw)
+        raw = shorthand.expand(raw)
         a = cls(base=raw)
         a.name = raw.get("name")
         a.model = get_path(raw, "model.name_or_path")
@@ -196,7 +187,7 @@ class Answers:
     def to_raw(self, placeholders: bool = False) -> dict[str, Any]:
         """The run file for these answers (`placeholders` fills a name, model and data not given yet,
         so one answer can be checked before the others exist)."""
-        raw = normalize(self.base)
+        raw = shorthand.expand(self.base)
         for key, value in (("name", self.name), ("model.name_or_path", self.model), ("data.train", self.data)):
             if value:
                 set_path(raw, key, value)
@@ -301,14 +292,14 @@ def check(answers: Answers, placeholders: bool = False, allow_refused: bool = Tr
     other = [p for p in found if p not in refused or not allow_refused]
     if other:
         raise SpecError(other, "the run file")
-    trial = normalize(raw)
+    trial = shorthand.expand(raw)
     for p in refused:
         set_path(trial, p.path, schema_default(p.path))
     if get_path(trial, "method.type") != "lora":
         del_path(trial, "method.quantization.bits")
     spec = build_spec(trial, source="the run file")
     dumped = spec.model_dump(mode="json")
-    for path, value in flatten(raw).items():  # `--set training.learning_rate=2e-4` is a string in YAML 1.1
+    for path, value in shorthand.flatten(raw).items():  # `--set training.learning_rate=2e-4` is a string in YAML 1.1
         typed = get_path(dumped, path, value)
         if isinstance(value, str) and isinstance(typed, (int, float)) and not isinstance(typed, bool):
             set_path(raw, path, typed)
@@ -351,17 +342,6 @@ _SHORT = {
 }
 
 
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, path + "."))
-        else:
-            out[path] = value
-    return out
-
-
 def params_text(params_b: float) -> str:
     """7.62B, 135M, 110K parameters."""
     if params_b >= 1:
@@ -388,7 +368,7 @@ def fmt(value: Any) -> str:
 
 
 def preset_values(name: str) -> dict[str, Any]:
-    return flatten(load_preset(name))
+    return shorthand.flatten(load_preset(name))
 
 
 def preset_summary(name: str, skip: set[str] | frozenset[str] = frozenset()) -> str:
@@ -401,11 +381,6 @@ def preset_line(name: str) -> str:
 
 
 # --------------------------------------------------------------------------- writing
-def project_dir(root: Path) -> Path:
-    """Relative paths in a run file are relative to the folder that holds runs/."""
-    return root.resolve().parent
-
-
 def as_written(path: str | Path, project: Path, cwd: Path | None = None) -> str:
     """A path as the run file should say it: relative to the project folder when inside it, else absolute."""
     p = Path(path).expanduser()
@@ -418,9 +393,11 @@ def as_written(path: str | Path, project: Path, cwd: Path | None = None) -> str:
         return str(p)
 
 
-def local_path(written: str, project: Path) -> Path:
-    p = Path(written).expanduser()
-    return p if p.is_absolute() else project / p
+def model_as_written(path: str | Path, project: Path, cwd: Path | None = None) -> str:
+    """A model folder as the run file should say it: like `as_written`, with './' in front where the relative
+    path would otherwise read as a hub id (`mymodel`, `models/tiny`), so every reader takes it as a folder."""
+    written = as_written(path, project, cwd)
+    return written if Path(written).is_absolute() or looks_local(written) else f"./{written}"
 
 
 def run_file_text(checked: Checked, when: float | None = None) -> str:

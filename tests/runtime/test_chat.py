@@ -8,10 +8,10 @@ import pytest
 import torch
 from rich.console import Console
 
-from ftune.runtime.generate import Generation, Settings
-from ftune.runtime.loading import load_run_model
+from ftune.runtime.infer.generate import Generation, Settings
+from ftune.runtime.infer.loading import load_run_model
 from ftune.tui.chat import ChatSession, run_chat
-from tests.runtime.trained import train_tiny_run
+from tests.runtime.trained import copy_of_trained_run
 
 
 class Recorder(io.StringIO):
@@ -28,7 +28,7 @@ class Recorder(io.StringIO):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model):
-    run, _ = train_tiny_run(tmp_path_factory.mktemp("chat"), tiny_model)
+    run, _ = copy_of_trained_run(tmp_path_factory, tiny_model)
     return run
 
 
@@ -50,7 +50,7 @@ def scripted(lines):
 
 def hf_generate(model, tokenizer, messages, max_new_tokens, seed=None):
     """Plain transformers decoding of the same prompt, for comparison: greedy, or sampled after seeding."""
-    from ftune.runtime.generate import stop_token_ids
+    from ftune.runtime.infer.generate import stop_token_ids
 
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     enc = tokenizer(text, add_special_tokens=False, return_tensors="pt")

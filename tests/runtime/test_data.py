@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from ftune.runtime.data import DataError, check_messages, load_data, sources_for, split, tokenize_conversation
-from ftune.runtime.formats import read_rows
+from ftune.runtime.data.formats import DataError, read_rows
+from ftune.runtime.data.load import check_messages, load_data, sources_for, split
+from ftune.runtime.data.tokenize import tokenize_conversation
 
 
 def m(role, content):
@@ -110,8 +111,8 @@ def test_mask_history_learns_only_the_last_answer(tiny_model):
 
 
 def test_tool_turns_are_context_and_calls_are_learnt(tiny_model):
-    from ftune.runtime.data import tokenize_examples
-    from ftune.runtime.formats import Example
+    from ftune.runtime.data.formats import Example
+    from ftune.runtime.data.tokenize import tokenize_examples
 
     tok = tok_of(tiny_model)
     ex = Example(messages=[m("user", "Weather in Oslo?"), m("assistant", '{"name": "weather", "arguments": {}}'),
@@ -127,8 +128,8 @@ def test_tool_turns_are_context_and_calls_are_learnt(tiny_model):
 
 
 def test_combine_false_makes_one_example_per_answer(tiny_model):
-    from ftune.runtime.data import tokenize_examples
-    from ftune.runtime.formats import Example
+    from ftune.runtime.data.formats import Example
+    from ftune.runtime.data.tokenize import tokenize_examples
 
     tok = tok_of(tiny_model)
     ex = Example(messages=[m("system", "S"), m("user", "a?"), m("assistant", "First."), m("user", "b?"),
@@ -168,8 +169,8 @@ def test_glm_input_and_output_cutoffs(tiny_model):
 
 
 def test_num_proc_gives_the_same_columns(tiny_model):
-    from ftune.runtime.data import tokenize_examples
-    from ftune.runtime.formats import Example
+    from ftune.runtime.data.formats import Example
+    from ftune.runtime.data.tokenize import tokenize_examples
 
     tok = tok_of(tiny_model)
     examples = [Example(messages=[m("user", f"question {i}"), m("assistant", f"answer {i}")]) for i in range(40)]
@@ -179,7 +180,7 @@ def test_num_proc_gives_the_same_columns(tiny_model):
 
 
 def test_interleave_under_and_over():
-    from ftune.runtime.data import interleave
+    from ftune.runtime.data.load import interleave
 
     a, b = list(range(10)), ["x", "y"]
     under = interleave([a, b], [0.5, 0.5], seed=0, until="first")

@@ -3,13 +3,13 @@ import json
 from click.testing import CliRunner
 
 from ftune.cli import main
-from ftune.runtime.datacheck import check
+from ftune.runtime.data.check import check
 from tests.conftest import SHARED_DATA, write_messages
 
 
 def test_check_without_model_counts_turns_and_roles(tmp_path):
     p = write_messages(tmp_path / "d.jsonl", 20)
-    r = check(str(p))
+    r = check(str(p)).to_dict()
     assert (r["format"], r["kind"], r["stages"], r["total"], r["valid"], r["invalid"]) == \
         ("messages", "chat", ["sft", "rl"], 20, 20, 0)
     assert sum(r["turns"].values()) == 20 and r["roles"]["user"] == r["roles"]["assistant"]
@@ -18,7 +18,7 @@ def test_check_without_model_counts_turns_and_roles(tmp_path):
 
 def test_check_with_model_measures_tokens_and_cutoff(tmp_path, tiny_model):
     p = write_messages(tmp_path / "d.jsonl", 20)
-    r = check(str(p), model=str(tiny_model), max_length=12, show=1)
+    r = check(str(p), model=str(tiny_model), max_length=12, show=1).to_dict()
     t = r["tokens"]
     assert t["tokens"]["min"] <= t["tokens"]["p50"] <= t["tokens"]["max"] and t["tokens"]["min"] > 12
     assert t["over_max_length"] == 20 and t["answer_cut_away"] == 20  # 12 tokens never reach an answer

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from ftune.runtime.data import summarize_file
+from ftune.runtime.data.load import summarize_file
 from ftune.runtime.demo import demo_data_path
 from ftune.runtime.events import read_all
 

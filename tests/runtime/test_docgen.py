@@ -1,13 +1,13 @@
 from pathlib import Path
 
-from ftune.runtime.docgen import render
 from ftune.runtime.spec import iter_fields
+from ftune.runtime.spec.docgen import render
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "run-file.md"
 
 
 def test_run_file_doc_is_generated_from_the_schema():
-    assert DOC.read_text(encoding="utf-8") == render(), "regenerate: python -m ftune.runtime.docgen docs/run-file.md"
+    assert DOC.read_text(encoding="utf-8") == render(), "regenerate: python -m ftune.runtime.spec.docgen docs/run-file.md"
 
 
 def test_every_field_is_documented():

@@ -6,7 +6,7 @@ import pytest
 import sacrebleu
 import torch
 
-from ftune.runtime import metrics
+from ftune.runtime.infer import metrics
 from ftune.runtime.spec import SpecError, build_spec
 from tests.runtime.helpers import of_type
 from tests.runtime.trained import cli, train_tiny_run

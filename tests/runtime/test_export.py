@@ -6,13 +6,13 @@ import json
 import pytest
 import torch
 
-from ftune.runtime import export as export_mod
-from tests.runtime.trained import cli, train_tiny_run
+from ftune.runtime.infer import export as export_mod
+from tests.runtime.trained import cli, copy_of_trained_run
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model):
-    run, _ = train_tiny_run(tmp_path_factory.mktemp("export"), tiny_model)
+    run, _ = copy_of_trained_run(tmp_path_factory, tiny_model)
     return run
 
 

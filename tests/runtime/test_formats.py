@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from ftune.runtime.data import summarize_file
-from ftune.runtime.formats import DataError, Source, detect, load_source, read_rows, registry_sources
+from ftune.runtime.data.formats import DataError, Source, detect, load_source, read_rows, registry_sources
+from ftune.runtime.data.load import summarize_file
 from tests.conftest import SHARED_DATA
 
 LF = SHARED_DATA / "llamafactory"

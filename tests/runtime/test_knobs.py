@@ -1,7 +1,7 @@
 """Every method and knob of the run file reaches the objects the worker builds.
 
-The trainer is built in-process with the worker's own steps (train() in runtime/train.py, up to
-build_trainer), and the tests look at what was built: the peft model, the optimiser, the scheduler,
+The trainer is built in-process by the worker's own set-up (`recipe.setup`, the code the worker runs
+before it trains), and the tests look at what was built: the peft model, the optimiser, the scheduler,
 the dataloader, trainer.args, or what happens in the first training step. Training for real only
 where that is the point.
 """
@@ -9,17 +9,15 @@ where that is the point.
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 from transformers import TrainerCallback
 
-from ftune.runtime import train as worker
-from ftune.runtime.callbacks import EventsCallback, Stopper
 from ftune.runtime.events import EventWriter, read_all
-from ftune.runtime.launch import project_dir
 from ftune.runtime.spec import load_spec
+from ftune.runtime.train import recipe
+from ftune.runtime.train.callbacks import Stopper
 from tests.runtime.helpers import make_run, of_type, train_to_end
 
 LR = 1e-3
@@ -27,30 +25,18 @@ LR = 1e-3
 
 @pytest.fixture
 def build(project, tiny_model):
-    """build(**sections) -> the worker's spec, model and trainer for a run file like make_run's."""
-    from transformers import set_seed
-
-    writers = []
+    """build(**sections) -> the Recipe the worker builds (recipe.setup) for a run file like make_run's."""
+    recipes = []
 
     def _build(**sections):
-        run = make_run(project, tiny_model, name=f"knobs-{len(writers)}", **sections)
-        spec = load_spec(run.spec_path)
-        events = EventWriter(run.events_path)
-        writers.append(events)
-        base = project_dir(run)
-        set_seed(spec.training.seed)  # as train() does before the model is built
-        source = worker.model_source(spec, base)
-        tokenizer = worker.load_tokenizer(spec, source, events)
-        data = worker.prepare_data(spec, tokenizer, base, events, run)
-        plan = worker.precision_plan(spec.training.precision, spec.method.type)
-        model = worker.load_model(spec, source, plan, tokenizer, run, base)
-        callback = EventsCallback(events, run, {"run": spec.name}, Stopper())
-        trainer = worker.build_trainer(spec, model, tokenizer, data, run, plan, callback)
-        return SimpleNamespace(spec=spec, run=run, data=data, plan=plan, model=model, trainer=trainer)
+        run = make_run(project, tiny_model, name=f"knobs-{len(recipes)}", **sections)
+        r = recipe.setup(load_spec(run.spec_path), run, EventWriter(run.events_path), Stopper())
+        recipes.append(r)
+        return r
 
     yield _build
-    for w in writers:
-        w.close()
+    for r in recipes:
+        r.events.close()
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +52,7 @@ def value(x):
 
 
 def trainable(model) -> int:
-    return worker.count_params(model)[0]  # what the started event reports
+    return recipe.count_params(model)[0]  # what the started event reports
 
 
 def linears(base, names=None):
@@ -267,7 +253,7 @@ def test_knob_reaches_the_trainer_arguments(build, sections, expected):
 ])
 def test_epochs_batch_size_and_accumulation_set_the_number_of_steps(build, training):
     b = build(training=training)
-    rows = b.data["num_train_rows"]
+    rows = b.data.num_train_rows
     batches = math.ceil(rows / training["per_device_train_batch_size"]) if "max_steps" not in training else 0
     want = training.get("max_steps") or math.ceil(batches / training.get("gradient_accumulation_steps", 1)) * \
         training["num_train_epochs"]

@@ -112,7 +112,7 @@ def test_llama_pro_grows_the_model_without_changing_it_then_trains_only_the_new_
     from transformers import AutoModelForCausalLM
 
     from ftune.runtime.spec import build_spec
-    from ftune.runtime.train import expand_blocks
+    from ftune.runtime.train.model import expand_blocks
 
     spec = build_spec({"name": "x", "model": {"name_or_path": str(tiny_model)}, "data": {"train": "t.jsonl"},
                        "method": {"type": "freeze", "llama_pro_blocks": 2}})
@@ -158,7 +158,7 @@ def test_badam_updates_one_block_of_layers_at_a_time(project, tiny_model):
 
 def test_badam_ratio_mode_and_adam_mini_train(project, tiny_model):
     from ftune.runtime.spec import build_spec
-    from ftune.runtime.train import custom_optimizer
+    from ftune.runtime.train.optim import custom_optimizer
 
     run = make_run(project, tiny_model, name="ratio", method={"type": "full", "badam": {"mode": "ratio",
                                                                                       "update_ratio": 0.1}},

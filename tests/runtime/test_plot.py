@@ -4,14 +4,14 @@ import struct
 
 import pytest
 
-from ftune.runtime.plot import curves
+from ftune.runtime.infer.plot import curves
 from tests.runtime.helpers import of_type
-from tests.runtime.trained import cli, train_tiny_run
+from tests.runtime.trained import cli, copy_of_trained_run
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model):
-    return train_tiny_run(tmp_path_factory.mktemp("plot"), tiny_model, max_steps=6)
+    return copy_of_trained_run(tmp_path_factory, tiny_model)
 
 
 def check_png(path):
@@ -46,8 +46,9 @@ def test_ftune_plot_writes_a_png(trained, tmp_path):
 def test_curves_follow_the_events(trained):
     run, events = trained
     c = curves(events)
-    assert [s for s, _ in c["loss"]] == [1, 2, 3, 4, 5, 6]
-    assert c["eval_loss"] and all(v > 0 for _, v in c["eval_loss"]) and len(c["lr"]) == 6
+    steps = [e["step"] for e in of_type(events, "step")]
+    assert steps == list(range(1, 9)) and [s for s, _ in c["loss"]] == steps  # 8 steps, a loss each
+    assert c["eval_loss"] and all(v > 0 for _, v in c["eval_loss"]) and len(c["lr"]) == len(steps)
 
 
 def test_a_resumed_run_keeps_the_last_value_of_a_step_and_skips_non_finite():

@@ -11,8 +11,8 @@ import urllib.request
 import openai
 import pytest
 
-from ftune.runtime.serve import vllm_command
-from tests.runtime.trained import cli, train_tiny_run
+from ftune.runtime.infer.serve import vllm_command
+from tests.runtime.trained import cli, copy_of_trained_run
 
 KEY = "test-key-123"
 
@@ -25,7 +25,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model):
-    run, _ = train_tiny_run(tmp_path_factory.mktemp("serve"), tiny_model)
+    run, _ = copy_of_trained_run(tmp_path_factory, tiny_model)
     return run
 
 
@@ -62,8 +62,8 @@ def client(server):
 @pytest.fixture(scope="module")
 def local(trained):
     """What the run's model answers, computed here without the server: greedy, or sampled with a seed."""
-    from ftune.runtime.generate import Generation, Settings
-    from ftune.runtime.loading import load_run_model
+    from ftune.runtime.infer.generate import Generation, Settings
+    from ftune.runtime.infer.loading import load_run_model
 
     rm = load_run_model(trained)
 

@@ -3,9 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ftune.runtime.spec import (
-    RunSpec, SpecError, build_spec, check_run_name, load_spec, save_spec, spec_to_dict,
-)
+from ftune.runtime.spec import RunSpec, SpecError, build_spec, check_run_name, load_spec, save_spec, spec_to_dict
 
 BASE = {"name": "run-01", "model": {"name_or_path": "Qwen/Qwen2.5-0.5B-Instruct"}, "data": {"train": "train.jsonl"}}
 
@@ -116,10 +114,10 @@ def test_overrides_win_and_parse_yaml_values():
 
 
 def test_values_not_supported_yet_are_refused_not_ignored(monkeypatch):
-    from ftune.runtime import spec as spec_module
+    from ftune.runtime.spec import problems
 
-    assert spec_module._LATER_VALUES == {}  # everything the schema offers trains today
-    monkeypatch.setitem(spec_module._LATER_VALUES, ("stage", "rl_algorithm"), {"rloo"})
+    assert problems.LATER_VALUES == {}  # everything the schema offers trains today
+    monkeypatch.setitem(problems.LATER_VALUES, ("stage", "rl_algorithm"), {"rloo"})
     with pytest.raises(SpecError, match=r"'rloo' is not supported yet \(works today: grpo\)"):
         build_spec({**BASE, "stage": {"type": "rl", "rl_algorithm": "rloo", "reward_model": "rm-01"}})
 

@@ -3,7 +3,7 @@
 import pytest
 
 from ftune.runtime import templates
-from ftune.runtime.data import tokenize_conversation
+from ftune.runtime.data.tokenize import tokenize_conversation
 from ftune.runtime.spec import SpecError, build_spec
 
 CONV = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where is my order?"},

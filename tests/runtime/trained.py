@@ -1,14 +1,17 @@
-"""One tiny trained run per test module, for the after-training commands (export, chat, serve, eval, plot)."""
+"""Trained runs for the after-training commands (export, chat, serve, eval, plot): one default run trained once
+per test session and copied into each module that uses it, or a run of its own where a test needs other settings."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from click.testing import CliRunner
 
 from ftune.cli import main
+from ftune.runtime.events import read_all
 from ftune.runtime.rundir import RunDir
-from tests.conftest import write_messages
+from tests.conftest import built_once, shared_root, write_messages
 from tests.runtime.helpers import make_run, train_to_end
 
 
@@ -28,3 +31,16 @@ def train_tiny_run(root: Path, model_dir: Path, max_steps: int = 8, rows: int = 
 def cli(run: RunDir, *args: str):
     """`ftune --runs-dir RUNS ARGS...` in-process."""
     return CliRunner().invoke(main, ["--runs-dir", str(run.root), *args], prog_name="ftune")
+
+
+def copy_of_trained_run(tmp_path_factory, tiny_model: Path) -> tuple[RunDir, list[dict]]:
+    """A copy of the session's default trained run (8 LoRA steps, train.jsonl and test.jsonl beside it), in a
+    project folder of the caller's own: trained once by whichever test process asks first. The copy's events and
+    status name its own paths, as if it had been trained where it lies."""
+    template = built_once(shared_root(tmp_path_factory), "trained-run", lambda root: train_tiny_run(root, tiny_model))
+    project = tmp_path_factory.mktemp("trained")
+    shutil.copytree(template, project, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".built"))
+    run = RunDir(project / "runs", "run-01")
+    for f in (run.events_path, run.status_path):
+        f.write_text(f.read_text().replace(str(template), str(project)))
+    return run, read_all(run.events_path)

@@ -6,14 +6,13 @@ import json
 import pytest
 import yaml
 
-from ftune.runtime import memory, spec
+from ftune.runtime import memory
 from ftune.runtime.rundir import RunDir
-from ftune.runtime.spec import SpecError, load_spec
+from ftune.runtime.spec import SpecError, load_spec, problems
+from ftune.wizard.advanced import GROUPS, knobs
 from ftune.wizard.runfile import METHODS, STAGES, Answers, is_not_yet, refusal
 from tests.runtime.helpers import of_type, train_to_end
-from ftune.wizard.advanced import GROUPS, knobs
-from tests.wizard.conftest import (BACK, CLEAR, CTRL_C, DOWN, ENTER, H100, HUB, LOCAL, QWEN25_7B, UP, down,
-                                   group)
+from tests.wizard.conftest import BACK, CLEAR, CTRL_C, DOWN, ENTER, H100, HUB, LOCAL, QWEN25_7B, UP, down, group
 
 SHOWN_GROUPS = [g for g in GROUPS if knobs(g)] + ["Done"]
 
@@ -171,7 +170,7 @@ def test_model_inside_the_project_is_written_relative(project, drive, tiny_model
 
     shutil.copytree(tiny_model, project / "models" / "tiny")
     d = drive(ENTER, LOCAL, "models/tiny" + ENTER, CTRL_C)
-    assert d.a.model == "models/tiny"
+    assert d.a.model == "./models/tiny"  # "./": a relative folder never reads as the hub id models/tiny
 
 
 def test_remote_code_is_asked_and_refusing_it_means_another_model(project, drive):
@@ -225,7 +224,7 @@ def test_each_stage(project, drive, index, stage):
 
 def test_a_stage_not_supported_yet_is_said_and_can_still_be_written(project, drive, monkeypatch):
     # Support is read from the run spec: mark DPO as not wired and the wizard follows.
-    monkeypatch.setitem(spec._LATER_VALUES, ("stage", "type"), {"dpo"})
+    monkeypatch.setitem(problems.LATER_VALUES, ("stage", "type"), {"dpo"})
     keys = [ENTER, QWEN25_7B, ENTER,
             DOWN + ENTER, ENTER,  # DPO: not supported -> choose again (starts on SFT)
             DOWN + ENTER, DOWN + ENTER,  # DPO again: keep it

@@ -7,12 +7,48 @@ token lengths, what the cutoff would cut, and shows samples with the loss mask (
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftune.runtime.data import FileSummary, summarize_file, tokenize_conversation, with_tools
-from ftune.runtime.formats import Source, load_source, registry_sources
+from ftune.runtime.data.formats import Source, load_source, registry_sources
+from ftune.runtime.data.load import FileSummary, summarize_file
+from ftune.runtime.data.tokenize import tokenize_conversation, with_tools
+
+
+@dataclass
+class TokenReport:
+    """How a file tokenises with a model's tokenizer and template."""
+
+    tokenizer: str
+    max_length: int
+    tokens: dict[str, int]  # min, p50, p90, p99, max tokens per row
+    over_max_length: int  # rows longer than max_length
+    answer_cut_away: int  # of those, rows whose whole answer lies beyond the cutoff
+    samples: list[list[dict[str, Any]]] = field(default_factory=list)  # runs of {"text", "learnt"}
+
+
+@dataclass
+class DataReport:
+    """`ftune data check`'s findings: the file summary, and the token report when a model was given."""
+
+    summary: FileSummary
+    tokens: TokenReport | None = None
+
+    @property
+    def fatal(self) -> str | None:
+        return self.summary.fatal
+
+    @property
+    def invalid(self) -> int:
+        return self.summary.invalid
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain data: what --json prints."""
+        out = {**asdict(self.summary), "invalid": self.invalid}
+        if self.tokens is not None:
+            out["tokens"] = asdict(self.tokens)
+        return out
 
 
 def _percentile(sorted_vals: list[int], q: float) -> int:
@@ -21,14 +57,13 @@ def _percentile(sorted_vals: list[int], q: float) -> int:
     return sorted_vals[min(len(sorted_vals) - 1, int(round(q / 100 * (len(sorted_vals) - 1))))]
 
 
-def token_report(source: Source, model: str, max_length: int, show: int, trust_remote_code: bool = False) -> dict[str, Any]:
+def token_report(source: Source, model: str, max_length: int, show: int, trust_remote_code: bool = False) -> TokenReport:
     from transformers import AutoTokenizer
 
-    from ftune.runtime.data import CHATML_TEMPLATE
+    from ftune.runtime.models import prepare_tokenizer
 
     tok = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
-    if not tok.chat_template:
-        tok.chat_template = CHATML_TEMPLATE
+    prepare_tokenizer(tok, "auto")  # as training would: its own template, ChatML where it has none
     lengths, over, cut_away, samples = [], 0, 0, []
     for ex in load_source(source).examples:
         if ex.text is not None:
@@ -51,16 +86,11 @@ def token_report(source: Source, model: str, max_length: int, show: int, trust_r
         if len(samples) < show:
             samples.append(_segments(tok, full))
     lengths.sort()
-    return {
-        "tokenizer": model,
-        "max_length": max_length,
-        "tokens": {"min": lengths[0] if lengths else 0, "p50": _percentile(lengths, 50),
-                   "p90": _percentile(lengths, 90), "p99": _percentile(lengths, 99),
-                   "max": lengths[-1] if lengths else 0},
-        "over_max_length": over,
-        "answer_cut_away": cut_away,
-        "samples": samples,
-    }
+    return TokenReport(model, max_length,
+                       {"min": lengths[0] if lengths else 0, "p50": _percentile(lengths, 50),
+                        "p90": _percentile(lengths, 90), "p99": _percentile(lengths, 99),
+                        "max": lengths[-1] if lengths else 0},
+                       over, cut_away, samples)
 
 
 def _segments(tok, out: dict[str, list[int]]) -> list[dict[str, Any]]:
@@ -81,16 +111,14 @@ def _segments(tok, out: dict[str, list[int]]) -> list[dict[str, Any]]:
 
 
 def check(path: str, model: str | None = None, max_length: int = 1024, dataset_dir: str | None = None,
-          show: int = 0, max_errors: int = 10) -> dict[str, Any]:
-    """The whole report as plain data (what --json prints)."""
+          show: int = 0, max_errors: int = 10) -> DataReport:
+    """The whole report: every row checked, and with a model, how the valid rows tokenise."""
     if dataset_dir:
         (source,) = registry_sources(Path(dataset_dir), [path])
     else:
         source = Source(Path(path))
-    summary: FileSummary = summarize_file(source.path, max_errors, source=source)
-    report = asdict(summary)
-    report["invalid"] = summary.invalid
+    summary = summarize_file(source.path, max_errors, source=source)
+    report = DataReport(summary)
     if model and summary.fatal is None and summary.valid:
-        source = registry_sources(Path(dataset_dir), [path])[0] if dataset_dir else Source(Path(path))
-        report["tokens"] = token_report(source, model, max_length, show)
+        report.tokens = token_report(source, model, max_length, show)
     return report

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ftune.runtime.data import DataError
+from ftune.runtime.data.formats import DataError
 from ftune.runtime.rundir import RunError
 from ftune.runtime.spec import SpecError
 

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from ftune.runtime.events import EventReader
-from ftune.tui.history import LOG_KEEP, History
+from ftune.runtime.history import LOG_KEEP, History
 
 FULL_PARSE_BYTES = 4 << 20  # ~20,000 events: parse them all
 SAMPLES = 2000  # step events read from the body of a longer history, for the charts
@@ -32,7 +32,7 @@ class Tail(EventReader):
     def __init__(self, path: str | Path, offset: int = 0, inode: int | None = None):
         super().__init__(path)
         self.offset = offset
-        self._inode = inode
+        self.inode = inode
 
     def replaced(self) -> bool:
         """True when the file was replaced (new inode), truncated, or deleted since it was loaded."""
@@ -40,7 +40,7 @@ class Tail(EventReader):
             st = os.stat(self.path)
         except FileNotFoundError:
             return self.offset > 0
-        return (self._inode is not None and st.st_ino != self._inode) or st.st_size < self.offset
+        return (self.inode is not None and st.st_ino != self.inode) or st.st_size < self.offset
 
 
 def load(path: str | Path, generation: int = 0, samples: int = SAMPLES,
@@ -59,7 +59,7 @@ def load(path: str | Path, generation: int = 0, samples: int = SAMPLES,
         if st.st_size <= full_parse_bytes:
             data = f.read()
             end = data.rfind(b"\n") + 1  # whole lines only: a torn last line waits for its end
-            history.extend(tail._parse(data[:end].split(b"\n")))
+            history.extend(tail.parse(data[:end].split(b"\n")))
         else:
             # A memory map: no copy of a file this size. ftune never truncates events.jsonl in place
             # (--restart unlinks it, and a mapped unlinked file stays readable), so no page vanishes.
@@ -67,7 +67,7 @@ def load(path: str | Path, generation: int = 0, samples: int = SAMPLES,
                 end = m.rfind(b"\n") + 1
                 split = _start_of_last_lines(m, end, LOG_KEEP)
                 _load_body(m, split, history, tail, samples)
-                history.extend(tail._parse(m[split:end].split(b"\n")))
+                history.extend(tail.parse(m[split:end].split(b"\n")))
     tail.offset = end
     return history, tail
 
@@ -108,7 +108,7 @@ def _load_body(m: mmap.mmap, split: int, history: History, tail: Tail, samples: 
                 break
             start = end + 1
     for start, end in sorted([*steps.items(), *keep]):
-        for event in tail._parse([m[start:end]]):
+        for event in tail.parse([m[start:end]]):
             history.add(event, sampled=start in steps)
     if steps:  # decimate what follows like this: one chart point per so many step events
         step_bytes = split - sum(end - start + 1 for start, (_, end) in found.items())

@@ -21,19 +21,22 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import shutil
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ftune.runtime import loading, modelcard
+from ftune.runtime import models
 from ftune.runtime.errors import UserError
+from ftune.runtime.files import publish_dir
+from ftune.runtime.infer import loading, modelcard
 from ftune.runtime.rundir import RunDir
 from ftune.runtime.spec import load_spec
+from ftune.runtime.spec.schema import OutputSpec
 
-FORMATS = ("lora", "merged_16bit", "merged_4bit")
+FORMATS = typing.get_args(OutputSpec.model_fields["save_format"].annotation)  # lora, merged_16bit, merged_4bit
 MARKER = "ftune_export.json"
 PROBE = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -178,7 +181,7 @@ def _free() -> None:
 
 # --------------------------------------------------------------------------- writing
 def write_merged(model, path: Path, tokenizer, adapter: bool):
-    from ftune.runtime.generate import stop_token_ids
+    from ftune.runtime.infer.generate import stop_token_ids
 
     if adapter:
         model = model.merge_and_unload()
@@ -215,7 +218,7 @@ def _export(run: RunDir, fmt: str | None, checkpoint: int | None, out: str | Pat
     import torch
     from transformers import AutoTokenizer
 
-    from ftune.runtime.generate import Generation, Settings
+    from ftune.runtime.infer.generate import Generation, Settings
 
     spec = load_spec(run.spec_path)
     fmt = fmt or spec.output.save_format
@@ -243,7 +246,7 @@ def _export(run: RunDir, fmt: str | None, checkpoint: int | None, out: str | Pat
     cuda = torch.cuda.is_available()
     dtype = loading.inference_dtype() if cuda else torch.float32
     say(f"Loading {run.name} ({target.label}{', adapter on ' + spec.model.name_or_path if target.adapter else ''})")
-    tokenizer = loading.load_tokenizer(spec, target, run, loading.base_source(spec, run))
+    tokenizer = loading.load_tokenizer(spec, target, run, models.model_source(spec.model.name_or_path, run.project))
     model = loading.load_weights(spec, run, target, dtype)
     model.eval()
     inputs = probe_inputs(tokenizer)
@@ -253,10 +256,7 @@ def _export(run: RunDir, fmt: str | None, checkpoint: int | None, out: str | Pat
         with model.disable_adapter():
             effect = float((logits_of(model, inputs) - reference).abs().max())
 
-    tmp = out.parent / f".{out.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with publish_dir(out) as tmp:  # moved into place only once it has passed the check
         say(f"Writing {fmt} to {out}")
         saved_dtype = str(dtype).replace("torch.", "")
         if fmt == "lora":
@@ -306,10 +306,4 @@ def _export(run: RunDir, fmt: str | None, checkpoint: int | None, out: str | Pat
         (tmp / MARKER).write_text(json.dumps({
             "run": run.name, "format": fmt, "source": target.label, "step": target.step, "dtype": saved_dtype,
             "base_model": spec.model.name_or_path, "check": check, "created": time.time()}, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ExportResult(out, fmt, target.label, saved_dtype, check, sample)

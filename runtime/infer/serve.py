@@ -137,7 +137,7 @@ class TransformersEngine:
         self.default_top_p = float(gen.top_p) if sampled and gen.top_p is not None else 1.0
 
     def start(self, messages: list[dict[str, str]], req: ChatRequest):
-        from ftune.runtime.generate import Generation, Settings, prompt_inputs
+        from ftune.runtime.infer.generate import Generation, Settings, prompt_inputs
 
         n_prompt = int(prompt_inputs(self.rm.tokenizer, messages, "cpu")["input_ids"].shape[1])
         if self.context and n_prompt >= self.context:
@@ -316,7 +316,8 @@ def vllm_command(run, checkpoint: int | None, host: str, port: int, api_key: str
     import sys
     from pathlib import Path
 
-    from ftune.runtime import loading
+    from ftune.runtime import models
+    from ftune.runtime.infer import loading
     from ftune.runtime.spec import load_spec
 
     spec = load_spec(run.spec_path)
@@ -325,7 +326,7 @@ def vllm_command(run, checkpoint: int | None, host: str, port: int, api_key: str
     vllm = str(exe) if exe.exists() else (shutil.which("vllm") or "vllm")
     if target.adapter:
         rank = next((r for r in VLLM_LORA_RANKS if r >= spec.method.lora.rank), VLLM_LORA_RANKS[-1])
-        cmd = [vllm, "serve", loading.base_source(spec, run), "--tokenizer", str(target.path),
+        cmd = [vllm, "serve", models.model_source(spec.model.name_or_path, run.project), "--tokenizer", str(target.path),
                "--served-model-name", f"{run.name}-base", "--enable-lora",
                "--lora-modules", f"{run.name}={target.path}", "--max-lora-rank", str(rank)]
     else:
@@ -354,7 +355,7 @@ def serve(run, checkpoint: int | None = None, host: str = "127.0.0.1", port: int
         os.execv(cmd[0], cmd)  # vLLM's own OpenAI server takes over this process
     import uvicorn
 
-    from ftune.runtime.loading import load_run_model
+    from ftune.runtime.infer.loading import load_run_model
 
     say(f"Loading {run.name}…")
     rm = load_run_model(run, checkpoint)

@@ -1,25 +1,18 @@
-"""The run spec: one pydantic schema for `runs/<name>/run.yaml`.
+"""The run spec's schema: one pydantic model per section of `runs/<name>/run.yaml`, and how to walk it.
 
-The wizard builds it, `ftune train` validates it, the worker reads it and the
-docs are generated from it. A value with a home in the schema that training
-cannot act on yet (listed in `_LATER_VALUES`) is a validation error ("not
-supported yet"), never silently ignored.
+The wizard builds it, `ftune train` validates it, the worker reads it and the docs are generated from it
+(spec/docgen.py). Reading, merging and reporting mistakes live beside it: spec/io.py, spec/overrides.py,
+spec/problems.py.
 """
 
 from __future__ import annotations
 
 import difflib
-import os
 import re
-import tempfile
 import typing
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from ftune.runtime.errors import UserError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NAME_RULE = "lowercase letters, digits and '-', starting and ending with a letter or digit"
 _NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
@@ -479,377 +472,31 @@ class RunSpec(Section):
         return f"q{label}-{m.quantization.bits}bit" if m.quantization.bits else label
 
 
-# --------------------------------------------------------------------------- values not wired yet
-# Values that have a home in the schema but no implementation yet: none today. A new choice can be listed here
-# (path -> values) so that it is refused with "not supported yet" instead of silently ignored.
-_LATER_VALUES: dict[tuple[str, ...], set[Any]] = {}
-
-# Names users bring from LLaMA-Factory, the seed platforms and TrainingArguments, and where they live here.
-FOREIGN_KEYS: dict[str, str] = {
-    "model_name_or_path": "model.name_or_path",
-    "cutoff_len": "data.max_length",
-    "max_seq_length": "data.max_length",
-    "max_tokens": "data.max_length",
-    "dataset": "data.train",
-    "train_file": "data.train",
-    "val_file": "data.validation",
-    "eval_dataset": "data.validation",
-    "test_file": "data.test",
-    "generation_config": "training.max_new_tokens",
-    "disable_shuffling": "data.shuffle",
-    "dataset_num_proc": "data.num_proc",
-    "preprocessing_num_workers": "data.num_proc",
-    "finetuning_type": "method.type",
-    "lora_r": "method.lora.rank",
-    "lora_rank": "method.lora.rank",
-    "r": "method.lora.rank",
-    "lora_alpha": "method.lora.alpha",
-    "lora_dropout": "method.lora.dropout",
-    "lora_target": "method.lora.target_modules",
-    "additional_target": "method.lora.modules_to_save",
-    "quantization_bit": "method.quantization.bits",
-    "load_in_4bit": "method.quantization.bits",
-    "quantization_method": "method.quantization.method",
-    "double_quantization": "method.quantization.double_quant",
-    "freeze_trainable_layers": "method.freeze.trainable_layers",
-    "freeze_trainable_modules": "method.freeze.trainable_modules",
-    "freeze_extra_modules": "method.freeze.extra_modules",
-    "use_llama_pro": "method.llama_pro_blocks",
-    "use_galore": "method.galore",
-    "use_apollo": "method.apollo",
-    "use_badam": "method.badam",
-    "use_adam_mini": "training.optim",
-    "random_state": "training.seed",
-    "epochs": "training.num_train_epochs",
-    "batch_size": "training.per_device_train_batch_size",
-    "compute_type": "training.precision",
-    "bf16": "training.precision",
-    "fp16": "training.precision",
-    "pure_bf16": "training.precision",
-    "lr_scheduler": "training.lr_scheduler_type",
-    "optimizer": "training.optim",
-    "overwrite_output_dir": "training.auto_resume",
-    "resume_from_checkpoint": "training.auto_resume",
-    "evaluation_strategy": "training.eval_strategy",
-    "val_size": "data.val_size",
-    "output_dir": "output.dir",
-    "model_save_type": "output.save_format",
-    "template": "model.template",
-    "trust_remote_code": "model.trust_remote_code",
-    "flash_attn": "model.attn_implementation",
-    "booster": "model.acceleration",
-    "rope_scaling": "model.rope_scaling",
-    "pref_beta": "stage.pref_beta",
-    "pref_loss": "stage.pref_loss",
-    "pref_ftx": "stage.pref_ftx",
-    "dpo_label_smoothing": "stage.label_smoothing",
-    "simpo_gamma": "stage.simpo_gamma",
-    "kto_chosen_weight": "stage.kto_desirable_weight",
-    "kto_rejected_weight": "stage.kto_undesirable_weight",
-    "reward_model": "stage.reward_model",
-    "ref_model": "stage.ref_model",
-    "num_gpus": "resources.gpus_per_node",
-    "deepspeed": "resources.strategy",
-}
-
-
-# --------------------------------------------------------------------------- errors
-@dataclass
-class Problem:
-    path: str  # dotted field path, e.g. training.learning_rate
-    message: str
-    line: int | None = None  # 1-based line in the YAML file, when known
-
-
-class SpecError(UserError):
-    """A run file with mistakes: every mistake at once, each with its field path (and line)."""
-
-    def __init__(self, problems: list[Problem], source: str | None = None):
-        self.problems = problems
-        self.source = source
-        super().__init__(self.render(), hint="Fix the run file and try again; every field is in docs/run-file.md.")
-
-    def render(self) -> str:
-        where = self.source or "the run spec"
-        n = len(self.problems)
-        head = f"{where} has {n} mistake{'s' if n != 1 else ''}:"
-        lines = [head]
-        for p in self.problems:
-            at = f"line {p.line}: " if p.line else ""
-            said = p.path and p.message.startswith(p.path)  # "training.optim adam_mini ...": no need to say it twice
-            lines.append(f"  {at}{p.message}" if said else f"  {at}{p.path or '(top level)'}: {p.message}")
-        return "\n".join(lines)
-
-
 # --------------------------------------------------------------------------- schema walking
-def _section_class(annotation: Any) -> type[BaseModel] | None:
+def section_class(annotation: Any) -> type[BaseModel] | None:
+    """The section model an annotation holds (`ModelSpec`, or `LoraSpec` inside `LoraSpec | None`), or None."""
     for candidate in (annotation, *typing.get_args(annotation)):
         if isinstance(candidate, type) and issubclass(candidate, BaseModel):
             return candidate
     return None
 
 
-def _class_at(path: tuple[str | int, ...]) -> type[BaseModel] | None:
+def class_at(path: tuple[str | int, ...]) -> type[BaseModel] | None:
+    """The section model at a path of keys (("method", "lora") -> LoraSpec), or None when there is none."""
     cls: type[BaseModel] | None = RunSpec
     for key in path:
         if cls is None or not isinstance(key, str) or key not in cls.model_fields:
             return None
-        cls = _section_class(cls.model_fields[key].annotation)
+        cls = section_class(cls.model_fields[key].annotation)
     return cls
 
 
 def iter_fields(cls: type[BaseModel] = RunSpec, prefix: str = ""):
     """Yield (dotted path, FieldInfo, section class) for every leaf field of the schema."""
     for name, info in cls.model_fields.items():
-        sub = _section_class(info.annotation)
+        sub = section_class(info.annotation)
         path = f"{prefix}{name}"
         if sub is not None and sub is not cls:
             yield from iter_fields(sub, path + ".")
         else:
             yield path, info, cls
-
-
-# --------------------------------------------------------------------------- raw-dict passes
-_SHORTHAND = {"stage": "type", "method": "type"}
-
-
-def _normalize(raw: dict[str, Any]) -> dict[str, Any]:
-    """Expand `stage: sft` and `method: lora` into their section form."""
-    out = dict(raw)
-    for key, field in _SHORTHAND.items():
-        if isinstance(out.get(key), str):
-            out[key] = {field: out[key]}
-    return out
-
-
-def _later_problems(raw: dict[str, Any]) -> list[Problem]:
-    problems: list[Problem] = []
-
-    def walk(cls: type[BaseModel], data: Any, prefix: tuple[str, ...]) -> None:
-        if not isinstance(data, dict):
-            return
-        for key, value in data.items():
-            info = cls.model_fields.get(key) if isinstance(key, str) else None
-            if info is None:
-                continue
-            path = prefix + (key,)
-            sub = _section_class(info.annotation)
-            if sub is not None and sub is not cls and isinstance(value, dict):
-                walk(sub, value, path)
-                continue
-            dotted = ".".join(path)
-            if path in _LATER_VALUES and value in _LATER_VALUES[path]:
-                works = [v for v in typing.get_args(info.annotation) if v not in _LATER_VALUES[path]]
-                problems.append(Problem(dotted, f"{value!r} is not supported yet (works today: {', '.join(map(str, works))})"))
-
-    walk(RunSpec, raw, ())
-    return problems
-
-
-def _suggest(path: tuple[str | int, ...]) -> str:
-    key = str(path[-1])
-    if key in FOREIGN_KEYS:
-        return f" — in ftune this is '{FOREIGN_KEYS[key]}'"
-    cls = _class_at(path[:-1])
-    if cls is not None:
-        close = difflib.get_close_matches(key, list(cls.model_fields), n=1, cutoff=0.6)
-        if close:
-            return f" — did you mean '{close[0]}'?"
-        return f" — expected one of: {', '.join(cls.model_fields)}"
-    return ""
-
-
-_LEADING_PATH = re.compile(r"^[a-z_]+(?:\.[a-z0-9_]+)+")
-
-
-def _leading_field(message: str) -> str | None:
-    """The field a cross-field message starts with ("training.optim adam_mini splits ..."), so the problem is
-    filed under it: its line is found and the wizard greys out exactly that choice."""
-    m = _LEADING_PATH.match(message)
-    parts = m.group(0).split(".") if m else []
-    for n in range(len(parts), 1, -1):
-        cls = _class_at(tuple(parts[: n - 1]))
-        if cls is not None and parts[n - 1] in cls.model_fields:
-            return ".".join(parts[:n])
-    return None
-
-
-def _pydantic_problems(err: ValidationError) -> list[Problem]:
-    problems = []
-    for e in err.errors(include_url=False):
-        loc = tuple(e["loc"])
-        dotted = ".".join(str(p) for p in loc)
-        kind = e["type"]
-        if kind == "value_error" and len(loc) <= 1:  # a model validator: name the field it is about
-            dotted = _leading_field(e["msg"].removeprefix("Value error, ")) or dotted
-        if kind == "extra_forbidden":
-            msg = "unknown key" + _suggest(loc)
-        elif kind == "missing":
-            msg = "required, but missing"
-        else:
-            msg = e["msg"]
-            if msg.startswith("Value error, "):
-                msg = msg[len("Value error, ") :]
-            if kind not in ("value_error", "assertion_error") and "input" in e and not isinstance(e["input"], dict):
-                msg += f" (got {e['input']!r})"
-        problems.append(Problem(dotted, msg))
-    return problems
-
-
-def _line_of(root: yaml.Node | None, path: str) -> int | None:
-    """1-based line of the deepest existing key of `path` in a composed YAML document."""
-    node, line = root, None
-    for part in path.split("."):
-        if not isinstance(node, yaml.MappingNode):
-            break
-        for key_node, value_node in node.value:
-            if key_node.value == part:
-                node, line = value_node, key_node.start_mark.line + 1
-                break
-        else:
-            break
-    return line
-
-
-# --------------------------------------------------------------------------- public API
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `key.path=value` overrides (values parsed as YAML: 3e-4, true, [a, b])."""
-    out = _normalize(raw)
-    problems = []
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            problems.append(Problem(item, "an override must look like section.key=value, e.g. training.learning_rate=3e-4"))
-            continue
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
-            value = text
-        patch: dict[str, Any] = {}
-        cursor = patch
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            cursor = cursor.setdefault(part, {})
-        cursor[parts[-1]] = value
-        out = deep_merge(out, _normalize(patch))
-    if problems:
-        raise SpecError(problems, "--set")
-    return out
-
-
-def build_spec(raw: Any, overrides: list[str] | None = None, source: str | None = None, yaml_root=None) -> RunSpec:
-    """Built-in defaults < preset < raw run file < overrides, validated; every problem at once."""
-    from ftune.presets import load_preset
-
-    if not isinstance(raw, dict):
-        raise SpecError([Problem("", "the run file must be a mapping of sections (name:, model:, data: ...)")], source)
-    merged = _normalize(raw)
-    preset_name = (overrides and _preset_override(overrides)) or merged.get("preset")
-    if isinstance(preset_name, str):
-        try:
-            merged = deep_merge(_normalize(load_preset(preset_name)), merged)
-        except KeyError as e:
-            raise SpecError([Problem("preset", str(e.args[0]))], source) from None
-    if overrides:
-        merged = apply_overrides(merged, overrides)
-    problems = _later_problems(merged)
-    try:
-        spec = RunSpec.model_validate(merged)
-    except ValidationError as err:
-        problems += _pydantic_problems(err)
-        spec = None
-    if problems:
-        for p in problems:
-            p.line = _line_of(yaml_root, p.path)
-        problems.sort(key=lambda p: p.line or 0)
-        raise SpecError(problems, source)
-    return spec
-
-
-def _preset_override(overrides: list[str]) -> str | None:
-    for item in overrides:
-        key, _, value = item.partition("=")
-        if key.strip() == "preset":
-            return value.strip()
-    return None
-
-
-def load_spec(path: str | Path, overrides: list[str] | None = None) -> RunSpec:
-    """Read and validate a run file. Raises SpecError (with lines) or FileNotFoundError."""
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    try:
-        raw = yaml.safe_load(text)
-        root = yaml.compose(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark else None
-        raise SpecError([Problem("", f"not valid YAML: {getattr(e, 'problem', e)}", line)], str(path)) from None
-    return build_spec(raw or {}, overrides, source=str(path), yaml_root=root)
-
-
-def spec_to_dict(spec: RunSpec) -> dict[str, Any]:
-    """The spec as plain data for run.yaml: unset optional values left out."""
-
-    def prune(cls: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
-        out = {}
-        for key, value in data.items():
-            info = cls.model_fields[key]
-            sub = _section_class(info.annotation)
-            if sub is not None and isinstance(value, dict):
-                value = prune(sub, value)
-                if not value:
-                    continue
-            elif value is None:
-                continue
-            elif isinstance(value, float) and value.is_integer() and abs(value) < 1e6:
-                value = int(value)  # `alpha: 16`, not `alpha: 16.0`
-            out[key] = value
-        return out
-
-    data = prune(RunSpec, spec.model_dump(mode="json"))
-    method = data.get("method", {})
-    for kind in ("lora", "freeze"):  # settings of the methods not chosen are noise in the file
-        if method.get("type") != kind:
-            method.pop(kind, None)
-    if not method.get("quantization", {}).get("bits"):
-        method.pop("quantization", None)
-    for key, field in _SHORTHAND.items():
-        if list(data.get(key, {})) == [field]:
-            data[key] = data[key][field]
-    return data
-
-
-def spec_to_yaml(spec: RunSpec) -> str:
-    header = f"# ftune run file. Edit freely; `ftune train {spec.name}` validates it. Fields: docs/run-file.md\n"
-    return header + yaml.safe_dump(spec_to_dict(spec), sort_keys=False, allow_unicode=True, width=100)
-
-
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write a file so that readers see the old or the new content, never half of it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_spec(spec: RunSpec, path: str | Path) -> None:
-    write_atomic(path, spec_to_yaml(spec))

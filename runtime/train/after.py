@@ -16,7 +16,7 @@ from ftune.runtime.spec import RunSpec
 def _warn(events: EventWriter, spec: RunSpec, what: str, exc: BaseException) -> None:
     import traceback
 
-    from ftune.runtime import hints
+    from ftune.runtime.train import hints
 
     traceback.print_exc()  # the details go to train.log
     message, hint = hints.explain(exc, spec)
@@ -30,7 +30,7 @@ def after_training(spec: RunSpec, run: RunDir, events: EventWriter, model, token
     out: dict[str, Any] = {}
     if spec.training.predict_with_generate and spec.data.test:
         try:
-            from ftune.runtime.evaluate import evaluate_run
+            from ftune.runtime.infer.evaluate import evaluate_run
 
             result = evaluate_run(run, model=model, tokenizer=tokenizer, label="export")
             metrics.update({k: v for k, v in result.metrics.items() if k.startswith("predict_")})
@@ -38,14 +38,14 @@ def after_training(spec: RunSpec, run: RunDir, events: EventWriter, model, token
         except Exception as e:  # noqa: BLE001 - reported as a warning; the model is trained and exported
             _warn(events, spec, "predicting on the test file failed", e)
     try:
-        from ftune.runtime import modelcard
+        from ftune.runtime.infer import modelcard
 
         modelcard.write(run.export_dir(), modelcard.render(spec, run, artifacts.get("format", "lora"), "export",
                                                            metrics))
     except Exception as e:  # noqa: BLE001
         _warn(events, spec, "writing the model card failed", e)
     try:
-        from ftune.runtime.plot import plot_run
+        from ftune.runtime.infer.plot import plot_run
 
         out["plot"] = str(plot_run(run))
     except Exception as e:  # noqa: BLE001

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ftune.runtime import models
 from ftune.runtime.rundir import RunDir, RunError
 from ftune.runtime.spec import RunSpec, load_spec
 
@@ -46,15 +47,6 @@ class RunModel:
     @property
     def adapter(self) -> bool:
         return self.target.adapter
-
-
-def base_source(spec: RunSpec, run: RunDir) -> str:
-    """The base model as the worker resolved it: a local folder relative to the project, else the hub id."""
-    from ftune.runtime.launch import project_dir
-
-    p = Path(spec.model.name_or_path).expanduser()
-    p = p if p.is_absolute() else project_dir(run) / p
-    return str(p) if p.exists() else spec.model.name_or_path
 
 
 def resolve_target(run: RunDir, checkpoint: int | None = None) -> Target:
@@ -117,43 +109,18 @@ def load_tokenizer(spec: RunSpec, target: Target, run: RunDir, base: str):
     """The tokenizer saved with the weights (template included); else the base's with the run's template."""
     from transformers import AutoTokenizer
 
-    from ftune.runtime import templates
-    from ftune.runtime.data import CHATML_TEMPLATE
-
     for folder in (target.path, run.export_dir()):
         if (folder / "tokenizer_config.json").is_file():
             tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=spec.model.trust_remote_code)
-            break
-    else:
-        tok = AutoTokenizer.from_pretrained(base, revision=spec.model.revision,
-                                            trust_remote_code=spec.model.trust_remote_code)
-        if spec.model.template != "auto":
-            tok.chat_template = templates.get(spec.model.template)
-        elif not tok.chat_template:
-            tok.chat_template = CHATML_TEMPLATE  # what the worker trained with
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
-
-
-def _model_class(spec: RunSpec):
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    return AutoModelForSequenceClassification if spec.stage.type == "rm" else AutoModelForCausalLM
+            models.prepare_tokenizer(tok, "auto")  # keeps the saved template; a pad token where it has none
+            return tok
+    return models.load_tokenizer(spec, base)  # what the worker trained with
 
 
 def load_base_model(spec: RunSpec, run: RunDir, dtype=None, where: dict[str, Any] | None = None):
     """The base model as training loaded it (RoPE scaling and reward head included), without the adapter."""
-    kwargs: dict[str, Any] = {"dtype": dtype or inference_dtype(), **(placement() if where is None else where)}
-    source = base_source(spec, run)
-    if spec.model.rope_scaling:
-        from ftune.runtime.train import rope_scaled_config
-
-        kwargs["config"] = rope_scaled_config(spec, source)
-    if spec.stage.type == "rm":
-        kwargs["num_labels"] = 1
-    return _model_class(spec).from_pretrained(source, revision=spec.model.revision,
-                                              trust_remote_code=spec.model.trust_remote_code, **kwargs)
+    return models.load_base(spec, models.model_source(spec.model.name_or_path, run.project),
+                            dtype=dtype or inference_dtype(), **(placement() if where is None else where))
 
 
 def load_weights(spec: RunSpec, run: RunDir, target: Target, dtype=None, where: dict[str, Any] | None = None):
@@ -166,7 +133,9 @@ def load_weights(spec: RunSpec, run: RunDir, target: Target, dtype=None, where: 
     kwargs: dict[str, Any] = {"dtype": dtype or inference_dtype(), **(placement() if where is None else where)}
     if spec.stage.type == "rm":
         kwargs["num_labels"] = 1
-    return _model_class(spec).from_pretrained(target.path, trust_remote_code=spec.model.trust_remote_code, **kwargs)
+    return models.model_class(spec.stage.type).from_pretrained(target.path,
+                                                               trust_remote_code=spec.model.trust_remote_code,
+                                                               **kwargs)
 
 
 def load_run_model(run: RunDir, checkpoint: int | None = None, dtype=None, for_generation: bool = True) -> RunModel:
@@ -176,7 +145,7 @@ def load_run_model(run: RunDir, checkpoint: int | None = None, dtype=None, for_g
         raise RunError(f"run '{run.name}' trained a reward model (stage rm): it scores answers and cannot "
                        f"generate them; chat, serve and eval need a run of another stage")
     target = resolve_target(run, checkpoint)
-    base = base_source(spec, run)
+    base = models.model_source(spec.model.name_or_path, run.project)
     with quiet():
         tokenizer = load_tokenizer(spec, target, run, base)
         model = load_weights(spec, run, target, dtype)

@@ -12,8 +12,10 @@ from __future__ import annotations
 import math
 import re
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from ftune.runtime.events import TYPES
 
 MAX_POINTS = 2048  # per chart series
 LOG_KEEP = 1000  # step events kept for the step log
@@ -21,7 +23,6 @@ CHECKPOINTS_KEEP = 200
 PROBLEM_GROUPS = 50
 RATE_WINDOW = 30  # step events used for the ETA
 
-FINAL = ("finished", "stopped", "error")
 _NUMBERS = re.compile(r"[-+]?(\d+\.?\d*(e[-+]?\d+)?|nan|inf(inity)?|none)", re.IGNORECASE)
 
 
@@ -245,7 +246,7 @@ class History:
         )
 
 
-_KNOWN = frozenset(("started", "step", "eval", "checkpoint", "system", "warning", "error", "finished", "stopped"))
+_KNOWN = frozenset(TYPES)
 
 
 def _num(x: Any) -> float | None:

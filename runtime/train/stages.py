@@ -9,8 +9,8 @@
     rl      RL from a reward model   GRPOTrainer or RLOOTrainer with the rm run's model as the reward
                                      function (TRL 1.x has no PPO trainer; GRPO or RLOO is what runs)
 
-Rows arrive as `formats.Example`; this module turns them into the columns each trainer reads
-(conversational prompt/chosen/rejected, prompt/completion/label, prompt) and builds the trainer.
+The columns each trainer reads are made in data/columns.py; this module loads the frozen models a stage
+names (reference, reward) and builds the trainer.
 """
 
 from __future__ import annotations
@@ -18,97 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ftune.runtime.data import tokenize_examples, with_tools
-from ftune.runtime.formats import Example
-
-ASSISTANT = "assistant"
-
-
-# --------------------------------------------------------------------------- rows per stage
-def text_columns(tokenizer: Any, examples: list[Example], max_length: int) -> tuple[dict[str, list], int]:
-    """Pre-training: each text followed by EOS, every token learnt, cut at max_length."""
-    if not examples:
-        return {"input_ids": [], "labels": []}, 0
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    enc = tokenizer([ex.text for ex in examples], add_special_tokens=False)["input_ids"]
-    ids = [(row + eos)[:max_length] for row in enc]
-    return {"input_ids": ids, "labels": [list(r) for r in ids]}, 0
-
-
-def preference_columns(examples: list[Example]) -> dict[str, list]:
-    return {
-        "prompt": [with_tools(ex) for ex in examples],
-        "chosen": [[{"role": ASSISTANT, "content": ex.chosen}] for ex in examples],
-        "rejected": [[{"role": ASSISTANT, "content": ex.rejected}] for ex in examples],
-    }
-
-
-def kto_columns(examples: list[Example]) -> dict[str, list]:
-    msgs = [with_tools(ex) for ex in examples]
-    return {
-        "prompt": [m[:-1] for m in msgs],
-        "completion": [m[-1:] for m in msgs],
-        "label": [bool(ex.label) for ex in examples],
-    }
-
-
-def prompt_columns(examples: list[Example]) -> dict[str, list]:
-    """RL: the conversation up to the last user turn; the model writes the answer itself."""
-    out = []
-    for ex in examples:
-        msgs = with_tools(ex)
-        last_user = max(i for i, m in enumerate(msgs) if m["role"] == "user")
-        out.append(msgs[: last_user + 1])
-    return {"prompt": out}
-
-
-def columns_for(stage: str, examples: list[Example]) -> dict[str, list]:
-    if stage in ("dpo", "orpo", "simpo", "rm"):
-        return preference_columns(examples)
-    if stage == "kto":
-        return kto_columns(examples)
-    if stage == "rl":
-        return prompt_columns(examples)
-    raise ValueError(stage)
-
-
-# --------------------------------------------------------------------------- streaming
-def stream_rows(sources: list, tokenizer_dir: str, chat_template: str, stage: str, opts: dict[str, Any]):
-    """The training stream: valid rows of each source, tokenised one by one (a top-level function with plain
-    arguments, so datasets can fingerprint and re-run it each epoch)."""
-    from transformers import AutoTokenizer
-
-    from ftune.runtime.formats import RowProblem, Source, iter_source
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    tokenizer.chat_template = chat_template
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    for path, formatting, kind, columns, tags in sources:
-        for item in iter_source(Source(Path(path), formatting, kind, columns, tags)):
-            if isinstance(item, RowProblem):
-                continue
-            cols, _ = (text_columns(tokenizer, [item], opts["max_length"]) if stage == "pt"
-                       else tokenize_examples(tokenizer, [item], **opts))
-            for ids, labels in zip(cols["input_ids"], cols["labels"]):
-                yield {"input_ids": ids, "labels": labels}
-
 
 # --------------------------------------------------------------------------- models named by a stage
-def resolve_model_ref(name: str, runs_root: Path, base: Path) -> Path | str:
-    """A model named in the run file: another run (its export), a local folder, or a hub id."""
-    run_export = runs_root / name / "export"
-    if (runs_root / name / "run.yaml").is_file():
-        if not run_export.is_dir():
-            from ftune.runtime.rundir import RunError
-
-            raise RunError(f"run '{name}' has no export yet: train it to the end first")
-        return run_export
-    local = Path(name).expanduser()
-    local = local if local.is_absolute() else base / local
-    return local if local.exists() else name
-
-
 def _frozen(path: Path | str, auto_class: str, dtype, trust_remote_code: bool, bits: int | None, **extra):
     """A frozen model of `auto_class` from a folder or hub id. An adapter export is merged into its base; a
     quantised one (bits: 4 or 8, bitsandbytes) keeps the adapter on top, since a 4/8-bit base cannot take a merge."""

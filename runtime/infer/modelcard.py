@@ -14,7 +14,6 @@ from ftune.runtime.events import read_all
 from ftune.runtime.rundir import RunDir
 from ftune.runtime.spec import RunSpec
 
-
 CARD_METRICS = ("step", "epoch", "train_loss", "eval_loss", "train_runtime", "num_input_tokens_seen")
 
 

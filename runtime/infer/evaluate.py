@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ftune.runtime.data import with_tools
-from ftune.runtime.formats import DataError, Source, load_source
+from ftune.runtime.data.formats import DataError, Source, load_source
+from ftune.runtime.data.tokenize import with_tools
+from ftune.runtime.files import write_atomic
 from ftune.runtime.rundir import RunDir, RunError
-from ftune.runtime.spec import RunSpec, load_spec, write_atomic
+from ftune.runtime.spec import RunSpec, load_spec
 
 
 @dataclass
@@ -41,16 +42,15 @@ class EvalResult:
 
 
 def test_file(spec: RunSpec, run: RunDir, override: str | None = None) -> Path:
-    from ftune.runtime.launch import project_dir
 
     name = override or spec.data.test
     if not name:
         raise RunError(f"run '{run.name}' has no test file: set data.test in {run.spec_path} or pass --test FILE")
     p = Path(name).expanduser()
-    p = p if p.is_absolute() or override else project_dir(run) / p
+    p = p if p.is_absolute() or override else run.project / p
     if not p.is_file():
         raise RunError(f"test file not found: {p}" + ("" if override else f" (data.test in {run.spec_path}; "
-                                                      f"relative paths are relative to {project_dir(run)})"))
+                                                      f"relative paths are relative to {run.project})"))
     return p
 
 
@@ -79,8 +79,8 @@ def load_rows(path: Path, formatting: str, on_invalid: str) -> tuple[list[Row], 
 
 def predict_and_score(model, tokenizer, rows: list[Row], max_new_tokens: int, batch_size: int,
                       on_batch: Callable[[int, int], None] | None = None) -> tuple[list[str], dict[str, Any]]:
-    from ftune.runtime import metrics
-    from ftune.runtime.generate import generate_batch
+    from ftune.runtime.infer import metrics
+    from ftune.runtime.infer.generate import generate_batch
 
     t0 = time.time()
     model.eval()
@@ -111,7 +111,7 @@ def evaluate_run(run: RunDir, checkpoint: int | None = None, test: str | None = 
     path = test_file(spec, run, test)
     rows, skipped = load_rows(path, spec.data.format, spec.data.on_invalid)
     if model is None:
-        from ftune.runtime.loading import load_run_model
+        from ftune.runtime.infer.loading import load_run_model
 
         say(f"Loading {run.name}" + (f" at checkpoint {checkpoint}" if checkpoint is not None else ""))
         rm = load_run_model(run, checkpoint)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 import os
 
+from ftune.runtime import tail as tail_mod
 from ftune.runtime.events import read_all
-from ftune.tui import tail as tail_mod
-from ftune.tui.history import LOG_KEEP, MAX_POINTS, History, Series
-from ftune.tui.tail import load
+from ftune.runtime.history import LOG_KEEP, MAX_POINTS, History, Series
+from ftune.runtime.tail import load
 from tests.tui.fakes import T0, Events, append_raw, line, new_run, scenario
 
 
@@ -84,14 +84,14 @@ def test_fast_load_of_a_long_history_parses_only_a_sample_and_agrees_with_a_full
     run = new_run(tmp_path)
     _write_long(run, 12_000, warnings=300)
     parsed = []
-    real_parse = tail_mod.Tail._parse
+    real_parse = tail_mod.Tail.parse
 
     def counting(self, lines):
         lines = list(lines)
         parsed.append(len(lines))
         return real_parse(self, lines)
 
-    monkeypatch.setattr(tail_mod.Tail, "_parse", counting)
+    monkeypatch.setattr(tail_mod.Tail, "parse", counting)
     fast, tail = load(run.events_path, samples=500, full_parse_bytes=100_000)
     assert sum(parsed) < 500 + LOG_KEEP + 200 + 10  # not 12,300: samples, the last steps, kept warnings, the rest
     full = History()

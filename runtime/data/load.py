@@ -1,0 +1,158 @@
+"""A run's data sets: the files (or dataset_info.json keys) the run file names, loaded, checked against the
+stage, mixed and split. Formats and row rules live in data/formats.py, tokenising in data/tokenize.py.
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ftune.runtime.data.formats import (
+    KINDS,
+    DataError,
+    Example,
+    Loaded,
+    RowProblem,
+    Source,
+    convert_messages,
+    load_source,
+    registry_sources,
+)
+from ftune.runtime.models import local_path
+
+STAGE_KIND = {stage: kind for kind, stages in KINDS.items() for stage in stages}
+
+
+def check_messages(row: Any) -> str | None:
+    """Why a row breaks the messages rules (SiliconFlow's), in plain words; None when it is valid."""
+    if not isinstance(row, dict):
+        return "each line must be a JSON object with a 'messages' array"
+    try:
+        convert_messages(row, Source(Path("-"), "messages", "chat"))
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+# --------------------------------------------------------------------------- loading a run's data
+def sources_for(names: list[str], base: Path, formatting: str = "auto", dataset_dir: str | None = None) -> list[Source]:
+    """Files named in the run file (relative to the project folder), or keys of a dataset_info.json."""
+    if dataset_dir:
+        return registry_sources(local_path(dataset_dir, base), names)
+    return [Source(local_path(n, base), None if formatting == "auto" else formatting,
+                   "text" if formatting == "text" else None) for n in names]
+
+
+def interleave(groups: list[list], probs: list[float] | None, seed: int, until: str) -> list:
+    """Sample rows from several data sets by probability: until='first' stops when one runs out,
+    'all' goes on (repeating the exhausted ones) until every one has been used up once."""
+    rng = random.Random(seed)
+    probs = probs or [1 / len(groups)] * len(groups)
+    pos, done, out = [0] * len(groups), set(), []
+    live = [i for i, g in enumerate(groups) if g and probs[i] > 0]
+    while live and len(done) < len(live):
+        i = rng.choices(live, weights=[probs[j] for j in live])[0]
+        out.append(groups[i][pos[i] % len(groups[i])])
+        pos[i] += 1
+        if pos[i] % len(groups[i]) == 0:
+            done.add(i)
+            if until == "first":
+                break
+    return out
+
+
+def load_data(sources: list[Source], stage: str, on_invalid: str, max_samples: int | None = None,
+              mix: str = "concat", probs: list[float] | None = None, seed: int = 0) -> Loaded:
+    """Every source loaded and checked; refuses data of the wrong kind for the stage and, with
+    on_invalid=error, any invalid row (listing the first ten and the count). Several sources are
+    concatenated or interleaved (mix)."""
+    want = STAGE_KIND.get(stage, "chat")
+    groups: list[list[Example]] = []
+    examples: list[Example] = []
+    problems: list[RowProblem] = []
+    total, formats, reasons = 0, [], []
+    for src in sources:
+        loaded = load_source(src)
+        if loaded.kind != "unknown" and loaded.kind != want:
+            fits = ", ".join(KINDS.get(loaded.kind, []))
+            raise DataError(f"{src.path} holds {loaded.kind} data ({loaded.reason}), which suits {fits}; "
+                            f"stage {stage} needs {want} data",
+                            hint="Choose the stage that fits the data, or other data for this stage.")
+        groups.append(loaded.examples)
+        problems += loaded.problems
+        total += loaded.total
+        formats.append(loaded.formatting)
+        reasons.append(loaded.reason)
+    if problems and on_invalid == "error":
+        shown = "\n".join(f"  {p}" for p in problems[:10])
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise DataError(f"{len(problems)} of {total} rows are invalid:\n{shown}{more}",
+                        hint="Fix the rows, or set data.on_invalid: skip to train on the valid rows only.")
+    if mix == "concat" or len(groups) == 1:
+        examples = [ex for g in groups for ex in g]
+    else:
+        examples = interleave(groups, probs, seed, "first" if mix == "interleave_under" else "all")
+    if not examples:
+        raise DataError(f"no valid rows in {', '.join(str(s.path) for s in sources)}",
+                        hint="The file is empty or every row is invalid.")
+    if max_samples:
+        examples = examples[:max_samples]
+    return Loaded(examples, total, problems, "+".join(dict.fromkeys(formats)), want, "; ".join(reasons))
+
+
+def split(rows: list, val_size: float, seed: int, shuffle: bool = True) -> tuple[list, list]:
+    """Shuffle with the run's seed (unless told not to) and hold out val_size of the rows."""
+    order = list(range(len(rows)))
+    if shuffle:
+        random.Random(seed).shuffle(order)
+    n_val = int(round(len(rows) * val_size))
+    if n_val < 1 or n_val >= len(rows):
+        return [rows[i] for i in order], []
+    return [rows[i] for i in order[n_val:]], [rows[i] for i in order[:n_val]]
+
+
+# --------------------------------------------------------------------------- checking a file
+@dataclass
+class FileSummary:
+    """What a look at a data file found; `ftune data check` and the wizard show it."""
+
+    path: str
+    format: str | None  # alpaca, sharegpt, messages, text; None when it could not be read or told
+    reason: str  # why this format was detected, in plain words
+    stages: list[str]  # training stages this data suits (e.g. ["sft"])
+    kind: str | None = None  # chat, preference, kto, text
+    total: int = 0
+    valid: int = 0
+    errors: list[str] = field(default_factory=list)  # the first few, "file:line: message"
+    fatal: str | None = None  # a syntax error or unreadable file: nothing else is known
+    turns: dict[int, int] = field(default_factory=dict)  # user/assistant pairs per conversation -> rows
+    roles: dict[str, int] = field(default_factory=dict)  # role -> messages
+
+    @property
+    def invalid(self) -> int:
+        return self.total - self.valid
+
+
+def summarize_file(path: str | Path, max_errors: int = 5, source: Source | None = None) -> FileSummary:
+    """Detect the format of a data file and validate every row, without tokenising (no torch)."""
+    src = source or Source(Path(path))
+    try:
+        loaded = load_source(src)
+    except DataError as e:
+        return FileSummary(str(src.path), None, "", [], fatal=str(e))
+    known = loaded.formatting != "unknown"
+    summary = FileSummary(str(src.path), loaded.formatting if known else None,
+                          loaded.reason or (str(loaded.problems[0]).split(": ", 1)[-1] if loaded.problems else ""),
+                          KINDS.get(loaded.kind, []), loaded.kind if known else None, loaded.total,
+                          len(loaded.examples), [str(p) for p in loaded.problems[:max_errors]])
+    for ex in loaded.examples:
+        if ex.text is not None:
+            continue
+        pairs = sum(1 for m in ex.messages if m["role"] == "assistant") + (1 if ex.chosen is not None else 0)
+        summary.turns[pairs] = summary.turns.get(pairs, 0) + 1
+        for m in ex.messages:
+            summary.roles[m["role"]] = summary.roles.get(m["role"], 0) + 1
+    return summary

@@ -1,0 +1,160 @@
+"""A run's data made ready for its trainer: loaded, checked, split and tokenised, or streamed.
+
+The tokenised result is cached in the run directory (runs/<name>/tokenized/<key>), keyed by everything that
+changes it, so a resume or a second run with the same data starts at once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ftune.runtime.data import columns
+from ftune.runtime.data.formats import DataError
+from ftune.runtime.data.load import load_data, sources_for, split
+from ftune.runtime.data.tokenize import tokenize_examples
+from ftune.runtime.events import EventWriter
+from ftune.runtime.files import publish_dir
+from ftune.runtime.rundir import RunDir
+from ftune.runtime.spec import RunSpec
+
+
+@dataclass
+class PreparedData:
+    """What the trainer gets, and the counts the `started` event reports."""
+
+    train: Any  # a datasets.Dataset (an IterableDataset when streaming)
+    eval: Any  # a datasets.Dataset, or None
+    total_rows: int
+    skipped_rows: int  # invalid rows skipped plus rows that truncation or the trainer dropped
+    num_train_rows: int
+    num_eval_rows: int
+    format: str
+    cached: bool = False
+
+    def counts(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k not in ("train", "eval", "cached")}
+
+
+def cache_key(spec: RunSpec, tokenizer, sources: list, base: Path) -> str:
+    """Everything that changes the tokenised data: files (size, mtime), tokenizer, template, options."""
+    import hashlib
+
+    d = spec.data
+    paths = [s.path for s in sources] + ([s.path for s in sources_for([d.validation], base)] if d.validation else [])
+    files = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+    payload = {
+        "v": 1, "files": files, "data": d.model_dump(mode="json", exclude={"cache", "num_proc", "test"}),
+        "stage": spec.stage.type, "seed": spec.training.seed, "model": spec.model.name_or_path,
+        "revision": spec.model.revision, "template": tokenizer.chat_template, "vocab": len(tokenizer),
+        "eos": tokenizer.eos_token,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def prepare_data(spec: RunSpec, tokenizer, base: Path, events: EventWriter, run: RunDir,
+                 lead: bool = True) -> PreparedData:
+    """Load, check, split and tokenise; reuse the run's cache of it when nothing changed.
+    Every rank tokenises for itself; only the lead writes the cache."""
+    import datasets
+
+    d = spec.data
+    sources = sources_for(d.train, base, d.format, d.dataset_dir)
+    if d.streaming:
+        return stream_data(spec, tokenizer, sources, base, events)
+    cache = run.path / "tokenized" / cache_key(spec, tokenizer, sources, base) if d.cache else None
+    if cache is not None and (cache / "meta.json").is_file():
+        meta = json.loads((cache / "meta.json").read_text())
+        return PreparedData(train=datasets.load_from_disk(str(cache / "train")),
+                            eval=datasets.load_from_disk(str(cache / "eval")) if (cache / "eval").is_dir() else None,
+                            cached=True, **meta)
+    loaded = load_data(sources, spec.stage.type, d.on_invalid, d.max_samples, d.mix_strategy, d.interleave_probs,
+                       spec.training.seed)
+    if loaded.problems:  # on_invalid: skip; say so, never silently
+        events.emit("warning", message=f"skipped {loaded.invalid} invalid rows of {loaded.total}",
+                    hint=f"First: {loaded.problems[0]}")
+    if d.validation:
+        train_rows = split(loaded.examples, 0.0, spec.training.seed, d.shuffle)[0]
+        eval_rows = load_data(sources_for([d.validation], base, d.format), spec.stage.type, d.on_invalid).examples
+    else:
+        train_rows, eval_rows = split(loaded.examples, d.val_size, spec.training.seed, d.shuffle)
+    stage = spec.stage.type
+    if stage == "sft":
+        opts = dict(max_length=d.max_length, train_on_prompt=d.train_on_prompt, mask_history=d.mask_history,
+                    combine=d.combine, max_input_length=d.max_input_length, max_output_length=d.max_output_length,
+                    num_proc=d.num_proc)
+        train_cols, truncated = tokenize_examples(tokenizer, train_rows, **opts)
+        eval_cols, _ = tokenize_examples(tokenizer, eval_rows, **opts)
+    elif stage == "pt":
+        train_cols, truncated = columns.text_columns(tokenizer, train_rows, d.max_length)
+        eval_cols, _ = columns.text_columns(tokenizer, eval_rows, d.max_length)
+    else:  # preference, KTO and RL rows: the TRL trainer tokenises them with the run's template
+        train_cols, truncated = columns.columns_for(stage, train_rows), 0
+        eval_cols = columns.columns_for(stage, eval_rows)
+    first = next(iter(train_cols))
+    if truncated:
+        events.emit("warning", message=f"{truncated} examples had no answer left after truncation to "
+                                       f"{d.max_length} tokens and were dropped",
+                    hint="Raise data.max_length.")
+    if not train_cols[first]:
+        raise DataError("no training rows left after tokenisation", hint="Raise data.max_length.")
+    out = PreparedData(train=datasets.Dataset.from_dict(train_cols),
+                       eval=datasets.Dataset.from_dict(eval_cols) if eval_cols[first] else None,
+                       total_rows=loaded.total, skipped_rows=loaded.invalid + truncated,
+                       num_train_rows=len(train_cols[first]), num_eval_rows=len(eval_cols[first]),
+                       format=loaded.formatting)
+    if cache is not None and lead:
+        import shutil
+
+        for old in cache.parent.glob("*") if cache.parent.is_dir() else ():  # one cache per run: the newest
+            if old.name != cache.name:
+                shutil.rmtree(old, ignore_errors=True)
+        with publish_dir(cache) as tmp:
+            out.train.save_to_disk(str(tmp / "train"))
+            if out.eval is not None:
+                out.eval.save_to_disk(str(tmp / "eval"))
+            (tmp / "meta.json").write_text(json.dumps(out.counts()))
+    return out
+
+
+def stream_data(spec: RunSpec, tokenizer, sources: list, base: Path, events: EventWriter) -> PreparedData:
+    """Data larger than memory: one checking pass (counts, on_invalid), then an iterable data set that reads,
+    shuffles in a buffer and tokenises as training goes. Evaluation uses data.validation only."""
+    import datasets
+
+    from ftune.runtime.data.formats import RowProblem, iter_source
+
+    d, stage = spec.data, spec.stage.type
+    total, problems = 0, []
+    for src in sources:  # the checking pass keeps nothing but the problems
+        for item in iter_source(src):
+            total += 1
+            if isinstance(item, RowProblem):
+                problems.append(item)
+    if problems and d.on_invalid == "error":
+        shown = "\n".join(f"  {p}" for p in problems[:10])
+        raise DataError(f"{len(problems)} of {total} rows are invalid:\n{shown}",
+                        hint="Fix the rows, or set data.on_invalid: skip to train on the valid rows only.")
+    if problems:
+        events.emit("warning", message=f"skipping {len(problems)} invalid rows of {total}", hint=f"First: {problems[0]}")
+
+    opts = {"max_length": d.max_length, "train_on_prompt": d.train_on_prompt, "mask_history": d.mask_history,
+            "combine": d.combine, "max_input_length": d.max_input_length, "max_output_length": d.max_output_length}
+    kwargs = {"sources": [(str(s.path), s.formatting, s.kind, s.columns, s.tags) for s in sources],
+              "tokenizer_dir": tokenizer.name_or_path, "chat_template": tokenizer.chat_template, "stage": stage,
+              "opts": opts}
+    # an importable function with plain arguments: datasets fingerprints both (the worker runs as __main__)
+    train = datasets.IterableDataset.from_generator(columns.stream_rows, gen_kwargs=kwargs)
+    if d.shuffle:
+        train = train.shuffle(seed=spec.training.seed, buffer_size=d.buffer_size)
+    eval_ds = None
+    if d.validation:
+        v = load_data(sources_for([d.validation], base, d.format), stage, d.on_invalid).examples
+        cols, _ = (columns.text_columns(tokenizer, v, d.max_length) if stage == "pt" else
+                   tokenize_examples(tokenizer, v, d.max_length, d.train_on_prompt, d.mask_history, d.combine))
+        eval_ds = datasets.Dataset.from_dict(cols)
+    return PreparedData(train=train, eval=eval_ds, total_rows=total, skipped_rows=len(problems),
+                        num_train_rows=total - len(problems), num_eval_rows=len(eval_ds) if eval_ds else 0,
+                        format="+".join(s.formatting or "auto" for s in sources))

@@ -1,0 +1,110 @@
+"""Where a run's base model comes from and how it is opened: one rule for the wizard, the launcher, the worker
+and every command that loads a trained run.
+
+Light at import time (no torch): the loaders import transformers when called.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+# A hub id: owner/name, or a legacy name without an owner (gpt2, bert-base-uncased).
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def looks_local(name: str) -> bool:
+    """A name that can only be a path: it starts with '.', '/' or '~', or has more than one '/'.
+    'gpt2' and 'Qwen/Qwen2.5-0.5B' are hub ids (unless a folder of that name exists: see `model_source`)."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
+def is_hub_id(name: str) -> bool:
+    """A name a hub could serve: not path-like, and shaped like owner/name (or a legacy bare name)."""
+    return not looks_local(name) and HUB_ID.match(name) is not None
+
+
+def local_path(name: str, base: Path) -> Path:
+    """`name` as a path: absolute, or relative to `base` (the project folder, the one that holds runs/)."""
+    p = Path(name).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def model_source(name: str, base: Path) -> str:
+    """What from_pretrained gets: the local folder when one exists, else the name as a hub id."""
+    p = local_path(name, base)
+    return str(p) if p.exists() else name
+
+
+def prepare_tokenizer(tokenizer, template: str) -> bool:
+    """Give the tokenizer the run's chat template and a pad token. Returns True when it had no template of its
+    own and ChatML was used (the caller says so where that is news)."""
+    from ftune.runtime import templates
+
+    fell_back = False
+    if template != "auto":  # saved with the export, so chat and serve render the same way
+        tokenizer.chat_template = templates.get(template)
+    elif not tokenizer.chat_template:
+        tokenizer.chat_template = templates.CHATML_TEMPLATE
+        fell_back = True
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return fell_back
+
+
+def load_tokenizer(spec, source: str, on_fallback: Callable[[], None] | None = None):
+    """The base model's tokenizer, prepared with the run's template (see `prepare_tokenizer`)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(source, revision=spec.model.revision,
+                                        trust_remote_code=spec.model.trust_remote_code)
+    if prepare_tokenizer(tok, spec.model.template) and on_fallback:
+        on_fallback()
+    return tok
+
+
+def model_class(stage: str):
+    """A reward model (stage rm) has one score per sequence; every other stage generates."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification if stage == "rm" else AutoModelForCausalLM
+
+
+def rope_scaled_config(spec, source: str):
+    """The model's config with RoPE interpolation (transformers 5 keeps it in rope_parameters)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(source, revision=spec.model.revision,
+                                        trust_remote_code=spec.model.trust_remote_code)
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    params.update(rope_type=spec.model.rope_scaling, factor=spec.model.rope_factor)
+    if spec.model.rope_scaling == "yarn":
+        params.setdefault("original_max_position_embeddings", config.max_position_embeddings)
+    config.rope_parameters = params
+    return config
+
+
+def load_base(spec, source: str, **kwargs: Any):
+    """The base model as the run file describes it: its class (a score head for rm), RoPE scaling, revision and
+    remote-code setting. kwargs go to from_pretrained (dtype, quantization_config, device_map, ...)."""
+    if spec.model.rope_scaling:
+        kwargs["config"] = rope_scaled_config(spec, source)
+    if spec.stage.type == "rm":
+        kwargs.setdefault("num_labels", 1)
+    return model_class(spec.stage.type).from_pretrained(source, revision=spec.model.revision,
+                                                        trust_remote_code=spec.model.trust_remote_code, **kwargs)
+
+
+def resolve_model_ref(name: str, runs_root: Path, base: Path) -> Path | str:
+    """A model the run file names besides its base (a reference, a reward model, an adapter): another run
+    (its export), a local folder, or a hub id."""
+    from ftune.runtime.rundir import RunError
+
+    if (runs_root / name / "run.yaml").is_file():
+        run_export = runs_root / name / "export"
+        if not run_export.is_dir():
+            raise RunError(f"run '{name}' has no export yet: train it to the end first")
+        return run_export
+    local = local_path(name, base)
+    return local if local.exists() else name

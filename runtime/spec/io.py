@@ -1,0 +1,96 @@
+"""Reading a run file into a RunSpec (every mistake at once, with its line) and writing one back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ftune.runtime.files import write_atomic
+from ftune.runtime.spec import shorthand
+from ftune.runtime.spec.overrides import apply_overrides, deep_merge, preset_override
+from ftune.runtime.spec.problems import Problem, SpecError, later_problems, line_of, pydantic_problems
+from ftune.runtime.spec.schema import RunSpec, section_class
+
+
+def build_spec(raw: Any, overrides: list[str] | None = None, source: str | None = None, yaml_root=None) -> RunSpec:
+    """Built-in defaults < preset < raw run file < overrides, validated; every problem at once."""
+    from ftune.presets import load_preset
+
+    if not isinstance(raw, dict):
+        raise SpecError([Problem("", "the run file must be a mapping of sections (name:, model:, data: ...)")], source)
+    merged = shorthand.expand(raw)
+    preset_name = (overrides and preset_override(overrides)) or merged.get("preset")
+    if isinstance(preset_name, str):
+        try:
+            merged = deep_merge(shorthand.expand(load_preset(preset_name)), merged)
+        except KeyError as e:
+            raise SpecError([Problem("preset", str(e.args[0]))], source) from None
+    if overrides:
+        merged = apply_overrides(merged, overrides)
+    problems = later_problems(merged)
+    try:
+        spec = RunSpec.model_validate(merged)
+    except ValidationError as err:
+        problems += pydantic_problems(err)
+        spec = None
+    if problems:
+        for p in problems:
+            p.line = line_of(yaml_root, p.path)
+        problems.sort(key=lambda p: p.line or 0)
+        raise SpecError(problems, source)
+    return spec
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> RunSpec:
+    """Read and validate a run file. Raises SpecError (with lines) or FileNotFoundError."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        raise SpecError([Problem("", f"not valid YAML: {getattr(e, 'problem', e)}", line)], str(path)) from None
+    return build_spec(raw or {}, overrides, source=str(path), yaml_root=root)
+
+
+def spec_to_dict(spec: RunSpec) -> dict[str, Any]:
+    """The spec as plain data for run.yaml: unset optional values left out."""
+
+    def prune(cls: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for key, value in data.items():
+            info = cls.model_fields[key]
+            sub = section_class(info.annotation)
+            if sub is not None and isinstance(value, dict):
+                value = prune(sub, value)
+                if not value:
+                    continue
+            elif value is None:
+                continue
+            elif isinstance(value, float) and value.is_integer() and abs(value) < 1e6:
+                value = int(value)  # `alpha: 16`, not `alpha: 16.0`
+            out[key] = value
+        return out
+
+    data = prune(RunSpec, spec.model_dump(mode="json"))
+    method = data.get("method", {})
+    for kind in ("lora", "freeze"):  # settings of the methods not chosen are noise in the file
+        if method.get("type") != kind:
+            method.pop(kind, None)
+    if not method.get("quantization", {}).get("bits"):
+        method.pop("quantization", None)
+    return shorthand.collapse(data)
+
+
+def spec_to_yaml(spec: RunSpec) -> str:
+    header = f"# ftune run file. Edit freely; `ftune train {spec.name}` validates it. Fields: docs/run-file.md\n"
+    return header + yaml.safe_dump(spec_to_dict(spec), sort_keys=False, allow_unicode=True, width=100)
+
+
+def save_spec(spec: RunSpec, path: str | Path) -> None:
+    write_atomic(path, spec_to_yaml(spec))

@@ -1,0 +1,4 @@
+"""The training worker: the process (worker.py), its recipe (recipe.py: setup, then train), the model it trains
+(model.py), optimisers (optim.py), TrainingArguments (args.py), the stages' trainers (stages.py, sft.py), the
+events callback (callbacks.py), failures as sentences (hints.py) and what follows training (after.py).
+Run as `python -m ftune.runtime.train RUN_DIR`."""

@@ -1,0 +1,211 @@
+"""The worker's recipe, read top to bottom:
+
+    setup:  spec -> tokenizer -> data -> model -> stage models -> trainer     (every object, built once)
+    train:  trainer.train() -> stopped, or export -> after-training -> finished
+
+`setup(spec, run, ...)` returns a Recipe holding every object the run trains with, so tests look at exactly
+what the worker builds. `train(recipe)` runs it. Every process runs both; only the lead (global rank 0)
+writes status and the export.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ftune.runtime import models
+from ftune.runtime.data.formats import DataError
+from ftune.runtime.data.prepare import PreparedData, prepare_data
+from ftune.runtime.events import EventWriter
+from ftune.runtime.files import publish_dir
+from ftune.runtime.rundir import RunDir, RunError
+from ftune.runtime.spec import RunSpec
+from ftune.runtime.train import stages
+from ftune.runtime.train.args import common_args
+from ftune.runtime.train.callbacks import EventsCallback, Stopper
+from ftune.runtime.train.model import Kernels, Precision, kernels, load_model, precision_plan
+from ftune.runtime.train.optim import adapt_to_badam, custom_optimizer
+
+
+@dataclass
+class Recipe:
+    """Everything one run trains with, built by `setup`."""
+
+    spec: RunSpec
+    run: RunDir
+    events: EventWriter
+    stopper: Stopper
+    lead: bool
+    base: Path  # the project folder: relative paths in the run file start here
+    resume_from: tuple[int, Path] | None  # (step, checkpoint folder)
+    tokenizer: Any
+    data: PreparedData
+    precision: Precision
+    kernels: Kernels
+    model: Any
+    callback: EventsCallback
+    trainer: Any
+
+
+# --------------------------------------------------------------------------- steps of setup
+def checkpoint_to_resume(spec: RunSpec, run: RunDir, resume: bool) -> tuple[int, Path] | None:
+    """The newest complete checkpoint when resuming (asked, or training.auto_resume), else None."""
+    if not (resume or spec.training.auto_resume):
+        return None
+    latest = run.latest_checkpoint()
+    if latest is None and resume:
+        raise RunError(f"run '{run.name}' has no complete checkpoint to resume from")
+    return latest
+
+
+def load_stage_models(spec: RunSpec, run: RunDir, base: Path, plan: Precision):
+    """The reference model (dpo/kto, when named) and the reward model (rl): other runs or paths."""
+    s = spec.stage
+    ref = reward = None
+    if s.ref_model and s.type in ("dpo", "kto"):
+        ref = stages.load_reference(models.resolve_model_ref(s.ref_model, run.root, base), plan.dtype,
+                                    spec.model.trust_remote_code, s.ref_model_quantization_bits)
+    if s.type == "rl":
+        reward = stages.load_reward_model(models.resolve_model_ref(s.reward_model, run.root, base), plan.dtype,
+                                          spec.model.trust_remote_code, s.reward_model_quantization_bits)
+    return ref, reward
+
+
+def count_params(model) -> tuple[int, int]:
+    """(trainable, total) parameters, as the started event reports them."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def build_trainer(spec: RunSpec, model, tokenizer, data: PreparedData, run: RunDir, plan: Precision, kern: Kernels,
+                  callback, ref_model=None, reward_model=None):
+    """The TRL trainer for the stage: SFTTrainer (with the model's own loss) for sft and pt, stages.py for the rest."""
+    common = common_args(spec, run, plan, kern, data.num_train_rows, data.eval is not None)
+    optimizer = custom_optimizer(spec, model, common)
+    if spec.stage.type not in ("sft", "pt"):
+        return stages.build_trainer(spec.stage.type, spec, model, tokenizer, data.train, data.eval, common,
+                                    callback, ref_model, reward_model, optimizer)
+    from trl import SFTConfig
+
+    from ftune.runtime.train.sft import PlainLossSFTTrainer
+
+    config = SFTConfig(
+        **common,
+        max_length=spec.data.max_length,
+        packing=spec.data.packing,  # best-fit decreasing: whole examples, attention kept within each
+        packing_strategy="bfd",
+    )
+    return PlainLossSFTTrainer(
+        model=model, args=config, train_dataset=data.train, eval_dataset=data.eval,
+        processing_class=tokenizer, callbacks=[callback], optimizers=(optimizer, None),
+        compute_accuracy=spec.training.compute_accuracy,
+    )
+
+
+def check_trainer_rows(spec: RunSpec, trainer, data: PreparedData, events: EventWriter) -> None:
+    """TRL's preference trainers drop rows longer than max_length on their own: count them, never silently."""
+    if spec.stage.type in ("sft", "pt") or not hasattr(trainer.train_dataset, "__len__"):
+        return
+    kept = len(trainer.train_dataset)
+    dropped = data.num_train_rows - kept
+    if kept == 0:
+        raise DataError(f"all {data.num_train_rows} training rows are longer than data.max_length "
+                        f"({spec.data.max_length} tokens) and were dropped", hint="Raise data.max_length.")
+    if dropped > 0:
+        events.emit("warning", message=f"{dropped} of {data.num_train_rows} rows are longer than "
+                                       f"data.max_length ({spec.data.max_length}) and were dropped",
+                    hint="Raise data.max_length to keep them.")
+        data.num_train_rows, data.skipped_rows = kept, data.skipped_rows + dropped
+
+
+def setup(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, resume: bool = False,
+          lead: bool = True) -> Recipe:
+    """Build every object the run trains with, in the order the worker needs them."""
+    from transformers import set_seed
+
+    base = run.project
+    resume_from = checkpoint_to_resume(spec, run, resume)
+    set_seed(spec.training.seed)
+    source = models.model_source(spec.model.name_or_path, base)
+    tokenizer = models.load_tokenizer(spec, source, on_fallback=lambda: events.emit(
+        "warning", message="the tokenizer has no chat template; using ChatML",
+        hint="Fine for a base model. For an instruct model, name its template in model.template."))
+    data = prepare_data(spec, tokenizer, base, events, run, lead)
+    plan = precision_plan(spec.training.precision, spec.method.type)
+    kern = kernels(spec, plan)
+    model = load_model(spec, source, plan, kern, tokenizer, run, base)
+    ref_model, reward_model = load_stage_models(spec, run, base, plan)
+    trainable, total = count_params(model)
+    callback = EventsCallback(events, run, {
+        "run": spec.name, "stage": spec.stage.type, "method": spec.method_label, "model": spec.model.name_or_path,
+        **data.counts(), "data_cached": data.cached,
+        "trainable_params": trainable, "total_params": total, "precision": plan.name,
+        "attn_implementation": model.config._attn_implementation, "liger": kern.liger,
+        "resumed_from": resume_from[0] if resume_from else None,
+    }, stopper)
+    trainer = build_trainer(spec, model, tokenizer, data, run, plan, kern, callback, ref_model, reward_model)
+    if spec.method.badam is not None:
+        adapt_to_badam(trainer)
+    check_trainer_rows(spec, trainer, data, events)
+    a = trainer.args
+    callback.started_fields.update(trainer=type(trainer).__name__,  # what runs, e.g. RLOOTrainer for stage rl
+                                   num_train_rows=data.num_train_rows, skipped_rows=data.skipped_rows,
+                                   world_size=a.world_size,
+                                   global_batch=a.world_size * a.per_device_train_batch_size
+                                   * a.gradient_accumulation_steps)
+    return Recipe(spec, run, events, stopper, lead, base, resume_from, tokenizer, data, plan, kern, model,
+                  callback, trainer)
+
+
+# --------------------------------------------------------------------------- training and what follows
+def export(spec: RunSpec, trainer, tokenizer, run: RunDir) -> dict[str, Any]:
+    """Write the final model to export/ (built aside and swapped in, so a half export never looks done)."""
+    import shutil
+
+    model = trainer.model
+    fmt = "full" if spec.method.type == "full" else spec.output.save_format
+    with publish_dir(run.export_dir()) as tmp:
+        if fmt == "merged_16bit":  # the writers `ftune export` uses, so both give the same model
+            from ftune.runtime.infer.export import write_merged
+
+            write_merged(model, tmp, tokenizer, adapter=True)
+        elif fmt == "merged_4bit":  # merged in 16 bits, then quantised by bitsandbytes
+            from ftune.runtime.infer.export import quantize_4bit, write_merged
+
+            staging = tmp.with_name(tmp.name + ".16bit")
+            write_merged(model, staging, tokenizer, adapter=True)
+            try:
+                quantize_4bit(staging, tmp, spec)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        else:
+            model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return {"export": str(run.export_dir()), "format": fmt}
+
+
+def train(r: Recipe) -> None:
+    """Train; then end the stream with `stopped`, or export and end it with `finished`."""
+    spec, run, events = r.spec, r.run, r.events
+    status = run.update_status if r.lead else (lambda **fields: None)
+    result = r.trainer.train(resume_from_checkpoint=str(r.resume_from[1]) if r.resume_from else None)
+    metrics = {**r.callback.metrics, **(result.metrics or {})}
+    metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    step = r.trainer.state.global_step
+    if r.stopper.requested:
+        ckpt = run.checkpoints_dir() / f"checkpoint-{step}"
+        events.emit("stopped", step=step, metrics=metrics, artifacts={"checkpoint": str(ckpt)})
+        status(state="stopped", step=step, ended_at=time.time())
+        return
+    if not r.lead:  # the export is written once
+        return
+    artifacts = export(spec, r.trainer, r.tokenizer, run)
+    artifacts["checkpoints"] = [str(p) for _, p in run.checkpoints()]
+    from ftune.runtime.train.after import after_training  # predictions on data.test, model card, loss plot
+
+    artifacts.update(after_training(spec, run, events, r.trainer.model, r.tokenizer, metrics, artifacts))
+    events.emit("finished", step=step, metrics=metrics, artifacts=artifacts)
+    status(state="finished", step=step, ended_at=time.time(), export=artifacts["export"])

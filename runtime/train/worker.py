@@ -1,0 +1,74 @@
+"""The training worker process: `python -m ftune.runtime.train RUN_DIR [--resume] [--lock-fd N]`.
+
+It holds the run's lock, samples the system, runs the recipe (train/recipe.py) and makes sure every outcome
+ends the event stream with `finished`, `stopped` or `error`. Tracebacks go to train.log (stderr) only; the
+error event carries a message and a hint for the user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from ftune.runtime.events import EventWriter
+from ftune.runtime.rundir import RunDir, RunError
+from ftune.runtime.spec import RunSpec, load_spec
+from ftune.runtime.sysmon import Sampler
+from ftune.runtime.train import hints, recipe
+from ftune.runtime.train.callbacks import Stopper, StopRequested
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ftune-worker")
+    parser.add_argument("run_dir")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--lock-fd", type=int, default=None, help="inherited fd holding the run's lock")
+    args = parser.parse_args(argv)
+
+    path = Path(args.run_dir).resolve()
+    run = RunDir(path.parent, path.name)
+    if args.lock_fd is None:  # started by hand: take the lock ourselves
+        try:
+            args.lock_fd = run.acquire_lock()
+        except RunError as e:
+            print(f"ftune: {e}", file=sys.stderr)
+            return 2
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    lead = rank == 0
+    stopper = Stopper(world).install()
+    events = EventWriter.for_rank(run.events_path, rank)
+    if lead:  # the pid `ftune stop` signals: rank 0, which agrees the stopping step with the others
+        run.update_status(state="starting", pid=os.getpid(), host=os.uname().nodename, world_size=world)
+    spec: RunSpec | None = None
+    try:
+        spec = load_spec(run.spec_path)
+        sampler = Sampler(lambda s: events.emit("system", **s), spec.training.system_interval_s)
+        if lead:
+            sampler.start()
+        try:
+            recipe.train(recipe.setup(spec, run, events, stopper, args.resume, lead))
+        finally:
+            sampler.stop()
+        return 0
+    except StopRequested:
+        step = (run.latest_checkpoint() or (0, None))[0]
+        events.emit("stopped", step=step, metrics={}, artifacts={}, message="stopped before training began")
+        run.update_status(state="stopped", ended_at=time.time())
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - every failure must end the stream with an error event
+        traceback.print_exc()
+        message, hint = hints.explain(exc, spec)
+        if not lead:  # any rank's failure ends the run with an error event naming it
+            events = EventWriter(run.events_path)
+            message = f"rank {rank}: {message}"
+        events.emit("error", message=message, hint=hint, kind=type(exc).__name__, rank=rank)
+        run.update_status(state="failed", ended_at=time.time(), error=message)
+        return 1
+    finally:
+        sys.stderr.flush()
+        events.close()
+

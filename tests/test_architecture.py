@@ -1,0 +1,158 @@
+"""The house rules of docs/architecture.md, read from the code as text (nothing is imported):
+
+- no import circles between the project's modules, counting the lazy imports inside functions;
+- no private name (`_x`) imported from another module;
+- each module imports only from its own layer or the layers below it;
+- runtime/ never imports wizard/, tui/, Textual or questionary; wizard/ and tui/ never import torch or the HF
+  stack at module level (tests/ftune/test_imports.py checks the same at run time).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+ROOTS = {"ftune": "ftune", "ftune.runtime": "runtime", "ftune.wizard": "wizard", "ftune.tui": "tui",
+         "ftune.presets": "presets"}
+
+# Bottom to top: a module may import its own layer and those below it, never one above.
+LAYERS = [
+    ("base", ["ftune", "ftune.presets", "ftune.runtime", "ftune.runtime.errors", "ftune.runtime.files",
+              "ftune.runtime.templates"]),
+    ("spec", ["ftune.runtime.spec"]),
+    ("core", ["ftune.runtime.models", "ftune.runtime.events", "ftune.runtime.rundir", "ftune.runtime.runs",
+              "ftune.runtime.sysmon", "ftune.runtime.catalog", "ftune.runtime.memory", "ftune.runtime.history",
+              "ftune.runtime.tail", "ftune.runtime.tinymodel", "ftune.runtime.demo"]),
+    ("data", ["ftune.runtime.data"]),
+    ("launch", ["ftune.runtime.launch", "ftune.runtime.distributed"]),
+    ("infer", ["ftune.runtime.infer"]),
+    ("train", ["ftune.runtime.train"]),
+    ("faces", ["ftune.wizard", "ftune.tui"]),
+    ("cli", ["ftune.cli", "ftune.__main__"]),
+]
+HEAVY = ("torch", "transformers", "trl", "datasets", "peft", "accelerate")
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for pkg, folder in ROOTS.items():
+        for p in (REPO / folder).rglob("*.py"):
+            parts = [x for x in p.relative_to(REPO / folder).with_suffix("").parts if x != "__init__"]
+            found[".".join([pkg, *parts])] = p
+    return found
+
+
+MODULES = modules()
+TREES = {name: ast.parse(p.read_text(encoding="utf-8")) for name, p in MODULES.items()}
+
+
+def resolve(name: str, node: ast.ImportFrom) -> str | None:
+    """The module an ImportFrom reads (relative imports resolved)."""
+    if node.level:
+        base = name.split(".")[: -node.level + (1 if MODULES[name].name == "__init__.py" else 0) or None]
+        return ".".join([*base, *([node.module] if node.module else [])])
+    return node.module
+
+
+def imports(name: str):
+    """(imported module, names taken from it, at module level?) for every import statement in a module."""
+    tree = TREES[name]
+    top = {id(n) for n in tree.body} | {id(n) for s in tree.body if isinstance(s, ast.If) for n in s.body}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            mod = resolve(name, node)
+            if mod:
+                yield mod, [a.name for a in node.names], id(node) in top
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name, [], id(node) in top
+
+
+def project_edges() -> dict[str, set[str]]:
+    edges: dict[str, set[str]] = {}
+    for name in MODULES:
+        for mod, names, _ in imports(name):
+            targets = [f"{mod}.{n}" if f"{mod}.{n}" in MODULES else mod for n in names] or [mod]
+            for t in targets:
+                if t in MODULES and t != name:
+                    edges.setdefault(name, set()).add(t)
+    return edges
+
+
+def layer_of(module: str) -> int:
+    best, index = -1, None
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
+                best, index = len(prefix), i
+    assert index is not None, f"{module} is in no layer: add it to LAYERS here and to docs/architecture.md"
+    return index
+
+
+def test_every_module_is_in_a_layer():
+    for name in MODULES:
+        layer_of(name)
+
+
+def test_no_import_circles():
+    edges = project_edges()
+    index, low, stack, on, circles, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):  # Tarjan's strongly connected components
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                circles.append(" <-> ".join(sorted(group)))
+
+    for v in MODULES:
+        if v not in index:
+            visit(v)
+    assert circles == []
+
+
+def test_no_private_names_cross_modules():
+    crossing = [f"{name} takes {n} from {mod}" for name in MODULES for mod, names, _ in imports(name)
+                if mod.startswith("ftune") and mod != name for n in names
+                if n.startswith("_") and not n.endswith("__") and f"{mod}.{n}" not in MODULES]
+    assert crossing == []
+
+
+def test_layers_import_only_downwards():
+    upward = []
+    for name, targets in project_edges().items():
+        for t in targets:
+            if layer_of(t) > layer_of(name):
+                upward.append(f"{name} ({LAYERS[layer_of(name)][0]}) imports {t} ({LAYERS[layer_of(t)][0]})")
+    assert upward == []
+
+
+@pytest.mark.parametrize("face", ["ftune.wizard", "ftune.tui"])
+def test_faces_never_import_torch_at_module_level(face):
+    heavy = [f"{name}: {mod}" for name in MODULES if name.startswith(face) for mod, _, top in imports(name)
+             if top and mod.split(".")[0] in HEAVY]
+    assert heavy == []
+
+
+def test_the_runtime_never_imports_the_faces():
+    faces = [f"{name}: {mod}" for name in MODULES if name.startswith("ftune.runtime") for mod, _, _ in imports(name)
+             if mod.startswith(("ftune.wizard", "ftune.tui")) or mod.split(".")[0] in ("textual", "questionary")]
+    assert faces == []
