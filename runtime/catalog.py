@@ -182,11 +182,13 @@ def count_params_b(folder: Path) -> float | None:
 
 
 def local_problem(path: Path) -> str | None:
-    """Why `path` is not a model folder, or None."""
+    """Why `path` is not a model folder (or a .gguf model file), or None."""
     if not path.exists():
         return f"{path} does not exist"
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return None  # its own checks (runtime/gguf.py) run when it is converted
     if not path.is_dir():
-        return f"{path} is a file: give the model's folder (the one with config.json)"
+        return f"{path} is a file: give the model's folder (the one with config.json) or a .gguf file"
     if not (path / "config.json").is_file():
         return f"{path} has no config.json: a model folder holds config.json and the weights"
     return None
@@ -268,6 +270,12 @@ def resolve(name_or_path: str, base: Path | None = None) -> ModelInfo:
     without network. Relative folders are looked up under `base` (the project folder)."""
     name = name_or_path.strip()
     local = local_path(name, base) if base is not None else Path(name).expanduser()
+    if local.suffix.lower() == ".gguf" and local.is_file():  # the converted folder, with what the file said
+        from ftune.runtime import gguf
+
+        info = inspect_local(gguf.ensure(local), name)
+        info.notes.append(gguf.inspect(local).describe())
+        return info
     if local.is_dir() or looks_local(name):
         return inspect_local(local, name)
     entry = find_model(name)

@@ -1,4 +1,5 @@
-"""Writing so that a reader, a crash or a second run never sees half of it: files and whole folders."""
+"""Where ftune keeps files of its own (the user cache), and writing so that a reader, a crash or a second run
+never sees half of it: files and whole folders."""
 
 from __future__ import annotations
 
@@ -8,6 +9,13 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+
+def cache_root() -> Path:
+    """The user cache: $FTUNE_CACHE, else $XDG_CACHE_HOME/ftune, else ~/.cache/ftune (demo models, converted GGUF
+    files)."""
+    base = os.environ.get("FTUNE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ftune"
+    return Path(base)
 
 
 def write_atomic(path: str | Path, text: str) -> None:

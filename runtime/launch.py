@@ -14,6 +14,7 @@ import subprocess
 import time
 
 from ftune.runtime.distributed import worker_command
+from ftune.runtime import gguf
 from ftune.runtime.events import FINAL_TYPES, EventReader
 from ftune.runtime.models import local_path, looks_local
 from ftune.runtime.rundir import ACTIVE_STATES, RunDir, RunError
@@ -75,8 +76,10 @@ def fit_warning(spec: RunSpec, run: RunDir) -> str | None:
     from ftune.runtime.sysmon import gpu_samples
 
     gpus = memory.gpus_from_samples(gpu_samples())
+    if not gpus:
+        return None
     info = catalog.resolve(spec.model.name_or_path, run.project)
-    if not gpus or not info.params_b:
+    if not info.params_b:
         return None
     m = spec.method
     key = memory.method_key(m.type, m.quantization.bits, m.lora.use_dora, spec.training.precision)
@@ -87,7 +90,7 @@ def fit_warning(spec: RunSpec, run: RunDir) -> str | None:
     return verdict.text if verdict.label == memory.EXCEEDS else None
 
 
-def preflight(spec: RunSpec, run: RunDir) -> None:
+def preflight(spec: RunSpec, run: RunDir, say=None) -> None:
     """Checks that need no heavy imports; each failure is one clear sentence."""
     problem = hardware_problem(spec)
     if problem:
@@ -108,6 +111,9 @@ def preflight(spec: RunSpec, run: RunDir) -> None:
             raise RunError(f"data file not found: {path} (data in {run.spec_path}; "
                            f"relative paths are relative to {base})")
     model = local_path(spec.model.name_or_path, base)
+    if gguf.is_gguf(spec.model.name_or_path):  # converted (once) and checked before anything detaches
+        gguf.ensure(model, say)
+        return
     if model.exists() or looks_local(spec.model.name_or_path):
         if not model.is_dir():
             raise RunError(f"model folder not found: {model}")
@@ -115,13 +121,14 @@ def preflight(spec: RunSpec, run: RunDir) -> None:
             raise RunError(f"{model} has no config.json: model.name_or_path must be a model folder or a hub id")
 
 
-def start(run: RunDir, *, resume: bool = False, restart: bool = False, node_rank: int = 0) -> subprocess.Popen:
+def start(run: RunDir, *, resume: bool = False, restart: bool = False, node_rank: int = 0,
+          say=None) -> subprocess.Popen:
     """Validate, take the lock and start the worker detached. Raises RunError/SpecError for the user."""
     run.require()
     lock_fd = run.acquire_lock()
     try:
         spec = load_spec(run.spec_path)
-        preflight(spec, run)
+        preflight(spec, run, say)
         previous = run.read_status().get("state")
         if restart:
             run.clear_history()

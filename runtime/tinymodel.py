@@ -7,7 +7,6 @@ texts, and a ChatML chat template. Built once into a cache folder.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Iterable
 
@@ -16,11 +15,6 @@ from ftune.runtime.templates import CHATML_TEMPLATE
 
 RECIPE_VERSION = 1
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-
-
-def cache_root() -> Path:
-    base = os.environ.get("FTUNE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ftune"
-    return Path(base)
 
 
 def build_tokenizer(texts: Iterable[str], vocab_size: int = 2048):

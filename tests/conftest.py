@@ -28,6 +28,12 @@ QA = [
 ]
 
 
+def pytest_collection_modifyitems(config, items):
+    """The real-model tier first: its shared run takes minutes, so it starts while the other workers take the
+    rest instead of ending the session alone."""
+    items.sort(key=lambda item: item.get_closest_marker("real") is None)
+
+
 def write_messages(path: Path, n: int = 64, seed: int = 0) -> Path:
     rng = random.Random(seed)
     with open(path, "w", encoding="utf-8") as f:

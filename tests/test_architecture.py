@@ -23,7 +23,7 @@ LAYERS = [
     ("base", ["ftune", "ftune.presets", "ftune.runtime", "ftune.runtime.errors", "ftune.runtime.files",
               "ftune.runtime.templates"]),
     ("spec", ["ftune.runtime.spec"]),
-    ("core", ["ftune.runtime.models", "ftune.runtime.events", "ftune.runtime.rundir", "ftune.runtime.runs",
+    ("core", ["ftune.runtime.models", "ftune.runtime.gguf", "ftune.runtime.events", "ftune.runtime.rundir", "ftune.runtime.runs",
               "ftune.runtime.sysmon", "ftune.runtime.catalog", "ftune.runtime.memory", "ftune.runtime.history",
               "ftune.runtime.tail", "ftune.runtime.tinymodel", "ftune.runtime.demo"]),
     ("data", ["ftune.runtime.data"]),
@@ -33,6 +33,7 @@ LAYERS = [
     ("faces", ["ftune.wizard", "ftune.tui"]),
     ("cli", ["ftune.cli", "ftune.__main__"]),
 ]
+EXACT = {"ftune", "ftune.runtime"}  # these name the package modules alone, not everything under them
 HEAVY = ("torch", "transformers", "trl", "datasets", "peft", "accelerate")
 
 
@@ -86,7 +87,8 @@ def layer_of(module: str) -> int:
     best, index = -1, None
     for i, (_, prefixes) in enumerate(LAYERS):
         for prefix in prefixes:
-            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
+            inside = module.startswith(prefix + ".") and prefix not in EXACT
+            if (module == prefix or inside) and len(prefix) > best:
                 best, index = len(prefix), i
     assert index is not None, f"{module} is in no layer: add it to LAYERS here and to docs/architecture.md"
     return index

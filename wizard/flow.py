@@ -172,7 +172,8 @@ class Wizard:
             options.append(Option(f"{group:<20} {sizes:<12}" + ("  ships its own code" if remote else ""), group,
                                   (f"{versions}. " if versions else "")
                                   + f"e.g. {_typical(fams[-1])} · template {fams[-1].template}"))
-        options += [SEPARATOR, Option("A local folder…", LOCAL, "A model folder on this machine (with config.json)."),
+        options += [SEPARATOR, Option("A local folder…", LOCAL,
+                                      "A model folder on this machine (with config.json), or a .gguf file."),
                     Option("Another hub id…", HUB,
                            "Any Hugging Face hub id, e.g. HuggingFaceTB/SmolLM2-135M-Instruct.")]
         while True:
@@ -243,13 +244,22 @@ class Wizard:
 
         def validate(text: str) -> bool | str:
             if not text.strip():
-                return "the model's folder (it holds config.json)"
+                return "the model's folder (it holds config.json), or a .gguf file"
             return local_problem(self.typed_path(text)) or True
 
-        answer = self.p.path("Model folder", default, validate, only_directories=True)
+        answer = self.p.path("Model folder or .gguf file", default, validate)
         if answer is BACK:
             return BACK
         folder = self.typed_path(answer)
+        if folder.is_file():  # a .gguf file: converted once, then read like a folder
+            from ftune.runtime import gguf
+
+            try:
+                gguf.ensure(folder, say=self.ui.note)
+            except gguf.GGUFError as e:
+                self.ui.warn(str(e))
+                return self.ask_local()
+            return resolve(model_as_written(folder, self.project, self.cwd), self.project)
         return inspect_local(folder.resolve(), model_as_written(folder, self.project, self.cwd))
 
     def ask_hub(self) -> Any:

@@ -60,9 +60,9 @@ def _percentile(sorted_vals: list[int], q: float) -> int:
 def token_report(source: Source, model: str, max_length: int, show: int, trust_remote_code: bool = False) -> TokenReport:
     from transformers import AutoTokenizer
 
-    from ftune.runtime.models import prepare_tokenizer
+    from ftune.runtime.models import model_source, prepare_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(model_source(model, Path.cwd()), trust_remote_code=trust_remote_code)
     prepare_tokenizer(tok, "auto")  # as training would: its own template, ChatML where it has none
     lengths, over, cut_away, samples = [], 0, 0, []
     for ex in load_source(source).examples:

@@ -11,7 +11,7 @@ from ftune.runtime.spec import SpecError, build_spec
 
 SEED_FAMILIES = ["Qwen1.5", "Qwen2", "Qwen2.5", "Qwen3", "Llama 2", "Llama 3", "Llama 3.1", "Llama 3.2", "Yi",
                  "Yi-1.5", "GLM-4", "Mistral", "Mixtral", "Gemma 2", "Gemma 3", "DeepSeek-R1-Distill", "Phi-3",
-                 "Phi-4", "Baichuan 2", "InternLM", "Falcon"]
+                 "Phi-4", "Baichuan 2", "InternLM", "Falcon", "SmolLM2"]  # SmolLM2: the real-model tier's
 ALL = [m for f in catalog.families() for m in f.models]
 
 
@@ -66,7 +66,7 @@ def test_groups_keep_the_first_list_short():
     ("meta-llama/Meta-Llama-3-8B-Instruct", "Llama 3", "llama3", 8.03, "instruct"),
     ("internlm/internlm2_5-1_8b-chat", "InternLM", "intern2", 1.89, "instruct"),
     ("01-ai/Yi-1.5-9B", "Yi-1.5", "yi", 9, "base"),
-    ("HuggingFaceTB/SmolLM2-135M-Instruct", None, None, 0.135, "instruct"),
+    ("HuggingFaceTB/SmolLM2-135M-Instruct", "SmolLM2", "chatml", 0.135, "instruct"),
     ("someone/mystery", None, None, None, None),
 ])
 def test_resolve_hub_ids_offline(hub_id, family, template, params, kind):
