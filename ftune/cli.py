@@ -216,7 +216,8 @@ def _after_start(run, proc, foreground: bool) -> None:
 # --------------------------------------------------------------------------- new
 @main.command(context_settings=CONTEXT)
 @click.option("--name", metavar="NAME", help="Run name (default: the next free run-01, run-02, ...).")
-@click.option("--model", "-m", metavar="MODEL", help="Hub id (e.g. Qwen/Qwen2.5-7B-Instruct), a local model folder or a .gguf file.")
+@click.option("--model", "-m", metavar="MODEL",
+              help="Hub id (e.g. Qwen/Qwen2.5-7B-Instruct), a local model folder or a .gguf file.")
 @click.option("--data", "-d", metavar="FILE", help="Training data file.")
 @click.option("--validation", metavar="FILE", help="A separate validation file (instead of --val-size).")
 @click.option("--val-size", type=float, metavar="SHARE", help="Share of the rows held out for evaluation (default 0.1).")
@@ -351,6 +352,11 @@ def train(ctx: click.Context, name: str, foreground: bool, resume: bool, restart
         raise click.UsageError("--resume and --restart exclude each other")
     run = _run(ctx, name)
     if overrides:
+        if run.is_locked():  # refused before the file changes: it must keep saying what the worker trains
+            from ftune.runtime.rundir import RunError
+
+            raise RunError(f"run '{name}' is training now: --set would change its run file under it; stop it "
+                           f"first (`ftune stop {name}`), then train it with --set and --resume or --restart")
         _apply_overrides(run, list(overrides))
     from ftune.runtime.spec import load_spec
 
@@ -504,7 +510,8 @@ def data() -> None:
 
 @data.command(name="check", context_settings=CONTEXT)
 @click.argument("file")
-@click.option("--model", metavar="PATH_OR_ID", help="Tokenise with this model's tokenizer (hub id, folder or .gguf file): lengths, truncation, masks.")
+@click.option("--model", metavar="PATH_OR_ID",
+              help="Tokenise with this model's tokenizer (hub id, folder or .gguf file): lengths, truncation, masks.")
 @click.option("--max-length", default=1024, show_default=True, help="Cutoff length to check against (data.max_length).")
 @click.option("--dataset-dir", type=click.Path(file_okay=False), help="FILE is a key of DIR/dataset_info.json.")
 @click.option("--show", default=0, help="With --model: print N tokenised samples, learnt tokens highlighted.")

@@ -13,10 +13,10 @@ import signal
 import subprocess
 import time
 
-from ftune.runtime.distributed import worker_command
 from ftune.runtime import gguf
+from ftune.runtime.distributed import worker_command
 from ftune.runtime.events import FINAL_TYPES, EventReader
-from ftune.runtime.models import local_path, looks_local
+from ftune.runtime.models import is_hub_id, local_path, looks_local
 from ftune.runtime.rundir import ACTIVE_STATES, RunDir, RunError
 from ftune.runtime.spec import RunSpec, load_spec
 
@@ -118,7 +118,11 @@ def preflight(spec: RunSpec, run: RunDir, say=None) -> None:
         if not model.is_dir():
             raise RunError(f"model folder not found: {model}")
         if not (model / "config.json").is_file():
-            raise RunError(f"{model} has no config.json: model.name_or_path must be a model folder or a hub id")
+            raise RunError(f"{model} has no config.json: model.name_or_path must be a model folder, a .gguf file "
+                           f"or a hub id")
+    elif not is_hub_id(spec.model.name_or_path):
+        raise RunError(f"model.name_or_path {spec.model.name_or_path!r} in {run.spec_path} is neither a model folder, "
+                       f"a .gguf file nor a hub id (owner/name)")
 
 
 def start(run: RunDir, *, resume: bool = False, restart: bool = False, node_rank: int = 0,

@@ -26,6 +26,33 @@ from ftune.runtime.spec import check_run_name
 RUNS_ENV = "FTUNE_RUNS_DIR"
 ACTIVE_STATES = ("starting", "running", "stopping")
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+CHECKPOINT_MARKER = "ftune_checkpoint.json"  # written (atomically) after the trainer has saved everything else
+WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "adapter_model.bin", "pytorch_model.bin")
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from, or None when it can. A folder with ftune's marker is complete;
+    one without it (the worker died while saving, or an older ftune wrote it) must have what a resume reads: a
+    trainer_state.json that parses, and weights."""
+    try:
+        json.loads((folder / CHECKPOINT_MARKER).read_text(encoding="utf-8"))
+        return None
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError):
+        return f"its {CHECKPOINT_MARKER} is torn"
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "it has no trainer_state.json"
+    except (OSError, ValueError):
+        return "its trainer_state.json is empty or torn"
+    if not isinstance(state, dict) or "global_step" not in state:
+        return "its trainer_state.json holds no trainer state"
+    if not any((folder / n).is_file() and (folder / n).stat().st_size > 0 for n in WEIGHTS) and \
+            not any(folder.glob("model-*.safetensors")):
+        return "it has no weights"
+    return None
 
 
 class RunError(UserError):
@@ -99,14 +126,18 @@ class RunDir:
         return self.output_base(spec_output_dir) / "export"
 
     def checkpoints(self) -> list[tuple[int, Path]]:
-        """Complete checkpoints, oldest first. Complete: the trainer state is written last, so it is there."""
+        """Complete checkpoints (see `checkpoint_problem`), oldest first."""
+        return [(step, path) for step, path, problem in self.all_checkpoints() if problem is None]
+
+    def all_checkpoints(self) -> list[tuple[int, Path, str | None]]:
+        """Every checkpoint folder, oldest first, with why it cannot be resumed from (None: it can)."""
         folder = self.checkpoints_dir()
         found = []
         if folder.is_dir():
             for child in folder.iterdir():
                 m = CHECKPOINT_RE.match(child.name)
-                if m and (child / "trainer_state.json").is_file():
-                    found.append((int(m.group(1)), child))
+                if m and child.is_dir():
+                    found.append((int(m.group(1)), child, checkpoint_problem(child)))
         return sorted(found)
 
     def latest_checkpoint(self) -> tuple[int, Path] | None:

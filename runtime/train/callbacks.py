@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import math
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -11,34 +11,9 @@ from typing import Any
 from transformers import TrainerCallback
 
 from ftune.runtime.events import EventWriter
-from ftune.runtime.rundir import RunDir
-
-
-class StopRequested(Exception):
-    """Raised when a stop arrives before the training loop runs (nothing to checkpoint yet)."""
-
-
-class Stopper:
-    """SIGTERM (from `ftune stop`) and SIGINT ask for a graceful stop; SIGHUP is ignored so a dropped
-    SSH session never kills training. Outside the loop the first signal aborts at once."""
-
-    def __init__(self, world_size: int = 1) -> None:
-        self.requested = False
-        self.in_loop = False
-        self.world_size = world_size
-
-    def install(self) -> "Stopper":
-        signal.signal(signal.SIGTERM, self._handle)
-        signal.signal(signal.SIGINT, self._handle)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        already = self.requested
-        self.requested = True
-        # before the loop a single process can just leave; several must reach step 1 and agree there
-        if not self.in_loop and not already and self.world_size == 1:
-            raise StopRequested()
+from ftune.runtime.files import write_atomic
+from ftune.runtime.rundir import CHECKPOINT_MARKER, RunDir
+from ftune.runtime.train.stopper import Stopper
 
 
 def _finite(x: Any) -> bool:
@@ -137,5 +112,7 @@ class EventsCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if path.is_dir():  # the trainer has written everything: mark it complete, atomically and last
+            write_atomic(path / CHECKPOINT_MARKER, json.dumps({"step": state.global_step, "run": self.run.name}) + "\n")
         self.events.emit("checkpoint", step=state.global_step, path=str(path),
                          bytes=_dir_bytes(path) if path.is_dir() else None)

@@ -24,9 +24,10 @@ from ftune.runtime.rundir import RunDir, RunError
 from ftune.runtime.spec import RunSpec
 from ftune.runtime.train import stages
 from ftune.runtime.train.args import common_args
-from ftune.runtime.train.callbacks import EventsCallback, Stopper
+from ftune.runtime.train.callbacks import EventsCallback
 from ftune.runtime.train.model import Kernels, Precision, kernels, load_model, precision_plan
 from ftune.runtime.train.optim import adapt_to_badam, custom_optimizer
+from ftune.runtime.train.stopper import Stopper
 
 
 @dataclass
@@ -50,11 +51,17 @@ class Recipe:
 
 
 # --------------------------------------------------------------------------- steps of setup
-def checkpoint_to_resume(spec: RunSpec, run: RunDir, resume: bool) -> tuple[int, Path] | None:
-    """The newest complete checkpoint when resuming (asked, or training.auto_resume), else None."""
+def checkpoint_to_resume(spec: RunSpec, run: RunDir, resume: bool, events: EventWriter) -> tuple[int, Path] | None:
+    """The newest complete checkpoint when resuming (asked, or training.auto_resume), else None. Newer ones that
+    are incomplete (torn by a kill or a full disk) are passed over, and a warning says so."""
     if not (resume or spec.training.auto_resume):
         return None
     latest = run.latest_checkpoint()
+    for step, path, problem in run.all_checkpoints():
+        if problem and (latest is None or step > latest[0]):
+            events.emit("warning", message=f"{path.name} is incomplete ({problem}): resuming from "
+                                           f"{latest[1].name if latest else 'the start'} instead",
+                        hint="A worker killed while saving leaves such a folder; it can be deleted.")
     if latest is None and resume:
         raise RunError(f"run '{run.name}' has no complete checkpoint to resume from")
     return latest
@@ -127,7 +134,7 @@ def setup(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
     from transformers import set_seed
 
     base = run.project
-    resume_from = checkpoint_to_resume(spec, run, resume)
+    resume_from = checkpoint_to_resume(spec, run, resume, events)
     set_seed(spec.training.seed)
     source = models.model_source(spec.model.name_or_path, base)
     tokenizer = models.load_tokenizer(spec, source, on_fallback=lambda: events.emit(

@@ -1,6 +1,7 @@
 """The training worker process: `python -m ftune.runtime.train RUN_DIR [--resume] [--lock-fd N]`.
 
-It holds the run's lock, samples the system, runs the recipe (train/recipe.py) and makes sure every outcome
+It holds the run's lock, writes its pid and installs the stop handler before any heavy import (so `ftune stop`
+works from its first second), samples the system, runs the recipe (train/recipe.py) and makes sure every outcome
 ends the event stream with `finished`, `stopped` or `error`. Tracebacks go to train.log (stderr) only; the
 error event carries a message and a hint for the user.
 """
@@ -18,8 +19,8 @@ from ftune.runtime.events import EventWriter
 from ftune.runtime.rundir import RunDir, RunError
 from ftune.runtime.spec import RunSpec, load_spec
 from ftune.runtime.sysmon import Sampler
-from ftune.runtime.train import hints, recipe
-from ftune.runtime.train.callbacks import Stopper, StopRequested
+from ftune.runtime.train import hints
+from ftune.runtime.train.stopper import Stopper, StopRequested
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         if lead:
             sampler.start()
         try:
+            from ftune.runtime.train import recipe  # the heavy imports, after the pid and the stop handler
+
             recipe.train(recipe.setup(spec, run, events, stopper, args.resume, lead))
         finally:
             sampler.stop()

@@ -17,7 +17,7 @@ from transformers import TrainerCallback
 from ftune.runtime.events import EventWriter, read_all
 from ftune.runtime.spec import load_spec
 from ftune.runtime.train import recipe
-from ftune.runtime.train.callbacks import Stopper
+from ftune.runtime.train.stopper import Stopper
 from tests.runtime.helpers import make_run, of_type, train_to_end
 
 LR = 1e-3

@@ -6,7 +6,9 @@ import sys
 import textwrap
 
 import pytest
+from click.testing import CliRunner
 
+from ftune.cli import main
 from ftune.runtime import launch
 from ftune.runtime.events import EventReader, read_all
 from ftune.runtime.rundir import RunDir, RunError
@@ -26,6 +28,11 @@ def test_stop_saves_a_checkpoint_and_resume_continues_from_it(project, tiny_mode
     first_step(run)
     with pytest.raises(RunError, match="already running"):
         launch.start(run)  # the lock refuses a second trainer
+    before = run.spec_path.read_text()
+    refused = CliRunner().invoke(main, ["--runs-dir", str(run.root), "train", run.name, "--set",
+                                        "training.learning_rate=1e-5"])
+    assert refused.exit_code == 2 and "is training now: --set would change its run file" in refused.output
+    assert run.spec_path.read_text() == before  # refused before anything was written
 
     final = launch.stop(run, wait=120)
     assert proc.wait(timeout=60) == 0
@@ -69,21 +76,35 @@ def test_worker_survives_its_parent_exiting(project, tiny_model):
     assert read_all(run.events_path)[-1]["type"] == "finished"
 
 
-def test_stop_before_training_starts(project, tiny_model):
+def test_stop_at_once_after_start_ends_the_run_stopped(project, tiny_model):
     run = make_run(project, tiny_model, training=LONG)
     proc = launch.start(run)
-    wait_for(lambda: run.read_status().get("pid"), 30, 0.02)
-    final = launch.stop(run, wait=120)
+    final = launch.stop(run, wait=120)  # no waiting: the worker writes its pid before its heavy imports
     proc.wait(timeout=60)
-    assert final["type"] == "stopped"
+    assert final["type"] == "stopped" and final["message"] == "stopped before training began"
     assert run.state() == "stopped"
 
 
-def test_finished_run_needs_restart(project, tiny_model):
-    run = make_run(project, tiny_model, training={"max_steps": 2})
+def test_finished_run_needs_restart_and_a_torn_checkpoint_is_passed_over(project, tiny_model):
+    run = make_run(project, tiny_model, training={"max_steps": 4, "save_steps": 2})
     assert train_to_end(run)[-1]["type"] == "finished"
     with pytest.raises(RunError, match="has finished: use --restart"):
         launch.start(run)
+    assert [s for s, _ in run.checkpoints()] == [2, 4]
+
+    # What a kill while the trainer writes checkpoint-4 leaves: an empty trainer_state.json and no ftune marker.
+    torn = run.checkpoints_dir() / "checkpoint-4"
+    (torn / "ftune_checkpoint.json").unlink()
+    (torn / "trainer_state.json").write_text("")
+    assert [s for s, _ in run.checkpoints()] == [2]
+    reader = EventReader(run.events_path)
+    reader.read_new()
+    events = train_to_end(run, resume=True)
+    new = reader.read_new()
+    warning = of_type(new, "warning")[0]["message"]
+    assert "checkpoint-4 is incomplete (its trainer_state.json is empty or torn): resuming from checkpoint-2" in warning
+    assert of_type(new, "started")[0]["resumed_from"] == 2 and events[-1]["type"] == "finished"
+
     events = train_to_end(run, restart=True)
     assert len(of_type(events, "started")) == 1  # history was cleared
 
@@ -101,6 +122,7 @@ def test_crashed_worker_is_reported(project, tiny_model):
 @pytest.mark.parametrize("change,message", [
     ({"data": {"train": "missing.jsonl"}}, "data file not found: "),
     ({"model": {"name_or_path": "./no-such-model"}}, "model folder not found: "),
+    ({"model": {"name_or_path": "not a hub id"}}, "is neither a model folder, a .gguf file nor a hub id"),
 ])
 def test_bad_paths_fail_before_anything_starts(project, tiny_model, change, message):
     run = make_run(project, tiny_model, **change)

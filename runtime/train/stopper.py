@@ -1,0 +1,34 @@
+"""`ftune stop` inside the worker: signals become a graceful stop. Light on purpose (no torch, no transformers):
+the worker installs it before its heavy imports, so a stop in the first second still ends the run `stopped`."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+
+class StopRequested(Exception):
+    """Raised when a stop arrives before the training loop runs (nothing to checkpoint yet)."""
+
+
+class Stopper:
+    """SIGTERM (from `ftune stop`) and SIGINT ask for a graceful stop; SIGHUP is ignored so a dropped
+    SSH session never kills training. Outside the loop the first signal aborts at once."""
+
+    def __init__(self, world_size: int = 1) -> None:
+        self.requested = False
+        self.in_loop = False
+        self.world_size = world_size
+
+    def install(self) -> "Stopper":
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        already = self.requested
+        self.requested = True
+        # before the loop a single process can just leave; several must reach step 1 and agree there
+        if not self.in_loop and not already and self.world_size == 1:
+            raise StopRequested()
