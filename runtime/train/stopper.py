@@ -7,8 +7,9 @@ import signal
 from typing import Any
 
 
-class StopRequested(Exception):
-    """Raised when a stop arrives before the training loop runs (nothing to checkpoint yet)."""
+class StopRequested(BaseException):
+    """Raised when a stop arrives before the training loop runs (nothing to checkpoint yet). A BaseException, like
+    KeyboardInterrupt: libraries that import optional parts under `except Exception` must not swallow it."""
 
 
 class Stopper:
