@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
+from ftune.runtime import gguf
+
 # A hub id: owner/name, or a legacy name without an owner (gpt2, bert-base-uncased).
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -17,7 +19,7 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 def looks_local(name: str) -> bool:
     """A name that can only be a path: it starts with '.', '/' or '~', has more than one '/', or names a .gguf
     file. 'gpt2' and 'Qwen/Qwen2.5-0.5B' are hub ids (unless a folder of that name exists: see `model_source`)."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or name.lower().endswith(".gguf")
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or gguf.is_gguf(name)
 
 
 def is_hub_id(name: str) -> bool:
@@ -34,8 +36,6 @@ def local_path(name: str, base: Path) -> Path:
 def model_source(name: str, base: Path, say: Callable[[str], None] | None = None) -> str:
     """What from_pretrained gets: the local folder when one exists, a .gguf file's converted folder (converted on
     first use: runtime/gguf.py), else the name as a hub id."""
-    from ftune.runtime import gguf
-
     p = local_path(name, base)
     if gguf.is_gguf(name):
         return str(gguf.ensure(p, say))
