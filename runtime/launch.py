@@ -133,6 +133,8 @@ def start(run: RunDir, *, resume: bool = False, restart: bool = False, node_rank
     try:
         spec = load_spec(run.spec_path)
         preflight(spec, run, say)
+        if spec.output.dir:  # before anything is cleared: the folder may be another run's
+            run.claim_output(local_path(spec.output.dir, run.project))
         previous = run.read_status().get("state")
         if restart:
             run.clear_history()

@@ -27,6 +27,7 @@ RUNS_ENV = "FTUNE_RUNS_DIR"
 ACTIVE_STATES = ("starting", "running", "stopping")
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 CHECKPOINT_MARKER = "ftune_checkpoint.json"  # written (atomically) after the trainer has saved everything else
+OWNER_MARKER = "ftune_owner.json"  # in an output.dir: the run whose checkpoints/ and export/ these are
 WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "adapter_model.bin", "pytorch_model.bin")
 
 
@@ -202,11 +203,36 @@ class RunDir:
         for f in (self.events_path, self.status_path, self.log_path):
             f.unlink(missing_ok=True)
 
+    def owns(self, folder: Path) -> bool | None:
+        """Whether an output folder's marker names this run (None: the folder has no marker)."""
+        try:
+            owner = json.loads((folder / OWNER_MARKER).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return isinstance(owner, dict) and owner.get("run_dir") == str(self.path.resolve())
+
+    def claim_output(self, folder: Path) -> None:
+        """Take an output.dir for this run, or refuse one that holds another run's checkpoints and export: two runs
+        in one folder would overwrite, and `ftune rm` delete, each other's."""
+        folder = folder.resolve()
+        owned = self.owns(folder)
+        if owned is False:
+            owner = json.loads((folder / OWNER_MARKER).read_text(encoding="utf-8"))
+            raise RunError(f"output.dir {folder} belongs to run '{owner.get('run')}' ({owner.get('run_dir')}): give "
+                           f"run '{self.name}' a folder of its own")
+        if owned is None and any((folder / f).exists() for f in ("checkpoints", "export")) \
+                and self.read_status().get("output_dir") != str(folder):
+            raise RunError(f"output.dir {folder} already holds checkpoints or an export that are not run "
+                           f"'{self.name}'s: give it an empty folder of its own")
+        write_atomic(folder / OWNER_MARKER, json.dumps({"run": self.name, "run_dir": str(self.path.resolve())}) + "\n")
+
     def remove(self) -> None:
+        """Delete the run, and its outputs in an output.dir unless that folder belongs to another run."""
         base = self.output_base()
-        if base != self.path:
+        if base != self.path and self.owns(base) is not False:
             for folder in (base / "checkpoints", base / "export"):
                 shutil.rmtree(folder, ignore_errors=True)
+            (base / OWNER_MARKER).unlink(missing_ok=True)
         shutil.rmtree(self.path)
 
 

@@ -353,7 +353,8 @@ class OutputSpec(Section):
 
     dir: str | None = Field(
         None,
-        description="Folder for checkpoints/ and export/ (e.g. a big mounted disk). Default: the run directory.",
+        description="Folder for checkpoints/ and export/ (e.g. a big mounted disk), one run's own: a folder another "
+        "run owns is refused, and `ftune rm` deletes only what belongs to its run. Default: the run directory.",
     )
     save_format: Literal["lora", "merged_16bit", "merged_4bit"] = Field(
         "lora",

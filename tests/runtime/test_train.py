@@ -2,6 +2,10 @@
 
 import json
 
+import pytest
+
+from ftune.runtime import launch
+from ftune.runtime.rundir import RunError
 from tests.runtime.helpers import make_run, of_type, train_to_end
 
 
@@ -99,6 +103,16 @@ def test_output_dir_elsewhere_is_recorded_and_used(project, tiny_model, tmp_path
     assert run.latest_checkpoint()[0] == 3
     system = of_type(events, "system")
     assert system and system[0]["rss"] > 10_000_000  # the worker's memory, recorded from the start
+
+    # A second run pointed at the same folder is refused before anything of run-01's is touched, and removing it
+    # (as if it had recorded that folder) leaves run-01's outputs alone.
+    other = make_run(project, tiny_model, name="run-02", output={"dir": str(big_disk / "run-01")})
+    with pytest.raises(RunError, match=r"output.dir .*run-01 belongs to run 'run-01' .*: give run 'run-02' a folder"):
+        launch.start(other)
+    other.update_status(output_dir=str((big_disk / "run-01").resolve()))
+    other.remove()
+    assert (big_disk / "run-01" / "export" / "adapter_config.json").is_file()
+
     run.remove()
     assert not (big_disk / "run-01" / "export").exists() and not run.path.exists()
 
