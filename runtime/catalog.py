@@ -273,8 +273,9 @@ def resolve(name_or_path: str, base: Path | None = None) -> ModelInfo:
     if local.suffix.lower() == ".gguf" and local.is_file():  # the converted folder, with what the file said
         from ftune.runtime import gguf
 
-        info = inspect_local(gguf.ensure(local), name)
-        info.notes.append(gguf.inspect(local).describe())
+        folder = gguf.ensure(local)
+        info = inspect_local(folder, name)
+        info.notes.append(gguf.converted_info(folder).describe())  # recorded at conversion: no second read
         return info
     if local.is_dir() or looks_local(name):
         return inspect_local(local, name)

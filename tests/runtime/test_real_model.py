@@ -75,6 +75,15 @@ def test_the_gguf_file_converts_to_a_folder_that_says_what_it_was(smollm2, smoll
     assert gguf.ensure(smollm2) == smollm2_folder  # the second time it comes from the cache
 
 
+def test_the_wizard_reads_the_gguf_file_as_its_converted_folder(smollm2, smollm2_folder):
+    from ftune.runtime import catalog
+
+    info = catalog.resolve(str(smollm2))
+    assert (info.source, info.family, info.template, info.name_or_path) == ("local", "SmolLM2", "chatml", str(smollm2))
+    assert info.params_b == pytest.approx(0.1345, rel=0.01) and (info.hidden, info.layers) == (576, 30)
+    assert any("quantised to Q4_1" in n for n in info.notes)
+
+
 def test_auto_template_is_the_models_own_and_the_mask_learns_only_the_answers(smollm2_folder):
     from transformers import AutoTokenizer
 
