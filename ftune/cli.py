@@ -372,8 +372,9 @@ def _apply_overrides(run, overrides: list[str]) -> None:
 
     from ftune.runtime.files import write_atomic
     from ftune.runtime.spec import apply_overrides, build_spec
+    from ftune.runtime.spec.io import read_yaml
 
-    raw = yaml.safe_load(run.spec_path.read_text(encoding="utf-8")) or {}
+    raw = read_yaml(run.spec_path.read_text(encoding="utf-8"), str(run.spec_path))[0] or {}
     merged = apply_overrides(raw, overrides)
     build_spec(merged, source=f"{run.spec_path} with --set")  # validate before touching the file
     header = "# ftune run file (updated by ftune train --set)\n"

@@ -10,13 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ftune.runtime import memory
 from ftune.runtime.catalog import local_problem, resolve
 from ftune.runtime.models import is_hub_id, local_path, looks_local
 from ftune.runtime.rundir import ACTIVE_STATES, RunDir, next_free_name, project_of
 from ftune.runtime.spec import Problem, SpecError, check_run_name
+from ftune.runtime.spec.io import read_yaml
 from ftune.wizard.runfile import (
     METHOD_SETTINGS,
     STAGES,
@@ -58,12 +57,7 @@ def read_partial(path: str) -> dict[str, Any]:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise WizardError(f"--from {path}: cannot read it ({e.strerror or e})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise SpecError([Problem("", f"not valid YAML: {getattr(e, 'problem', e)}",
-                                 mark.line + 1 if mark else None)], path) from None
+    raw = read_yaml(text, path)[0]  # not YAML, or a key given twice: SpecError with the lines
     if raw is None:
         return {}
     if not isinstance(raw, dict):

@@ -44,17 +44,49 @@ def build_spec(raw: Any, overrides: list[str] | None = None, source: str | None 
     return spec
 
 
-def load_spec(path: str | Path, overrides: list[str] | None = None) -> RunSpec:
-    """Read and validate a run file. Raises SpecError (with lines) or FileNotFoundError."""
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
+class _UniqueKeys(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys without a word (a second `training:` block replaces the first):
+    note every duplicate instead, with both lines."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.duplicates: list[Problem] = []
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, str) and key in seen:
+                self.duplicates.append(Problem(key, f"{key} appears twice (lines {seen[key]} and {line}): YAML would "
+                                                    f"keep only the second; merge them into one", line))
+            seen.setdefault(key, line)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(text: str, source: str) -> tuple[Any, yaml.Node | None]:
+    """A run file's data and its node tree (for line numbers). Raises SpecError for text that is not YAML and for
+    duplicate keys, every one with its lines."""
     try:
-        raw = yaml.safe_load(text)
+        loader = _UniqueKeys(text)
+        try:
+            raw = loader.get_single_data()
+        finally:
+            loader.dispose()
         root = yaml.compose(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark else None
-        raise SpecError([Problem("", f"not valid YAML: {getattr(e, 'problem', e)}", line)], str(path)) from None
+        raise SpecError([Problem("", f"not valid YAML: {getattr(e, 'problem', e)}", line)], source) from None
+    if loader.duplicates:
+        raise SpecError(sorted(loader.duplicates, key=lambda p: p.line), source)
+    return raw, root
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> RunSpec:
+    """Read and validate a run file. Raises SpecError (with lines) or FileNotFoundError."""
+    path = Path(path)
+    raw, root = read_yaml(path.read_text(encoding="utf-8"), str(path))
     return build_spec(raw or {}, overrides, source=str(path), yaml_root=root)
 
 

@@ -110,3 +110,12 @@ def test_train_foreground_shows_progress_and_summary(project, tiny_model):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Training run-01:" in out.stdout and "checkpoint saved" in out.stdout
     assert "Finished 6 steps" in out.stdout and "loss " in out.stdout
+
+
+def test_train_set_refuses_a_run_file_with_duplicate_keys_before_writing(project, tiny_model):
+    run = make_run(project, tiny_model)
+    run.spec_path.write_text(run.spec_path.read_text() + "training:\n  seed: 3\n")  # a second training: block
+    before = run.spec_path.read_text()
+    result = invoke("train", "run-01", "--set", "training.learning_rate=1e-4")
+    assert result.exit_code == 2 and "training appears twice" in result.output and "Traceback" not in result.output
+    assert run.spec_path.read_text() == before and not run.events_path.exists()

@@ -95,6 +95,16 @@ def test_not_a_mapping_and_bad_yaml(tmp_path):
     assert "not valid YAML" in str(info.value) and info.value.problems[0].line == 3
 
 
+def test_duplicate_keys_are_refused_with_both_lines(tmp_path):
+    text = ("name: run-01\nmodel:\n  name_or_path: x/y\ndata:\n  train: t.jsonl\ntraining:\n  learning_rate: 1e-4\n"
+            "  learning_rate: 2e-4\ntraining:\n  seed: 3\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(write(tmp_path, text))
+    assert [(p.line, p.message) for p in info.value.problems] == [
+        (8, "learning_rate appears twice (lines 7 and 8): YAML would keep only the second; merge them into one"),
+        (9, "training appears twice (lines 6 and 9): YAML would keep only the second; merge them into one")]
+
+
 @pytest.mark.parametrize("name,ok", [
     ("run-01", True), ("a", True), ("9lives", True), ("-run", False), ("run-", False),
     ("Run", False), ("run_01", False), ("../etc", False), ("a" * 65, False), ("", False),
