@@ -12,8 +12,10 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
-from ftune.runtime import gguf
+from ftune.runtime import gguf, models
+from ftune.runtime.data.load import check_data, sources_for
 from ftune.runtime.distributed import worker_command
 from ftune.runtime.events import FINAL_TYPES, EventReader
 from ftune.runtime.models import is_hub_id, local_path, looks_local
@@ -96,33 +98,47 @@ def preflight(spec: RunSpec, run: RunDir, say=None) -> None:
     if problem:
         raise RunError(problem)
     base = run.project
-    if spec.data.dataset_dir:
-        from ftune.runtime.data.formats import registry_sources
+    check_model(spec, base, run, say)
+    check_run_data(spec, base, run, say)
 
-        paths = [s.path for s in registry_sources(local_path(spec.data.dataset_dir, base), spec.data.train)]
-    else:
-        paths = [local_path(name, base) for name in spec.data.train]
-    if spec.data.validation:
-        paths.append(local_path(spec.data.validation, base))
-    if spec.data.test:  # found missing now, not after hours of training
-        paths.append(local_path(spec.data.test, base))
-    for path in paths:
-        if not path.is_file():
-            raise RunError(f"data file not found: {path} (data in {run.spec_path}; "
-                           f"relative paths are relative to {base})")
-    model = local_path(spec.model.name_or_path, base)
-    if gguf.is_gguf(spec.model.name_or_path):  # converted (once) and checked before anything detaches
+
+def check_model(spec: RunSpec, base: Path, run: RunDir, say=None) -> None:
+    """The model folder opens (config.json parses), the .gguf file converts, or the hub id can be had."""
+    name = spec.model.name_or_path
+    model = local_path(name, base)
+    if gguf.is_gguf(name):  # converted (once) and checked before anything detaches
         gguf.ensure(model, say)
-        return
-    if model.exists() or looks_local(spec.model.name_or_path):
-        if not model.is_dir():
-            raise RunError(f"model folder not found: {model}")
-        if not (model / "config.json").is_file():
-            raise RunError(f"{model} has no config.json: model.name_or_path must be a model folder, a .gguf file "
-                           f"or a hub id")
-    elif not is_hub_id(spec.model.name_or_path):
-        raise RunError(f"model.name_or_path {spec.model.name_or_path!r} in {run.spec_path} is neither a model folder, "
-                       f"a .gguf file nor a hub id (owner/name)")
+    elif model.exists() or looks_local(name):
+        models.check_folder(model)
+    elif is_hub_id(name):
+        models.check_hub(name, spec.model.revision)
+    else:
+        raise RunError(f"model.name_or_path {name!r} in {run.spec_path} is neither a model folder, a .gguf file "
+                       f"nor a hub id (owner/name)")
+
+
+def check_run_data(spec: RunSpec, base: Path, run: RunDir, say=None) -> None:
+    """Every row the worker will read, checked as the worker checks it (format, rules, the stage's kind of data)
+    in one streaming pass, so bad data is an error here and not in train.log later. Streamed runs check the first
+    rows of each file only: their data may be larger than anyone wants to read twice."""
+    d = spec.data
+    limit = 1000 if d.streaming else None
+    t0 = time.monotonic()
+    sources = sources_for(d.train, base, d.format, d.dataset_dir)
+    for source in sources:
+        if not source.path.is_file():
+            raise RunError(f"data file not found: {source.path} (data in {run.spec_path}; "
+                           f"relative paths are relative to {base})")
+    rows, _, _ = check_data(sources, spec.stage.type, d.on_invalid, limit)
+    for name in (d.validation, d.test):
+        if name and not local_path(name, base).is_file():  # found missing now, not after hours of training
+            raise RunError(f"data file not found: {local_path(name, base)} (data in {run.spec_path}; "
+                           f"relative paths are relative to {base})")
+    if d.validation:
+        rows += check_data(sources_for([d.validation], base, d.format), spec.stage.type, d.on_invalid, limit)[0]
+    took = time.monotonic() - t0
+    if say and took > 2:
+        say(f"Checked {rows:,} rows of data in {took:.1f} s.")
 
 
 def start(run: RunDir, *, resume: bool = False, restart: bool = False, node_rank: int = 0,

@@ -6,11 +6,14 @@ Light at import time (no torch): the loaders import transformers when called.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Callable
 
 from ftune.runtime import gguf
+from ftune.runtime.errors import UserError
 
 # A hub id: owner/name, or a legacy name without an owner (gpt2, bert-base-uncased).
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -40,6 +43,57 @@ def model_source(name: str, base: Path, say: Callable[[str], None] | None = None
     if gguf.is_gguf(name):
         return str(gguf.ensure(p, say))
     return str(p) if p.exists() else name
+
+
+def check_folder(folder: Path) -> None:
+    """A model folder transformers can open: its config.json is there, parses and names a model_type. Read
+    before anything detaches, so a cut-short copy is one sentence, not a worker's traceback."""
+    if not folder.is_dir():
+        raise UserError(f"model folder not found: {folder}")
+    config = folder / "config.json"
+    if not config.is_file():
+        raise UserError(f"{folder} has no config.json: model.name_or_path must be a model folder, a .gguf file "
+                        f"or a hub id")
+    fix = "Copy or download the model folder again (a download that was cut short leaves such files)."
+    try:
+        text = config.read_text(encoding="utf-8")
+        data = json.loads(text) if text.strip() else None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise UserError(f"{config} is not valid JSON ({e})", hint=fix) from None
+    if data is None:
+        raise UserError(f"{config} is empty ({config.stat().st_size} bytes)", hint=fix)
+    if not isinstance(data, dict) or "model_type" not in data:
+        raise UserError(f"{config} has no model_type: it is not a transformers model config", hint=fix)
+
+
+def check_hub(name: str, revision: str | None = None) -> None:
+    """A hub id that can be had: in the local cache, or on a hub this machine reaches. Costs one request
+    (about 0.2 s) when the model is not cached; a typo, a gated model or no network is one sentence."""
+    import huggingface_hub as hub
+    from huggingface_hub import errors
+
+    if isinstance(hub.try_to_load_from_cache(name, "config.json", revision=revision), str):
+        return
+    where = f"model.name_or_path {name!r}"
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise UserError(f"{where} is not in the local Hugging Face cache, and HF_HUB_OFFLINE is set",
+                        hint="Download it on a machine with network (`hf download NAME`), or point "
+                             "model.name_or_path at a local folder or .gguf file.")
+    try:
+        hub.model_info(name, revision=revision, timeout=10)
+    except errors.GatedRepoError:
+        raise UserError(f"{where} is gated on the hub: accept its licence on its page, then log in "
+                        f"(`hf auth login`)") from None
+    except errors.RepositoryNotFoundError:
+        raise UserError(f"{where} is not on the hub (or is private: log in with `hf auth login`)",
+                        hint="Check the spelling: owner/name, e.g. Qwen/Qwen2.5-0.5B-Instruct.") from None
+    except errors.RevisionNotFoundError:
+        raise UserError(f"{where} has no revision {revision!r} on the hub") from None
+    except Exception as e:  # no network: the request's own error says which (DNS, proxy, timeout)
+        raise UserError(f"{where} is not in the local Hugging Face cache, and the hub cannot be reached "
+                        f"({type(e).__name__}: {e})",
+                        hint="Connect this machine, or download the model elsewhere and point "
+                             "model.name_or_path at the folder or .gguf file.") from None
 
 
 def prepare_tokenizer(tokenizer, template: str) -> bool:

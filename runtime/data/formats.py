@@ -3,10 +3,11 @@
 Formats: OpenAI-style `messages` (SiliconFlow's rules), Alpaca, ShareGPT (from/value or
 role/content, tools, function calls), preference (chosen/rejected) and KTO (label) variants of
 each, and pre-training text. Files: JSON lines, JSON arrays, .txt; CSV and parquet through
-`datasets`. LLaMA-Factory's `dataset_info.json` describes a file the same way (`Source`).
+pyarrow. LLaMA-Factory's `dataset_info.json` describes a file the same way (`Source`).
 
 Pure Python: no torch, no tokenizer. Row errors name the file, the line (and the item index in a
-JSON array) and the rule broken, in plain words.
+JSON array) and the rule broken, in plain words. In JSON lines each line stands alone: one that does not
+parse is one more row error, and the other rows are still checked.
 """
 
 from __future__ import annotations
@@ -121,6 +122,14 @@ def _json_array(path: Path, text: str) -> Iterator[tuple[int, int | None, Any]]:
         fail(pos, "Expecting ',' delimiter between items" if pos < len(text) else "the array is not closed with ']'")
 
 
+@dataclass
+class BadLine:
+    """A JSON-lines row that is not valid JSON: one more row error, not the end of the file."""
+
+    column: int
+    message: str
+
+
 def _json_lines(path: Path, lines: Iterable[str]) -> Iterator[tuple[int, int | None, Any]]:
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
@@ -128,21 +137,47 @@ def _json_lines(path: Path, lines: Iterable[str]) -> Iterator[tuple[int, int | N
         try:
             yield lineno, None, json.loads(line)
         except json.JSONDecodeError as e:
-            raise _caret(path, line, 1, e.colno, e.msg, lineno) from None
+            yield lineno, None, BadLine(e.colno, f"not valid JSON at column {e.colno}: {e.msg}")
+        except RecursionError:
+            yield lineno, None, BadLine(1, "not valid here: nested too deeply (over ~1000 levels)")
+
+
+def _table_rows(path: Path) -> Iterator[tuple[int, int | None, Any]]:
+    """CSV and parquet rows through pyarrow, in batches (a file larger than memory is fine)."""
+    import pyarrow as pa
+
+    kind = path.suffix.lower().lstrip(".")
+    try:
+        if kind == "csv":
+            import pyarrow.csv as pcsv
+
+            batches, first = pcsv.open_csv(path), 2  # line 1 is the header
+        else:
+            import pyarrow.parquet as pq
+
+            batches, first = pq.ParquetFile(path).iter_batches(), 1
+        n = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                yield first + n, None, row
+                n += 1
+    except (pa.ArrowException, OSError) as e:
+        what = "CSV" if kind == "csv" else "parquet"
+        hint = ("Every line needs as many comma-separated values as the header; quote values that hold commas or "
+                "line breaks." if kind == "csv" else "Write it again with pandas.DataFrame.to_parquet or "
+                "datasets.Dataset.to_parquet, or use JSON lines.")
+        raise DataError(f"{path}: not a readable {what} file: {str(e).strip().splitlines()[0]}", hint=hint) from None
 
 
 def read_rows(path: str | Path) -> Iterator[tuple[int, int | None, Any]]:
-    """(line, array index or None, object) for every row of a data file."""
+    """(line, array index or None, object) for every row of a data file. A JSON-lines row that does not parse
+    is a `BadLine`; any other unreadable file raises DataError."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}", hint="Check data.train in the run file.")
     suffix = path.suffix.lower()
     if suffix in (".csv", ".parquet"):
-        import datasets  # heavy; only for these formats
-
-        table = datasets.load_dataset(suffix.lstrip("."), data_files=str(path), split="train")
-        for i, row in enumerate(table):
-            yield i + 2 if suffix == ".csv" else i + 1, None, row
+        yield from _table_rows(path)
         return
     try:
         with open(path, encoding="utf-8") as f:
@@ -153,11 +188,26 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, int | None, Any]]:
                     if line.strip():
                         yield lineno, None, {"text": line.rstrip("\n")}
             elif head.startswith("["):  # a JSON array is one document: read whole
-                yield from _json_array(path, f.read())
+                try:
+                    yield from _json_array(path, f.read())
+                except RecursionError:
+                    raise DataError(f"{path}: not valid here: the JSON is nested too deeply (over ~1000 levels)",
+                                    hint="Rows are objects of messages or fields, a few levels deep.") from None
             else:
                 yield from _json_lines(path, f)
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason})", hint="Save the file as UTF-8.") from None
+        raise DataError(f"{path}:{_not_utf8(path, e)}", hint="Save the file as UTF-8.") from None
+
+
+def _not_utf8(path: Path, error: UnicodeDecodeError) -> str:
+    """"3: not UTF-8 text (invalid start byte at column 12)": the decoder's own offset counts from its buffer."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return f"{lineno}: not UTF-8 text ({e.reason} at column {e.start + 1})"
+    return f" not UTF-8 text ({error.reason})"
 
 
 # --------------------------------------------------------------------------- detecting
@@ -358,6 +408,9 @@ def iter_source(src: Source) -> Iterator[Example | RowProblem]:
     Detects the format from the first row when it is not given. Lazy: JSON lines and .txt files
     are read line by line, so a pass over a file larger than memory is fine."""
     for line, index, row in read_rows(src.path):
+        if isinstance(row, BadLine):
+            yield RowProblem(str(src.path), line, index, row.message)
+            continue
         if src.formatting is None:
             try:
                 src.formatting, kind, src.reason = detect(row)

@@ -18,6 +18,7 @@ from ftune.runtime.data.formats import (
     RowProblem,
     Source,
     convert_messages,
+    iter_source,
     load_source,
     registry_sources,
 )
@@ -64,6 +65,57 @@ def interleave(groups: list[list], probs: list[float] | None, seed: int, until: 
     return out
 
 
+def _wrong_kind(src: Source, kind: str, reason: str, stage: str) -> DataError | None:
+    want = STAGE_KIND.get(stage, "chat")
+    if kind in ("unknown", None) or kind == want:
+        return None
+    fits = ", ".join(KINDS.get(kind, []))
+    return DataError(f"{src.path} holds {kind} data ({reason}), which suits {fits}; stage {stage} needs {want} data",
+                     hint="Choose the stage that fits the data, or other data for this stage.")
+
+
+def _invalid(problems: list[RowProblem], total: int, count: int | None = None) -> DataError:
+    count = len(problems) if count is None else count
+    shown = "\n".join(f"  {p}" for p in problems[:10])
+    more = f"\n  ... and {count - 10} more" if count > 10 else ""
+    return DataError(f"{count} of {total} rows are invalid:\n{shown}{more}",
+                     hint="Fix the rows, or set data.on_invalid: skip to train on the valid rows only.")
+
+
+def _no_rows(sources: list[Source]) -> DataError:
+    return DataError(f"no valid rows in {', '.join(str(s.path) for s in sources)}",
+                     hint="The file is empty or every row is invalid.")
+
+
+def check_data(sources: list[Source], stage: str, on_invalid: str,
+               limit: int | None = None) -> tuple[int, int, list[RowProblem]]:
+    """One streaming pass that keeps only the first problems: what `ftune train` checks before it detaches, and
+    the worker's pass over data larger than memory. Raises what load_data would raise; returns (rows, valid rows,
+    the first problems). `limit`: rows per source, for a look at the head of a stream."""
+    total, problems, valid = 0, [], 0
+    for src in sources:
+        checked = False
+        for n, item in enumerate(iter_source(src)):
+            if limit is not None and n >= limit:
+                break
+            total += 1
+            if isinstance(item, RowProblem):
+                if len(problems) < 100:  # enough to report; the count is total - valid
+                    problems.append(item)
+                continue
+            valid += 1
+            if not checked:  # the kind is known from the first valid row
+                checked = True
+                wrong = _wrong_kind(src, src.kind, src.reason, stage)
+                if wrong:
+                    raise wrong
+    if total > valid and on_invalid == "error":
+        raise _invalid(problems, total, total - valid)
+    if not valid:
+        raise _no_rows(sources)
+    return total, valid, problems
+
+
 def load_data(sources: list[Source], stage: str, on_invalid: str, max_samples: int | None = None,
               mix: str = "concat", probs: list[float] | None = None, seed: int = 0) -> Loaded:
     """Every source loaded and checked; refuses data of the wrong kind for the stage and, with
@@ -71,33 +123,26 @@ def load_data(sources: list[Source], stage: str, on_invalid: str, max_samples: i
     concatenated or interleaved (mix)."""
     want = STAGE_KIND.get(stage, "chat")
     groups: list[list[Example]] = []
-    examples: list[Example] = []
     problems: list[RowProblem] = []
     total, formats, reasons = 0, [], []
     for src in sources:
         loaded = load_source(src)
-        if loaded.kind != "unknown" and loaded.kind != want:
-            fits = ", ".join(KINDS.get(loaded.kind, []))
-            raise DataError(f"{src.path} holds {loaded.kind} data ({loaded.reason}), which suits {fits}; "
-                            f"stage {stage} needs {want} data",
-                            hint="Choose the stage that fits the data, or other data for this stage.")
+        wrong = _wrong_kind(src, loaded.kind, loaded.reason, stage)
+        if wrong:
+            raise wrong
         groups.append(loaded.examples)
         problems += loaded.problems
         total += loaded.total
         formats.append(loaded.formatting)
         reasons.append(loaded.reason)
     if problems and on_invalid == "error":
-        shown = "\n".join(f"  {p}" for p in problems[:10])
-        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise DataError(f"{len(problems)} of {total} rows are invalid:\n{shown}{more}",
-                        hint="Fix the rows, or set data.on_invalid: skip to train on the valid rows only.")
+        raise _invalid(problems, total)
     if mix == "concat" or len(groups) == 1:
         examples = [ex for g in groups for ex in g]
     else:
         examples = interleave(groups, probs, seed, "first" if mix == "interleave_under" else "all")
     if not examples:
-        raise DataError(f"no valid rows in {', '.join(str(s.path) for s in sources)}",
-                        hint="The file is empty or every row is invalid.")
+        raise _no_rows(sources)
     if max_samples:
         examples = examples[:max_samples]
     return Loaded(examples, total, problems, "+".join(dict.fromkeys(formats)), want, "; ".join(reasons))

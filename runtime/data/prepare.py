@@ -13,7 +13,7 @@ from typing import Any
 
 from ftune.runtime.data import columns
 from ftune.runtime.data.formats import DataError
-from ftune.runtime.data.load import load_data, sources_for, split
+from ftune.runtime.data.load import check_data, load_data, sources_for, split
 from ftune.runtime.data.tokenize import tokenize_examples
 from ftune.runtime.events import EventWriter
 from ftune.runtime.files import publish_dir
@@ -124,21 +124,10 @@ def stream_data(spec: RunSpec, tokenizer, sources: list, base: Path, events: Eve
     shuffles in a buffer and tokenises as training goes. Evaluation uses data.validation only."""
     import datasets
 
-    from ftune.runtime.data.formats import RowProblem, iter_source
-
     d, stage = spec.data, spec.stage.type
-    total, problems = 0, []
-    for src in sources:  # the checking pass keeps nothing but the problems
-        for item in iter_source(src):
-            total += 1
-            if isinstance(item, RowProblem):
-                problems.append(item)
-    if problems and d.on_invalid == "error":
-        shown = "\n".join(f"  {p}" for p in problems[:10])
-        raise DataError(f"{len(problems)} of {total} rows are invalid:\n{shown}",
-                        hint="Fix the rows, or set data.on_invalid: skip to train on the valid rows only.")
+    total, valid, problems = check_data(sources, stage, d.on_invalid)  # a pass that keeps only the problems
     if problems:
-        events.emit("warning", message=f"skipping {len(problems)} invalid rows of {total}", hint=f"First: {problems[0]}")
+        events.emit("warning", message=f"skipping {total - valid} invalid rows of {total}", hint=f"First: {problems[0]}")
 
     opts = {"max_length": d.max_length, "train_on_prompt": d.train_on_prompt, "mask_history": d.mask_history,
             "combine": d.combine, "max_input_length": d.max_input_length, "max_output_length": d.max_output_length}
@@ -155,6 +144,6 @@ def stream_data(spec: RunSpec, tokenizer, sources: list, base: Path, events: Eve
         cols, _ = (columns.text_columns(tokenizer, v, d.max_length) if stage == "pt" else
                    tokenize_examples(tokenizer, v, d.max_length, d.train_on_prompt, d.mask_history, d.combine))
         eval_ds = datasets.Dataset.from_dict(cols)
-    return PreparedData(train=train, eval=eval_ds, total_rows=total, skipped_rows=len(problems),
-                        num_train_rows=total - len(problems), num_eval_rows=len(eval_ds) if eval_ds else 0,
+    return PreparedData(train=train, eval=eval_ds, total_rows=total, skipped_rows=total - valid,
+                        num_train_rows=valid, num_eval_rows=len(eval_ds) if eval_ds else 0,
                         format="+".join(s.formatting or "auto" for s in sources))

@@ -4,14 +4,38 @@ from __future__ import annotations
 
 from typing import Any
 
+import shutil
+
 from ftune.runtime.data.formats import DataError
-from ftune.runtime.rundir import RunError
+from ftune.runtime.errors import disk_full_message, is_disk_full
+from ftune.runtime.rundir import RunDir, RunError
 from ftune.runtime.spec import SpecError
 
 
-def explain(exc: BaseException, spec: Any = None) -> tuple[str, str]:
+def disk_full(run: RunDir | None, spec: Any = None) -> tuple[str, str]:
+    """Which checkpoint the full disk cut short (removed: it is unusable and holds the space the user needs), and
+    which intact one a resume starts from."""
+    if run is None:
+        return disk_full_message(), "Free some space, then `ftune train RUN --resume`."
+    out = spec.output.dir if spec is not None else None
+    folder = run.checkpoints_dir(out)
+    torn = [(step, path) for step, path, problem in run.all_checkpoints() if problem is not None]
+    intact = run.checkpoints()
+    resume = (f"checkpoint-{intact[-1][0]} is intact: free some space, then `ftune train {run.name} --resume`"
+              if intact else f"Free some space, then `ftune train {run.name}` again")
+    if torn:
+        step, path = torn[-1]
+        shutil.rmtree(path, ignore_errors=True)
+        return disk_full_message(path=folder, what=f"checkpoint-{step}") + " (the partial folder was removed)", \
+            resume + "."
+    return disk_full_message(path=run.output_base(out)), resume + "."
+
+
+def explain(exc: BaseException, spec: Any = None, run: RunDir | None = None) -> tuple[str, str]:
     text = str(exc).strip() or type(exc).__name__
     low = text.lower()
+    if is_disk_full(exc):
+        return disk_full(run, spec)
     if isinstance(exc, SpecError):
         return text, "Fix run.yaml (ftune train validates it before starting)."
     if isinstance(exc, DataError):

@@ -64,12 +64,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except BaseException as exc:  # noqa: BLE001 - every failure must end the stream with an error event
         traceback.print_exc()
-        message, hint = hints.explain(exc, spec)
+        message, hint = hints.explain(exc, spec, run)
         if not lead:  # any rank's failure ends the run with an error event naming it
             events = EventWriter(run.events_path)
             message = f"rank {rank}: {message}"
-        events.emit("error", message=message, hint=hint, kind=type(exc).__name__, rank=rank)
-        run.update_status(state="failed", ended_at=time.time(), error=message)
+        try:  # on a full disk these small writes may fail too: the process still ends, and the lock with it
+            events.emit("error", message=message, hint=hint, kind=type(exc).__name__, rank=rank)
+            run.update_status(state="failed", ended_at=time.time(), error=message)
+        except OSError as e:
+            print(f"ftune: could not record the failure ({e}): {message}", file=sys.stderr)
         return 1
     finally:
         sys.stderr.flush()

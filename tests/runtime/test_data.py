@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from ftune.runtime.data.formats import DataError, read_rows
+from ftune.runtime.data.formats import DataError, Source, load_source, read_rows
 from ftune.runtime.data.load import check_messages, load_data, sources_for, split
 from ftune.runtime.data.tokenize import tokenize_conversation
 
@@ -34,15 +34,16 @@ def test_siliconflow_rules(row, problem):
     assert check_messages(row) == problem
 
 
-def test_syntax_error_names_line_and_column_with_caret(tmp_path):
+def test_an_invalid_json_line_is_one_row_error_and_the_others_are_still_checked(tmp_path):
     p = tmp_path / "d.jsonl"
-    p.write_text('{"messages": []}\n\n{"messages": [{"role": "user" "content": "x"}]}\n')
-    with pytest.raises(DataError) as info:
-        list(read_rows(p))
-    msg = str(info.value)
-    assert msg.startswith(f"{p}:3:31: not valid JSON: Expecting ',' delimiter")
-    lines = msg.splitlines()
-    assert lines[2].index("^") - 4 == 30 and lines[1].strip().startswith('{"messages"')
+    p.write_text('{"messages": []}\n\n{"messages": [{"role": "user" "content": "x"}]}\n'
+                 '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n')
+    loaded = load_source(Source(p))
+    assert [str(x) for x in loaded.problems] == [
+        f"{p}:1: 'messages' must be a non-empty array",
+        f"{p}:3: not valid JSON at column 31: Expecting ',' delimiter",
+    ]
+    assert len(loaded.examples) == 1 and loaded.total == 3
 
 
 def test_invalid_rows_error_lists_them_and_skip_counts(tmp_path):

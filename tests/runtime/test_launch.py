@@ -4,12 +4,15 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from ftune.cli import main
 from ftune.runtime import launch
+from ftune.runtime.errors import UserError
 from ftune.runtime.events import EventReader, read_all
 from ftune.runtime.rundir import RunDir, RunError
 from tests.runtime.helpers import make_run, of_type, train_to_end, wait_for
@@ -123,19 +126,44 @@ def test_crashed_worker_is_reported(project, tiny_model):
     ({"data": {"train": "missing.jsonl"}}, "data file not found: "),
     ({"model": {"name_or_path": "./no-such-model"}}, "model folder not found: "),
     ({"model": {"name_or_path": "not a hub id"}}, "is neither a model folder, a .gguf file nor a hub id"),
+    ({"model": {"name_or_path": "empty-model"}}, "has no config.json"),
 ])
 def test_bad_paths_fail_before_anything_starts(project, tiny_model, change, message):
+    (project / "empty-model").mkdir()
     run = make_run(project, tiny_model, **change)
-    with pytest.raises(RunError, match=message):
+    with pytest.raises(UserError, match=message):
         launch.start(run)
     assert not run.events_path.exists() and not run.status_path.exists()
 
 
-def test_model_folder_without_config(project, tiny_model):
-    (project / "empty-model").mkdir()
-    run = make_run(project, tiny_model, model={"name_or_path": "empty-model"})
-    with pytest.raises(RunError, match="has no config.json"):
+BAD_INPUTS = yaml.safe_load((Path(__file__).parent / "bad_inputs.yaml").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=[c["case"] for c in BAD_INPUTS])
+def test_bad_input_is_refused_before_anything_detaches(project, tiny_model, monkeypatch, case):
+    target = project / case.get("file", "train.jsonl")
+    target.parent.mkdir(exist_ok=True)
+    if "content_repeat" in case:
+        text, times = case["content_repeat"]
+        target.write_text(text * times)
+    elif "content" in case:
+        target.write_bytes(case["content"].encode(case.get("encoding", "utf-8")))
+    for key, value in case.get("env", {}).items():
+        monkeypatch.setenv(key, value)
+    run = make_run(project, tiny_model, **case.get("run", {}))
+    with pytest.raises(UserError) as info:
         launch.start(run)
+    assert str(info.value).startswith(case["expect"].format(project=project)), str(info.value)
+    assert not run.events_path.exists() and not run.status_path.exists() and not run.is_locked()
+
+
+def test_train_exits_2_with_the_message_and_starts_nothing(project, tiny_model):
+    (project / "train.jsonl").write_text('{"text": "pre-training text"}\n')
+    make_run(project, tiny_model)
+    result = CliRunner().invoke(main, ["train", "run-01"])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"ftune: {project}/train.jsonl holds text data"), result.output
+    assert "Choose the stage that fits the data" in result.output and "started" not in result.output
 
 
 def test_missing_run_and_stop_of_idle_run(project, tiny_model):

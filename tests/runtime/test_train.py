@@ -1,10 +1,12 @@
 """Real training on a tiny model through the launcher and worker: nothing mocked."""
 
 import json
+import os
 
 import pytest
 
 from ftune.runtime import launch
+from ftune.runtime.data.formats import DataError
 from ftune.runtime.rundir import RunError
 from tests.runtime.helpers import make_run, of_type, train_to_end
 
@@ -66,18 +68,6 @@ def test_full_sft_saves_the_whole_model(project, tiny_model):
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
     changed = [n for (n, p), (_, q) in zip(model.named_parameters(), base.named_parameters()) if not p.equal(q)]
     assert changed, "full fine-tuning changed no weight"
-
-
-def test_invalid_data_ends_with_error_event_and_hint(project, tiny_model):
-    (project / "train.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
-    run = make_run(project, tiny_model)
-    events = train_to_end(run)
-    err = events[-1]
-    assert err["type"] == "error"
-    assert err["message"].startswith("1 of 1 rows are invalid:")
-    assert "on_invalid: skip" in err["hint"]
-    assert "Traceback" in run.log_path.read_text()  # the traceback stays in the log
-    assert json.loads(run.status_path.read_text())["state"] == "failed"
 
 
 def test_skip_invalid_rows_counts_them(project, tiny_model):
@@ -188,4 +178,34 @@ def test_streaming_checks_first_then_trains_from_the_stream(project, tiny_model)
     assert [s["step"] for s in of_type(events, "step")] == [1, 2, 3]
     assert not (run.path / "tokenized").exists()  # nothing materialised
     run2 = make_run(project, tiny_model, name="run-02", data={"streaming": True}, training={"max_steps": 2})
-    assert train_to_end(run2)[-1]["message"].startswith("1 of 65 rows are invalid")
+    with pytest.raises(DataError, match="^1 of 65 rows are invalid"):  # the head of a stream, checked before detaching
+        launch.start(run2)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 700 KB tmpfs: room for two checkpoints of the tiny LoRA run (about 310 KB each), not three."""
+    import subprocess
+
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(disk)],
+                                           capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root (and a mount command): the full-disk test runs in CI as root")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_full_disk_during_a_checkpoint_names_it_and_keeps_the_earlier_ones(project, tiny_model, small_disk):
+    run = make_run(project, tiny_model, output={"dir": str(small_disk)},
+                   training={"max_steps": 6, "save_steps": 1, "save_total_limit": None})
+    events = train_to_end(run)
+    err = events[-1]
+    assert err["type"] == "error", run.log_path.read_text()[-3000:]
+    assert err["message"].startswith(f"no space left on device writing checkpoint-3 to {small_disk / 'checkpoints'} (")
+    assert err["message"].endswith("MB free) (the partial folder was removed)")
+    assert f"checkpoint-2 is intact: free some space, then `ftune train {run.name} --resume`" in err["hint"]
+    assert [step for step, _ in run.checkpoints()] == [1, 2]  # whole, and resumable
+    assert not (small_disk / "checkpoints" / "checkpoint-3").exists()
+    assert json.loads(run.status_path.read_text())["state"] == "failed"
+    assert "Traceback" in run.log_path.read_text()  # the traceback stays in the log
