@@ -102,6 +102,7 @@ def main(runs_dir: str | None) -> None:
     \b
     Start here:    ftune demo                 tiny model, bundled data, < 1 minute on a CPU
     Set up a run:  ftune new                  guided: model, data, method, memory check
+    Or bring one:  ftune import FILE          a LLaMA-Factory YAML, GLM-4 lora.yaml, platform parameters
     Train a run:   ftune train run-01         detached; survives closing the terminal
     Follow it:     ftune watch run-01         live monitor; ftune logs run-01 -f, ftune ls
     Stop it:       ftune stop run-01          saves a checkpoint; resume with --resume
@@ -252,7 +253,7 @@ def new(ctx: click.Context, **options) -> None:
     flags = Flags(**options)
     tty = sys.stdin.isatty() and sys.stdout.isatty()
     ui = UI()
-    answers = answers_from(flags, project=project_of(root))
+    answers = answers_from(flags, project=project_of(root), on_import=_print_import)
     if flags.yes or not tty:
         written = run_noninteractive(flags, answers, root, tty=tty)
         click.echo(ui.t(f"Wrote {written.run.spec_path}"))
@@ -329,6 +330,103 @@ def presets() -> None:
                   "Order: defaults < preset < run file < --set.")
 
 
+# --------------------------------------------------------------------------- import, schema
+def _kinds():
+    from ftune.runtime.importers import KINDS
+
+    return KINDS
+
+
+@main.command(name="import", context_settings=CONTEXT)
+@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--name", metavar="RUN", help="Run name (default: from the file's name, qwen3_lora_sft -> qwen3-lora-sft).")
+@click.option("--dataset-dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="LLaMA-Factory's dataset_dir (default: data/ beside FILE); GLM-4's data folder (default: FILE's).")
+@click.option("--model", "-m", metavar="MODEL", help="The base model: hub id or local folder (GLM-4 and DoDo files "
+                                                     "name none).")
+@click.option("--data", "-d", metavar="FILE", help="Training data file, instead of the one FILE names.")
+@click.option("--kind", type=LazyChoice(_kinds), help="Force the kind instead of detecting it from the keys.")
+@click.option("--gpu/--no-gpu", default=None,
+              help="Keep settings that need a CUDA GPU (default: only when this machine has one).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run file of that name.")
+@click.pass_context
+def import_(ctx: click.Context, file: str, overrides: tuple[str, ...], name: str | None, dataset_dir: str | None,
+            model: str | None, data: str | None, kind: str | None, gpu: bool | None, overwrite: bool) -> None:
+    """Turn another tool's training config into runs/RUN/run.yaml, key by key.
+
+    \b
+    LLaMA-Factory  a training YAML, with the KEY=VALUE overrides llamafactory-cli train takes
+    GLM-4          finetune_demo's configs/lora.yaml (data_config, training_args, peft_config)
+    DoDo           a hosted platform's parameter set with numeric codes (JSON or YAML)
+
+    Prints what went where, then every key it did not carry over and why. Nothing is written unless
+    the run file validates. docs/import.md lists the mappings.
+    """
+    from ftune.runtime.importers import import_config, write_imported
+    from ftune.runtime.rundir import project_of
+
+    root = _runs_root(ctx)
+    imported = import_config(file, project=project_of(root), kind=kind, name=name, dataset_dir=dataset_dir,
+                             model=model, data=data, overrides=list(overrides), gpu=gpu)
+    _print_import(imported)
+    run = write_imported(root, imported, overwrite=overwrite)
+    click.echo(f"Wrote {run.spec_path}")
+    click.echo(f"  train it: ftune train {run.name}   (or change it first: ftune new --from {run.spec_path})")
+
+
+def _print_import(imported) -> None:
+    """The import's record: carried keys, the keys left out and why, warnings."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from ftune.runtime.importers import KINDS
+    from ftune.wizard.runfile import fmt
+
+    console = Console(highlight=False)
+    console.print(f"[bold]{escape(str(imported.source))}[/]: {KINDS[imported.kind]}")
+    table = Table(header_style="bold", pad_edge=False, box=None)
+    for col in ("source key", "ftune key", "value", "note"):
+        table.add_column(col, no_wrap=col != "note", overflow="fold", style="dim" if col == "note" else None)
+    for c in imported.carried:
+        table.add_row(escape(c.source), c.target, escape(fmt(c.value)), escape(c.note))
+    console.print(table)
+    if imported.left:
+        console.print(f"\n[bold]Not carried over[/] ({len(imported.left)}):")
+        left = Table(header_style="bold", pad_edge=False, box=None)
+        for col in ("source key", "value", "why"):
+            left.add_column(col, no_wrap=col == "source key", overflow="fold")
+        for x in imported.left:
+            left.add_row(escape(x.source), escape(fmt(x.value)), f"[yellow]{x.reason}[/]: {escape(x.why)}")
+        console.print(left)
+    for w in imported.warnings:
+        console.print(f"[yellow]warning[/]: {escape(w)}")
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--write", "write", is_flag=True,
+              help="Write it to runs/run.schema.json, where the first line of every run file points.")
+@click.option("--out", type=click.Path(dir_okay=False), metavar="FILE", help="Write it to FILE instead.")
+@click.pass_context
+def schema(ctx: click.Context, write: bool, out: str | None) -> None:
+    """Print the run file's JSON Schema, for editors that complete and check run.yaml as you type.
+
+    Run files written by ftune start with `# yaml-language-server: $schema=../run.schema.json`, and
+    ftune keeps runs/run.schema.json up to date beside them: with the YAML extension (VS Code) or
+    yaml-language-server (Neovim, Helix, Zed) completion and checks work offline. For a run file
+    written by hand, add that line, or point your editor at the file `ftune schema --write` writes.
+    """
+    from ftune.runtime.spec.editors import SCHEMA_FILE, schema_text, write_schema
+
+    if not (write or out):
+        click.echo(schema_text(), nl=False)
+        return
+    path = write_schema(Path(out) if out else _runs_root(ctx) / SCHEMA_FILE)
+    click.echo(f"Wrote {path}")
+    click.echo(f"  first line of a run file: # yaml-language-server: $schema={path.resolve()}")
+
+
 # --------------------------------------------------------------------------- train
 @main.command(context_settings=CONTEXT)
 @run_argument
@@ -368,17 +466,13 @@ def train(ctx: click.Context, name: str, foreground: bool, resume: bool, restart
 
 
 def _apply_overrides(run, overrides: list[str]) -> None:
-    import yaml
-
-    from ftune.runtime.files import write_atomic
     from ftune.runtime.spec import apply_overrides, build_spec
-    from ftune.runtime.spec.io import read_yaml
+    from ftune.runtime.spec.io import read_yaml, run_file_text, write_run_file
 
     raw = read_yaml(run.spec_path.read_text(encoding="utf-8"), str(run.spec_path))[0] or {}
     merged = apply_overrides(raw, overrides)
     build_spec(merged, source=f"{run.spec_path} with --set")  # validate before touching the file
-    header = "# ftune run file (updated by ftune train --set)\n"
-    write_atomic(run.spec_path, header + yaml.safe_dump(merged, sort_keys=False, allow_unicode=True))
+    write_run_file(run.spec_path, run_file_text(merged, ["ftune run file (updated by ftune train --set)"]))
     click.echo(f"Updated {run.spec_path}: {', '.join(overrides)}")
 
 

@@ -27,6 +27,7 @@ LAYERS = [
               "ftune.runtime.sysmon", "ftune.runtime.catalog", "ftune.runtime.memory", "ftune.runtime.history",
               "ftune.runtime.tail", "ftune.runtime.tinymodel", "ftune.runtime.demo"]),
     ("data", ["ftune.runtime.data"]),
+    ("import", ["ftune.runtime.importers"]),
     ("launch", ["ftune.runtime.launch", "ftune.runtime.distributed"]),
     ("infer", ["ftune.runtime.infer"]),
     ("train", ["ftune.runtime.train"]),

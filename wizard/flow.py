@@ -532,6 +532,7 @@ class Wizard:
                 if nxt is BACK or nxt == AGAIN:
                     continue
             self.a.data, self.a.on_invalid, self.summary = as_written(path, self.project, self.cwd), on_invalid, s
+            self.a.base.get("data", {}).pop("dataset_dir", None)  # a file now, not a key of a dataset_info.json
             if self.ask_validation() is BACK:
                 continue
             return None

@@ -50,8 +50,10 @@ class Flags:
     start: bool = False
 
 
-def read_partial(path: str) -> dict[str, Any]:
-    """A partial run file for --from: a YAML mapping (mistakes in it surface with their line later)."""
+def read_partial(path: str, project: Path | None = None, on_import=None) -> dict[str, Any]:
+    """A partial run file for --from: a YAML mapping (mistakes in it surface with their line later). Another
+    tool's config (LLaMA-Factory, GLM-4, a platform's parameters) goes through `ftune import`'s mapping first;
+    `on_import` is shown what it carried over and what it left out."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -62,14 +64,21 @@ def read_partial(path: str) -> dict[str, Any]:
         return {}
     if not isinstance(raw, dict):
         raise SpecError([Problem("", "a run file is a mapping of sections (name:, model:, data: ...)")], path)
+    from ftune.runtime.importers import import_config, is_foreign
+
+    if is_foreign(raw):
+        imported = import_config(p, project=project or Path.cwd(), require_all=False)
+        if on_import:
+            on_import(imported)
+        return imported.raw
     return raw
 
 
-def answers_from(flags: Flags, cwd: Path | None = None, project: Path | None = None) -> Answers:
+def answers_from(flags: Flags, cwd: Path | None = None, project: Path | None = None, on_import=None) -> Answers:
     """Answers from --from (if any) with the flags on top. Paths given as flags are relative to the current
     folder and written relative to the project folder."""
     cwd = cwd or Path.cwd()
-    a = Answers.from_raw(read_partial(flags.from_file)) if flags.from_file else Answers()
+    a = Answers.from_raw(read_partial(flags.from_file, project, on_import)) if flags.from_file else Answers()
     if flags.name:
         a.name = flags.name
     if flags.model:
@@ -78,6 +87,7 @@ def answers_from(flags: Flags, cwd: Path | None = None, project: Path | None = N
         a.model = model_as_written(local, project, cwd) if project and (is_local or looks_local(flags.model)) else flags.model
     if flags.data:
         a.data = as_written(flags.data, project, cwd) if project else flags.data
+        a.base.get("data", {}).pop("dataset_dir", None)  # a file now, not a key of the --from file's dataset_info
     if flags.validation:
         a.validation = as_written(flags.validation, project, cwd) if project else flags.validation
     if flags.val_size is not None:
@@ -162,6 +172,8 @@ def _check_data(a: Answers, project: Path) -> None:
     from ftune.runtime.data.load import summarize_file
 
     files = [("--data", f) for f in ([a.data] if isinstance(a.data, str) else a.data or [])]
+    if (a.base.get("data") or {}).get("dataset_dir"):  # keys of a dataset_info.json: `ftune train` checks them
+        files = []
     for flag, written in files + [("--validation", a.validation)]:
         if not written:
             continue

@@ -21,10 +21,10 @@ from ftune.presets import describe, load_preset
 from ftune.runtime import memory
 from ftune.runtime.catalog import ModelInfo
 from ftune.runtime.errors import UserError
-from ftune.runtime.files import write_atomic
 from ftune.runtime.models import looks_local
 from ftune.runtime.rundir import RunDir
 from ftune.runtime.spec import Problem, RunSpec, SpecError, build_spec, iter_fields, shorthand
+from ftune.runtime.spec import io as spec_io
 
 # --------------------------------------------------------------------------- the choices
 # stage: (label, what it is, when to use it)
@@ -402,18 +402,17 @@ def model_as_written(path: str | Path, project: Path, cwd: Path | None = None) -
 
 def run_file_text(checked: Checked, when: float | None = None) -> str:
     stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(when))
-    lines = [f"# ftune run file, written by `ftune new` on {stamp}.",
-             "# Values not set here come from the preset and the defaults (docs/run-file.md)."]
+    lines = [f"ftune run file, written by `ftune new` on {stamp}.",
+             "Values not set here come from the preset and the defaults (docs/run-file.md)."]
     if checked.refused:
-        lines.append("# `ftune train` refuses this file until this ftune supports:")
-        lines += [f"#   {p.path}: {p.message}" for p in checked.refused]
-    body = yaml.safe_dump(checked.raw, sort_keys=False, allow_unicode=True, width=100)
-    return "\n".join(lines) + "\n" + body
+        lines.append("`ftune train` refuses this file until this ftune supports:")
+        lines += [f"  {p.path}: {p.message}" for p in checked.refused]
+    return spec_io.run_file_text(checked.raw, lines)
 
 
 def write_run(root: Path, checked: Checked) -> RunDir:
     run = RunDir(root, checked.raw["name"])
-    write_atomic(run.spec_path, run_file_text(checked))
+    spec_io.write_run_file(run.spec_path, run_file_text(checked))
     return run
 
 

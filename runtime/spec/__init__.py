@@ -6,6 +6,7 @@
     shorthand.py  `stage: sft` / `method: lora`, dotted paths
     overrides.py  `--set` and the merge order: defaults < preset < run file < --set
     io.py         load, build, save
+    editors.py    the JSON Schema for editors (`ftune schema`) and the line that points run files at it
     docgen.py     docs/run-file.md from the schema
 
 The names below are the spec's public API; import them from here.

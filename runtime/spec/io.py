@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from ftune.runtime.files import write_atomic
 from ftune.runtime.spec import shorthand
+from ftune.runtime.spec.editors import MODELINE, schema_path_for, write_schema
 from ftune.runtime.spec.overrides import apply_overrides, deep_merge, preset_override
 from ftune.runtime.spec.problems import Problem, SpecError, later_problems, line_of, pydantic_problems
 from ftune.runtime.spec.schema import RunSpec, section_class
@@ -119,10 +120,23 @@ def spec_to_dict(spec: RunSpec) -> dict[str, Any]:
     return shorthand.collapse(data)
 
 
+def run_file_text(data: dict[str, Any], comments: list[str]) -> str:
+    """A run file as every ftune writer writes it: the editors' schema line, `# comments`, then the YAML."""
+    lines = [MODELINE, *(f"# {c}" if c else "#" for c in comments)]
+    return "\n".join(lines) + "\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+
+
+def write_run_file(path: str | Path, text: str) -> None:
+    """Write `runs/<name>/run.yaml` (atomically) and keep `runs/run.schema.json`, which its first line names,
+    up to date."""
+    write_schema(schema_path_for(path))
+    write_atomic(path, text)
+
+
 def spec_to_yaml(spec: RunSpec) -> str:
-    header = f"# ftune run file. Edit freely; `ftune train {spec.name}` validates it. Fields: docs/run-file.md\n"
-    return header + yaml.safe_dump(spec_to_dict(spec), sort_keys=False, allow_unicode=True, width=100)
+    comment = f"ftune run file. Edit freely; `ftune train {spec.name}` validates it. Fields: docs/run-file.md"
+    return run_file_text(spec_to_dict(spec), [comment])
 
 
 def save_spec(spec: RunSpec, path: str | Path) -> None:
-    write_atomic(path, spec_to_yaml(spec))
+    write_run_file(path, spec_to_yaml(spec))

@@ -44,6 +44,9 @@ class SpecError(UserError):
             at = f"line {p.line}: " if p.line else ""
             said = p.path and p.message.startswith(p.path)  # "training.optim adam_mini ...": no need to say it twice
             lines.append(f"  {at}{p.message}" if said else f"  {at}{p.path or '(top level)'}: {p.message}")
+        if sum("in ftune this is" in p.message for p in self.problems) >= 3:
+            lines.append("This looks like another tool's config (LLaMA-Factory, GLM-4, a platform's parameters): "
+                         "`ftune import FILE` converts it key by key (docs/import.md).")
         return "\n".join(lines)
 
 
