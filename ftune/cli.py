@@ -3,6 +3,7 @@ so that `ftune --help` stays fast and never imports torch."""
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 import click
 
 from ftune import __version__
-from ftune.runtime.errors import UserError
+from ftune.runtime.errors import UserError, disk_full_message
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -27,6 +28,13 @@ class FtuneGroup(click.Group):
             if e.hint and "\n" not in str(e):
                 click.echo(f"  {e.hint}", err=True)
             ctx.exit(2)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            click.secho(f"ftune: {disk_full_message(e)}", fg="red", err=True)
+            click.echo("  Free some space (old runs: `ftune rm RUN`; checkpoints: training.save_total_limit), "
+                       "then try again.", err=True)
+            ctx.exit(1)
 
 
 def _runs_root(ctx: click.Context) -> Path:
@@ -649,8 +657,9 @@ def _print_data_report(report) -> None:
     colour = "red" if r.invalid else "green"
     console.print(f"  rows     {r.total}: [green]{r.valid} valid[/], [{colour}]{r.invalid} invalid[/]")
     if r.turns:
-        turns = ", ".join(f"{k}: {v}" for k, v in sorted(r.turns.items()))
-        console.print(f"  answers  per row (answers: rows) {turns}")
+        turns = "; ".join(f"{v} {'row' if v == 1 else 'rows'} with {k} {'answer' if k == 1 else 'answers'}"
+                          for k, v in sorted(r.turns.items()))
+        console.print(f"  answers  {turns}")
         console.print(f"  roles    {', '.join(f'{k} {v}' for k, v in r.roles.items())}")
     tokens = report.tokens
     if tokens:
@@ -690,8 +699,12 @@ def rm(ctx: click.Context, name: str, yes: bool) -> None:
         if not sys.stdin.isatty():
             raise RunError(f"not deleting {name} without confirmation: pass --yes")
         click.confirm(f"Delete {run.path}{extra} ({state})?", abort=True)
-    run.remove()
-    click.echo(f"Deleted {name}.")
+    kept = run.remove()
+    if kept:
+        click.echo(f"Deleted the link {run.path}; the folder it pointed at, {kept}, is left in place (delete it "
+                   f"yourself if nothing else needs it).")
+    else:
+        click.echo(f"Deleted {name}.")
 
 
 # --------------------------------------------------------------------------- after training
@@ -760,7 +773,8 @@ def chat(ctx: click.Context, name: str, checkpoint: int | None, compare_base: bo
               help="Address to listen on; over SSH keep loopback and forward the port (ssh -L).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--api-key", envvar="FTUNE_API_KEY", show_envvar=True, metavar="KEY",
-              help="Require 'Authorization: Bearer KEY' on every /v1 request.")
+              help="Require 'Authorization: Bearer KEY' on every /v1 request. Prefer FTUNE_API_KEY: a flag shows "
+                   "in `ps`.")
 @click.option("--engine", type=click.Choice(("auto", "transformers", "vllm")), default="auto", show_default=True,
               help="auto: vLLM when it is installed and a CUDA GPU is present, else transformers.")
 @click.pass_context
@@ -774,6 +788,10 @@ def serve(ctx: click.Context, name: str, checkpoint: int | None, host: str, port
     """
     from ftune.runtime.infer.serve import serve as serve_run
 
+    source = ctx.get_parameter_source("api_key")
+    if api_key and source == click.core.ParameterSource.COMMANDLINE:  # argv is readable by every local user
+        click.secho("warning: --api-key on the command line shows in `ps` to everyone on this machine; prefer "
+                    "FTUNE_API_KEY=KEY in the environment", fg="yellow", err=True)
     serve_run(_run(ctx, name), checkpoint, host, port, api_key, engine, say=click.echo)
 
 

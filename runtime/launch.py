@@ -148,6 +148,9 @@ def start(run: RunDir, *, resume: bool = False, restart: bool = False, node_rank
     lock_fd = run.acquire_lock()
     try:
         spec = load_spec(run.spec_path)
+        if spec.name != run.name:  # e.g. a copied run folder: events, ls and the export would disagree on its name
+            raise RunError(f"{run.spec_path} says name: {spec.name}, but it lies in the folder of run '{run.name}': "
+                           f"set name: {run.name} there (a run's name is its folder's)")
         preflight(spec, run, say)
         if spec.output.dir:  # before anything is cleared: the folder may be another run's
             run.claim_output(local_path(spec.output.dir, run.project))

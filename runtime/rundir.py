@@ -226,14 +226,21 @@ class RunDir:
                            f"'{self.name}'s: give it an empty folder of its own")
         write_atomic(folder / OWNER_MARKER, json.dumps({"run": self.name, "run_dir": str(self.path.resolve())}) + "\n")
 
-    def remove(self) -> None:
-        """Delete the run, and its outputs in an output.dir unless that folder belongs to another run."""
+    def remove(self) -> Path | None:
+        """Delete the run, and its outputs in an output.dir unless that folder belongs to another run. A run folder
+        that is a symbolic link loses the link only (what it points at may hold more than this run): the target is
+        returned, left in place."""
         base = self.output_base()
+        if self.path.is_symlink():
+            target = self.path.resolve()
+            self.path.unlink()
+            return target
         if base != self.path and self.owns(base) is not False:
             for folder in (base / "checkpoints", base / "export"):
                 shutil.rmtree(folder, ignore_errors=True)
             (base / OWNER_MARKER).unlink(missing_ok=True)
         shutil.rmtree(self.path)
+        return None
 
 
 def list_run_names(root: str | Path) -> list[str]:

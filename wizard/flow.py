@@ -470,6 +470,11 @@ class Wizard:
             for line in str(s.fatal).splitlines():
                 self.ui.note(line)
             return
+        if not s.valid:  # e.g. every line of a JSON-lines file is broken: each is a row error
+            self.ui.warn(f"{name}: cannot be read: none of its {s.total} rows is valid")
+            for e in s.errors:
+                self.ui.note(f"  {e}")
+            return
         if s.format is None:
             self.ui.warn(f"{name}: format not recognised ({s.reason})")
             return
@@ -511,7 +516,7 @@ class Wizard:
             path = self.typed_path(answer)
             s = summarize_file(path)
             self.show_summary(s)
-            if s.fatal:
+            if s.fatal or not s.valid:
                 continue
             on_invalid = None
             if s.invalid and s.valid:
@@ -579,7 +584,7 @@ class Wizard:
 
             s = summarize_file(self.typed_path(answer))
             self.show_summary(s)
-            if s.fatal or s.format is None:
+            if s.fatal or s.format is None or not s.valid:
                 continue
             self.a.validation, self.a.val_size = as_written(self.typed_path(answer), self.project, self.cwd), None
             return None

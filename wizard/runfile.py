@@ -112,16 +112,24 @@ def del_path(data: dict[str, Any], dotted: str) -> None:
 def compact(raw: dict[str, Any]) -> dict[str, Any]:
     """Sections in the usual order, empty ones dropped, `stage: sft` for `stage: {type: sft}`."""
 
-    def prune(value: Any) -> Any:
+    def prune(value: Any, path: str = "") -> Any:
         if isinstance(value, dict):
-            pruned = {k: prune(v) for k, v in value.items()}
-            return {k: v for k, v in pruned.items() if v not in ({}, None)}
+            pruned = {k: prune(v, f"{path}{k}.") for k, v in value.items()}
+            return {k: v for k, v in pruned.items() if v != {} and (v is not None or _null_matters(f"{path}{k}"))}
         return value
 
     data = shorthand.collapse(prune(raw))
     ordered = {k: data[k] for k in ORDER if k in data}
     ordered.update({k: v for k, v in data.items() if k not in ordered})
     return ordered
+
+
+def _null_matters(dotted: str) -> bool:
+    """`--set training.save_total_limit=null` (keep every checkpoint) differs from leaving it out (keep 3)."""
+    try:
+        return schema_default(dotted) is not None
+    except KeyError:
+        return False
 
 
 def schema_default(dotted: str) -> Any:

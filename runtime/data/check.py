@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ftune.runtime import gguf
 from ftune.runtime.data.formats import Source, load_source, registry_sources
 from ftune.runtime.data.load import FileSummary, summarize_file
 from ftune.runtime.data.tokenize import tokenize_conversation, with_tools
@@ -120,5 +121,10 @@ def check(path: str, model: str | None = None, max_length: int = 1024, dataset_d
     summary = summarize_file(source.path, max_errors, source=source)
     report = DataReport(summary)
     if model and summary.fatal is None and summary.valid:
+        from ftune.runtime.models import check_folder, is_hub_id, local_path
+
+        folder = local_path(model, Path.cwd())
+        if not gguf.is_gguf(model) and (folder.exists() or not is_hub_id(model)):
+            check_folder(folder)  # a cut-short config.json is one sentence, not the tokenizer's traceback
         report.tokens = token_report(source, model, max_length, show)
     return report

@@ -1,7 +1,9 @@
 """The columns each stage's trainer reads, made from `formats.Example` rows.
 
     pt                       input_ids / labels: each text then EOS, every token learnt
-    dpo, orpo, simpo, rm     conversational prompt / chosen / rejected
+    dpo, orpo, simpo         conversational prompt / chosen / rejected (TRL tokenises and truncates them)
+    rm                       chosen_ids / rejected_ids, tokenised here and truncated to max_length (TRL's
+                             RewardTrainer would drop every longer pair instead)
     kto                      prompt / completion / label
     rl                       prompt: the conversation up to the last user turn
 
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ftune.runtime.data.formats import Example
-from ftune.runtime.data.tokenize import tokenize_examples, with_tools
+from ftune.runtime.data.tokenize import tokenize_conversation, tokenize_examples, with_tools
 
 ASSISTANT = "assistant"
 
@@ -35,6 +37,36 @@ def preference_columns(examples: list[Example]) -> dict[str, list]:
         "chosen": [[{"role": ASSISTANT, "content": ex.chosen}] for ex in examples],
         "rejected": [[{"role": ASSISTANT, "content": ex.rejected}] for ex in examples],
     }
+
+
+def cut_pair_side(ids: list[int], answer_start: int, max_length: int) -> list[int]:
+    """One side of a pair cut to max_length: the answer keeps its start and at least half the budget (all of
+    it when the prompt is short); the prompt keeps its end, the part nearest the answer."""
+    if len(ids) <= max_length:
+        return ids
+    prompt, answer = ids[:answer_start], ids[answer_start:]
+    keep_answer = min(len(answer), max(max_length - len(prompt), max_length // 2))
+    keep_prompt = max_length - keep_answer
+    return (prompt[len(prompt) - keep_prompt:] if keep_prompt else []) + answer[:keep_answer]
+
+
+def reward_columns(tokenizer: Any, examples: list[Example], max_length: int) -> tuple[dict[str, list], int]:
+    """Reward modelling: each pair tokenised with the run's template and truncated like the other preference
+    stages, never dropped. Returns the columns and how many pairs were cut."""
+    out: dict[str, list] = {"chosen_ids": [], "rejected_ids": []}
+    cut = 0
+    for ex in examples:
+        prompt = with_tools(ex)
+        sides = []
+        for answer in (ex.chosen, ex.rejected):
+            full = tokenize_conversation(tokenizer, prompt + [{"role": ASSISTANT, "content": answer}], 10**9,
+                                         mask_history=True)
+            start = next((i for i, label in enumerate(full["labels"]) if label != -100), len(full["labels"]))
+            sides.append(cut_pair_side(full["input_ids"], start, max_length))
+            cut += len(full["input_ids"]) > max_length
+        out["chosen_ids"].append(sides[0])
+        out["rejected_ids"].append(sides[1])
+    return out, cut
 
 
 def kto_columns(examples: list[Example]) -> dict[str, list]:

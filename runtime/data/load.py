@@ -188,6 +188,9 @@ def summarize_file(path: str | Path, max_errors: int = 5, source: Source | None 
         loaded = load_source(src)
     except DataError as e:
         return FileSummary(str(src.path), None, "", [], fatal=str(e))
+    if not loaded.total:
+        return FileSummary(str(src.path), None, "", [], fatal=f"{src.path} has no rows: it is empty, or holds only "
+                                                                f"blank lines")
     known = loaded.formatting != "unknown"
     summary = FileSummary(str(src.path), loaded.formatting if known else None,
                           loaded.reason or (str(loaded.problems[0]).split(": ", 1)[-1] if loaded.problems else ""),

@@ -90,6 +90,14 @@ def prepare_data(spec: RunSpec, tokenizer, base: Path, events: EventWriter, run:
     elif stage == "pt":
         train_cols, truncated = columns.text_columns(tokenizer, train_rows, d.max_length)
         eval_cols, _ = columns.text_columns(tokenizer, eval_rows, d.max_length)
+    elif stage == "rm":  # tokenised here: cut to max_length like dpo/orpo/simpo, where TRL would drop them
+        train_cols, cut = columns.reward_columns(tokenizer, train_rows, d.max_length)
+        eval_cols, _ = columns.reward_columns(tokenizer, eval_rows, d.max_length)
+        truncated = 0
+        if cut:
+            events.emit("warning", message=f"{cut} answers of {2 * len(train_rows)} were longer than data.max_length "
+                                           f"({d.max_length} tokens) and were cut to fit",
+                        hint="Raise data.max_length to keep them whole.")
     else:  # preference, KTO and RL rows: the TRL trainer tokenises them with the run's template
         train_cols, truncated = columns.columns_for(stage, train_rows), 0
         eval_cols = columns.columns_for(stage, eval_rows)

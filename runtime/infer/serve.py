@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import threading
 import time
 import uuid
 from typing import Any, Iterator, Literal
 
 from fastapi import Request  # at module level: FastAPI resolves the string annotations of the routes here
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from ftune.runtime.errors import UserError
 
@@ -63,7 +64,7 @@ class Message(BaseModel):
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class ChatRequest(BaseModel):
@@ -77,14 +78,14 @@ class ChatRequest(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    stream: bool = False
+    stream: StrictBool = False  # OpenAI refuses "yes" and 1: a typo must not silently change the reply's shape
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     n: int = Field(1, ge=1)
     seed: int | None = None
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
-    logprobs: bool | None = None
+    logprobs: StrictBool | None = None
     tools: list[Any] | None = None
     response_format: dict[str, Any] | None = None
 
@@ -251,7 +252,8 @@ def create_app(engine, model_id: str, api_key: str | None = None, owned_by: str 
         now = int(time.time())
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(_sse(gen, cid, now, model_id, usage), media_type="text/event-stream",
+            return StreamingResponse(_until_gone(gen, _sse(gen, cid, now, model_id, usage)),
+                                     media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
             text = gen.result()
@@ -270,6 +272,25 @@ def create_app(engine, model_id: str, api_key: str | None = None, owned_by: str 
 def _usage(gen) -> dict[str, int]:
     return {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
             "total_tokens": gen.prompt_tokens + gen.completion_tokens}
+
+
+async def _until_gone(gen, chunks: Iterator[str]):
+    """The stream's chunks, each taken in a worker thread. When the client goes away Starlette cancels this
+    generator; its `finally` then cancels the generation (a sync iterator's own `finally` would wait for the
+    garbage collector, and the model would write the whole answer for no one while the next request waited)."""
+    from starlette.concurrency import run_in_threadpool
+
+    end = object()
+    sent, done = 0, False
+    try:
+        while (chunk := await run_in_threadpool(next, chunks, end)) is not end:
+            sent += 1
+            yield chunk
+        done = True
+    finally:
+        if not done:
+            gen.cancel()
+            logging.getLogger("uvicorn.error").info("the client went away after %d chunks: generation stopped", sent)
 
 
 def _sse(gen, cid: str, created: int, model_id: str, include_usage: bool) -> Iterator[str]:

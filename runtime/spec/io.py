@@ -79,6 +79,9 @@ def read_yaml(text: str, source: str) -> tuple[Any, yaml.Node | None]:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark else None
         raise SpecError([Problem("", f"not valid YAML: {getattr(e, 'problem', e)}", line)], source) from None
+    except RecursionError:  # PyYAML composes nested nodes recursively
+        raise SpecError([Problem("", "nested too deeply to be a run file (sections are two or three levels "
+                                     "deep)", None)], source) from None
     if loader.duplicates:
         raise SpecError(sorted(loader.duplicates, key=lambda p: p.line), source)
     return raw, root
@@ -103,8 +106,8 @@ def spec_to_dict(spec: RunSpec) -> dict[str, Any]:
                 value = prune(sub, value)
                 if not value:
                     continue
-            elif value is None:
-                continue
+            elif value is None and info.get_default(call_default_factory=True) is None:
+                continue  # unset; a null that overrides a default (save_total_limit: null) stays
             elif isinstance(value, float) and value.is_integer() and abs(value) < 1e6:
                 value = int(value)  # `alpha: 16`, not `alpha: 16.0`
             out[key] = value

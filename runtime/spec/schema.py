@@ -29,8 +29,37 @@ def check_run_name(name: str) -> str | None:
     return None
 
 
+def _takes_bool(annotation: Any) -> bool:
+    return annotation is bool or any(_takes_bool(a) for a in typing.get_args(annotation)) or annotation is Any
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, v: Any, info) -> Any:
+        """pydantic's lax mode reads `save_steps: true` as 1; YAML's true is never a number in a run file."""
+        if isinstance(v, bool) and info.field_name and not _takes_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"must be {_kind(cls.model_fields[info.field_name].annotation)}, not {str(v).lower()}")
+        return v
+
+
+def _kind(annotation: Any) -> str:
+    """What a field takes, in words ('a whole number', 'one of lora, full'), for the mistake above."""
+    args = [a for a in (annotation, *typing.get_args(annotation)) if a is not type(None)]
+    if int in args:
+        return "a whole number"
+    if float in args:
+        return "a number"
+    if str in args:
+        return "text"
+    values = [v for a in args if typing.get_origin(a) is Literal for v in typing.get_args(a)]
+    if values:
+        return "one of " + ", ".join(map(str, values))
+    if any(typing.get_origin(a) is list for a in args):
+        return "a list"
+    return "a section of settings" if any(section_class(a) for a in args) else "a value of another kind"
 
 
 # --------------------------------------------------------------------------- model

@@ -87,7 +87,7 @@ def build_trainer(stage: str, spec, model, tokenizer, train_ds, eval_ds, common:
     if stage == "rm":
         from trl import RewardConfig, RewardTrainer
 
-        args = RewardConfig(**common, max_length=max_length)
+        args = RewardConfig(**common, max_length=None)  # the pairs come tokenised and cut (data/columns.py)
         return RewardTrainer(args=args, **kw)
     if stage == "rl":  # the same rollout settings for both: they differ in how an answer's advantage is taken
         import trl

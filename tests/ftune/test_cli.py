@@ -81,6 +81,64 @@ def test_rm_asks_and_refuses_without_tty(project, tiny_model):
     assert result.exit_code == 0 and not run.path.exists()
 
 
+def test_rm_of_a_linked_run_folder_removes_the_link_and_keeps_its_target(project, tiny_model, tmp_path_factory):
+    elsewhere = tmp_path_factory.mktemp("big-disk") / "run-01"
+    run = make_run(project, tiny_model)
+    run.path.rename(elsewhere)
+    run.path.symlink_to(elsewhere)
+    result = invoke("rm", "run-01", "--yes")
+    assert result.exit_code == 0, result.output
+    assert f"Deleted the link {run.path}; the folder it pointed at, {elsewhere}, is left in place" in result.output
+    assert not run.path.exists() and not run.path.is_symlink() and (elsewhere / "run.yaml").is_file()
+
+
+def test_a_run_file_named_for_another_run_is_refused(project, tiny_model):
+    run = make_run(project, tiny_model)
+    run.spec_path.write_text(run.spec_path.read_text().replace("name: run-01", "name: other-name"))
+    result = invoke("train", "run-01")
+    assert result.exit_code == 2
+    assert f"{run.spec_path} says name: other-name, but it lies in the folder of run 'run-01': set name: run-01" \
+        in result.output
+
+
+def test_yaml_true_is_not_a_number(project, tiny_model):
+    make_run(project, tiny_model, training={"save_steps": True})
+    result = invoke("train", "run-01")
+    assert result.exit_code == 2 and "training.save_steps: must be a whole number, not true" in result.output
+
+
+def test_a_full_disk_at_train_is_one_sentence(project, tiny_model, monkeypatch):
+    import errno
+
+    from ftune.runtime import launch
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(project / "runs" / "run-01" / "status.json"))
+
+    make_run(project, tiny_model)
+    monkeypatch.setattr(launch.RunDir, "update_status", full)
+    result = invoke("train", "run-01")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.startswith(f"ftune: no space left on device writing {project}/runs/run-01/status.json (")
+    assert "MB free)" in result.output and "Free some space" in result.output
+
+
+def test_data_check_of_an_empty_file_exits_2(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    result = invoke("data", "check", str(tmp_path / "empty.jsonl"))
+    assert result.exit_code == 2 and "has no rows: it is empty, or holds only blank lines" in result.output
+
+
+def test_data_check_with_a_cut_short_model_config(tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"messages": [{"role": "user", "content": "q"}, '
+                                      '{"role": "assistant", "content": "a"}]}\n')
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text('{"model_type": "qwen2", "hidden_')
+    result = invoke("data", "check", str(tmp_path / "d.jsonl"), "--model", str(tmp_path / "model"))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"{tmp_path}/model/config.json is not valid JSON (" in result.output
+
+
 def test_rm_refuses_a_running_run(project, tiny_model):
     from ftune.runtime import launch
 

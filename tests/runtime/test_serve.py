@@ -1,6 +1,8 @@
 """`ftune serve` on a tiny trained run, live on loopback, spoken to with the official openai client."""
 
+import http.client
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -34,7 +36,8 @@ def server(trained):
     port = free_port()
     log = open(trained.path / "serve.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "ftune", "--runs-dir", str(trained.root), "serve", "run-01",
-                             "--port", str(port), "--api-key", KEY], stdout=log, stderr=subprocess.STDOUT)
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "FTUNE_API_KEY": KEY})  # as the docs advise: not in argv
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while True:
@@ -128,6 +131,7 @@ def test_stop_sequences_end_the_answer_before_them(client):
     ({"messages": []}, "messages"),
     ({"max_tokens": 0}, "max_tokens"),
     ({"max_tokens": 10**6}, "max_tokens"),
+    ({"stream": "yes"}, "stream"),  # OpenAI refuses a string for a boolean; so does this server
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages"),
     ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
 ])
@@ -138,6 +142,41 @@ def test_bad_requests_get_400_with_an_openai_error_body(client, kwargs, param):
     body = err.value.body
     assert err.value.status_code == 400 and body["type"] == "invalid_request_error" and body["param"] == param
     assert body["message"]
+
+
+def test_a_client_that_drops_a_stream_stops_the_generation(server, client, trained):
+    # a seed whose answer runs to max_tokens, so the stream below cannot end on its own before it is dropped
+    args = dict(model="run-01", messages=CONVO, temperature=1, top_p=1)
+    seed = next(s for s in range(40) if client.chat.completions.create(
+        **args, seed=s, max_tokens=48).choices[0].finish_reason == "length")
+    conn = http.client.HTTPConnection(server.removeprefix("http://"), timeout=60)
+    conn.request("POST", "/v1/chat/completions", json.dumps({**args, "seed": seed, "max_tokens": 1000, "stream": True}),
+                 {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    reply = conn.getresponse()
+    assert reply.status == 200
+    for _ in range(3):  # the role chunk and two pieces of text
+        assert reply.readline().startswith(b"data: ") and reply.readline() == b"\n"
+    conn.sock.shutdown(socket.SHUT_RDWR)  # the client goes away mid-answer
+    conn.close()
+    log = trained.path / "serve.log"
+    deadline = time.time() + 30
+    while "generation stopped" not in log.read_text() and time.time() < deadline:
+        time.sleep(0.2)
+    line = next(x for x in log.read_text().splitlines() if "the client went away after" in x)
+    assert int(line.split("after ")[1].split()[0]) < 48  # stopped long before the 1000 tokens it was asked for
+    short = client.chat.completions.create(**args, seed=seed, max_tokens=2)  # the model is free again
+    assert short.choices[0].finish_reason == "length"
+
+
+def test_api_key_on_the_command_line_is_warned_about(trained):
+    flagged = cli(trained, "serve", "no-such-run", "--api-key", "k")
+    assert "--api-key on the command line shows in `ps`" in flagged.output and "FTUNE_API_KEY" in flagged.output
+    from click.testing import CliRunner
+
+    from ftune.cli import main
+
+    quiet = CliRunner(env={"FTUNE_API_KEY": "k"}).invoke(main, ["--runs-dir", str(trained.root), "serve", "no-such-run"])
+    assert "shows in `ps`" not in quiet.output and "no run named 'no-such-run'" in quiet.output
 
 
 def test_unknown_model_is_404(client):

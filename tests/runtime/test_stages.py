@@ -5,6 +5,8 @@ import math
 
 import pytest
 
+from ftune.runtime import launch
+from ftune.runtime.data.formats import DataError
 from tests.runtime.helpers import make_run, of_type, train_to_end
 
 QS = ["Where is my order?", "How do I return a lamp?", "Can I pay by card?", "退款多久到账？"]
@@ -75,25 +77,42 @@ def test_reward_model_then_rl_with_it(project, tiny_model):
         assert (rl.export_dir() / "adapter_config.json").is_file()
 
 
-def test_rows_the_trainer_drops_are_counted(project, tiny_model):
+def test_reward_pairs_longer_than_max_length_are_cut_not_dropped(project, tiny_model):
     rows = preference_rows(8)
-    rows[0]["chosen"]["value"] = "long " * 300  # beyond max_length: RewardTrainer filters it out
+    rows[0]["chosen"]["value"] = "long " * 300  # beyond max_length: TRL's RewardTrainer alone would drop the pair
     write_jsonl(project / "data.jsonl", rows)
     run = make_run(project, tiny_model, stage={"type": "rm"}, data={"train": "data.jsonl", "val_size": 0,
                                                                     "max_length": 64},
                    training={"max_steps": 1, "per_device_train_batch_size": 4})
     events = train_to_end(run)
     assert events[-1]["type"] == "finished", run.log_path.read_text()[-2000:]
-    assert "1 of 8 rows are longer than data.max_length (64) and were dropped" in \
+    assert "1 answers of 16 were longer than data.max_length (64 tokens) and were cut to fit" in \
         [w["message"] for w in of_type(events, "warning")]
-    assert of_type(events, "started")[0]["skipped_rows"] == 1
+    started = of_type(events, "started")[0]
+    assert started["skipped_rows"] == 0 and started["num_train_rows"] == 8
+
+
+@pytest.mark.parametrize("prompt,answer,max_length,kept", [
+    (10, 10, 32, (10, 10)),  # fits: untouched
+    (4, 100, 32, (4, 28)),  # a short prompt stays whole; the answer keeps its start
+    (100, 10, 32, (22, 10)),  # a short answer stays whole; the prompt keeps its end
+    (100, 100, 32, (16, 16)),  # both long: the answer keeps half
+])
+def test_a_pair_side_is_cut_keeping_the_prompts_end_and_the_answers_start(prompt, answer, max_length, kept):
+    from ftune.runtime.data.columns import cut_pair_side
+
+    ids = [("p", i) for i in range(prompt)] + [("a", i) for i in range(answer)]
+    out = cut_pair_side(ids, prompt, max_length)
+    p, a = [x for x in out if x[0] == "p"], [x for x in out if x[0] == "a"]
+    assert (len(p), len(a)) == kept and len(out) <= max_length
+    assert p == ids[prompt - kept[0]:prompt] and a == ids[prompt:prompt + kept[1]]
 
 
 def test_wrong_data_for_the_stage(project, tiny_model):
     write_jsonl(project / "data.jsonl", preference_rows(4))
     run = make_run(project, tiny_model, stage={"type": "kto"}, data={"train": "data.jsonl"})
-    events = train_to_end(run)
-    assert events[-1]["type"] == "error" and "holds preference data" in events[-1]["message"]
+    with pytest.raises(DataError, match="holds preference data"):  # refused before anything detaches
+        launch.start(run)
 
 
 LF = __import__("tests.conftest", fromlist=["SHARED_DATA"]).SHARED_DATA / "llamafactory"
@@ -105,14 +124,15 @@ LF = __import__("tests.conftest", fromlist=["SHARED_DATA"]).SHARED_DATA / "llama
                                            ("orpo", "dpo_en_demo"), ("simpo", "dpo_en_demo")])
 def test_stages_on_the_shared_llamafactory_files(project, tiny_model, stage, dataset):
     run = make_run(project, tiny_model, stage={"type": stage},
-                   data={"train": [dataset], "dataset_dir": str(LF), "max_samples": 16, "max_length": 2048,
-                         "val_size": 0},
+                   data={"train": [dataset], "dataset_dir": str(LF), "max_samples": 16, "val_size": 0,
+                         "max_length": 128 if stage == "rm" else 2048},  # rm at 128: every pair cut, none dropped
                    training={"max_steps": 2, "per_device_train_batch_size": 4, "save_steps": 100})
     events = train_to_end(run)
     assert events[-1]["type"] == "finished", run.log_path.read_text()[-3000:]
     assert all(math.isfinite(s["loss"]) for s in of_type(events, "step"))
     assert (run.export_dir() / "adapter_config.json").is_file()
     if stage == "rm":  # the reward model loads as a scorer and gives one score per sequence
+        assert of_type(events, "started")[0]["num_train_rows"] == 16
         import torch
         from peft import AutoPeftModelForSequenceClassification
         from transformers import AutoTokenizer
