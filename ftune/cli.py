@@ -31,7 +31,8 @@ class FtuneGroup(click.Group):
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            click.secho(f"ftune: {disk_full_message(e)}", fg="red", err=True)
+            where = e.filename or _runs_root(ctx)  # a failed write() names no file: the runs folder, then
+            click.secho(f"ftune: {disk_full_message(e, path=where)}", fg="red", err=True)
             click.echo("  Free some space (old runs: `ftune rm RUN`; checkpoints: training.save_total_limit), "
                        "then try again.", err=True)
             ctx.exit(1)

@@ -103,3 +103,16 @@ def ftune_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra)
     return env
+
+
+def mounted_tmpfs(folder: Path, size: str) -> Path:
+    """A small tmpfs at `folder` for full-disk tests, unmounted at exit; skips where mounting needs root."""
+    import atexit
+    import subprocess
+
+    folder.mkdir(parents=True)
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                                           capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root (and a mount command): the full-disk tests run in CI as root")
+    atexit.register(subprocess.run, ["umount", "-l", str(folder)], check=False)
+    return folder

@@ -8,7 +8,14 @@ import pytest
 from click.testing import CliRunner
 
 from ftune.cli import main
+from tests.conftest import mounted_tmpfs, write_messages
 from tests.runtime.helpers import make_run, train_to_end
+
+
+def disk_free(path) -> int:
+    import shutil
+
+    return shutil.disk_usage(path).free
 
 
 def invoke(*args):
@@ -107,20 +114,17 @@ def test_yaml_true_is_not_a_number(project, tiny_model):
     assert result.exit_code == 2 and "training.save_steps: must be a whole number, not true" in result.output
 
 
-def test_a_full_disk_at_train_is_one_sentence(project, tiny_model, monkeypatch):
-    import errno
-
-    from ftune.runtime import launch
-
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device", str(project / "runs" / "run-01" / "status.json"))
-
-    make_run(project, tiny_model)
-    monkeypatch.setattr(launch.RunDir, "update_status", full)
-    result = invoke("train", "run-01")
-    assert result.exit_code == 1 and "Traceback" not in result.output
-    assert result.output.startswith(f"ftune: no space left on device writing {project}/runs/run-01/status.json (")
-    assert "MB free)" in result.output and "Free some space" in result.output
+def test_a_full_disk_at_train_is_one_sentence(tiny_model, tmp_path, monkeypatch):
+    disk = mounted_tmpfs(tmp_path / "full-disk", "64k")
+    write_messages(disk / "train.jsonl", 8)
+    run = make_run(disk, tiny_model)
+    (disk / "filler").write_bytes(b"x" * (disk_free(disk) // 4096 * 4096))  # the disk is now full
+    monkeypatch.chdir(disk)
+    result = invoke("--runs-dir", str(disk / "runs"), "train", "run-01")
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.output.startswith(f"ftune: no space left on device writing {disk}/runs"), result.output
+    assert "(0 MB free)" in result.output and "Free some space" in result.output
+    assert not run.is_locked() and not list(run.path.glob(".*.tmp"))  # no lock held, no half-written file
 
 
 def test_data_check_of_an_empty_file_exits_2(tmp_path):

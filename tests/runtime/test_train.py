@@ -1,13 +1,13 @@
 """Real training on a tiny model through the launcher and worker: nothing mocked."""
 
 import json
-import os
 
 import pytest
 
 from ftune.runtime import launch
 from ftune.runtime.data.formats import DataError
 from ftune.runtime.rundir import RunError
+from tests.conftest import mounted_tmpfs
 from tests.runtime.helpers import make_run, of_type, train_to_end
 
 
@@ -182,21 +182,8 @@ def test_streaming_checks_first_then_trains_from_the_stream(project, tiny_model)
         launch.start(run2)
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 700 KB tmpfs: room for two checkpoints of the tiny LoRA run (about 310 KB each), not three."""
-    import subprocess
-
-    disk = tmp_path / "small-disk"
-    disk.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(disk)],
-                                           capture_output=True).returncode:
-        pytest.skip("mounting a small tmpfs needs root (and a mount command): the full-disk test runs in CI as root")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=False)
-
-
-def test_a_full_disk_during_a_checkpoint_names_it_and_keeps_the_earlier_ones(project, tiny_model, small_disk):
+def test_a_full_disk_during_a_checkpoint_names_it_and_keeps_the_earlier_ones(project, tiny_model, tmp_path):
+    small_disk = mounted_tmpfs(tmp_path / "small-disk", "700k")  # two tiny LoRA checkpoints (~310 KB each)
     run = make_run(project, tiny_model, output={"dir": str(small_disk)},
                    training={"max_steps": 6, "save_steps": 1, "save_total_limit": None})
     events = train_to_end(run)
