@@ -29,6 +29,14 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def needs_bitsandbytes(spec: RunSpec) -> bool:
+    """4- or 8-bit loading, the 8-bit optimiser or a merged_4bit export: what bitsandbytes does for a run."""
+    q = spec.method.quantization
+    return bool((q.bits and q.method == "bnb") or spec.training.optim == "adamw_8bit"
+                or spec.output.save_format == "merged_4bit" or spec.stage.ref_model_quantization_bits
+                or spec.stage.reward_model_quantization_bits)
+
+
 def hardware_problem(spec: RunSpec) -> str | None:
     """Choices that need a CUDA GPU or an optional package, checked before anything starts
     (instead of failing deep inside bitsandbytes)."""
@@ -55,9 +63,7 @@ def hardware_problem(spec: RunSpec) -> str | None:
     if needs_gpu and not gpu_samples():
         return (f"{' and '.join(w for w, _ in needs_gpu)} needs a CUDA GPU, and none is visible here (nvidia-ml-py "
                 f"found no GPU): on this machine use {'; '.join(i for _, i in needs_gpu)}")
-    bnb = (q.bits and q.method == "bnb") or t.optim == "adamw_8bit" or spec.output.save_format == "merged_4bit" \
-        or spec.stage.ref_model_quantization_bits or spec.stage.reward_model_quantization_bits
-    wanted = {"bitsandbytes": bool(bnb), "unsloth": spec.model.acceleration == "unsloth",
+    wanted = {"bitsandbytes": needs_bitsandbytes(spec), "unsloth": spec.model.acceleration == "unsloth",
               "badam": m.badam is not None, "adam_mini": t.optim == "adam_mini",
               "hqq": bool(q.bits and q.method == "hqq"), "eetq": bool(q.bits and q.method == "eetq"),
               "galore_torch": m.galore is not None, "apollo_torch": m.apollo is not None,

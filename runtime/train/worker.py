@@ -16,11 +16,21 @@ import traceback
 from pathlib import Path
 
 from ftune.runtime.events import EventWriter
+from ftune.runtime.launch import needs_bitsandbytes
 from ftune.runtime.rundir import RunDir, RunError
 from ftune.runtime.spec import RunSpec, load_spec
 from ftune.runtime.sysmon import Sampler
 from ftune.runtime.train import hints
 from ftune.runtime.train.stopper import Stopper, StopRequested
+
+
+def skip_unused_imports(spec: RunSpec) -> None:
+    """peft imports bitsandbytes whenever it is installed (1.2 s of a worker's start here). A run that does not
+    use it goes without: with sys.modules["bitsandbytes"] = None, find_spec says it is absent, to peft and
+    transformers alike. GaLore and APOLLO import it themselves."""
+    m = spec.method
+    if not (needs_bitsandbytes(spec) or m.galore is not None or m.apollo is not None):
+        sys.modules.setdefault("bitsandbytes", None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     spec: RunSpec | None = None
     try:
         spec = load_spec(run.spec_path)
+        skip_unused_imports(spec)
         sampler = Sampler(lambda s: events.emit("system", **s), spec.training.system_interval_s)
         if lead:
             sampler.start()

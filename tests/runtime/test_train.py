@@ -196,3 +196,23 @@ def test_a_full_disk_during_a_checkpoint_names_it_and_keeps_the_earlier_ones(pro
     assert not (small_disk / "checkpoints" / "checkpoint-3").exists()
     assert json.loads(run.status_path.read_text())["state"] == "failed"
     assert "Traceback" in run.log_path.read_text()  # the traceback stays in the log
+
+
+def test_a_run_without_bitsandbytes_settings_starts_without_importing_it(tmp_path):
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from ftune.runtime.spec import build_spec
+from ftune.runtime.train.worker import skip_unused_imports
+base = {"name": "a", "model": {"name_or_path": "m"}, "data": {"train": "t.jsonl"}}
+skip_unused_imports(build_spec({**base, "method": {"type": "full", "galore": {}}}))
+assert "bitsandbytes" not in sys.modules  # GaLore imports it itself: left alone
+skip_unused_imports(build_spec(base))
+import peft, trl
+from peft import LoraConfig, get_peft_model
+assert sys.modules["bitsandbytes"] is None, "bitsandbytes was imported"
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
