@@ -38,6 +38,15 @@ def test_the_issue_command(project, tiny_model):
     assert s.training.learning_rate == 2e-4 and s.training.num_train_epochs == 2
 
 
+def test_set_null_keeps_the_null_where_it_overrides_a_default(project):
+    result = invoke("new", "-m", "Qwen/Qwen2.5-0.5B-Instruct", "-d", "train.jsonl", "-y",
+                    "--set", "training.save_total_limit=null", "--set", "training.eval_steps=null")
+    assert result.exit_code == 0, result.output
+    training = run_file(project)["training"]
+    assert training == {"save_total_limit": None}  # keep every checkpoint, as `train --set` would
+    assert load_spec(project / "runs" / "run-01" / "run.yaml").training.save_total_limit is None
+
+
 def test_defaults_when_only_model_and_data_are_given(project):
     result = invoke("new", "-m", "Qwen/Qwen2.5-0.5B-Instruct", "-d", "train.jsonl", "-y")
     assert result.exit_code == 0, result.output
