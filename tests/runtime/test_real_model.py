@@ -198,3 +198,24 @@ def test_a_few_dpo_steps_raise_the_chosen_over_rejected_margin(project, smollm2)
     assert events[-1]["type"] == "finished", run.log_path.read_text()[-3000:]
     margins = [e["eval_rewards/margins"] for e in of_type(events, "eval")]
     assert len(margins) >= 2 and margins[-1] > margins[0] > 0, margins
+
+
+def test_gguf_export_answers_as_the_merged_model(identity, monkeypatch):
+    """SmolLM2 came in as a GGUF file, was fine-tuned, and goes out as one (q8_0, the default): llama.cpp's converter
+    wrote it, and read back with transformers (`gguf_file=`) it gives the merged model's answer to the identity
+    question. The export's own check is the test: asked only that question here, to keep the tier short."""
+    from ftune.runtime.infer import export, modelfile
+
+    monkeypatch.setattr(export, "QUESTIONS", [[{"role": "user", "content": QUESTION}]])
+    run, _ = identity
+    result = CliRunner().invoke(main, ["--runs-dir", str(run.root), "export", run.name, "--format", "gguf"])
+    assert result.exit_code == 0, result.output
+    out = run.output_base() / "exports" / "gguf-q8_0"
+    meta = json.loads((out / "ftune_export.json").read_text())
+    (answer,) = meta["check"]["answers"]
+    assert answer["gguf"] == answer["merged"] and demo.NAME in answer["gguf"]
+    assert meta["gguf"]["architecture"] == "llama" and meta["check"]["rel_diff"] <= 0.08
+    assert (out / meta["gguf"]["file"]).stat().st_size == meta["gguf"]["bytes"]
+    parsed = modelfile.parse((out / "Modelfile").read_text())
+    assert parsed["FROM"] == [f"./{meta['gguf']['file']}"] and "stop <|im_end|>" in parsed["PARAMETER"]
+    assert "<|im_start|>" in parsed["TEMPLATE"][0]
