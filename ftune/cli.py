@@ -239,6 +239,8 @@ def _after_start(run, proc, foreground: bool) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Any run-file value, e.g. --set training.learning_rate=2e-4 (repeatable).")
 @click.option("--from", "from_file", metavar="FILE", help="Start from a partial run file; flags override it.")
+@click.option("--full", is_flag=True, help="Ask every question in turn (name, template, stage, method, validation), "
+                                             "not only model, data and preset.")
 @click.option("--yes", "-y", is_flag=True, help="Ask nothing: write the run file from the flags.")
 @click.option("--overwrite", is_flag=True, help="With --yes: replace an existing run file.")
 @click.option("--start", is_flag=True, help="With --yes: start training once the file is written.")
@@ -278,7 +280,7 @@ def new(ctx: click.Context, **options) -> None:
     from ftune.wizard.prompts import Prompter
 
     try:
-        outcome = Wizard(Prompter(ui), answers, root).run()
+        outcome = Wizard(Prompter(ui), answers, root, quick=not flags.full).run()
     except KeyboardInterrupt:
         click.echo(ui.t("Cancelled — nothing was written"))
         ctx.exit(130)
@@ -467,9 +469,13 @@ def train(ctx: click.Context, name: str, foreground: bool, resume: bool, restart
         _apply_overrides(run, list(overrides))
     from ftune.runtime.spec import load_spec
 
-    too_big = launch.fit_warning(load_spec(run.spec_path), run)
+    spec = load_spec(run.spec_path)
+    too_big = launch.fit_warning(spec, run)
     if too_big:  # an estimate, so a warning: the user may know better (e.g. shorter real sequences)
         click.secho(f"warning: this run {too_big} (estimate; starting anyway)", fg="yellow", err=True)
+    slow = launch.precision_warning(spec)
+    if slow:
+        click.secho(f"warning: {slow}", fg="yellow", err=True)
     proc = launch.start(run, resume=resume, restart=restart, node_rank=node_rank, say=lambda s: click.echo(s, err=True))
     _after_start(run, proc, foreground)
 

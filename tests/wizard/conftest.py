@@ -60,14 +60,14 @@ class Drive:
 @pytest.fixture
 def drive(project):
     def run(*keys: str, answers: Answers | None = None, gpus: list[Gpu] | None = None, cwd: Path | None = None,
-            ascii_only: bool = False, width: int = 80) -> Drive:
+            ascii_only: bool = False, width: int = 80, quick: bool = False) -> Drive:
         out = io.StringIO()
         ui = UI(file=out, width=width, ascii_only=ascii_only, color=False)
         with create_pipe_input() as inp:
             inp.send_text("".join(keys))
             inp.close()
             wizard = Wizard(Prompter(ui, input=inp, output=DummyOutput()), answers or Answers(), project / "runs",
-                            gpus=list(gpus or []), cwd=cwd or project)
+                            gpus=list(gpus or []), cwd=cwd or project, quick=quick)
             try:
                 outcome: Any = wizard.run()
             except KeyboardInterrupt:

@@ -262,7 +262,7 @@ def test_each_method_with_its_memory_estimate(project, drive, index, method):
 def test_method_choice_changes_the_run_file(project, drive):
     method = next(m for m in ("dora", "full-bf16") if refusal(Answers(), "method", method=m) is None)
     d = drive(ENTER, QWEN25_7B, ENTER, ENTER, down(list(METHODS).index(method)) + ENTER, DATA, ENTER, ENTER,
-              WRITE, NO)
+              WRITE, NO, gpus=H100)
     raw = run_file(project)
     if method == "dora":
         assert raw["method"] == {"type": "lora", "lora": {"use_dora": True}}
@@ -347,3 +347,57 @@ def test_ascii_terminal_gets_ascii_only(project, drive):
 def test_narrow_output_fits_80_columns(project, drive):
     d = drive(ENTER, QWEN25_7B, REST, WRITE, NO, gpus=H100)
     assert max(len(line) for line in d.output.splitlines()) <= 80
+
+
+# --------------------------------------------------------------------------- the beginner's path
+def test_the_beginner_answers_five_questions_model_data_preset_go(project, drive, tiny_model):
+    keys = [LOCAL, str(tiny_model) + ENTER,  # 1, 2: the model list, the folder
+            DATA,  # 3: the data
+            ENTER,  # 4: the preset (standard)
+            ENTER]  # 5: write it and start training
+    d = drive(*keys, quick=True)
+    assert d.outcome is not None and d.outcome.start is True, d.output
+    raw = run_file(project)
+    assert raw["name"] == "run-01" and raw["stage"] == "sft" and raw["method"] == "lora"
+    assert raw["data"] == {"train": "train.jsonl"} and raw["preset"] == "standard"
+    assert "ftune new: model, data and preset, then a review of the rest" in d.text
+    # the review says what will happen, on this machine: 64 rows, 10% held out, batch 8 × 3 epochs (standard)
+    assert ("58 training rows (+6 to evaluate) → 24 steps on the CPU (no NVIDIA GPU found); no time estimate yet "
+            "(no earlier run of this model here)") in d.text
+
+
+def test_the_stage_follows_the_data_and_one_answer_can_be_changed(project, drive, tiny_model):
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"}], "chosen": "good", "rejected": "bad"}
+            for i in range(8)]
+    write_rows(project / "prefs.jsonl", rows)
+    change_name = DOWN * 2 + ENTER + ENTER + CLEAR + "my-dpo" + ENTER  # Change something… → Run name
+    d = drive(LOCAL, str(tiny_model) + ENTER, "prefs.jsonl" + ENTER, ENTER, change_name, DOWN + ENTER, quick=True)
+    assert d.outcome is not None and d.outcome.start is False, d.output  # "write it; start later"
+    assert "This is preference data: the stage is DPO (change it on the review)." in d.text
+    raw = run_file(project, "my-dpo")
+    assert raw["name"] == "my-dpo" and raw["stage"] == "dpo"
+
+
+def test_the_time_estimate_rests_on_an_earlier_run_of_the_same_model(project, tiny_model):
+    from ftune.runtime.spec import build_spec
+    from ftune.wizard.runfile import plan_line
+
+    earlier = RunDir(project / "runs", "run-07")
+    earlier.path.mkdir(parents=True)
+    earlier.spec_path.write_text(yaml.safe_dump({"name": "run-07", "model": {"name_or_path": str(tiny_model)},
+                                                 "data": {"train": "train.jsonl"}}))
+    earlier.update_status(state="finished")
+    earlier.events_path.write_text("".join(json.dumps(e) + "\n" for e in [
+        {"v": 1, "t": 1, "type": "step", "step": s, "samples_per_s": rate} for s, rate in ((1, 2.0), (2, 4.0), (3, 5.0))
+    ]))
+    spec = build_spec({"name": "run-08", "model": {"name_or_path": str(tiny_model)}, "data": {
+        "train": "train.jsonl", "max_samples": 250, "val_size": 0}, "training": {"num_train_epochs": 3}})
+    line = plan_line(spec, 999, project / "runs", str(tiny_model), [])
+    # 250 rows (max_samples, not the 999 in the file), batch 8 -> 32 steps a pass, 96 steps at the median 4 rows/s
+    assert line == ("250 training rows → 96 steps on the CPU (no NVIDIA GPU found): about 3 minutes at the pace "
+                    "of run-07 here (4.0 rows/s)")
+
+
+def test_without_a_gpu_the_gpu_only_methods_cannot_be_chosen(project, drive):
+    d = drive(ENTER, QWEN25_7B, ENTER, ENTER, DOWN + ENTER, CTRL_C)  # one down from LoRA: QLoRA, if it could run
+    assert d.a.method == "dora"  # QLoRA 8-bit and 4-bit are shown greyed out ("needs a CUDA GPU") and skipped

@@ -52,6 +52,7 @@ def test_defaults_when_only_model_and_data_are_given(project):
     assert result.exit_code == 0, result.output
     raw = run_file(project)
     assert (raw["preset"], raw["stage"], raw["method"]) == ("standard", "sft", "lora")
+    assert raw["model"]["template"] == "qwen"  # the model's own, as the wizard's default writes it
     assert invoke("new", "-m", "Qwen/Qwen2.5-0.5B-Instruct", "-d", "train.jsonl", "-y").exit_code == 0
     assert run_file(project, "run-02")["name"] == "run-02"  # the next free name
 

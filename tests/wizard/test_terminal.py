@@ -28,29 +28,22 @@ def base_env(project: Path, term: str, lang: str) -> dict[str, str]:
 
 
 def walk_through(t: Terminal, tiny_model: Path, ascii_only: bool) -> None:
-    """The whole wizard with a local model folder, answering every other question with Enter."""
-    t.wait_for("Run name")
-    t.send(ENTER)
+    """The beginner's wizard with a local model folder: model, data, preset, then "write it; start later"."""
     t.wait_for("Base model")
     t.send(DOWN * len(catalog.groups()) + ENTER)  # past the makers (and the separator): a local folder
     t.wait_for("Model folder")
     t.send(str(tiny_model) + ENTER)
-    for question in ("Chat template", "Training stage", "? Method"):
-        t.wait_for(question)
-        t.send(ENTER)
     t.wait_for("Training data file")
     t.send("train.jsonl" + ENTER)
-    for question in ("? Validation", "Scenario preset"):
-        t.wait_for(question)
-        t.send(ENTER)
-    screen = t.wait_for("Write it?")
-    corner = "+" if ascii_only else "╭"
-    top = next(line for line in t.screen.display if "runs/run-01/run.yaml" in line and line.startswith(corner))
-    assert len(top) == 80 and top.rstrip().endswith("+" if ascii_only else "╮"), screen  # the panel fills the width
-    assert "memory: ~" in screen and "name: run-01" in screen and "method: lora" in screen
+    t.wait_for("Scenario preset")
     t.send(ENTER)
-    t.wait_for("Start training now?")
-    t.send("n")
+    screen = t.wait_for("Go?")
+    corner = "+" if ascii_only else "╰"  # the panel's foot: at 24 lines its head has scrolled up
+    foot = next(line for line in t.screen.display if line.startswith(corner))
+    assert len(foot) == 80 and foot.rstrip().endswith("+" if ascii_only else "╯"), screen  # the panel fills the width
+    assert "memory: ~" in screen and "method: lora" in screen
+    assert "training rows" in screen and "steps on the CPU" in screen
+    t.send(DOWN + ENTER)  # write it; start later
     t.wait_for("Start it when you are ready: ftune train run-01")
 
 
@@ -75,8 +68,6 @@ def test_whole_wizard_in_a_pty(project, tiny_model, term, lang):
                                                ("xterm-256color", "C.UTF-8", "Cancelled — nothing was written")])
 def test_ctrl_c_in_a_pty(project, term, lang, message):
     t = Terminal([FTUNE, "new"], base_env(project, term, lang), str(project))
-    t.wait_for("Run name")
-    t.send(ENTER)
     t.wait_for("Base model")
     t.send(CTRL_C)
     t.wait_for(message)
