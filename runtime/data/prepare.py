@@ -84,8 +84,8 @@ def prepare_data(spec: RunSpec, tokenizer, base: Path, events: EventWriter, run:
     if stage == "sft":
         opts = dict(max_length=d.max_length, train_on_prompt=d.train_on_prompt, mask_history=d.mask_history,
                     combine=d.combine, max_input_length=d.max_input_length, max_output_length=d.max_output_length,
-                    num_proc=d.num_proc)
-        train_cols, truncated = tokenize_examples(tokenizer, train_rows, **opts)
+                    num_proc=processes(d.num_proc, events))
+        train_cols, truncated = tokenize_examples(tokenizer, train_rows, **opts, progress=Progress(events))
         eval_cols, _ = tokenize_examples(tokenizer, eval_rows, **opts)
     elif stage == "pt":
         train_cols, truncated = columns.text_columns(tokenizer, train_rows, d.max_length)
@@ -125,6 +125,38 @@ def prepare_data(spec: RunSpec, tokenizer, base: Path, events: EventWriter, run:
                 out.eval.save_to_disk(str(tmp / "eval"))
             (tmp / "meta.json").write_text(json.dumps(out.counts()))
     return out
+
+
+def processes(wanted: int | None, events: EventWriter) -> int | None:
+    """data.num_proc, capped at the CPUs this process may use: 16 tokenising processes on 2 cores only queue up
+    (each holds its own tokenizer, ~360 MB here), and the run sits at 'starting'."""
+    import os
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if wanted and wanted > cpus:
+        events.emit("warning", message=f"data.num_proc {wanted} is more than the {cpus} CPUs here: tokenising in "
+                                       f"{cpus} processes", hint=f"Set data.num_proc: {cpus} (or leave it out).")
+        return cpus
+    return wanted
+
+
+class Progress:
+    """Tokenising progress every few seconds: a `phase` event for the monitor and a line in train.log."""
+
+    def __init__(self, events: EventWriter, every_s: float = 3.0):
+        import time
+
+        self.events, self.every_s, self.clock = events, every_s, time.monotonic
+        self.start = self.last = self.clock()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self.clock()
+        if now - self.last < self.every_s and done < total:
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-6)
+        self.events.emit("phase", phase="tokenising", done=done, total=total, rows_per_s=round(rate, 1))
+        print(f"tokenising: {done:,} of {total:,} rows ({rate:,.0f} rows/s)", flush=True)
 
 
 def stream_data(spec: RunSpec, tokenizer, sources: list, base: Path, events: EventWriter) -> PreparedData:

@@ -5,7 +5,7 @@ needed). Takes any HF tokenizer object; nothing here imports torch.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from ftune.runtime.data.formats import DataError, Example
 
@@ -117,9 +117,11 @@ def _tokenize_chunk(args: tuple) -> tuple[dict[str, list], int]:
 
 def tokenize_examples(tokenizer: Any, examples: list[Example], max_length: int, train_on_prompt: bool = False,
                       mask_history: bool = False, combine: bool = True, max_input_length: int | None = None,
-                      max_output_length: int | None = None, num_proc: int | None = None) -> tuple[dict[str, list], int]:
+                      max_output_length: int | None = None, num_proc: int | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, list], int]:
     """Columns for a datasets.Dataset, and how many rows truncation emptied (reported, not hidden).
-    With num_proc > 1 the rows are split into chunks tokenised in parallel processes, order kept."""
+    With num_proc > 1 the rows are split into chunks tokenised in parallel processes, order kept.
+    `progress(done, total)` is called after each batch of rows."""
     opts = dict(max_length=max_length, train_on_prompt=train_on_prompt, mask_history=mask_history, combine=combine,
                 max_input_length=max_input_length, max_output_length=max_output_length)
     if num_proc and num_proc > 1 and len(examples) >= 2 * num_proc:
@@ -129,21 +131,25 @@ def tokenize_examples(tokenizer: Any, examples: list[Example], max_length: int, 
         size = -(-len(examples) // (num_proc * 4))
         chunks = [(examples[i: i + size], opts) for i in range(0, len(examples), size)]
         ctx = multiprocessing.get_context("spawn")  # fork after torch/tokenizers threads is unsafe
+        parts, done = [], 0
         with ProcessPoolExecutor(num_proc, mp_context=ctx, initializer=_init_worker, initargs=(tokenizer,)) as pool:
-            parts = list(pool.map(_tokenize_chunk, chunks))
+            for (chunk, _), part in zip(chunks, pool.map(_tokenize_chunk, chunks)):  # in order, as each is done
+                parts.append(part)
+                done += len(chunk)
+                if progress:
+                    progress(done, len(examples))
         return ({k: [x for cols, _ in parts for x in cols[k]] for k in ("input_ids", "labels")},
                 sum(d for _, d in parts))
     columns: dict[str, list] = {"input_ids": [], "labels": []}
     dropped = 0
-    rendered: list[tuple[str, list[tuple[int, int]]]] = []
-    for ex in examples:
-        msgs = with_tools(ex)
-        for conversation in ([msgs] if combine else per_turn(msgs)):
-            text, spans = assistant_spans(tokenizer, conversation)
-            # per-turn examples learn their last answer only: the earlier ones are prompt
-            rendered.append((text, spans[-1:] if mask_history or not combine else spans))
-    for i in range(0, len(rendered), 1000):  # batches: the Rust tokenizer encodes them on all cores
-        batch = rendered[i: i + 1000]
+    for start in range(0, len(examples), 1000):  # batches: the Rust tokenizer encodes them on all cores
+        batch = []
+        for ex in examples[start: start + 1000]:
+            msgs = with_tools(ex)
+            for conversation in ([msgs] if combine else per_turn(msgs)):
+                text, spans = assistant_spans(tokenizer, conversation)
+                # per-turn examples learn their last answer only: the earlier ones are prompt
+                batch.append((text, spans[-1:] if mask_history or not combine else spans))
         enc = tokenizer([t for t, _ in batch], add_special_tokens=False, return_offsets_mapping=True)
         for (_, spans), ids, offsets in zip(batch, enc["input_ids"], enc["offset_mapping"]):
             out = _mask_and_cut(ids, offsets, spans, max_length, train_on_prompt, max_input_length,
@@ -153,4 +159,6 @@ def tokenize_examples(tokenizer: Any, examples: list[Example], max_length: int, 
                 continue
             columns["input_ids"].append(out["input_ids"])
             columns["labels"].append(out["labels"])
+        if progress:
+            progress(min(start + 1000, len(examples)), len(examples))
     return columns, dropped

@@ -189,3 +189,30 @@ def test_interleave_under_and_over():
     over = interleave([a, b], [0.5, 0.5], seed=0, until="all")
     assert set(a) <= set(over) and over.count("x") >= 2  # the short set repeats until the long one is used up
     assert interleave([a, b], [0.5, 0.5], seed=0, until="all") == over  # seeded
+
+
+def test_tokenising_reports_progress_and_num_proc_is_capped_at_the_cpus(tiny_model, tmp_path, capsys):
+    import os
+
+    from ftune.runtime.data.formats import Example
+    from ftune.runtime.data.prepare import Progress, processes
+    from ftune.runtime.data.tokenize import tokenize_examples
+    from ftune.runtime.events import EventWriter, read_all
+
+    events = EventWriter(tmp_path / "events.jsonl")
+    cpus = len(os.sched_getaffinity(0))
+    assert processes(cpus + 14, events) == cpus and processes(1, events) == 1
+    rows = [Example(messages=[m("user", f"q{i}"), m("assistant", f"a{i}")]) for i in range(2500)]
+    seen = []
+    cols, _ = tokenize_examples(tok_of(tiny_model), rows, max_length=64,
+                                progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1000, 2500), (2000, 2500), (2500, 2500)] and len(cols["input_ids"]) == 2500
+    report = Progress(events, every_s=3600)
+    report(1000, 2500)  # within the interval: quiet
+    report(2500, 2500)  # the end always reports
+    events.close()
+    out = read_all(tmp_path / "events.jsonl")
+    assert out[0]["type"] == "warning" and out[0]["message"] == (
+        f"data.num_proc {cpus + 14} is more than the {cpus} CPUs here: tokenising in {cpus} processes")
+    assert [(e["phase"], e["done"], e["total"]) for e in out if e["type"] == "phase"] == [("tokenising", 2500, 2500)]
+    assert "tokenising: 2,500 of 2,500 rows (" in capsys.readouterr().out
