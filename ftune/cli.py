@@ -838,7 +838,7 @@ def eval_(ctx: click.Context, name: str, checkpoint: int | None, test_file: str 
     from ftune.runtime.infer.evaluate import evaluate_run
 
     run = _run(ctx, name)
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)  # paths stay whole lines (copy, grep)
     with Progress(TextColumn("answering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("eval", total=None)

@@ -9,7 +9,8 @@ Writes, in `runs/<name>/eval/<export|checkpoint-N>/`:
     metrics.json        predict_bleu, predict_rouge1/2/L (0-100), how they were computed, and timing
 
 Test rows: chat data (the last assistant answer is the reference, the turns before it the prompt),
-or preference data (the chosen answer is the reference). Invalid rows follow `data.on_invalid`.
+or preference data (the chosen answer is the reference). Invalid rows follow `data.on_invalid`. A run without
+`data.test` is evaluated on its validation rows: data.validation, or the share training held out.
 """
 
 from __future__ import annotations
@@ -65,16 +66,45 @@ def load_rows(path: Path, formatting: str, on_invalid: str) -> tuple[list[Row], 
         shown = "\n".join(f"  {p}" for p in loaded.problems[:10])
         raise DataError(f"{len(loaded.problems)} of {loaded.total} test rows are invalid:\n{shown}",
                         hint="Fix the rows, or set data.on_invalid: skip.")
+    rows = rows_of(loaded.examples)
+    if not rows:
+        raise DataError(f"no usable test rows in {path}", hint="Each row needs a prompt and an answer.")
+    return rows, len(loaded.problems)
+
+
+def rows_of(examples: list) -> list[Row]:
+    """Prompt and reference of each example: the chosen answer, or the last assistant turn."""
     rows = []
-    for ex in loaded.examples:
+    for ex in examples:
         msgs = with_tools(ex)
         if ex.chosen is not None:
             rows.append(Row(msgs, ex.chosen))
         elif msgs and msgs[-1]["role"] == "assistant":
             rows.append(Row(msgs[:-1], msgs[-1]["content"]))
+    return rows
+
+
+def held_out_rows(spec: RunSpec, run: RunDir) -> tuple[list[Row], str]:
+    """Without a test file: the rows training held out for validation, split exactly as the worker split them
+    (same seed, max_samples and val_size), and where they came from, in words."""
+    from ftune.runtime.data.load import load_data, sources_for, split
+
+    d = spec.data
+    if d.validation:
+        path = run.project / d.validation if not Path(d.validation).is_absolute() else Path(d.validation)
+        rows, _ = load_rows(path, d.format, d.on_invalid)
+        return rows, f"{path} (data.validation)"
+    if not d.val_size:
+        raise RunError(f"run '{run.name}' has no test file and holds no rows out (data.val_size: 0): set data.test "
+                       f"in {run.spec_path} or pass --test FILE")
+    loaded = load_data(sources_for(d.train, run.project, d.format, d.dataset_dir), spec.stage.type, "skip",
+                       d.max_samples, d.mix_strategy, d.interleave_probs, spec.training.seed)
+    _, held = split(loaded.examples, d.val_size, spec.training.seed, d.shuffle)
+    rows = rows_of(held)
     if not rows:
-        raise DataError(f"no usable test rows in {path}", hint="Each row needs a prompt and an answer.")
-    return rows, len(loaded.problems)
+        raise RunError(f"run '{run.name}' has no test file, and its held-out share is empty: set data.test or "
+                       f"pass --test FILE")
+    return rows, f"the {len(rows)} rows held out for validation (data.val_size {d.val_size:g}; no data.test)"
 
 
 def predict_and_score(model, tokenizer, rows: list[Row], max_new_tokens: int, batch_size: int,
@@ -108,8 +138,13 @@ def evaluate_run(run: RunDir, checkpoint: int | None = None, test: str | None = 
                  on_batch: Callable[[int, int], None] | None = None) -> EvalResult:
     """Predict on the run's test file (or `test`) with its export or checkpoint N (or a model in memory)."""
     spec = load_spec(run.spec_path)
-    path = test_file(spec, run, test)
-    rows, skipped = load_rows(path, spec.data.format, spec.data.on_invalid)
+    if test or spec.data.test:
+        path = test_file(spec, run, test)
+        rows, skipped = load_rows(path, spec.data.format, spec.data.on_invalid)
+        where = str(path)
+    else:
+        rows, where = held_out_rows(spec, run)
+        skipped = 0
     if model is None:
         from ftune.runtime.infer.loading import load_run_model
 
@@ -118,8 +153,8 @@ def evaluate_run(run: RunDir, checkpoint: int | None = None, test: str | None = 
         model, tokenizer, label = rm.model, rm.tokenizer, rm.target.label
     label = label or "export"
     n_new = max_new_tokens or spec.training.max_new_tokens
-    say(f"Answering {len(rows)} prompts of {path} (greedy, up to {n_new} new tokens)")
+    say(f"Answering {len(rows)} prompts of {where} (greedy, up to {n_new} new tokens)")
     predictions, scores = predict_and_score(model, tokenizer, rows, n_new,
                                             batch_size or spec.training.per_device_eval_batch_size, on_batch)
-    scores.update(model=label, test_file=str(path), skipped_rows=skipped)
+    scores.update(model=label, test_file=where, skipped_rows=skipped)
     return write_results(run.path / "eval" / label, rows, predictions, scores)

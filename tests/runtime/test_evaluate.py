@@ -125,3 +125,18 @@ def test_ftune_eval_says_what_is_missing(trained, tmp_path):
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
     result = cli(run, "eval", "run-01", "--test", str(bad))
     assert result.exit_code == 2 and "test rows are invalid" in result.output and "bad.jsonl:1" in result.output
+
+
+def test_ftune_eval_without_a_test_file_answers_the_held_out_rows(tmp_path_factory, tiny_model):
+    from ftune.runtime.data.formats import Source, load_source
+    from ftune.runtime.data.load import split
+    from tests.runtime.trained import copy_of_trained_run
+
+    run, _ = copy_of_trained_run(tmp_path_factory, tiny_model)  # as the wizard writes it: no data.test
+    result = cli(run, "eval", "run-01", "--max-new-tokens", "4")
+    assert result.exit_code == 0, result.output
+    assert "Answering 5 prompts of the 5 rows held out for validation (data.val_size 0.1; no data.test)" in \
+        " ".join(result.output.split())
+    predictions = [json.loads(x) for x in (run.path / "eval" / "export" / "predictions.jsonl").read_text().splitlines()]
+    _, held = split(load_source(Source(run.project / "train.jsonl")).examples, 0.1, 42, True)
+    assert [p["reference"] for p in predictions] == [ex.messages[-1]["content"] for ex in held]
