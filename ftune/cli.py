@@ -481,13 +481,16 @@ def train(ctx: click.Context, name: str, foreground: bool, resume: bool, restart
 
 
 def _apply_overrides(run, overrides: list[str]) -> None:
-    from ftune.runtime.spec import apply_overrides, build_spec
-    from ftune.runtime.spec.io import read_yaml, run_file_text, write_run_file
+    from ftune.runtime.spec import build_spec
+    from ftune.runtime.spec.io import read_yaml, write_run_file
+    from ftune.runtime.spec.overrides import edit_in_place
 
-    raw = read_yaml(run.spec_path.read_text(encoding="utf-8"), str(run.spec_path))[0] or {}
-    merged = apply_overrides(raw, overrides)
-    build_spec(merged, source=f"{run.spec_path} with --set")  # validate before touching the file
-    write_run_file(run.spec_path, run_file_text(merged, ["ftune run file (updated by ftune train --set)"]))
+    text = run.spec_path.read_text(encoding="utf-8")
+    read_yaml(text, str(run.spec_path))  # the file's own mistakes (bad YAML, keys twice) name its lines
+    edited = edit_in_place(text, overrides)  # the user's file: comments, order and shorthand kept
+    raw, root = read_yaml(edited, f"{run.spec_path} with --set")
+    build_spec(raw or {}, source=f"{run.spec_path} with --set", yaml_root=root)  # validated before it is written
+    write_run_file(run.spec_path, edited)
     click.echo(f"Updated {run.spec_path}: {', '.join(overrides)}")
 
 

@@ -24,14 +24,16 @@ def build_spec(raw: Any, overrides: list[str] | None = None, source: str | None 
         raise SpecError([Problem("", "the run file must be a mapping of sections (name:, model:, data: ...)")], source)
     merged = shorthand.expand(raw)
     preset_name = (overrides and preset_override(overrides)) or merged.get("preset")
+    problems: list[Problem] = []
     if isinstance(preset_name, str):
         try:
             merged = deep_merge(shorthand.expand(load_preset(preset_name)), merged)
-        except KeyError as e:
-            raise SpecError([Problem("preset", str(e.args[0]))], source) from None
+        except KeyError as e:  # one mistake among the others: the rest of the file is still checked
+            problems.append(Problem("preset", str(e.args[0])))
+            merged = {k: v for k, v in merged.items() if k != "preset"}
     if overrides:
         merged = apply_overrides(merged, overrides)
-    problems = later_problems(merged)
+    problems += later_problems(merged)
     try:
         spec = RunSpec.model_validate(merged)
     except ValidationError as err:

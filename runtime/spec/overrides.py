@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -24,7 +25,16 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `key.path=value` overrides (values parsed as YAML: 3e-4, true, [a, b])."""
     out = shorthand.expand(raw)
-    problems = []
+    for key, value in _parse(overrides):
+        out = deep_merge(out, shorthand.expand(shorthand.nest(key, value)))
+    return out
+
+
+_SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _parse(overrides: list[str]) -> list[tuple[str, Any]]:
+    problems, out = [], []
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
@@ -34,10 +44,47 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError:
             value = text
-        out = deep_merge(out, shorthand.expand(shorthand.nest(key.strip(), value)))
+        if isinstance(value, str) and _SCIENTIFIC.match(value.strip()):
+            value = float(value)  # YAML 1.1 reads 3e-4 (no dot) as text; everyone means the number
+        out.append((key.strip(), value))
     if problems:
         raise SpecError(problems, "--set")
     return out
+
+
+def edit_in_place(text: str, overrides: list[str]) -> str:
+    """The run file's text with `--set` applied to it and nothing else changed: its comments, order, quoting and
+    shorthand (`stage: sft` stays, unless a stage setting needs the section) stay as the user wrote them."""
+    import io
+
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedMap
+
+    rt = YAML()  # round-trip: comments and layout are kept
+    rt.preserve_quotes = True
+    rt.width = 120
+    rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    data = rt.load(text) if text.strip() else None
+    data = data if isinstance(data, dict) else CommentedMap()
+    for key, value in _parse(overrides):
+        *parents, last = key.split(".")
+        if len(parents) == 1 and isinstance(data.get(parents[0]), str) and shorthand.SHORTHAND.get(parents[0]) == last:
+            data[parents[0]] = value  # stage.type=dpo on `stage: sft`: still a shorthand
+            continue
+        node = data
+        for part in parents:
+            child = node.get(part)
+            if isinstance(child, str) and node is data and part in shorthand.SHORTHAND:
+                child = CommentedMap([(shorthand.SHORTHAND[part], child)])  # `stage: sft` grows a section
+                node[part] = child
+            elif not isinstance(child, dict):
+                child = CommentedMap()
+                node[part] = child
+            node = child
+        node[last] = value
+    out = io.StringIO()
+    rt.dump(data, out)
+    return out.getvalue()
 
 
 def preset_override(overrides: list[str]) -> str | None:

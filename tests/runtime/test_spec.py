@@ -141,3 +141,25 @@ def test_method_label():
     assert build_spec({**BASE, "method": {"lora": {"use_dora": True}}}).method_label == "dora"
     assert build_spec({**BASE, "method": "full"}).method_label == "full"
     assert isinstance(build_spec(BASE), RunSpec)
+
+
+def test_an_unknown_preset_is_one_mistake_among_the_others():
+    with pytest.raises(SpecError) as info:
+        build_spec({**BASE, "preset": "nope", "data": {"train": "t.jsonl", "max_lenght": 5},
+                    "training": {"learning_rate": "lots", "epochs": 3}})
+    assert set(problems(info.value)) == {"preset", "data.max_lenght", "training.learning_rate", "training.epochs"}
+
+
+def test_set_edits_the_run_file_in_place_keeping_comments_order_and_shorthand():
+    from ftune.runtime.spec.overrides import edit_in_place
+
+    text = ("# my experiment\nname: r  # short\nmodel:\n  name_or_path: ./m\ndata:\n  train: t.jsonl\nstage: sft\n"
+            "method: lora\ntraining:\n  learning_rate: 1.0e-4  # was 2e-4\n")
+    edited = edit_in_place(text, ["training.learning_rate=3e-4", "stage.type=dpo", "method.lora.rank=4",
+                                  "training.save_total_limit=null"])
+    assert edited == ("# my experiment\nname: r  # short\nmodel:\n  name_or_path: ./m\ndata:\n  train: t.jsonl\n"
+                      "stage: dpo\nmethod:\n  type: lora\n  lora:\n    rank: 4\ntraining:\n"
+                      "  learning_rate: 0.0003  # was 2e-4\n  save_total_limit: null\n")
+    spec = build_spec(yaml.safe_load(edited))
+    assert (spec.training.learning_rate, spec.stage.type, spec.method.lora.rank) == (3e-4, "dpo", 4)
+    assert spec.training.save_total_limit is None
