@@ -639,6 +639,8 @@ def data_check(file: str, model: str | None, max_length: int, dataset_dir: str |
     from ftune.runtime.data.check import check
     from ftune.runtime.data.formats import DataError
 
+    if Path(file).name == "dataset_info.json" and not dataset_dir:  # a registry: every entry it names
+        _check_registry(Path(file), as_json)
     report = check(file, model, max_length, dataset_dir, show)
     if as_json:
         click.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
@@ -649,6 +651,45 @@ def data_check(file: str, model: str | None, max_length: int, dataset_dir: str |
             sys.exit(2)
         raise DataError(report.fatal)
     sys.exit(1 if report.invalid else 0)
+
+
+def _check_registry(info_path: Path, as_json: bool) -> None:
+    """`ftune data check dataset_info.json`: one line per data set; exit 2 if one cannot be read, 1 if one has
+    invalid rows."""
+    import json
+
+    from rich.console import Console
+
+    from ftune.runtime.data.check import check_registry
+
+    entries = check_registry(info_path)
+    reports = [r for _, r, _ in entries if r is not None]
+    code = 2 if any(r.fatal for r in reports) else 1 if any(r.invalid for r in reports) else 0
+    if as_json:
+        click.echo(json.dumps({name: r.to_dict() if r else {"skipped": note} for name, r, note in entries},
+                              ensure_ascii=False, indent=2))
+        sys.exit(code)
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(f"[bold]{info_path}[/]: {len(entries)} data sets (dataset_info.json)")
+    width = max((len(n) for n, r, _ in entries if r is not None), default=0)
+    elsewhere = [name for name, r, _ in entries if r is None]  # LLaMA-Factory's file lists ~90 hub data sets
+    for name, r, note in entries:
+        if r is None:
+            continue
+        s = r.summary
+        if s.fatal:
+            console.print(f"  {name:<{width}}  [red]{s.fatal.splitlines()[0]}[/]")
+            continue
+        valid = f"all {s.total} valid" if not s.invalid else f"[red]{s.invalid} of {s.total} invalid[/]"
+        console.print(f"  {name:<{width}}  {s.format}, {s.kind} data; {valid}; suits {', '.join(s.stages)}")
+        for e in s.errors:
+            console.print(f"  {'':<{width}}    [red]error[/] {e}")
+    if elsewhere:
+        shown = ", ".join(elsewhere[:4]) + (", ..." if len(elsewhere) > 4 else "")
+        console.print(f"  [dim]{len(elsewhere)} more are on a hub or made by a script ({shown}): not checked "
+                      f"offline (--json lists them)[/]")
+    console.print(f"Check one with its tokens: ftune data check NAME --dataset-dir {info_path.parent} --model MODEL")
+    sys.exit(code)
 
 
 def _print_data_report(report) -> None:

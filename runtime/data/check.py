@@ -128,3 +128,28 @@ def check(path: str, model: str | None = None, max_length: int = 1024, dataset_d
             check_folder(folder)  # a cut-short config.json is one sentence, not the tokenizer's traceback
         report.tokens = token_report(source, model, max_length, show)
     return report
+
+
+def check_registry(info_path: Path, max_errors: int = 3) -> list[tuple[str, DataReport | None, str]]:
+    """Every entry of a LLaMA-Factory dataset_info.json, each file checked as `ftune data check` checks one:
+    (name, report, note). Hub and script entries have no report: they cannot be read offline."""
+    import json
+
+    from ftune.runtime.data.formats import DataError
+
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{info_path}: not valid JSON ({e})") from None
+    if not isinstance(info, dict):
+        raise DataError(f"{info_path}: a dataset_info.json maps data set names to their files")
+    out = []
+    for name, entry in info.items():
+        if not isinstance(entry, dict) or "file_name" not in entry:
+            where = next((entry[k] for k in ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url")
+                          if isinstance(entry, dict) and k in entry), None)
+            out.append((name, None, f"on a hub ({where}): not checked offline" if where else "no file_name"))
+            continue
+        (source,) = registry_sources(info_path.parent, [name])
+        out.append((name, DataReport(summarize_file(source.path, max_errors, source=source)), ""))
+    return out

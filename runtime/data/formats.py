@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -162,11 +163,17 @@ def _table_rows(path: Path) -> Iterator[tuple[int, int | None, Any]]:
                 yield first + n, None, row
                 n += 1
     except (pa.ArrowException, OSError) as e:
-        what = "CSV" if kind == "csv" else "parquet"
-        hint = ("Every line needs as many comma-separated values as the header; quote values that hold commas or "
-                "line breaks." if kind == "csv" else "Write it again with pandas.DataFrame.to_parquet or "
-                "datasets.Dataset.to_parquet, or use JSON lines.")
-        raise DataError(f"{path}: not a readable {what} file: {str(e).strip().splitlines()[0]}", hint=hint) from None
+        message = re.sub(r"^CSV parse error: (Row #\d+: )?", "", str(e).strip().splitlines()[0])
+        if kind == "csv":  # pyarrow names the row only sometimes (threads): the line is found from the text
+            bad = message.rpartition(": ")[2]
+            with open(path, encoding="utf-8", errors="replace") as f:
+                line = next((n for n, text in enumerate(f, 1) if text.rstrip("\r\n") == bad), None)
+            raise DataError(f"{path}{f':{line}' if line else ''}: not a readable CSV file: {message}",
+                            hint="Every line needs as many comma-separated values as the header; quote values "
+                                 "that hold commas or line breaks.") from None
+        raise DataError(f"{path}: not a readable parquet file: {message}",
+                        hint="Write it again with pandas.DataFrame.to_parquet or datasets.Dataset.to_parquet, or "
+                             "use JSON lines.") from None
 
 
 def read_rows(path: str | Path) -> Iterator[tuple[int, int | None, Any]]:
@@ -260,6 +267,9 @@ def _alternation(turns: list[dict[str, str]], final: str) -> None:
     body = turns[offset:]
     if not body:
         raise ValueError("no conversation: add at least one user/assistant pair")
+    for i, t in enumerate(body):  # an empty question or answer teaches nothing, or teaches silence
+        if t["role"] in ("user", "assistant") and not t["content"].strip():
+            raise ValueError(f"turn {i + offset + 1} ({t['role']}) is empty")
     for i, t in enumerate(body):
         want = ("user", "tool") if i % 2 == 0 else ("assistant",)
         if t["role"] not in want:

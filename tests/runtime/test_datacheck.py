@@ -50,3 +50,29 @@ def test_cli_dataset_dir_key():
     result = CliRunner().invoke(main, ["data", "check", "dpo_en_demo", "--dataset-dir", str(lf), "--json"])
     r = json.loads(result.output)
     assert result.exit_code == 0 and r["kind"] == "preference" and r["valid"] == 300
+
+
+def test_a_dataset_info_json_lists_and_checks_every_entry(tmp_path):
+    write_messages(tmp_path / "good.jsonl", 5)
+    (tmp_path / "mixed.jsonl").write_text('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", '
+                                          '"content": "a"}]}\n{"messages": []}\n')
+    (tmp_path / "dataset_info.json").write_text(json.dumps({
+        "good": {"file_name": "good.jsonl", "formatting": "sharegpt", "columns": {"messages": "messages"},
+                 "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                          "assistant_tag": "assistant"}},
+        "mixed": {"file_name": "mixed.jsonl", "formatting": "sharegpt", "columns": {"messages": "messages"},
+                  "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                           "assistant_tag": "assistant"}},
+        "big": {"hf_hub_url": "someone/big"},
+    }))
+    result = CliRunner().invoke(main, ["data", "check", str(tmp_path / "dataset_info.json")])
+    assert result.exit_code == 1, result.output  # a valid registry, one entry with an invalid row
+    lines = result.output.splitlines()
+    assert lines[0] == f"{tmp_path / 'dataset_info.json'}: 3 data sets (dataset_info.json)"
+    assert lines[1] == "  good   sharegpt, chat data; all 5 valid; suits sft, rl"
+    assert lines[2] == "  mixed  sharegpt, chat data; 1 of 2 invalid; suits sft, rl"
+    assert "1 more are on a hub or made by a script (big): not checked offline" in result.output
+    as_json = json.loads(CliRunner().invoke(main, ["data", "check", str(tmp_path / "dataset_info.json"),
+                                                   "--json"]).output)
+    assert as_json["big"] == {"skipped": "on a hub (someone/big): not checked offline"}
+    assert as_json["good"]["valid"] == 5
