@@ -18,8 +18,23 @@ def cache_root() -> Path:
     return Path(base)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()  # read once, at import: os.umask can only be read by setting it
+
+
+def default_mode(folder: bool = False) -> int:
+    """The mode a plain open() or mkdir() would give: tempfile's private 0600/0700 is for secrets, not exports."""
+    return (0o777 if folder else 0o666) & ~UMASK
+
+
 def write_atomic(path: str | Path, text: str) -> None:
-    """Write a file so that readers see the old or the new content, never half of it."""
+    """Write a file so that readers see the old or the new content, never half of it. It keeps the mode of the
+    file it replaces, or gets the usual one (mkstemp's is 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -28,10 +43,22 @@ def write_atomic(path: str | Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else default_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _usual_modes(folder: Path) -> None:
+    """mkdtemp makes the folder 0700, and writers that go through a temporary file (safetensors) leave 0600: give
+    what has no group or other bits the usual mode, so an export reads like its neighbours."""
+    os.chmod(folder, default_mode(folder=True))
+    for p in folder.rglob("*"):
+        mode = p.lstat().st_mode
+        if not p.is_symlink() and not mode & 0o077:
+            executable = 0o111 & ~UMASK if mode & 0o100 else 0
+            os.chmod(p, default_mode(folder=p.is_dir()) | executable)
 
 
 @contextmanager
@@ -48,6 +75,7 @@ def publish_dir(out: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
     try:
         yield tmp
+        _usual_modes(tmp)
         if out.exists():
             # the old folder is renamed away first, so there is no moment without a complete one on disk
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))

@@ -401,8 +401,8 @@ def estimate_line(info: ModelInfo | None, spec: RunSpec, gpus: list[memory.Gpu],
         return "memory: model size unknown, no estimate"
     est, verdict = result
     gc = ", gradient checkpointing" if spec.training.gradient_checkpointing else ""
-    return (f"memory: ~{memory.gb(est.total_gb)} ({memory.LABELS[est.method]}, "
-            f"{params_text(info.params_b)} parameters, "
+    return (f"memory: ~{memory.gb(est.total_gb)} ({memory.LABELS[est.method]} on "
+            f"a {params_text(info.params_b)}-parameter model, "
             f"{spec.data.max_length} tokens × batch {spec.training.per_device_train_batch_size}{gc}): "
             f"{verdict.text}")
 
