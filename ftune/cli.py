@@ -155,6 +155,10 @@ def demo(ctx: click.Context, overrides: tuple[str, ...], detach: bool, real: boo
     click.echo(f"  run file: {run.spec_path}")
     proc = launch.start(run, restart=True)
     _after_start(run, proc, foreground=not detach)
+    if not detach:
+        click.echo(f"Next: talk to it with `ftune chat {run.name}`, look back over the run with `ftune watch "
+                   f"{run.name}`, see every run with `ftune ls`, and set up your own with `ftune new`. "
+                   f"A real model: `ftune demo --real`.")
 
 
 def _real_demo(root: Path, overrides: list[str], detach: bool) -> None:
@@ -518,35 +522,42 @@ def stop(ctx: click.Context, name: str, wait: float) -> None:
 
 # --------------------------------------------------------------------------- ls
 @main.command(name="ls", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="One JSON list of the runs (numbers as numbers), for scripts.")
 @click.pass_context
-def ls_(ctx: click.Context) -> None:
-    """List runs: status, stage/method, model, progress, last loss, start time."""
+def ls_(ctx: click.Context, as_json: bool) -> None:
+    """List runs: status, stage/method, model, progress, last loss, best eval loss, start time."""
     from rich.console import Console
     from rich.table import Table
 
-    from ftune.runtime.runs import run_rows
+    from ftune.runtime.runs import run_records, run_rows
 
     root = _runs_root(ctx)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(run_records(root), indent=2, ensure_ascii=False))
+        return
     rows = run_rows(root)
     if not rows:
         click.echo(f"No runs in {root}. Try `ftune demo`.")
         return
     console = Console()
-    cols = ("run", "status", "stage/method", "model", "step", "loss", "started")
-    keys = ("name", "status", "stage_method", "model", "progress", "loss", "started")
+    cols = ("run", "status", "stage/method", "model", "step", "loss", "eval", "started")  # eval: the best eval loss
+    keys = ("name", "status", "stage_method", "model", "progress", "loss", "best_eval", "started")
     widths = {c: max(len(c), *(len(str(r[k])) for r in rows)) for c, k in zip(cols, keys)}
     # one line per run: the model column gives way on a narrow terminal, the others keep their width
     room = max(8, console.width - sum(w for c, w in widths.items() if c != "model") - 2 * (len(cols) - 1))
     table = Table(box=None, header_style="bold", pad_edge=False)
     for col in cols:
-        table.add_column(col, justify="right" if col in ("step", "loss") else "left", no_wrap=True,
+        table.add_column(col, justify="right" if col in ("step", "loss", "eval") else "left", no_wrap=True,
                          min_width=widths[col] if col != "model" else None,
                          max_width=room if col == "model" else None, overflow="ellipsis")
     colours = {"running": "green", "finished": "cyan", "failed": "red", "crashed": "red", "stopped": "yellow"}
     for r in rows:
         status = f"[{colours.get(r['status'], 'white')}]{r['status']}[/]"
         model = r["model"] if len(r["model"]) <= room else "…" + r["model"][-(room - 1):]
-        table.add_row(r["name"], status, r["stage_method"], model, r["progress"], r["loss"], r["started"])
+        table.add_row(r["name"], status, r["stage_method"], model, r["progress"], r["loss"], r["best_eval"],
+                      r["started"])
     console.print(table)
 
 
@@ -908,6 +919,63 @@ def plot(ctx: click.Context, name: str, out: str | None) -> None:
     from ftune.runtime.infer.plot import plot_run
 
     click.echo(f"Wrote {plot_run(_run(ctx, name), out)}")
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("names", metavar="RUN RUN [RUN]...", nargs=-1, required=True, shell_complete=_complete_run)
+@click.option("--plot", "plot_out", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Also draw every run's loss and eval loss on one chart (PNG).")
+@click.option("--x", "x_axis", type=click.Choice(("steps", "tokens")), default="steps", show_default=True,
+              help="The chart's x axis: optimiser steps or tokens seen.")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON, for scripts.")
+@click.pass_context
+def compare(ctx: click.Context, names: tuple[str, ...], plot_out: str | None, x_axis: str, as_json: bool) -> None:
+    """Compare runs: the settings that differ (run files, defaults filled in) and how each ended.
+
+    \b
+    Figures: last training loss, last and best eval loss, eval metrics, steps, tokens/s, wall time.
+    ftune compare run-01 run-02 run-03 --plot loss.png --x tokens
+    """
+    from ftune.runtime.comparison import as_json as comparison_json
+    from ftune.runtime.comparison import compare as compare_runs
+    from ftune.runtime.comparison import table_rows
+    from ftune.runtime.rundir import RunError
+
+    if len(names) < 2:
+        raise RunError("ftune compare needs at least two runs, e.g. ftune compare run-01 run-02")
+    if len(set(names)) < len(names):
+        raise RunError(f"a run is named twice: {' '.join(names)}")
+    runs = [_run(ctx, n) for n in names]
+    differ, results = compare_runs(runs)
+    path = None
+    if plot_out:
+        from ftune.runtime.infer.plot import plot_runs
+
+        path = plot_runs(runs, plot_out, "step" if x_axis == "steps" else "tokens")
+    if as_json:
+        import json
+
+        data = comparison_json(differ, results)
+        if path:
+            data["plot"] = str(path)
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    table.add_column("")
+    for n in names:
+        table.add_column(n, justify="right", overflow="fold")
+    rows = table_rows(differ, results)
+    for i, (label, cells) in enumerate(rows):
+        table.add_row(label, *cells, end_section=i == len(differ) - 1)
+    console = Console(highlight=False)
+    if not differ:
+        console.print("[dim]The run files agree on every setting.[/]")
+    console.print(table)
+    if path:
+        console.print(f"Wrote {path}")
 
 
 if __name__ == "__main__":  # pragma: no cover

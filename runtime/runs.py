@@ -42,9 +42,28 @@ def run_row(run: RunDir) -> dict[str, Any]:
         "max_steps": summary["max_steps"],
         "progress": f"{summary['step']}/{summary['max_steps']}" if summary["max_steps"] else "–",
         "loss": f"{loss:.4g}" if isinstance(loss, (int, float)) else "–",
+        "best_eval": f"{best:.4g}" if isinstance(best := summary["best_eval_loss"], (int, float)) else "–",
         "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)) if started else "–",
         "error": final.get("message") if final and final.get("type") == "error" else None,
+        # the same as numbers, for `ftune ls --json`
+        "last_loss": loss if isinstance(loss, (int, float)) else None,
+        "best_eval_loss": summary["best_eval_loss"],
+        "started_at": started,
+        "path": str(run.path),
     }
+
+
+JSON_KEYS = ("name", "status", "stage", "method", "model", "step", "max_steps", "last_loss", "best_eval_loss",
+             "started_at", "error", "path")
+
+
+def run_records(root: str | Path) -> list[dict[str, Any]]:
+    """`ftune ls --json`: each run's row with numbers as numbers (times in unix seconds)."""
+    out = []
+    for row in run_rows(root):
+        stage, _, method = row["stage_method"].partition("/")
+        out.append({k: row[k] for k in JSON_KEYS if k in row} | {"stage": stage, "method": method or None})
+    return [{k: r[k] for k in JSON_KEYS} for r in out]
 
 
 def run_rows(root: str | Path) -> list[dict[str, Any]]:

@@ -34,12 +34,14 @@ from ftune.runtime.history import History, View, empty_view
 from ftune.runtime.rundir import ACTIVE_STATES, RunDir
 from ftune.runtime.tail import Tail, load
 from ftune.tui import panels
-from ftune.tui.messages import HistoryUpdated, StopDone, SystemSampled
-from ftune.tui.screens import ConfirmStop, HelpScreen, LogScreen
+from ftune.tui.messages import HistoryUpdated, OverlayChoices, OverlaysLoaded, StopDone, SystemSampled
+from ftune.tui.screens import ConfirmStop, HelpScreen, LogScreen, OverlayPicker
 from ftune.tui.widgets import Panel, StepLog
 
 LIVE_SAMPLE_S = 2.0  # NVML sampling interval while the run runs on this machine
 FINAL_POLL_S = 2.0  # a finished run is still watched (it may be resumed), just less often
+LIVE_COLOUR = "blue+"  # the watched run on the large plot, when other runs are laid over it
+OVERLAY_COLOURS = ["magenta+", "yellow+", "green+", "red+", "cyan+"]  # the runs laid over it
 
 CSS = """
 Screen { layout: vertical; }
@@ -72,7 +74,10 @@ MonitorScreen.-tall #middle { height: 10; }
 MonitorScreen.-tall #loss-spark { height: 6; }
 MonitorScreen.-tall #problems { max-height: 10; }
 MonitorScreen.-tall #gpu { max-height: 8; }
-ConfirmStop, HelpScreen, LogScreen { align: center middle; }
+ConfirmStop, HelpScreen, LogScreen, OverlayPicker { align: center middle; }
+#overlaybox { width: 76; max-width: 100%; height: auto; max-height: 90%; padding: 1 2; border: thick $primary;
+              background: $surface; }
+#overlay-runs { height: auto; max-height: 16; margin-top: 1; }
 #dialog { width: 64; height: auto; padding: 1 2; border: thick $warning; background: $surface; }
 #helpbox { width: 100; max-width: 100%; height: auto; max-height: 100%; padding: 1 2; border: thick $primary;
            background: $surface; }
@@ -93,6 +98,7 @@ class MonitorScreen(Screen):
         Binding("s", "stop", "stop run"),
         Binding("l", "train_log", "train.log"),
         Binding("p", "plot", "plot"),
+        Binding("o", "overlay", "overlay"),
         Binding("question_mark", "help", "help", key_display="?"),
     ]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]
@@ -113,6 +119,7 @@ class MonitorScreen(Screen):
         self._alert_seq = 0
         self._stop_requested = False
         self.stop_result: StopDone | None = None
+        self.overlays: dict[str, Any] = {}  # other runs laid over the plot: name -> (loss, eval_loss) series
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -253,6 +260,42 @@ class MonitorScreen(Screen):
         else:
             self.notify(f"{name} ended with '{message.final.get('type')}' before it could stop", timeout=10)
 
+    @work(thread=True, exit_on_error=False, group="overlay")
+    def gather_runs(self) -> None:
+        """The runs list's rows of every other run (read here, off the UI thread: their events may be long)."""
+        from ftune.tui.runs_list import RunRows
+
+        rows = [r for r in RunRows(self.run.root).rows() if r["name"] != self.run.name]
+        self.post_message(OverlayChoices(rows))
+
+    @work(thread=True, exit_on_error=False, group="overlay")
+    def load_overlays(self, names: list[str]) -> None:
+        curves = {}
+        for name in names:
+            view = load(RunDir(self.run.root, name).events_path)[0].view()
+            curves[name] = (view.loss, view.eval_loss)
+        self.post_message(OverlaysLoaded(curves))
+
+    def on_overlay_choices(self, message: OverlayChoices) -> None:
+        self.app.push_screen(OverlayPicker(self.run.name, message.rows, list(self.overlays)), self._overlays_chosen)
+
+    def _overlays_chosen(self, names: list[str] | None) -> None:
+        if names is None:
+            return
+        if not names:
+            self.overlays = {}
+            if self.has_class("-plot"):
+                self._plot()
+            return
+        self.load_overlays(names)
+
+    def on_overlays_loaded(self, message: OverlaysLoaded) -> None:
+        self.overlays = message.curves
+        if not self.has_class("-plot"):
+            self.action_plot()  # the overlay is drawn on the large plot
+        else:
+            self._plot()
+
     def _alerts(self, first: bool) -> None:
         """New problems pop up at once (and ring the bell); the history they were loaded with does not."""
         newest = max((p.seq for p in self.view.problems), default=0)
@@ -382,23 +425,35 @@ class MonitorScreen(Screen):
         plt.clear_figure()
         xs, ys = self.view.loss
         exs, eys = self.view.eval_loss
-        positive = all(y > 0 for y in ys + eys) and bool(ys or eys)
+        others = [(name, loss, evals) for name, (loss, evals) in self.overlays.items()]
+        every = ys + eys + [y for _, loss, evals in others for y in loss[1] + evals[1]]
+        positive = all(y > 0 for y in every) and bool(every)
         f = math.log10 if positive else (lambda y: y)  # log10 of the values, not a log axis (it raises on resize)
-        if ys:
-            plt.plot(xs, [f(y) for y in ys], marker="braille")  # no legend: it hides the first steps
+        for (name, (oxs, oys), (oexs, oeys)), colour in zip(others, OVERLAY_COLOURS * 4):
+            if oys:  # the other runs first, so the watched run is drawn over them; a legend names them
+                plt.plot(oxs, [f(y) for y in oys], marker="braille", color=colour, label=name)
+            if oeys:
+                plt.scatter(oexs, [f(y) for y in oeys], marker="o", color=colour)
+        live = {"color": LIVE_COLOUR} if others else {}  # alone, plotext's own colours
+        if ys:  # no legend without overlays: it hides the first steps
+            plt.plot(xs, [f(y) for y in ys], marker="braille", label=self.run.name if others else None, **live)
         if eys:
-            plt.scatter(exs, [f(y) for y in eys], marker="o")
+            plt.scatter(exs, [f(y) for y in eys], marker="o", **live)
         if positive:  # ticks at round loss values, labelled as losses
-            lo, hi = f(min(ys + eys)), f(max(ys + eys))
+            lo, hi = f(min(every)), f(max(every))
             ticks = [lo + (hi - lo) * i / 4 for i in range(5)] if hi > lo else [lo]
             plt.yticks(ticks, [f"{10 ** t:.4g}" for t in ticks])
-        steps = xs + exs
+        steps = xs + exs + [x for _, loss, evals in others for x in loss[0] + evals[0]]
         if steps:  # whole steps on the x axis
             lo, hi = min(steps), max(steps)
             ticks = sorted({round(lo + (hi - lo) * i / 4) for i in range(5)})
             plt.xticks(ticks, [str(t) for t in ticks])
-        plt.title(f"{self.run.name}: training loss" + (" (line), eval loss (o)" if eys else "")
-                  + (", log scale" if positive else ""))
+        if others:
+            plt.title(f"training loss (line), eval loss (o): {self.run.name} over {', '.join(self.overlays)}"
+                      + (", log scale" if positive else ""))
+        else:
+            plt.title(f"{self.run.name}: training loss" + (" (line), eval loss (o)" if eys else "")
+                      + (", log scale" if positive else ""))
         plt.xlabel("step")
         plot.refresh()
 
@@ -431,6 +486,9 @@ class MonitorScreen(Screen):
         self._header()
         self.notify(f"Stopping {self.run.name}: it finishes this step and saves a checkpoint…", timeout=8)
         self.stop_run()
+
+    def action_overlay(self) -> None:
+        self.gather_runs()
 
     def action_train_log(self) -> None:
         self.app.push_screen(LogScreen(self.run.log_path, poll=self.poll))

@@ -32,3 +32,19 @@ class StopDone(Message):
     def __init__(self, final: dict[str, Any] | None, error: str | None) -> None:
         super().__init__()
         self.final, self.error = final, error
+
+
+class OverlayChoices(Message):
+    """The other runs the loss chart can lay over the watched one (rows as the runs list has them)."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.rows = rows
+
+
+class OverlaysLoaded(Message):
+    """The chosen runs' loss and eval-loss curves: name -> ((steps, losses), (steps, eval losses))."""
+
+    def __init__(self, curves: dict[str, tuple[tuple[list[float], list[float]], tuple[list[float], list[float]]]]):
+        super().__init__()
+        self.curves = curves

@@ -140,7 +140,31 @@ def _third_line(name: str, state: str, view: View, status: dict[str, Any]) -> st
         parts.append(str(meta["precision"]))
     if finite(meta.get("resumed_from")):
         parts.append(f"resumed from step {meta['resumed_from']}")
-    return " · ".join(parts)
+    tracked = trackers_line(meta.get("trackers"))
+    return " · ".join(parts) + (f"   {tracked}" if tracked else "")
+
+
+def trackers_line(trackers: Any) -> str:
+    """`training.report_to` as the started event tells it: each tracker with its URL (or its folder, offline)."""
+    if not isinstance(trackers, list):
+        return ""
+    out = []
+    for t in trackers:
+        if not isinstance(t, dict) or not t.get("name"):
+            continue
+        where = "failed" if t.get("failed") else t.get("url") or t.get("dir") or t.get("mode") or ""
+        if where and where == t.get("dir"):
+            where = _short_dir(str(where))
+        out.append(f"{t['name']} {where}".strip())
+    return ("→ " + " · ".join(out)) if out else ""
+
+
+def _short_dir(path: str) -> str:
+    """A tracker's folder from the runs folder on (runs/run-01/wandb/offline-run-…), else as it is."""
+    parts = Path(path).parts
+    if "runs" not in parts:
+        return path
+    return "/".join(parts[len(parts) - 1 - parts[::-1].index("runs"):])
 
 
 # --------------------------------------------------------------------------- charts

@@ -19,13 +19,13 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 from textual.worker import get_current_worker
 
-from ftune.runtime.history import History
+from ftune.runtime.history import History, finite
 from ftune.runtime.rundir import RunDir, list_run_names
 from ftune.runtime.runs import spec_fields  # the loose run.yaml reading `ftune ls` uses
 from ftune.runtime.tail import Tail, load
 from ftune.tui import panels
 
-COLUMNS = ("run", "status", "progress", "loss", "stage/method", "started", "model")  # model last: it gives way
+COLUMNS = ("run", "status", "progress", "loss", "best eval", "stage/method", "started", "model")  # model gives way
 
 
 class RunRows:
@@ -55,11 +55,13 @@ class RunRows:
         recorded = run.state()
         state = "not started" if recorded == "new" else panels.display_state(recorded)
         loss = (view.last_step or {}).get("loss")
+        evals = [y for y in view.eval_loss[1] if finite(y)]
         started = status.get("started_at") or view.started_t
         return {
             "name": run.name, "status": state, **spec_fields(run),
             "progress": f"{view.step}/{view.max_steps}" if view.max_steps else "–",
             "loss": panels.num(loss),
+            "best_eval": panels.num(min(evals)) if evals else "–",
             "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)) if started else "–",
         }
 
@@ -112,7 +114,7 @@ class RunsScreen(Screen):
         if table.row_count and table.cursor_row is not None and table.cursor_row < table.row_count:
             selected = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
         table.clear()
-        cells = [(r["name"], r["status"], r["progress"], r["loss"], r["stage_method"], r["started"],
+        cells = [(r["name"], r["status"], r["progress"], r["loss"], r["best_eval"], r["stage_method"], r["started"],
                   panels.short_model(r["model"])) for r in message.rows]
         widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(COLUMNS[:-1])]
         room = max(8, (self.size.width or 80) - sum(widths) - 2 * len(COLUMNS) - 1)  # the model column's share

@@ -11,7 +11,8 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
 from textual.screen import ModalScreen
-from textual.widgets import Log, Static
+from textual.widgets import Log, SelectionList, Static
+from textual.widgets.selection_list import Selection
 from textual.worker import get_current_worker
 
 LOG_TAIL_BYTES = 256 << 10
@@ -107,6 +108,7 @@ HELP = """\
 [b]s[/b]    stop the run gracefully: it saves a checkpoint first (asks)
 [b]l[/b]    the end of train.log, following it
 [b]p[/b]    a large loss plot (train and eval) instead of the sparklines
+[b]o[/b]    lay other runs over that plot (picked from the runs list)
 [b]?[/b]    this help
 [b]↑ ↓ PgUp PgDn Home End[/b]  scroll the step log; it follows the
      newest line while you are at the bottom, "+N new" when you are not
@@ -120,6 +122,39 @@ HELP = """\
 [b]Problems[/b]  NaN or inf, a loss stuck at 0 or jumping, the error + hint
 
 [dim]esc closes[/dim]"""
+
+
+class OverlayPicker(ModalScreen["list[str] | None"]):
+    """The other runs, to lay over the watched run's loss chart: space picks, enter shows them, esc leaves it."""
+
+    BINDINGS = [Binding("enter", "done", "lay over", priority=True), Binding("escape,q", "cancel", "cancel")]
+
+    def __init__(self, live: str, rows: list[dict], selected: list[str]) -> None:
+        super().__init__()
+        self.live, self.rows, self.selected = live, rows, selected
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="overlaybox"):
+            yield Static(f"[b]Lay runs over {self.live}'s loss chart[/b]\n"
+                         f"[dim]space picks · enter shows them · esc leaves the chart as it is[/dim]")
+            if not self.rows:
+                yield Static("\nNo other runs in this runs folder.")
+                return
+            width = max(len(r["name"]) for r in self.rows)
+            yield SelectionList(*[
+                Selection(f"{r['name']:<{width}}  {r['status']:<11} {r['progress']:>9}  best eval {r['best_eval']}",
+                          r["name"], r["name"] in self.selected) for r in self.rows], id="overlay-runs")
+
+    def on_mount(self) -> None:
+        if self.query("#overlay-runs"):
+            self.query_one("#overlay-runs").focus()
+
+    def action_done(self) -> None:
+        picked = self.query_one("#overlay-runs", SelectionList).selected if self.query("#overlay-runs") else []
+        self.dismiss(list(picked))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
 
 
 class HelpScreen(ModalScreen[None]):

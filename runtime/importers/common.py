@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ftune.runtime.importers.record import NO_HOME, NO_MEANING, Record
+from ftune.runtime.trackers import PACKAGES
 
 # TrainingArguments names that mean the same in the run file's training section.
 SAME_IN_TRAINING = ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
@@ -64,12 +65,17 @@ def training_arg(rec: Record, source: str, key: str, value: Any) -> bool:
         else:
             rec.leave(source, value, NO_MEANING, "off: training.precision stays auto (fp32 on a CPU)")
     elif key == "report_to":
-        names = value if isinstance(value, list) else [value]
-        if all(str(n).lower() == "none" for n in names):
+        names = value if isinstance(value, list) else str(value).split(",")
+        names = [str(n).strip().lower() for n in names if str(n).strip().lower() not in ("none", "")]
+        known = [n for n in names if n in PACKAGES]
+        if not names:
             rec.leave(source, value, NO_MEANING, "ftune writes its own events (runs/<name>/events.jsonl) either way")
-        else:
-            rec.leave(source, value, NO_HOME, "ftune reports to runs/<name>/events.jsonl only; follow a run with "
-                                              "`ftune watch`, plot it with `ftune plot`")
+        elif known:
+            rec.put(source, "training.report_to", known)
+        others = [n for n in names if n not in PACKAGES]
+        if others:
+            rec.leave(source, ", ".join(others), NO_HOME, f"training.report_to takes {', '.join(PACKAGES)}; ftune "
+                                                          "writes runs/<name>/events.jsonl either way")
     elif key == "run_name":
         rec.leave(source, value, NO_MEANING, "the run's name is its folder (ftune import --name)")
     elif key == "resume_from_checkpoint":

@@ -77,3 +77,56 @@ def plot_run(run: RunDir, out: str | Path | None = None) -> Path:
     fig.savefig(tmp, format="png")
     os.replace(tmp, path)
     return path
+
+
+def run_curves(events: list[dict[str, Any]], x: str = "step") -> dict[str, list[tuple[float, float]]]:
+    """Training and eval loss of one run against `x`: "step", or "tokens" (tokens seen, from the events'
+    tokens_seen; older events without it give no points)."""
+    if x == "step":
+        c = curves(events)
+        return {"loss": c["loss"], "eval_loss": c["eval_loss"]}
+    series: dict[str, dict[float, float]] = {"loss": {}, "eval_loss": {}}
+    for e in events:
+        key = "loss" if e.get("type") == "step" else "eval_loss" if e.get("type") == "eval" else None
+        seen, v = e.get("tokens_seen"), e.get(key) if key else None
+        if key and isinstance(seen, (int, float)) and isinstance(v, (int, float)) and math.isfinite(v):
+            series[key][seen] = float(v)
+    return {k: sorted(v.items()) for k, v in series.items()}
+
+
+def plot_runs(runs: list[RunDir], out: str | Path, x: str = "step") -> Path:
+    """`ftune compare --plot`: every run's training loss (line) and eval loss (dashed, dots) on one chart,
+    against steps or tokens seen, one colour per run. Written atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    drawn = {run.name: run_curves(read_all(run.events_path), x) for run in runs}
+    empty = [name for name, c in drawn.items() if not c["loss"]]
+    if len(empty) == len(drawn):
+        what = "logged training steps" if x == "step" else "steps with tokens_seen (runs from before ftune wrote it)"
+        raise RunError(f"none of {', '.join(drawn)} has {what}: nothing to plot")
+    fig = Figure(figsize=(9, 5.5), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    colours = [f"C{i}" for i in range(10)]
+    for i, (name, c) in enumerate(drawn.items()):
+        colour = colours[i % len(colours)]
+        if c["loss"]:
+            xs, ys = zip(*c["loss"])
+            ax.plot(xs, ys, color=colour, linewidth=1.4, label=f"{name} training loss",
+                    marker="o" if len(xs) < 30 else None, markersize=3)
+        if c["eval_loss"]:
+            xs, ys = zip(*c["eval_loss"])
+            ax.plot(xs, ys, color=colour, linewidth=1.2, linestyle="--", marker="o", markersize=4,
+                    label=f"{name} eval loss")
+    ax.set_xlabel("step" if x == "step" else "tokens seen")
+    ax.set_ylabel("loss")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper right", fontsize="small")
+    ax.set_title("loss: " + " · ".join(drawn) + (f" (no points: {', '.join(empty)})" if empty else ""))
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)
+    return path

@@ -360,6 +360,12 @@ class TrainingSpec(Section):
         False, description="Resume from the newest checkpoint when the run is started again (like --resume)."
     )
     system_interval_s: float = Field(10.0, gt=0, description="Seconds between system (memory) events.")
+    report_to: list[Literal["tensorboard", "wandb", "swanlab", "mlflow", "trackio"]] = Field(
+        default_factory=list, description="Experiment trackers that get the same figures as events.jsonl, through "
+        "transformers' own integrations (each an extra: pip install 'ftune[wandb]' ...). Offline modes are honoured "
+        "(WANDB_MODE=offline, SWANLAB_MODE=local, MLFLOW_TRACKING_URI=file:...); keys stay in the environment, never "
+        "in the run file. A tracker that fails is a warning event and training goes on (docs/trackers.md)."
+    )
     predict_with_generate: bool = Field(
         False, description="After training, answer the prompts of data.test (greedy) and score the answers: "
         "BLEU and ROUGE-1/2/L in runs/<name>/eval/export/ (predictions.jsonl, metrics.json)."
@@ -368,6 +374,16 @@ class TrainingSpec(Section):
         512, ge=1, description="Longest generated answer, in tokens, for predict_with_generate and `ftune eval` "
         "(GLM-4's generation_config.max_new_tokens)."
     )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_tracker_or_none(cls, v: Any) -> Any:
+        """`report_to: wandb` is one tracker and `none` (transformers' word) is none; a list is kept once each."""
+        if isinstance(v, str):
+            v = [] if v.strip().lower() in ("none", "") else [x.strip() for x in v.split(",")]
+        if isinstance(v, list):
+            v = list(dict.fromkeys(x for x in v if not (isinstance(x, str) and x.lower() == "none")))
+        return v
 
     @model_validator(mode="after")
     def _precision_is_coherent(self) -> "TrainingSpec":

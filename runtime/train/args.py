@@ -7,6 +7,7 @@ from typing import Any
 
 from ftune.runtime.rundir import RunDir
 from ftune.runtime.spec import RunSpec
+from ftune.runtime.trackers import PROJECT
 from ftune.runtime.train.model import Kernels, Precision
 from ftune.runtime.train.optim import optimizer_args
 
@@ -62,7 +63,11 @@ def common_args(spec: RunSpec, run: RunDir, plan: Precision, kern: Kernels, num_
         use_liger_kernel=kern.liger,
         train_sampling_strategy="random" if spec.data.shuffle else "sequential",
         include_num_input_tokens_seen="non_padding",
-        report_to="none",  # our callback is added explicitly; defaults differ between releases
+        # trackers through transformers' own integrations (train/tracking.py guards them); ours, the events
+        # callback, is added explicitly: the default of report_to differs between releases
+        report_to=list(t.report_to) or "none",
+        run_name=spec.name,  # the tracker's run is called as ours
+        project=PROJECT,  # Trackio's project (W&B, SwanLab and MLflow take theirs from the environment)
         disable_tqdm=True,
         **eval_plan(spec, has_eval, steps_estimate),
     )

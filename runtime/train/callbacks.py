@@ -34,12 +34,14 @@ class EventsCallback(TrainerCallback):
         self._last_step = 0
         self._recent: list[float] = []
         self.metrics: dict[str, Any] = {}
+        self.trackers: list[Any] = []  # train/tracking.Guarded: they begin before this callback, so they can say
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.stopper.in_loop = True
         self._last_t, self._last_tokens, self._last_step = time.time(), state.num_input_tokens_seen, state.global_step
         if state.is_world_process_zero:
-            self.events.emit("started", max_steps=state.max_steps, **self.started_fields)
+            trackers = {"trackers": [t.describe() for t in self.trackers]} if self.trackers else {}
+            self.events.emit("started", max_steps=state.max_steps, **self.started_fields, **trackers)
             self.run.update_status(state="running", step=state.global_step, max_steps=state.max_steps)
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -79,12 +81,14 @@ class EventsCallback(TrainerCallback):
                 grad_norm=grad_norm,
                 tokens_per_s=round(tokens / dt, 1) if tokens else None,
                 samples_per_s=round(samples / dt, 3),
+                tokens_seen=state.num_input_tokens_seen or None,  # `ftune compare --plot --x tokens`
             )
             self._check_health(state.global_step, loss, grad_norm)
             self.run.update_status(step=state.global_step, max_steps=state.max_steps, loss=loss, updated_at=now)
         elif "eval_loss" in logs:
             fields = {k: v for k, v in logs.items() if k.startswith("eval_")}
-            self.events.emit("eval", step=state.global_step, **fields)
+            self.events.emit("eval", step=state.global_step, **fields,
+                             tokens_seen=state.num_input_tokens_seen or None)
             self.metrics["eval_loss"] = logs["eval_loss"]
         elif "train_runtime" in logs:
             self.metrics.update(logs)

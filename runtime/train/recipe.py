@@ -22,7 +22,7 @@ from ftune.runtime.events import EventWriter
 from ftune.runtime.files import publish_dir
 from ftune.runtime.rundir import RunDir, RunError
 from ftune.runtime.spec import RunSpec
-from ftune.runtime.train import stages
+from ftune.runtime.train import stages, tracking
 from ftune.runtime.train.args import common_args
 from ftune.runtime.train.callbacks import EventsCallback
 from ftune.runtime.train.model import Kernels, Precision, kernels, load_model, precision_plan
@@ -153,7 +153,9 @@ def setup(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
         "attn_implementation": model.config._attn_implementation, "liger": kern.liger,
         "resumed_from": resume_from[0] if resume_from else None,
     }, stopper)
+    tracking.apply_env(spec, run)  # the trackers' folders, before the trainer builds their integrations
     trainer = build_trainer(spec, model, tokenizer, data, run, plan, kern, callback, ref_model, reward_model)
+    callback.trackers = tracking.guard(trainer, spec, events)  # a failing tracker is a warning, not the end
     if spec.method.badam is not None:
         adapt_to_badam(trainer)
     check_trainer_rows(spec, trainer, data, events)

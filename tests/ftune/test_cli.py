@@ -37,7 +37,7 @@ def test_ls_empty_and_with_runs(project, tiny_model):
     result = invoke("ls")
     assert result.exit_code == 0
     lines = result.output.splitlines()
-    assert lines[0].split() == ["run", "status", "stage/method", "model", "step", "loss", "started"]
+    assert lines[0].split() == ["run", "status", "stage/method", "model", "step", "loss", "eval", "started"]
     row1 = lines[1].split()
     assert row1[:3] == ["run-01", "finished", "sft/lora"] and row1[4] == "3/3"
     assert lines[2].split()[:2] == ["run-02", "not"]

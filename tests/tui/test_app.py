@@ -346,7 +346,8 @@ def test_runs_list_shows_runs_and_opens_one(tmp_path):
             table = app.screen.query_one(DataTable)
             rows = [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
             assert [r[0] for r in rows] == ["alpha", "beta", "gamma"]
-            assert rows[0][1:3] == ["finished", "100/100"] and rows[0][3] != "–" and rows[0][4] == "sft/lora"
+            assert rows[0][1:3] == ["finished", "100/100"] and rows[0][3] != "–" and rows[0][5] == "sft/lora"
+            assert rows[0][4] == "1.564" and rows[2][4] == "–"  # the best eval loss
             assert rows[1][1:3] == ["failed", "40/100"]
             assert rows[2][1:3] == ["not started", "–"]
             await pilot.press("down", "enter")
