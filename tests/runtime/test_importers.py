@@ -314,3 +314,10 @@ def test_an_imported_llamafactory_file_trains(project, tiny_model):
     steps = of_type(events, "step")
     assert steps and all(math.isfinite(s["loss"]) for s in steps)
     assert (project / "saves/qwen3-4b/lora/sft").is_dir()  # output_dir -> output.dir
+
+
+def test_report_to_trackers_carry_over_and_others_are_left(tmp_path, lf_info):
+    imported = lf_import(LF / "train_lora/qwen3_lora_sft.yaml", tmp_path, lf_info,
+                         overrides=["report_to=wandb,comet_ml"])
+    assert imported.spec.training.report_to == ["wandb"]
+    assert [left.value for left in imported.left if left.source == "report_to"] == ["comet_ml"]
