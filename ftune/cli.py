@@ -59,6 +59,19 @@ def _run(ctx: click.Context, name: str):
 
 run_argument = click.argument("name", metavar="RUN", shell_complete=_complete_run)
 
+def _complete_file(ctx: click.Context, param, incomplete: str):
+    """The shell's own file and folder completion (data files, model folders, .gguf files)."""
+    from click.shell_completion import CompletionItem
+
+    return [CompletionItem(incomplete, type="file")]
+
+
+def _complete_key(ctx: click.Context, param, incomplete: str):
+    """--set KEY=VALUE: the run file's dotted keys, from the schema."""
+    from ftune.runtime.spec.schema import iter_fields
+
+    return [f"{path}=" for path, _, _ in iter_fields() if path.startswith(incomplete)]
+
 
 class LazyChoice(click.Choice):
     """A click.Choice whose values are read from where they are defined (the run spec's schema, the presets, the
@@ -123,7 +136,7 @@ def main(runs_dir: str | None) -> None:
 
 # --------------------------------------------------------------------------- demo
 @main.command(context_settings=CONTEXT)
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", shell_complete=_complete_key,
               help="Override a run-file value, e.g. --set training.num_train_epochs=1 (repeatable).")
 @click.option("--detach", is_flag=True, help="Start it in the background instead of showing progress here.")
 @click.option("--real", is_flag=True,
@@ -155,6 +168,10 @@ def demo(ctx: click.Context, overrides: tuple[str, ...], detach: bool, real: boo
     click.echo(f"  run file: {run.spec_path}")
     proc = launch.start(run, restart=True)
     _after_start(run, proc, foreground=not detach)
+    if not detach:
+        click.echo(f"Next: talk to it with `ftune chat {run.name}`, look back over the run with `ftune watch "
+                   f"{run.name}`, see every run with `ftune ls`, and set up your own with `ftune new`. "
+                   f"A real model: `ftune demo --real`.")
     if not detach:
         click.echo(f"Next: talk to it with `ftune chat {run.name}`, look back over the run with `ftune watch "
                    f"{run.name}`, see every run with `ftune ls`, and set up your own with `ftune new`. "
@@ -230,19 +247,21 @@ def _after_start(run, proc, foreground: bool) -> None:
 # --------------------------------------------------------------------------- new
 @main.command(context_settings=CONTEXT)
 @click.option("--name", metavar="NAME", help="Run name (default: the next free run-01, run-02, ...).")
-@click.option("--model", "-m", metavar="MODEL",
+@click.option("--model", "-m", metavar="MODEL", shell_complete=_complete_file,
               help="Hub id (e.g. Qwen/Qwen2.5-7B-Instruct), a local model folder or a .gguf file.")
-@click.option("--data", "-d", metavar="FILE", help="Training data file.")
-@click.option("--validation", metavar="FILE", help="A separate validation file (instead of --val-size).")
+@click.option("--data", "-d", metavar="FILE", shell_complete=_complete_file, help="Training data file.")
+@click.option("--validation", metavar="FILE", shell_complete=_complete_file,
+              help="A separate validation file (instead of --val-size).")
 @click.option("--val-size", type=float, metavar="SHARE", help="Share of the rows held out for evaluation (default 0.1).")
 @click.option("--stage", type=LazyChoice(_schema_values("stage", "type")), help="What is learnt (default sft).")
 @click.option("--method", type=LazyChoice(_new_methods), help="How the weights change (default lora; qlora = qlora-4).")
 @click.option("--preset", type=LazyChoice(_preset_names), help="Scenario preset (default standard; see `ftune presets`).")
 @click.option("--template", metavar="NAME", help="Chat template (default auto: the tokenizer's own).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow a model that ships its own code to run it.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", shell_complete=_complete_key,
               help="Any run-file value, e.g. --set training.learning_rate=2e-4 (repeatable).")
-@click.option("--from", "from_file", metavar="FILE", help="Start from a partial run file; flags override it.")
+@click.option("--from", "from_file", metavar="FILE", shell_complete=_complete_file,
+              help="Start from a partial run file; flags override it.")
 @click.option("--full", is_flag=True, help="Ask every question in turn (name, template, stage, method, validation), "
                                              "not only model, data and preset.")
 @click.option("--yes", "-y", is_flag=True, help="Ask nothing: write the run file from the flags.")
@@ -358,9 +377,10 @@ def _kinds():
 @click.option("--name", metavar="RUN", help="Run name (default: from the file's name, qwen3_lora_sft -> qwen3-lora-sft).")
 @click.option("--dataset-dir", type=click.Path(file_okay=False), metavar="DIR",
               help="LLaMA-Factory's dataset_dir (default: data/ beside FILE); GLM-4's data folder (default: FILE's).")
-@click.option("--model", "-m", metavar="MODEL", help="The base model: hub id or local folder (GLM-4 and DoDo files "
-                                                     "name none).")
-@click.option("--data", "-d", metavar="FILE", help="Training data file, instead of the one FILE names.")
+@click.option("--model", "-m", metavar="MODEL", shell_complete=_complete_file,
+              help="The base model: hub id or local folder (GLM-4 and DoDo files name none).")
+@click.option("--data", "-d", metavar="FILE", shell_complete=_complete_file,
+              help="Training data file, instead of the one FILE names.")
 @click.option("--kind", type=LazyChoice(_kinds), help="Force the kind instead of detecting it from the keys.")
 @click.option("--gpu/--no-gpu", default=None,
               help="Keep settings that need a CUDA GPU (default: only when this machine has one).")
@@ -448,7 +468,7 @@ def schema(ctx: click.Context, write: bool, out: str | None) -> None:
 @click.option("--foreground", "-f", is_flag=True, help="Show progress here; Ctrl+C stops gracefully.")
 @click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint.")
 @click.option("--restart", is_flag=True, help="Start over: delete this run's checkpoints, export and history.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", shell_complete=_complete_key,
               help="Change a run-file value before starting (written to run.yaml), e.g. --set training.max_steps=100.")
 @click.option("--node-rank", default=0, show_default=True, help="This machine's rank in a multi-node run (0 on node 0).")
 @click.pass_context
@@ -633,7 +653,7 @@ def data() -> None:
 
 
 @data.command(name="check", context_settings=CONTEXT)
-@click.argument("file")
+@click.argument("file", shell_complete=_complete_file)
 @click.option("--model", metavar="PATH_OR_ID",
               help="Tokenise with this model's tokenizer (hub id, folder or .gguf file): lengths, truncation, masks.")
 @click.option("--max-length", default=1024, show_default=True, help="Cutoff length to check against (data.max_length).")

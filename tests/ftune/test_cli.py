@@ -181,3 +181,15 @@ def test_train_set_refuses_a_run_file_with_duplicate_keys_before_writing(project
     result = invoke("train", "run-01", "--set", "training.learning_rate=1e-4")
     assert result.exit_code == 2 and "training appears twice" in result.output and "Traceback" not in result.output
     assert run.spec_path.read_text() == before and not run.events_path.exists()
+
+
+def test_completion_offers_files_and_run_file_keys():
+    def complete(words: str) -> list[str]:
+        env = {**os.environ, "_FTUNE_COMPLETE": "bash_complete", "COMP_WORDS": words,
+               "COMP_CWORD": str(len(words.split()) - 1)}
+        done = subprocess.run([sys.executable, "-m", "ftune"], env=env, capture_output=True, text=True, timeout=60)
+        return done.stdout.split()
+
+    assert complete("ftune train run-01 --set training.learn") == ["plain,training.learning_rate="]
+    assert complete("ftune new --data tra") == ["file,tra"]  # the shell completes the path itself
+    assert complete("ftune data check da") == ["file,da"]
