@@ -751,10 +751,15 @@ def _print_data_report(report) -> None:
         console.print(f"  cutoff   {tokens.over_max_length} rows longer than {tokens.max_length} tokens; "
                       f"{tokens.answer_cut_away} would lose their whole answer")
         for i, sample in enumerate(tokens.samples, 1):
-            console.print(f"  sample {i} ([green]learnt[/], [dim]not learnt[/]):")
+            plain = not console.is_terminal or console.no_color  # a pipe or a log: no colours to tell them apart
+            console.print(f"  sample {i} " + ("(learnt tokens between [[ and ]]):" if plain
+                                              else "([green]learnt[/], [dim]not learnt[/]):"))
             text = Text()
             for seg in sample:
-                text.append(seg["text"], style="green" if seg["learnt"] else "dim")
+                if plain:
+                    text.append(f"[[{seg['text']}]]" if seg["learnt"] else seg["text"])
+                else:
+                    text.append(seg["text"], style="green" if seg["learnt"] else "dim")
             console.print(text)
     for e in r.errors:
         console.print(f"  [red]error[/]    {e}")

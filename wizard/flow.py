@@ -151,8 +151,8 @@ class Wizard:
         while True:
             def validate(text: str) -> bool | str:
                 problem = check_run_name(text.strip())
-                if problem:
-                    return problem
+                if problem:  # the prompt's error line is one line of the screen: the rule in short
+                    return problem if len(problem) < 76 else "not a run name: use a-z, 0-9 and '-' inside, e.g. run-01"
                 run = RunDir(self.root, text.strip())
                 if run.exists() and run.state() in ACTIVE_STATES:
                     return f"run '{text.strip()}' is {run.state()}: choose another name"

@@ -46,6 +46,7 @@ def _back_bindings() -> KeyBindings:
 
     @kb.add("c-b", eager=True)
     def _back(event) -> None:
+        event.app.erase_when_done = True  # the question left unanswered goes from the screen
         event.app.exit(result=BACK)
 
     return kb
