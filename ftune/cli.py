@@ -272,9 +272,10 @@ def new(ctx: click.Context, **options) -> None:
     """Set up a run: answer a few questions (or pass them as flags) and get runs/NAME/run.yaml.
 
     \b
-    Guided:    ftune new                  Ctrl+B goes back a step, Ctrl+C cancels
-    Scripted:  ftune new --model Qwen/Qwen2.5-0.5B-Instruct --data train.jsonl \\
-                 --preset fast --stage sft --method lora --set training.learning_rate=2e-4 --yes
+    Guided:    ftune new          model, data, preset, go (--full: every step)
+    Scripted:  ftune new --model Qwen/Qwen2.5-0.5B-Instruct \\
+                 --data train.jsonl --preset fast --stage sft --method lora \\
+                 --set training.learning_rate=2e-4 --yes
 
     Without a terminal (or with --yes) nothing is asked: a missing answer is an error naming its flag.
     Flags given to the guided setup become its default answers.
