@@ -392,9 +392,10 @@ def import_(ctx: click.Context, file: str, overrides: tuple[str, ...], name: str
     """Turn another tool's training config into runs/RUN/run.yaml, key by key.
 
     \b
-    LLaMA-Factory  a training YAML, with the KEY=VALUE overrides llamafactory-cli train takes
-    GLM-4          finetune_demo's configs/lora.yaml (data_config, training_args, peft_config)
-    DoDo           a hosted platform's parameter set with numeric codes (JSON or YAML)
+    LLaMA-Factory  a training YAML, and the KEY=VALUE overrides of
+                   llamafactory-cli train
+    GLM-4          finetune_demo's configs/lora.yaml
+    DoDo           a hosted platform's parameters with numeric codes
 
     Prints what went where, then every key it did not carry over and why. Nothing is written unless
     the run file validates. docs/import.md lists the mappings.
@@ -817,10 +818,10 @@ def export(ctx: click.Context, name: str, checkpoint: int | None, fmt: str | Non
 
     \b
     lora          the adapter alone (small; loads on top of the base model)
-    merged_16bit  adapter merged into the base, bf16: loads with plain transformers, vLLM, ...
-    merged_4bit   merged and quantised to 4 bits (bitsandbytes, CUDA GPU only; loses some accuracy)
-    gguf          merged, one .gguf file for llama.cpp / Ollama / LM Studio, and an Ollama Modelfile
-                  (llama.cpp's converter: pip install 'ftune[gguf]')
+    merged_16bit  merged into the base, bf16: plain transformers, vLLM, ...
+    merged_4bit   merged, quantised to 4 bits (bitsandbytes, CUDA GPU only)
+    gguf          merged, one .gguf file for llama.cpp, Ollama, LM Studio,
+                  and an Ollama Modelfile (pip install 'ftune[gguf]')
 
     Before saying done it loads what it wrote with plain transformers/peft, compares its logits with
     the run's model and lets it generate; a failed check leaves nothing behind.
@@ -887,8 +888,9 @@ def serve(ctx: click.Context, name: str, checkpoint: int | None, host: str, port
     """Serve RUN's model behind an OpenAI-compatible API (/v1/models, /v1/chat/completions).
 
     \b
-    curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
-      -d '{"model": "RUN", "messages": [{"role": "user", "content": "Hello"}]}'
+    curl http://127.0.0.1:8000/v1/chat/completions \\
+      -H 'Content-Type: application/json' \\
+      -d '{"model": "RUN", "messages": [{"role": "user", "content": "Hi"}]}'
     """
     from ftune.runtime.infer.serve import serve as serve_run
 
