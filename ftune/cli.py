@@ -122,15 +122,16 @@ def main(runs_dir: str | None) -> None:
     """Fine-tune large language models from a terminal.
 
     \b
-    Start here:    ftune demo                 tiny model, bundled data, < 1 minute on a CPU
-    Set up a run:  ftune new                  guided: model, data, method, memory check
-    Or bring one:  ftune import FILE          a LLaMA-Factory YAML, GLM-4 lora.yaml, platform parameters
-    Train a run:   ftune train run-01         detached; survives closing the terminal
-    Follow it:     ftune watch run-01         live monitor; ftune logs run-01 -f, ftune ls
-    Stop it:       ftune stop run-01          saves a checkpoint; resume with --resume
-    Use it:        ftune chat run-01          also: export, serve (OpenAI API), eval, plot
+    Start here:    ftune demo          a tiny model on bundled data, on a CPU
+    Set up a run:  ftune new           model, data, preset, go (memory checked)
+    Or bring one:  ftune import FILE   LLaMA-Factory, GLM-4 or platform configs
+    Train a run:   ftune train run-01  detached: survives closing the terminal
+    Follow it:     ftune watch run-01  live monitor (also: logs -f, ls)
+    Stop it:       ftune stop run-01   saves a checkpoint; resume with --resume
+    Use it:        ftune chat run-01   also: export, serve, eval, plot
 
-    Shell completion: eval "$(_FTUNE_COMPLETE=bash_source ftune)" (zsh_source, fish_source).
+    Shell completion: eval "$(_FTUNE_COMPLETE=bash_source ftune)" (zsh_source,
+    fish_source).
     """
 
 

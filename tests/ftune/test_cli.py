@@ -165,6 +165,16 @@ def test_logs_prints_the_worker_output(project, tiny_model):
     assert "=== ftune train run-01 at" in full.output
 
 
+def test_logs_show_a_progress_bar_as_its_last_redraw(project, tiny_model):
+    run = make_run(project, tiny_model)
+    bar = "".join(f"\rMap: {p:3d}%|{'#' * (p // 10)}| {p}/100" for p in (0, 40, 100))
+    run.log_path.write_text(f"=== ftune train run-01 ===\n{bar}\nloading model\r\n{{'loss': 1.5}}\n")
+    for args in ((), ("-f",), ("-n", "3")):  # -f: the worker is gone, so it prints and returns
+        out = invoke("logs", "run-01", *args).output
+        assert "\r" not in out and out.count("Map:") == 1 and "Map: 100%|##########| 100/100\n" in out, args
+        assert out.endswith("Map: 100%|##########| 100/100\nloading model\n{'loss': 1.5}\n")
+
+
 def test_train_foreground_shows_progress_and_summary(project, tiny_model):
     make_run(project, tiny_model, training={"max_steps": 6, "save_steps": 3})
     out = subprocess.run([sys.executable, "-m", "ftune", "train", "run-01", "--foreground"],
@@ -193,3 +203,16 @@ def test_completion_offers_files_and_run_file_keys():
     assert complete("ftune train run-01 --set training.learn") == ["plain,training.learning_rate="]
     assert complete("ftune new --data tra") == ["file,tra"]  # the shell completes the path itself
     assert complete("ftune data check da") == ["file,da"]
+
+
+def test_every_help_fits_80_columns():
+    def helps(group, path):
+        yield path
+        for name, cmd in getattr(group, "commands", {}).items():
+            yield from helps(cmd, [*path, name])
+
+    for path in helps(main, []):
+        result = CliRunner().invoke(main, [*path, "--help"], terminal_width=80)
+        assert result.exit_code == 0, (path, result.output)
+        wide = [line for line in result.output.splitlines() if len(line) > 80]
+        assert not wide, (path, wide)
