@@ -157,17 +157,18 @@ class ChatSession:
         wide = self.console.width >= 80
 
         def view():
-            panels = [Panel(Text(t or "…"), title=label, title_align="left", border_style=style)
-                      for (label, *_), t, style in zip(self.models, texts, ("cyan", "magenta"))]
             if not wide:
-                return Group(*panels)
-            table = Table.grid(expand=True, padding=(0, 1))
-            for _ in panels:
-                table.add_column(ratio=1)
-            table.add_row(*panels)
+                return Group(*[Panel(Text(t or "…"), title=label, title_align="left", border_style=style)
+                               for (label, *_), t, style in zip(self.models, texts, ("cyan", "magenta"))])
+            # one bordered table row: both answers as tall as the longer one, titles wrapped, never cropped
+            table = Table(expand=True, show_lines=False, header_style="bold", border_style="dim")
+            for (label, *_), style in zip(self.models, ("cyan", "magenta")):
+                table.add_column(Text(label, style=style), ratio=1, overflow="fold")
+            table.add_row(*[Text(t or "…") for t in texts])
             return table
 
-        with Live(view(), console=self.console, refresh_per_second=12) as live:
+        # visible: a long answer scrolls the terminal instead of being cut at its height
+        with Live(view(), console=self.console, refresh_per_second=12, vertical_overflow="visible") as live:
             for i in range(len(self.models)):
                 gen = self._generation(i, prompt)
                 try:

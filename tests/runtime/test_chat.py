@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from rich.cells import cell_len
 from rich.console import Console
 
 from ftune.runtime.infer.generate import Generation, Settings
@@ -118,8 +119,11 @@ def test_compare_base_answers_with_the_base_model_side_by_side(trained, tiny_mod
     assert base == hf_generate(plain_base, rm.tokenizer, question, 8, seed=5)  # the adapter was really off
     assert tuned != base
     screen = out.getvalue()
-    titles = [line for line in screen.splitlines() if "run-01 (export)" in line and "base (" in line]
-    assert titles, "the two answers are not side by side"
+    frame = screen[screen.rindex("┏"):].splitlines()  # the live view's last frame: one table, two columns
+    frame = frame[:next(i for i, line in enumerate(frame) if line.startswith("└")) + 1]
+    head = " ".join(frame[:frame.index(next(line for line in frame if line.startswith("┡")))])
+    assert "run-01 (export)" in head and f"{tiny_model})" in head  # the titles whole, wrapped not cropped
+    assert len({cell_len(line) for line in frame}) == 1 and frame[0].count("┳") == 1  # side by side, one height
 
 
 def test_cli_chat_reads_a_pipe(trained):
