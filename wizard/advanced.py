@@ -104,16 +104,31 @@ def edit_group(c: Context, group: str) -> None:
     knob = None
     while True:
         options = []
+        room = max(14, c.prompter.ui.width - 4 - 29 - 9)  # pointer, name, source: the value has the rest
         for path in knobs(group):
             value, source = current(c, path)
             mark = "*" if source == "yours" else " "
-            options.append(Option(f"{mark}{_short_lora(path):<28} {fmt(value):<14} {source}", path,
-                                  field_info(path).description))
+            shown, whole = _fit(fmt(value), room), fmt(value)
+            description = field_info(path).description + ("" if shown == whole else f"\nNow: {whole}")
+            options.append(Option(f"{mark}{_short_lora(path):<28} {source:<8} {shown}", path, description))
         options.append(Option("Back to the groups", DONE))
         knob = c.prompter.select(f"{group} (* changed by you)", options, default=knob)
         if knob is BACK or knob == DONE:
             return
         edit_knob(c, knob)
+
+
+def _fit(text: str, room: int) -> str:
+    """A value in `room` columns, cut between list items and said so ("[a, b] +3 more"), never mid-word; the
+    description shows it whole."""
+    if len(text) <= room:
+        return text
+    items = text.strip("[]").split(", ")
+    for n in range(len(items) - 1, 0, -1):
+        cut = f"[{', '.join(items[:n])}] +{len(items) - n} more"
+        if len(cut) <= room:
+            return cut
+    return f"{len(items)} items" if len(items) > 1 else text[:room]
 
 
 def _short_reason(why: str | None) -> str | None:
