@@ -536,8 +536,15 @@ class Wizard:
             from ftune.runtime.data.load import summarize_file
 
             path = self.typed_path(answer)
-            s = summarize_file(path)
-            self.show_summary(s)
+            names = None
+            if path.name == "dataset_info.json":  # LLaMA-Factory's registry: pick data sets from it by name
+                picked = self.ask_registry(path)
+                if picked is BACK:
+                    continue
+                names, s = picked
+            else:
+                s = summarize_file(path)
+                self.show_summary(s)
             if s.fatal or not s.valid:
                 continue
             on_invalid = None
@@ -562,11 +569,51 @@ class Wizard:
                                          "Keep it: training may refuse it")
                 if nxt is BACK or nxt == AGAIN:
                     continue
-            self.a.data, self.a.on_invalid, self.summary = as_written(path, self.project, self.cwd), on_invalid, s
-            self.a.base.get("data", {}).pop("dataset_dir", None)  # a file now, not a key of a dataset_info.json
+            if names:
+                self.a.data = names if len(names) > 1 else names[0]
+                self.a.base.setdefault("data", {})["dataset_dir"] = as_written(path.parent, self.project, self.cwd)
+            else:
+                self.a.data = as_written(path, self.project, self.cwd)
+                self.a.base.get("data", {}).pop("dataset_dir", None)  # a file now, not a key of a dataset_info.json
+            self.a.on_invalid, self.summary = on_invalid, s
             if not self.quick and self.ask_validation() is BACK:
                 continue
             return None
+
+    def ask_registry(self, info_path: Path) -> Any:
+        """(names, their summaries added up) of the data sets chosen from a dataset_info.json; BACK to type
+        another path. Only entries whose files are here and readable are offered; one kind of data at a time."""
+        from ftune.runtime.data.check import check_registry
+        from ftune.runtime.data.formats import DataError
+        from ftune.runtime.data.load import FileSummary
+
+        try:
+            entries = [(n, r.summary) for n, r, _ in check_registry(info_path) if r and not r.fatal and r.summary.valid]
+        except DataError as e:
+            self.ui.warn(str(e))
+            return BACK
+        if not entries:
+            self.ui.warn(f"{info_path} names no data set whose file is here: choose a data file")
+            return BACK
+        current = self.a.data if isinstance(self.a.data, list) else [self.a.data]
+        options = [Option(f"{n:<24} {s.format}, {s.kind}, {s.valid} rows", n, f"Suits {', '.join(s.stages)}."
+                          + (f" {s.invalid} invalid rows." if s.invalid else "")) for n, s in entries]
+        while True:
+            names = self.p.checkbox(f"Data sets in {info_path.name}", options, checked=current)
+            if names is BACK:
+                return BACK
+            chosen = [s for n, s in entries if n in names]
+            kinds = {s.kind for s in chosen}
+            if not chosen or len(kinds) > 1:
+                self.ui.warn("choose at least one data set" if not chosen else
+                             f"these hold different kinds of data ({', '.join(sorted(kinds))}): one kind per run")
+                continue
+            total = FileSummary(str(info_path), chosen[0].format, f"{len(chosen)} data sets from {info_path.name}",
+                                chosen[0].stages, chosen[0].kind, sum(s.total for s in chosen),
+                                sum(s.valid for s in chosen), [e for s in chosen for e in s.errors][:5])
+            self.ui.note(f"{', '.join(names)}: {total.valid} rows of {total.kind} data; suits "
+                         f"{', '.join(total.stages)}")
+            return names, total
 
     def ask_validation(self) -> Any:
         share = self.a.val_size if self.a.val_size not in (None, 0.0) else 0.1

@@ -121,6 +121,14 @@ class Prompter:
                          completer=PathCompleter(expanduser=True, only_directories=only_directories),
                          complete_while_typing=False, complete_style=CompleteStyle.READLINE_LIKE)
 
+    def checkbox(self, message: str, options: list[Option], checked: list[Any] | None = None) -> Any:
+        """Choose any number of options (Space toggles, Enter confirms); the list of values chosen."""
+        choices = [questionary.Choice(self.ui.t(o.title), value=o.value, description=self._wrap(o.description),
+                                      checked=o.value in (checked or [])) for o in options]
+        q = questionary.checkbox(self.ui.t(message), choices=choices, pointer=self.pointer,
+                                 instruction=self._hint("(Space picks, Enter confirms; Ctrl+B back)"), **self._io)
+        return self._ask(q)
+
     def confirm(self, message: str, default: bool = True) -> Any:
         q = questionary.confirm(self.ui.t(message), default=default, **self._io)
         return self._ask(q)

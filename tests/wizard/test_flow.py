@@ -401,3 +401,22 @@ def test_the_time_estimate_rests_on_an_earlier_run_of_the_same_model(project, ti
 def test_without_a_gpu_the_gpu_only_methods_cannot_be_chosen(project, drive):
     d = drive(ENTER, QWEN25_7B, ENTER, ENTER, DOWN + ENTER, CTRL_C)  # one down from LoRA: QLoRA, if it could run
     assert d.a.method == "dora"  # QLoRA 8-bit and 4-bit are shown greyed out ("needs a CUDA GPU") and skipped
+
+
+def test_data_sets_picked_by_name_from_a_dataset_info_json(project, drive, tiny_model):
+    tags = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}
+    (project / "data").mkdir()
+    write_rows(project / "data" / "a.jsonl", [GOOD] * 6)
+    write_rows(project / "data" / "b.jsonl", [GOOD] * 4)
+    entry = {"formatting": "sharegpt", "columns": {"messages": "messages"}, "tags": tags}
+    (project / "data" / "dataset_info.json").write_text(json.dumps({
+        "first": {"file_name": "a.jsonl", **entry}, "second": {"file_name": "b.jsonl", **entry},
+        "far": {"hf_hub_url": "someone/far"}}))
+    pick_both = " " + DOWN + " " + ENTER  # Space on each, Enter
+    d = drive(LOCAL, str(tiny_model) + ENTER, "data/dataset_info.json" + ENTER, pick_both, ENTER, DOWN + ENTER,
+              quick=True)
+    assert d.outcome is not None, d.output
+    assert "first, second: 10 rows of chat data; suits sft, rl" in d.text
+    raw = run_file(project)
+    assert raw["data"] == {"train": ["first", "second"], "dataset_dir": "data"}
+    assert load_spec(project / "runs" / "run-01" / "run.yaml").data.dataset_dir == "data"
