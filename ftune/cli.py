@@ -173,10 +173,6 @@ def demo(ctx: click.Context, overrides: tuple[str, ...], detach: bool, real: boo
         click.echo(f"Next: talk to it with `ftune chat {run.name}`, look back over the run with `ftune watch "
                    f"{run.name}`, see every run with `ftune ls`, and set up your own with `ftune new`. "
                    f"A real model: `ftune demo --real`.")
-    if not detach:
-        click.echo(f"Next: talk to it with `ftune chat {run.name}`, look back over the run with `ftune watch "
-                   f"{run.name}`, see every run with `ftune ls`, and set up your own with `ftune new`. "
-                   f"A real model: `ftune demo --real`.")
 
 
 def _real_demo(root: Path, overrides: list[str], detach: bool) -> None:
@@ -623,26 +619,38 @@ def watch(ctx: click.Context, name: str | None) -> None:
 @click.option("--tail", "-n", type=int, default=None, help="Only the last N lines.")
 @click.pass_context
 def logs(ctx: click.Context, name: str, follow: bool, tail: int | None) -> None:
-    """Print RUN's train.log (the worker's output, tracebacks included)."""
+    """Print RUN's train.log (the worker's output, tracebacks included).
+
+    A progress bar's redraws (carriage returns) are shown as their last state, one line each."""
+    from ftune.runtime.rundir import readable_log
+
     run = _run(ctx, name)
     if not run.log_path.exists():
         click.echo(f"{name} has no log yet: start it with `ftune train {name}`.")
         return
     with open(run.log_path, "rb") as f:
         data = f.read()
-        lines = data.decode("utf-8", "replace").splitlines(keepends=True)
+        cut = data.rfind(b"\n") + 1 if follow else len(data)  # following: a line still being drawn waits
+        lines = readable_log(data[:cut].decode("utf-8", "replace")).splitlines(keepends=True)
         sys.stdout.write("".join(lines[-tail:] if tail else lines))
         sys.stdout.flush()
         if not follow:
             return
+        pending = data[cut:]
         try:
             while True:
                 chunk = f.read()
                 if chunk:
-                    sys.stdout.write(chunk.decode("utf-8", "replace"))
-                    sys.stdout.flush()
+                    pending += chunk
+                    cut = pending.rfind(b"\n") + 1
+                    if cut:
+                        sys.stdout.write(readable_log(pending[:cut].decode("utf-8", "replace")))
+                        sys.stdout.flush()
+                        pending = pending[cut:]
                 elif not run.is_locked() and run.state() not in ("starting",):
-                    break  # the worker is gone and everything it wrote is printed
+                    if pending:  # the worker is gone: its last line, finished or not
+                        sys.stdout.write(readable_log(pending.decode("utf-8", "replace")) + "\n")
+                    break  # everything it wrote is printed
                 else:
                     time.sleep(0.3)
         except KeyboardInterrupt:
@@ -962,7 +970,8 @@ def compare(ctx: click.Context, names: tuple[str, ...], plot_out: str | None, x_
     """Compare runs: the settings that differ (run files, defaults filled in) and how each ended.
 
     \b
-    Figures: last training loss, last and best eval loss, eval metrics, steps, tokens/s, wall time.
+    Figures: last training loss, last and best eval loss, eval metrics,
+    steps, tokens/s, wall time.
     ftune compare run-01 run-02 run-03 --plot loss.png --x tokens
     """
     from ftune.runtime.comparison import as_json as comparison_json

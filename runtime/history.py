@@ -21,7 +21,8 @@ MAX_POINTS = 2048  # per chart series
 LOG_KEEP = 1000  # step events kept for the step log
 CHECKPOINTS_KEEP = 200
 PROBLEM_GROUPS = 50
-RATE_WINDOW = 30  # step events used for the ETA
+RATE_WINDOW_S = 300.0  # the ETA's rate: steps over the last five minutes of step events ...
+RATE_MIN_EVENTS = 30  # ... and never fewer than this many events (an eval or a checkpoint barely moves it)
 
 _NUMBERS = re.compile(r"[-+]?(\d+\.?\d*(e[-+]?\d+)?|nan|inf(inity)?|none)", re.IGNORECASE)
 
@@ -128,7 +129,7 @@ class History:
         self.system: dict[str, Any] | None = None
         self.log: deque[tuple[int, dict[str, Any]]] = deque(maxlen=LOG_KEEP)
         self.log_seq = 0
-        self._recent: deque[tuple[float, int]] = deque(maxlen=RATE_WINDOW)
+        self._recent: deque[tuple[float, int]] = deque(maxlen=4096)
         self._problem_seq = 0
         self.events = 0
         self.unknown = 0
@@ -224,9 +225,17 @@ class History:
 
     # ------------------------------------------------------------------ reading
     def rate(self) -> float | None:
-        if len(self._recent) < 2:
+        """Steps per second over a window: the step events of the last RATE_WINDOW_S seconds, at least
+        RATE_MIN_EVENTS of them. A window of events alone jumped with every eval or checkpoint pause when steps
+        are logged often; one of time alone is a single pair of points when they are logged rarely."""
+        recent = self._recent
+        if len(recent) < 2:
             return None
-        (t0, s0), (t1, s1) = self._recent[0], self._recent[-1]
+        t1, s1 = recent[-1]
+        first = max(0, len(recent) - RATE_MIN_EVENTS)
+        while first > 0 and recent[first - 1][0] >= t1 - RATE_WINDOW_S:
+            first -= 1
+        t0, s0 = recent[first]
         return (s1 - s0) / (t1 - t0) if t1 > t0 and s1 > s0 else None
 
     def view(self) -> View:

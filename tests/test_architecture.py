@@ -21,7 +21,7 @@ ROOTS = {"ftune": "ftune", "ftune.runtime": "runtime", "ftune.wizard": "wizard",
 # Bottom to top: a module may import its own layer and those below it, never one above.
 LAYERS = [
     ("base", ["ftune", "ftune.presets", "ftune.runtime", "ftune.runtime.errors", "ftune.runtime.files",
-              "ftune.runtime.templates"]),
+              "ftune.runtime.templates", "ftune.runtime.names"]),
     ("spec", ["ftune.runtime.spec"]),
     ("core", ["ftune.runtime.models", "ftune.runtime.gguf", "ftune.runtime.events", "ftune.runtime.rundir", "ftune.runtime.runs",
               "ftune.runtime.sysmon", "ftune.runtime.catalog", "ftune.runtime.memory", "ftune.runtime.history",

@@ -66,7 +66,7 @@ Screen { layout: vertical; }
 #eval-spark > .sparkline--max-color { color: $secondary; }
 #eval-spark > .sparkline--min-color { color: $secondary 50%; }
 #log-title { height: 1; padding: 0 1; background: $boost; color: $text-muted; text-style: bold; }
-#log { height: 1fr; padding: 0 1; overflow-x: hidden; scrollbar-size-vertical: 1; }
+#log { height: 1fr; padding: 0 1; overflow-x: hidden; scrollbar-size-vertical: 0; }  /* the title says "+N new" */
 #plot { height: 1fr; display: none; }
 MonitorScreen.-plot #middle, MonitorScreen.-plot #log-title, MonitorScreen.-plot #log { display: none; }
 MonitorScreen.-plot #plot { display: block; }
@@ -74,6 +74,7 @@ MonitorScreen.-tall #middle { height: 10; }
 MonitorScreen.-tall #loss-spark { height: 6; }
 MonitorScreen.-tall #problems { max-height: 10; }
 MonitorScreen.-tall #gpu { max-height: 8; }
+MonitorScreen.-wide #side { width: 48; }  /* wide terminals: the loss chart takes the rest */
 ConfirmStop, HelpScreen, LogScreen, OverlayPicker { align: center middle; }
 #overlaybox { width: 76; max-width: 100%; height: auto; max-height: 90%; padding: 1 2; border: thick $primary;
               background: $surface; }
@@ -102,9 +103,10 @@ class MonitorScreen(Screen):
         Binding("question_mark", "help", "help", key_display="?"),
     ]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
 
     def __init__(self, run: RunDir, *, clock: Callable[[], float] = time.time, poll: float = 1.0,
-                 live_system: bool = True, from_list: bool = False) -> None:
+                 live_system: bool = True, from_list: bool = False, first_load: Prefetch | None = None) -> None:
         super().__init__()
         self.run = run
         self.clock, self.poll, self.live_system, self.from_list = clock, poll, live_system, from_list
@@ -120,6 +122,8 @@ class MonitorScreen(Screen):
         self._stop_requested = False
         self.stop_result: StopDone | None = None
         self.overlays: dict[str, Any] = {}  # other runs laid over the plot: name -> (loss, eval_loss) series
+        # the first read of the history starts now (or started with the app), while Textual sets up the screen
+        self._first_load = first_load or Prefetch(lambda: load(run.events_path, 0))
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -159,6 +163,9 @@ class MonitorScreen(Screen):
 
     def on_resize(self) -> None:
         self._checkpoints()
+        # once the breakpoints have given the side panel its width: lines that fit it
+        self.call_after_refresh(self._checkpoints)
+        self.call_after_refresh(self._gpu)
 
     # ------------------------------------------------------------------ readers (threads)
     @work(thread=True, exit_on_error=False, group="events")
@@ -170,7 +177,13 @@ class MonitorScreen(Screen):
         while not worker.is_cancelled:
             changed, note = False, None
             try:
-                if fresh or tail.replaced():  # first, or truncated / replaced / deleted: read it all again
+                if fresh and self._first_load is not None:  # read since the monitor was made
+                    history, tail = self._first_load.result()
+                    self._first_load = None
+                    if tail.replaced():
+                        continue  # replaced meanwhile: read again, below
+                    fresh, changed = False, True
+                elif fresh or tail.replaced():  # first, or truncated / replaced / deleted: read it all again
                     history, tail = load(path, history.generation + 1)
                     fresh, changed = False, True
                 else:
@@ -297,14 +310,15 @@ class MonitorScreen(Screen):
             self._plot()
 
     def _alerts(self, first: bool) -> None:
-        """New problems pop up at once (and ring the bell); the history they were loaded with does not."""
+        """New problems ring the bell at once; the history they were loaded with does not. The banner (#problems)
+        shows them; a toast says them too only while a dialog (train.log, help, the picker) hides the banner."""
         newest = max((p.seq for p in self.view.problems), default=0)
         if first or self.view.generation != self._generation:
             self._alert_seq = newest
             return
         fresh = [p for p in self.view.problems if p.seq > self._alert_seq]
         self._alert_seq = max(newest, self._alert_seq)
-        for p in fresh[-3:]:
+        for p in fresh[-3:] if self.app.screen is not self else []:
             self.notify(p.message + (f"\n{p.hint}" if p.hint else ""), title="Error" if p.kind == "error" else "Warning",
                         severity="error" if p.kind == "error" else "warning", timeout=12)
         if fresh:
@@ -353,7 +367,8 @@ class MonitorScreen(Screen):
         if has_eval:
             self.query_one("#eval-caption", Panel).update(
                 panels.series_caption("eval", v.last_eval.get("eval_loss") if v.last_eval else None, ".4g"))
-            self.query_one("#eval-spark", Sparkline).data = list(v.eval_loss[1])
+            # one point is no curve (a Sparkline draws it as a full bar): the caption alone says it
+            self.query_one("#eval-spark", Sparkline).data = list(v.eval_loss[1]) if len(v.eval_loss[1]) > 1 else []
         caption = panels.series_caption("lr", last.get("lr"), ".2e")
         self.query_one("#lr-caption", Panel).update(caption, same=caption)
         self.query_one("#lr-spark", Sparkline).data = list(v.lr[1])
@@ -508,6 +523,29 @@ class MonitorScreen(Screen):
             self.query_one(StepLog).focus()
 
 
+class Prefetch:
+    """`fn()` run on a thread of its own from now on; `result()` waits for it (and raises what it raised)."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        import threading
+
+        self._fn, self._value, self._error = fn, None, None
+        self._thread = threading.Thread(target=self._run, name="ftune-first-load", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever asks for the result
+            self._error = exc
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 class _Left(Exception):
     """The monitor closed while waiting for a stop."""
 
@@ -525,6 +563,8 @@ class WatchApp(App):
         self.root, self.run_name = Path(root), name
         self.clock, self.poll, self.live_system, self.watch_terminal = clock, poll, live_system, watch_terminal
         self.left: tuple[str, str] | None = None  # (run, state) when the user left a monitor with q
+        # a long history's first read overlaps Textual's start-up: the first paint of a million events is the sooner
+        self._first_load = Prefetch(lambda: load(RunDir(self.root, name).events_path, 0)) if name else None
 
     def on_mount(self) -> None:
         if self.run_name:
@@ -537,7 +577,9 @@ class WatchApp(App):
             self.terminal_watchdog()
 
     def monitor(self, run: RunDir, from_list: bool = False) -> MonitorScreen:
-        return MonitorScreen(run, clock=self.clock, poll=self.poll, live_system=self.live_system, from_list=from_list)
+        first_load, self._first_load = self._first_load, None  # only the first monitor's, read from the start
+        return MonitorScreen(run, clock=self.clock, poll=self.poll, live_system=self.live_system, from_list=from_list,
+                             first_load=first_load if not from_list else None)
 
     @work(thread=True, exit_on_error=False, group="terminal")
     def terminal_watchdog(self) -> None:

@@ -15,6 +15,8 @@ from textual.widgets import Log, SelectionList, Static
 from textual.widgets.selection_list import Selection
 from textual.worker import get_current_worker
 
+from ftune.runtime.rundir import readable_log
+
 LOG_TAIL_BYTES = 256 << 10
 
 
@@ -85,7 +87,7 @@ class LogScreen(ModalScreen[None]):
                     cut = chunk.rfind(b"\n") + 1  # whole lines only; the rest next time
                     offset += cut
                     if cut:
-                        lines = chunk[:cut].decode("utf-8", "replace").splitlines()
+                        lines = readable_log(chunk[:cut].decode("utf-8", "replace")).splitlines()
                         self.post_message(self.Lines(lines))
             except FileNotFoundError:
                 if offset is None:

@@ -8,25 +8,13 @@ spec/problems.py.
 from __future__ import annotations
 
 import difflib
-import re
 import typing
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-NAME_RULE = "lowercase letters, digits and '-', starting and ending with a letter or digit"
-_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+from ftune.runtime.names import NAME_RULE, check_run_name  # noqa: F401 - the spec's API names them
 
-
-def check_run_name(name: str) -> str | None:
-    """Return why `name` is not a valid run name, or None when it is."""
-    if not name:
-        return "the run name is empty"
-    if len(name) > 64:
-        return "the run name is longer than 64 characters"
-    if not _NAME_RE.match(name):
-        return f"'{name}' is not a valid run name: use {NAME_RULE} (e.g. run-01)"
-    return None
 
 
 def _takes_bool(annotation: Any) -> bool:

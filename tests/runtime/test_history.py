@@ -126,3 +126,14 @@ def test_load_excludes_a_torn_line_and_tail_takes_over(tmp_path):
     h2, tail2 = load(run.events_path)  # a run that has not written anything yet
     assert h2.view().step == 0 and tail2.read_new() == []
     ev.close()
+
+
+def test_the_eta_rate_is_a_window_of_time_so_an_eval_pause_barely_moves_it():
+    h = History()
+    h.add({"type": "started", "t": T0, "max_steps": 200})
+    for i in range(1, 101):  # a step every 2 s, logged every step
+        h.add({"type": "step", "t": T0 + 2 * i, "step": i, "max_steps": 200, "loss": 1.0})
+    assert h.view().rate == 0.5
+    for i in range(101, 104):  # then a 60 s evaluation, and three more steps
+        h.add({"type": "step", "t": T0 + 60 + 2 * i, "step": i, "max_steps": 200, "loss": 1.0})
+    assert 0.38 < h.view().rate < 0.5  # a window of the last 30 events said 0.25: the ETA doubled

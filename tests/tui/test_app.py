@@ -200,7 +200,12 @@ def test_new_warnings_alert_at_once(tmp_path):
                 assert problems.has_class("-shown") and not problems.has_class("-error")
                 text = static(app, "#problems")
                 assert "loss is exactly 0 at step 6" in text and "×3" in text  # grouped, not three lines
-                assert notes and notes[-1][1]["severity"] == "warning" and "loss is exactly 0" in notes[-1][0]
+                assert not notes  # the banner says it; a toast over the step log would say it twice
+                await pilot.press("l")  # a dialog hides the banner: now a toast says it over the dialog
+                await wait_until(pilot, lambda: isinstance(app.screen, LogScreen), what="train.log")
+                ev.emit("warning", T0 + 14, step=7, message="grad norm is inf at step 7", hint="Lower the lr.")
+                await wait_until(pilot, lambda: bool(notes), what="the toast")
+                assert notes[-1][1]["severity"] == "warning" and "grad norm is inf" in notes[-1][0]
                 ev.close()
 
     run_async(go())
@@ -328,6 +333,25 @@ def test_stop_key_asks_first_and_no_keeps_training(tmp_path):
                 assert not screen.workers or all(w.group != "stop" for w in screen.workers)
 
     run_async(go())
+
+
+def test_runs_list_highlights_the_running_run_first(tmp_path):
+    new_run(tmp_path, "alpha")  # not started, first by name
+    running = scenario(tmp_path, "running", "beta")
+
+    async def go():
+        from textual.widgets import DataTable
+
+        from ftune.tui.runs_list import RunsScreen
+
+        app = make_app(tmp_path, None, clock=lambda: T0 + 85, poll=0.05, live_system=False)
+        async with app.run_test(size=(100, 24)) as pilot:
+            await wait_until(pilot, lambda: isinstance(app.screen, RunsScreen) and app.screen.loaded, what="rows")
+            table = app.screen.query_one(DataTable)
+            assert table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value == "beta"
+
+    with hold_lock(running):
+        run_async(go())
 
 
 def test_runs_list_shows_runs_and_opens_one(tmp_path):
