@@ -5,6 +5,7 @@ from click.testing import CliRunner
 
 from ftune.cli import main
 from ftune.runtime import catalog, launch
+from ftune.runtime.errors import UserError
 from ftune.runtime.models import is_hub_id, looks_local, model_source
 from ftune.runtime.spec import load_spec
 from tests.runtime.helpers import make_run
@@ -24,12 +25,14 @@ def test_local_or_hub(name, local, hub):
     assert (looks_local(name), is_hub_id(name)) == (local, hub)
 
 
-def test_gpt2_is_a_hub_id_for_the_wizard_and_the_launcher_alike(project, tiny_model):
+def test_gpt2_is_a_hub_id_for_the_wizard_and_the_launcher_alike(project, tiny_model, monkeypatch):
     result = CliRunner().invoke(main, ["new", "--model", "gpt2", "--data", "train.jsonl", "--name", "g", "--yes"])
     assert result.exit_code == 0, result.output
     run = make_run(project, tiny_model, name="g2", model={"name_or_path": "gpt2"})
     spec = load_spec(run.spec_path)
-    launch.preflight(spec, run)  # no "model folder not found": it is left to the hub
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # this machine reaches no hub: the launcher looks in the cache
+    with pytest.raises(UserError, match="'gpt2' is not in the local Hugging Face cache"):  # not "folder not found"
+        launch.preflight(spec, run)
     assert catalog.resolve("gpt2", project).source == "hub" and model_source("gpt2", project) == "gpt2"
 
 
