@@ -173,10 +173,6 @@ def demo(ctx: click.Context, overrides: tuple[str, ...], detach: bool, real: boo
         click.echo(f"Next: talk to it with `ftune chat {run.name}`, look back over the run with `ftune watch "
                    f"{run.name}`, see every run with `ftune ls`, and set up your own with `ftune new`. "
                    f"A real model: `ftune demo --real`.")
-    if not detach:
-        click.echo(f"Next: talk to it with `ftune chat {run.name}`, look back over the run with `ftune watch "
-                   f"{run.name}`, see every run with `ftune ls`, and set up your own with `ftune new`. "
-                   f"A real model: `ftune demo --real`.")
 
 
 def _real_demo(root: Path, overrides: list[str], detach: bool) -> None:
