@@ -216,3 +216,12 @@ def test_every_help_fits_80_columns():
         assert result.exit_code == 0, (path, result.output)
         wide = [line for line in result.output.splitlines() if len(line) > 80]
         assert not wide, (path, wide)
+
+
+def test_ls_shortens_a_model_to_its_last_whole_parts():
+    from ftune.cli import _short_model
+
+    assert _short_model("/tmp/pytest-of-root/pytest-84/tiny-model/tiny-qwen2", 24) == "…/tiny-model/tiny-qwen2"
+    assert _short_model("/tmp/pytest-of-root/pytest-84/tiny-model/tiny-qwen2", 16) == "…/tiny-qwen2"
+    assert _short_model("Qwen/Qwen2.5-7B-Instruct", 20) == "Qwen2.5-7B-Instruct"
+    assert _short_model("Qwen/Qwen2.5-7B-Instruct", 30) == "Qwen/Qwen2.5-7B-Instruct"
