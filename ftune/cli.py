@@ -615,9 +615,15 @@ def watch(ctx: click.Context, name: str | None) -> None:
         _run(ctx, name)  # a clear error (exit 2) for a run that does not exist
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise RunError("ftune watch needs a terminal: without one, use `ftune ls` or `ftune logs RUN -f`")
+    scan = None
+    if name is not None:  # a long history's scan runs on another core while Textual is imported
+        from ftune.runtime.rundir import RunDir
+        from ftune.runtime.tail import ChildScan
+
+        scan = ChildScan(RunDir(root, name).events_path)
     from ftune.tui.app import make_app
 
-    app = make_app(root, name, watch_terminal=True)
+    app = make_app(root, name, watch_terminal=True, scan=scan)
     app.run()  # a terminal that hangs up ends the process from inside (exit code 129)
     if app.left:
         left, state = app.left

@@ -7,12 +7,17 @@ map), `SAMPLES` step events spread evenly through the file for the charts, and t
 
 After that, `Tail` (an `EventReader`) reads only what is appended, from where the load stopped.
 A file that was truncated or replaced is loaded again from scratch (`Tail.replaced()`).
+
+The regex pass is most of a long first load (a memory-bound read of the whole file). `ChildScan` runs
+it in a forked child process, on a core of its own, while the monitor imports Textual and sets up
+the screen; `load(..., scan=...)` takes its result (and scans itself whatever it did not cover).
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+import pickle
 import re
 from pathlib import Path
 
@@ -44,8 +49,9 @@ class Tail(EventReader):
 
 
 def load(path: str | Path, generation: int = 0, samples: int = SAMPLES,
-         full_parse_bytes: int = FULL_PARSE_BYTES) -> tuple[History, Tail]:
-    """The whole history as it is now, decimated for the charts, and a Tail to follow it."""
+         full_parse_bytes: int = FULL_PARSE_BYTES, scan: ChildScan | None = None) -> tuple[History, Tail]:
+    """The whole history as it is now, decimated for the charts, and a Tail to follow it. `scan`: the
+    non-step lines found by a ChildScan of the same file, started earlier."""
     history = History(generation)
     try:
         f = open(path, "rb")
@@ -66,7 +72,7 @@ def load(path: str | Path, generation: int = 0, samples: int = SAMPLES,
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
                 end = m.rfind(b"\n") + 1
                 split = _start_of_last_lines(m, end, LOG_KEEP)
-                _load_body(m, split, history, tail, samples)
+                _load_body(m, split, history, tail, samples, _found(m, split, st.st_ino, scan))
                 history.extend(tail.parse(m[split:end].split(b"\n")))
     tail.offset = end
     return history, tail
@@ -85,14 +91,81 @@ def _start_of_last_lines(m: mmap.mmap, end: int, steps: int, most: int = 20) -> 
     return pos + 1
 
 
-def _load_body(m: mmap.mmap, split: int, history: History, tail: Tail, samples: int) -> None:
-    """Fold m[:split] into history: every non-step event, and `samples` step events spread evenly."""
-    found: dict[int, tuple[bytes, int]] = {}  # line start -> (type, line end)
-    for match in _OTHER.finditer(m, 0, split):
+def _scan(m: mmap.mmap, begin: int, split: int) -> dict[int, tuple[bytes, int]]:
+    """Every line of m[begin:split] that is not a step event: line start -> (type, line end)."""
+    found: dict[int, tuple[bytes, int]] = {}
+    for match in _OTHER.finditer(m, begin, split):
         start = m.rfind(b"\n", 0, match.start()) + 1
         if start not in found:
             kind = m[match.end():m.find(b'"', match.end(), split)]
             found[start] = (kind, m.find(b"\n", match.end(), split))
+    return found
+
+
+def _found(m: mmap.mmap, split: int, inode: int, scan: ChildScan | None) -> dict[int, tuple[bytes, int]]:
+    """The non-step lines before `split`: from the child's scan where it covers them, the rest scanned here."""
+    done = scan.result() if scan is not None else None
+    if done is None or done[0] != inode:  # no scan, a failed one, or one of a file since replaced
+        return _scan(m, 0, split)
+    _, scanned_to, found = done
+    found = {start: v for start, v in found.items() if start < split and v[1] <= split}
+    if scanned_to < split:  # appended after the child looked
+        found.update(_scan(m, scanned_to, split))
+    return found
+
+
+class ChildScan:
+    """The regex pass of `load` over a long events file, in a forked child process started now; `result()`
+    is (inode, bytes scanned, found) or None (a short file, no fork here, or the child failed)."""
+
+    def __init__(self, path: str | Path, full_parse_bytes: int = FULL_PARSE_BYTES):
+        self.pid: int | None = None
+        self._result: tuple[int, int, dict[int, tuple[bytes, int]]] | None = None
+        try:
+            if os.stat(path).st_size <= full_parse_bytes or not hasattr(os, "fork"):
+                return
+            read, write = os.pipe()
+            self.pid = os.fork()
+        except OSError:
+            return
+        if self.pid == 0:  # the child: scan, hand the result over, leave without running anything else
+            code = 1
+            try:
+                os.close(read)
+                with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                    end = m.rfind(b"\n") + 1
+                    data = pickle.dumps((os.fstat(f.fileno()).st_ino, end, _scan(m, 0, end)))
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(write, view):]
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write)
+        self._read = read
+
+    def result(self) -> tuple[int, int, dict[int, tuple[bytes, int]]] | None:
+        if self.pid is None:
+            return self._result
+        chunks = []
+        try:
+            while chunk := os.read(self._read, 1 << 20):
+                chunks.append(chunk)
+        finally:
+            os.close(self._read)
+            _, status = os.waitpid(self.pid, 0)
+            self.pid = None
+        try:
+            if os.waitstatus_to_exitcode(status) == 0:
+                self._result = pickle.loads(b"".join(chunks))
+        except (pickle.UnpicklingError, EOFError, ValueError):
+            self._result = None
+        return self._result
+
+
+def _load_body(m: mmap.mmap, split: int, history: History, tail: Tail, samples: int,
+               found: dict[int, tuple[bytes, int]]) -> None:
+    """Fold m[:split] into history: every non-step event (`found`), and `samples` step events spread evenly."""
     keep, history.omitted_warnings = _bounded(found)
     steps: dict[int, int] = {}  # line start -> line end
     for k in range(0, split, max(1, split // max(samples, 1))):

@@ -32,7 +32,7 @@ from textual.worker import get_current_worker
 
 from ftune.runtime.history import History, View, empty_view
 from ftune.runtime.rundir import ACTIVE_STATES, RunDir
-from ftune.runtime.tail import Tail, load
+from ftune.runtime.tail import ChildScan, Tail, load
 from ftune.tui import panels
 from ftune.tui.messages import HistoryUpdated, OverlayChoices, OverlaysLoaded, StopDone, SystemSampled
 from ftune.tui.screens import ConfirmStop, HelpScreen, LogScreen, OverlayPicker
@@ -558,13 +558,13 @@ class WatchApp(App):
     ENABLE_COMMAND_PALETTE = False
 
     def __init__(self, root: Path, name: str | None, *, clock: Callable[[], float] = time.time, poll: float = 1.0,
-                 live_system: bool = True, watch_terminal: bool = False) -> None:
+                 live_system: bool = True, watch_terminal: bool = False, scan: ChildScan | None = None) -> None:
         super().__init__()
         self.root, self.run_name = Path(root), name
         self.clock, self.poll, self.live_system, self.watch_terminal = clock, poll, live_system, watch_terminal
         self.left: tuple[str, str] | None = None  # (run, state) when the user left a monitor with q
         # a long history's first read overlaps Textual's start-up: the first paint of a million events is the sooner
-        self._first_load = Prefetch(lambda: load(RunDir(self.root, name).events_path, 0)) if name else None
+        self._first_load = Prefetch(lambda: load(RunDir(self.root, name).events_path, 0, scan=scan)) if name else None
 
     def on_mount(self) -> None:
         if self.run_name:
@@ -595,12 +595,14 @@ class WatchApp(App):
 
 
 def make_app(run_dir_root: str | Path, name: str | None = None, *, clock: Callable[[], float] = time.time,
-             poll: float = 1.0, live_system: bool = True, watch_terminal: bool = False) -> WatchApp:
+             poll: float = 1.0, live_system: bool = True, watch_terminal: bool = False,
+             scan: ChildScan | None = None) -> WatchApp:
     """The monitor for run `name` under `run_dir_root` (or the runs list when name is None).
 
     clock: what "now" is (tests freeze it); poll: seconds between reads of the run's files;
     live_system: sample GPUs through NVML while the run runs on this machine; watch_terminal: exit
-    when stdin stops being a terminal (the CLI turns it on).
+    when stdin stops being a terminal (the CLI turns it on); scan: the first read's scan of the run's events,
+    started (tail.ChildScan) before Textual was imported.
     """
     return WatchApp(Path(run_dir_root), name, clock=clock, poll=poll, live_system=live_system,
-                    watch_terminal=watch_terminal)
+                    watch_terminal=watch_terminal, scan=scan)

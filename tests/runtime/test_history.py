@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -137,3 +138,23 @@ def test_the_eta_rate_is_a_window_of_time_so_an_eval_pause_barely_moves_it():
     for i in range(101, 104):  # then a 60 s evaluation, and three more steps
         h.add({"type": "step", "t": T0 + 60 + 2 * i, "step": i, "max_steps": 200, "loss": 1.0})
     assert 0.38 < h.view().rate < 0.5  # a window of the last 30 events said 0.25: the ETA doubled
+
+
+def test_a_scan_in_a_child_process_loads_the_same_history_and_events_appended_after_it_too(tmp_path):
+    run = new_run(tmp_path)
+    _write_long(run, 12_000, warnings=300)
+    scan = tail_mod.ChildScan(run.events_path, full_parse_bytes=100_000)
+    assert scan.pid  # a long file: scanned by a child
+    with open(run.events_path, "a") as f:  # after the child looked: a warning and a checkpoint it cannot know of
+        f.write(json.dumps({"v": 1, "t": T0 + 9e4, "type": "warning", "message": "late", "hint": ""}) + "\n")
+        f.write(json.dumps({"v": 1, "t": T0 + 9e4, "type": "checkpoint", "step": 12_000, "path": "x"}) + "\n")
+        for s in range(12_001, 12_001 + LOG_KEEP):  # enough steps that both lie before the fully read tail
+            f.write(json.dumps({"v": 1, "t": T0 + 9e4 + s, "type": "step", "step": s, "loss": 1.0}) + "\n")
+    fast, _ = load(run.events_path, samples=500, full_parse_bytes=100_000, scan=scan)
+    plain, _ = load(run.events_path, samples=500, full_parse_bytes=100_000)
+    f, g = fast.view(), plain.view()
+    assert f.checkpoints == g.checkpoints and f.checkpoints[-1]["step"] == 12_000
+    assert [p.message for p in f.problems] == [p.message for p in g.problems] and f.problems[-1].message == "late"
+    assert (f.step, f.loss, f.eval_loss, f.system, f.omitted_warnings) == (g.step, g.loss, g.eval_loss, g.system,
+                                                                          g.omitted_warnings)
+    assert tail_mod.ChildScan(run.events_path).result() is None  # a short file (under 4 MB): no child, no scan
