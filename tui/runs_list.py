@@ -25,7 +25,8 @@ from ftune.runtime.runs import spec_fields  # the loose run.yaml reading `ftune 
 from ftune.runtime.tail import Tail, load
 from ftune.tui import panels
 
-COLUMNS = ("run", "status", "progress", "loss", "best eval", "stage/method", "started", "model")  # model gives way
+# eval: the best eval loss; model last: it gives way. Short headers, so that 80 columns hold every column
+COLUMNS = ("run", "status", "progress", "loss", "eval", "stage", "started", "model")
 
 
 class RunRows:
@@ -80,7 +81,8 @@ class RunsScreen(Screen):
         self.loaded = False
 
     def compose(self) -> ComposeResult:
-        yield Static(f"[b]Runs[/b] in {self.root}   [dim]Enter watches one · q quits[/dim]", id="runs-title")
+        yield Static(f"[b]Runs[/b] in {self.root}   [dim]Enter watches one · q quits · eval: the best eval loss[/dim]",
+                     id="runs-title")
         table: DataTable = DataTable(id="runs", cursor_type="row", zebra_stripes=True)
         for col in COLUMNS:
             table.add_column(col, key=col)
@@ -114,7 +116,9 @@ class RunsScreen(Screen):
         if table.row_count and table.cursor_row is not None and table.cursor_row < table.row_count:
             selected = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
         table.clear()
-        cells = [(r["name"], r["status"], r["progress"], r["loss"], r["best_eval"], r["stage_method"], r["started"],
+        narrow = (self.size.width or 80) < 100  # the start without its year
+        cells = [(r["name"], r["status"], r["progress"], r["loss"], r["best_eval"], r["stage_method"],
+                  r["started"][5:] if narrow and len(r["started"]) == 16 else r["started"],
                   panels.short_model(r["model"])) for r in message.rows]
         widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(COLUMNS[:-1])]
         room = max(8, (self.size.width or 80) - sum(widths) - 2 * len(COLUMNS) - 1)  # the model column's share
