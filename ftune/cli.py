@@ -541,19 +541,6 @@ def stop(ctx: click.Context, name: str, wait: float) -> None:
 
 # --------------------------------------------------------------------------- ls
 
-def _short_model(name: str, room: int) -> str:
-    """A model path or hub id in `room` columns: its last parts whole ('…/models/tiny-qwen2', 'Qwen2.5-7B'),
-    never a cut name ('…y-model') while the last part fits."""
-    if len(name) <= room:
-        return name
-    parts = [x for x in name.split("/") if x]
-    for keep in range(len(parts) - 1, 0, -1):
-        tail = "…/" + "/".join(parts[-keep:])
-        if len(tail) <= room:
-            return tail
-    last = parts[-1] if parts else name
-    return last if len(last) <= room else last[: room - 1] + "…"
-
 @main.command(name="ls", context_settings=CONTEXT)
 @click.option("--json", "as_json", is_flag=True, help="One JSON list of the runs (numbers as numbers), for scripts.")
 @click.pass_context
@@ -562,7 +549,7 @@ def ls_(ctx: click.Context, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ftune.runtime.runs import run_records, run_rows
+    from ftune.runtime.runs import fit_model, run_records, run_rows
 
     root = _runs_root(ctx)
     if as_json:
@@ -588,7 +575,7 @@ def ls_(ctx: click.Context, as_json: bool) -> None:
     colours = {"running": "green", "finished": "cyan", "failed": "red", "crashed": "red", "stopped": "yellow"}
     for r in rows:
         status = f"[{colours.get(r['status'], 'white')}]{r['status']}[/]"
-        model = _short_model(r["model"], room)
+        model = fit_model(r["model"], room)
         table.add_row(r["name"], status, r["stage_method"], model, r["progress"], r["loss"], r["best_eval"],
                       r["started"])
     console.print(table)

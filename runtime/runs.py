@@ -68,3 +68,17 @@ def run_records(root: str | Path) -> list[dict[str, Any]]:
 
 def run_rows(root: str | Path) -> list[dict[str, Any]]:
     return [run_row(RunDir(root, name)) for name in list_run_names(root)]
+
+
+def fit_model(name: str, room: int) -> str:
+    """A model path or hub id in `room` columns: its last parts whole ('…/models/tiny-qwen2', 'Qwen2.5-7B'),
+    never a cut name ('…y-model') while the last part fits. `ftune ls` and the monitor's runs list."""
+    if len(name) <= room:
+        return name
+    parts = [x for x in name.split("/") if x]
+    for keep in range(len(parts) - 1, 0, -1):
+        tail = "…/" + "/".join(parts[-keep:])
+        if len(tail) <= room:
+            return tail
+    last = parts[-1] if parts else name
+    return last if len(last) <= room else last[: room - 1] + "…"

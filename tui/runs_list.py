@@ -21,7 +21,7 @@ from textual.worker import get_current_worker
 
 from ftune.runtime.history import History, finite
 from ftune.runtime.rundir import RunDir, list_run_names
-from ftune.runtime.runs import spec_fields  # the loose run.yaml reading `ftune ls` uses
+from ftune.runtime.runs import fit_model, spec_fields  # the loose run.yaml reading `ftune ls` uses
 from ftune.runtime.tail import Tail, load
 from ftune.tui import panels
 
@@ -123,7 +123,7 @@ class RunsScreen(Screen):
         widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(COLUMNS[:-1])]
         room = max(8, (self.size.width or 80) - sum(widths) - 2 * len(COLUMNS) - 1)  # the model column's share
         for r, row in zip(message.rows, cells):
-            model = row[-1] if len(row[-1]) <= room else "…" + row[-1][-(room - 1):]
+            model = fit_model(row[-1], room)
             table.add_row(row[0], Text(row[1], style=panels.STATE_STYLE.get(row[1], "")), *row[2:-1], model,
                           key=r["name"])
         if selected is not None and selected in {r["name"] for r in message.rows}:

@@ -219,7 +219,7 @@ def test_every_help_fits_80_columns():
 
 
 def test_ls_shortens_a_model_to_its_last_whole_parts():
-    from ftune.cli import _short_model
+    from ftune.runtime.runs import fit_model as _short_model
 
     assert _short_model("/tmp/pytest-of-root/pytest-84/tiny-model/tiny-qwen2", 24) == "…/tiny-model/tiny-qwen2"
     assert _short_model("/tmp/pytest-of-root/pytest-84/tiny-model/tiny-qwen2", 16) == "…/tiny-qwen2"
