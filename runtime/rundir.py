@@ -243,6 +243,11 @@ class RunDir:
         return None
 
 
+def shown_state(state: str) -> str:
+    """RunDir.state() in words, the same in `ftune ls` and the monitor: 'new' reads as 'not started'."""
+    return "not started" if state == "new" else state
+
+
 def list_run_names(root: str | Path) -> list[str]:
     root = Path(root)
     if not root.is_dir():

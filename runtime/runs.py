@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from ftune.runtime.events import read_all, summarize
-from ftune.runtime.rundir import RunDir, list_run_names
+from ftune.runtime.rundir import RunDir, list_run_names, shown_state
 from ftune.runtime.spec import shorthand
 
 
@@ -29,9 +29,7 @@ def spec_fields(run: RunDir) -> dict[str, str]:
 def run_row(run: RunDir) -> dict[str, Any]:
     summary = summarize(read_all(run.events_path))
     final = summary["final"]
-    status = run.state()
-    if status == "new":
-        status = "not started"
+    status = shown_state(run.state())
     loss = summary["loss"]
     started = run.read_status().get("started_at") or summary["started_t"]
     return {

@@ -111,7 +111,7 @@ class MonitorScreen(Screen):
         self.run = run
         self.clock, self.poll, self.live_system, self.from_list = clock, poll, live_system, from_list
         self.view: View = empty_view()
-        self.state = "waiting"
+        self.state = "not started"
         self.status: dict[str, Any] = {}
         self.note: str | None = None
         self.live: SystemSampled | None = None
@@ -200,7 +200,7 @@ class MonitorScreen(Screen):
             except Exception as exc:  # noqa: BLE001 - the monitor stays up and says what it could not read
                 note = f"could not read the run: {exc}"
             state = panels.display_state(recorded)
-            if self._stop_requested and state in ("running", "waiting"):
+            if self._stop_requested and state in ("running", "starting"):
                 state = "stopping"
             if changed or (state, status, note) != last:
                 self.post_message(HistoryUpdated(history.view(), state, status, note))
@@ -487,7 +487,7 @@ class MonitorScreen(Screen):
         if self._stop_requested or self.state == "stopping":
             self.notify(f"{self.run.name} is already stopping: it is saving a checkpoint")
             return
-        if self.status.get("state") not in ACTIVE_STATES or self.state not in ("running", "waiting"):
+        if self.status.get("state") not in ACTIVE_STATES or self.state not in ("running", "starting"):
             shown = self.state if self.status.get("state") else "not started"
             self.notify(f"{self.run.name} is not running ({shown})", severity="warning")
             return

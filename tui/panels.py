@@ -14,17 +14,18 @@ from rich.table import Table
 from rich.text import Text
 
 from ftune.runtime.history import Problem, View, finite
+from ftune.runtime.rundir import shown_state
 
 STATE_STYLE = {
-    "waiting": "yellow", "running": "bold green", "stopping": "bold yellow", "stopped": "yellow",
+    "not started": "yellow", "starting": "yellow", "running": "bold green", "stopping": "bold yellow", "stopped": "yellow",
     "finished": "bold cyan", "failed": "bold red", "crashed": "bold red",
 }
-ACTIVE = ("waiting", "running", "stopping")
+ACTIVE = ("not started", "starting", "running", "stopping")  # polled quickly: watched until it starts
 
 
 def display_state(recorded: str) -> str:
-    """RunDir.state() in the monitor's words: a run that is new or still loading is 'waiting'."""
-    return "waiting" if recorded in ("new", "starting") else recorded
+    """RunDir.state() in the monitor: the words `ftune ls` uses (not started, starting, running, ...)."""
+    return shown_state(recorded)
 
 
 # --------------------------------------------------------------------------- numbers
@@ -123,11 +124,11 @@ def _third_line(name: str, state: str, view: View, status: dict[str, Any]) -> st
     last = view.last_step or {}
     if last:
         parts = [f"{si(last.get('tokens_per_s'))} tokens/s", f"{num(last.get('samples_per_s'), '.3g')} samples/s"]
-    elif state == "waiting" and status.get("state") is None:
+    elif state == "not started" or (state == "starting" and status.get("state") is None):
         return f"not started: start it with `ftune train {name}`; this view follows it when it does"
-    elif state == "waiting" and not view.meta:
+    elif state == "starting" and not view.meta:
         return "starting: loading the model and the data (l shows train.log)"
-    elif state == "waiting":
+    elif state == "starting":
         return "started: waiting for the first step"
     else:
         parts = ["no steps logged"]

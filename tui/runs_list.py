@@ -129,7 +129,7 @@ class RunsScreen(Screen):
         if selected is not None and selected in {r["name"] for r in message.rows}:
             table.move_cursor(row=table.get_row_index(selected))
         elif not self.loaded:  # first look: the run that is running (or stopping) is the likely one to watch
-            rank = {"running": 0, "stopping": 1, "waiting": 2}
+            rank = {"running": 0, "stopping": 1, "starting": 2}
             live = sorted((rank[r["status"]], i) for i, r in enumerate(message.rows) if r["status"] in rank)
             if live:
                 table.move_cursor(row=live[0][1])

@@ -115,8 +115,8 @@ HELP = """\
 [b]↑ ↓ PgUp PgDn Home End[/b]  scroll the step log; it follows the
      newest line while you are at the bottom, "+N new" when you are not
 
-[b]state[/b]     waiting · running · stopping · stopped · finished ·
-          failed · crashed (the worker died without a final event)
+[b]state[/b]     not started · starting · running · stopping ·
+          stopped · finished · failed · crashed (died without a final event)
 [b]loss[/b]      training loss (and eval loss); [b]lr[/b] learning rate;
           [b]gn[/b] grad norm
 [b]GPU[/b]       live from this machine while the run runs here,

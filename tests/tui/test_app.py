@@ -77,12 +77,12 @@ def test_waits_for_a_run_that_has_not_started(tmp_path):
         app = app_for(tmp_path)
         async with app.run_test(size=(80, 24)) as pilot:
             screen = await opened(pilot)
-            assert screen.state == "waiting"
+            assert screen.state == "not started"  # the words of `ftune ls`
             assert "not started: start it with `ftune train run-01`" in static(app, "#header")
             with hold_lock(run):
                 status(run, "starting")
                 await wait_until(pilot, lambda: "loading the model" in static(app, "#header"), what="starting")
-                assert screen.state == "waiting"
+                assert screen.state == "starting"
                 ev = Events(run)
                 ev.started()
                 ev.steps(1, 3)
