@@ -52,10 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     lead = rank == 0
     stopper = Stopper(world).install()
     events = EventWriter.for_rank(run.events_path, rank)
-    if lead:  # the pid `ftune stop` signals: rank 0, which agrees the stopping step with the others
-        run.update_status(state="starting", pid=os.getpid(), host=os.uname().nodename, world_size=world)
     spec: RunSpec | None = None
     try:
+        if lead:  # the pid `ftune stop` signals (rank 0, which agrees the stopping step with the others); inside
+            # the try: a stop that lands the moment the pid is written still ends the stream with `stopped`
+            run.update_status(state="starting", pid=os.getpid(), host=os.uname().nodename, world_size=world)
         spec = load_spec(run.spec_path)
         skip_unused_imports(spec)
         sampler = Sampler(lambda s: events.emit("system", **s), spec.training.system_interval_s)
