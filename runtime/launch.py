@@ -154,15 +154,12 @@ def check_run_data(spec: RunSpec, base: Path, run: RunDir, say=None) -> None:
     limit = 1000 if d.streaming else None
     t0 = time.monotonic()
     sources = sources_for(d.train, base, d.format, d.dataset_dir)
-    for source in sources:
-        if not source.path.is_file():
-            raise RunError(f"data file not found: {source.path} (data in {run.spec_path}; "
+    # data.test too: found missing now, not after hours of training
+    for path in [s.path for s in sources] + [local_path(n, base) for n in (d.validation, d.test) if n]:
+        if not path.is_file():
+            raise RunError(f"data file not found: {path} (data in {run.spec_path}; "
                            f"relative paths are relative to {base})")
     rows, _, _ = check_data(sources, spec.stage.type, d.on_invalid, limit)
-    for name in (d.validation, d.test):
-        if name and not local_path(name, base).is_file():  # found missing now, not after hours of training
-            raise RunError(f"data file not found: {local_path(name, base)} (data in {run.spec_path}; "
-                           f"relative paths are relative to {base})")
     if d.validation:
         rows += check_data(sources_for([d.validation], base, d.format), spec.stage.type, d.on_invalid, limit)[0]
     took = time.monotonic() - t0

@@ -88,10 +88,11 @@ def held_out_rows(spec: RunSpec, run: RunDir) -> tuple[list[Row], str]:
     """Without a test file: the rows training held out for validation, split exactly as the worker split them
     (same seed, max_samples and val_size), and where they came from, in words."""
     from ftune.runtime.data.load import load_data, sources_for, split
+    from ftune.runtime.models import local_path
 
     d = spec.data
     if d.validation:
-        path = run.project / d.validation if not Path(d.validation).is_absolute() else Path(d.validation)
+        path = local_path(d.validation, run.project)
         rows, _ = load_rows(path, d.format, d.on_invalid)
         return rows, f"{path} (data.validation)"
     if not d.val_size:

@@ -16,7 +16,6 @@ import traceback
 from pathlib import Path
 
 from ftune.runtime.events import EventWriter
-from ftune.runtime.launch import needs_bitsandbytes
 from ftune.runtime.rundir import RunDir, RunError
 from ftune.runtime.spec import RunSpec, load_spec
 from ftune.runtime.sysmon import Sampler
@@ -28,6 +27,8 @@ def skip_unused_imports(spec: RunSpec) -> None:
     """peft imports bitsandbytes whenever it is installed (1.2 s of a worker's start here). A run that does not
     use it goes without: with sys.modules["bitsandbytes"] = None, find_spec says it is absent, to peft and
     transformers alike. GaLore and APOLLO import it themselves."""
+    from ftune.runtime.launch import needs_bitsandbytes  # here: the pid is written before this import
+
     m = spec.method
     if not (needs_bitsandbytes(spec) or m.galore is not None or m.apollo is not None):
         sys.modules.setdefault("bitsandbytes", None)
