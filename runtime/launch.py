@@ -114,8 +114,11 @@ def fit_warning(spec: RunSpec, run: RunDir) -> str | None:
         return None
     m = spec.method
     key = memory.method_key(m.type, m.quantization.bits, m.lora.use_dora, spec.training.precision)
-    _, verdict = memory.check(info.params_b, key, gpus, seq_len=spec.data.max_length,
-                              batch=spec.training.per_device_train_batch_size,
+    t = spec.training
+    # a token budget is one long sequence at most (padding-free), an upper bound of what it holds
+    seq_len, batch = (t.tokens_per_batch, 1) if t.tokens_per_batch else (spec.data.max_length,
+                                                                          t.per_device_train_batch_size)
+    _, verdict = memory.check(info.params_b, key, gpus, seq_len=seq_len, batch=batch,
                               gradient_checkpointing=spec.training.gradient_checkpointing,
                               precision=spec.training.precision, **memory.sharding(spec, len(gpus)), **info.shape)
     return verdict.text if verdict.label == memory.EXCEEDS else None

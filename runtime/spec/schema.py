@@ -128,6 +128,11 @@ class DataSpec(Section):
     packing: bool = Field(
         False, description="Pack several short examples into one max_length sequence (best-fit, boundaries kept)."
     )
+    padding_free: bool = Field(
+        True, description="sft and pt: lay a batch's rows end to end, with no padding and no attention across rows "
+        "(the same loss as padded rows, less work). Falls back to padding where the model's attention cannot; the "
+        "started event says which ran (docs/data.md)."
+    )
     max_input_length: int | None = Field(
         None, gt=0, description="GLM-style cutoff of the prompt before the final answer: keeps its last N tokens."
     )
@@ -305,6 +310,10 @@ class TrainingSpec(Section):
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimiser steps (overrides epochs).")
     learning_rate: float = Field(1e-4, gt=0, lt=1, description="Peak learning rate.")
     per_device_train_batch_size: int = Field(8, ge=1, description="Examples per device per forward pass.")
+    tokens_per_batch: int | None = Field(
+        None, ge=16, description="sft and pt: fill each forward pass with rows up to this many tokens, instead of "
+        "per_device_train_batch_size rows, so every step carries comparable work (at least data.max_length)."
+    )
     gradient_accumulation_steps: int = Field(1, ge=1, description="Forward passes per optimiser step.")
     per_device_eval_batch_size: int = Field(8, ge=1, description="Examples per device when evaluating.")
     warmup_steps: int = Field(0, ge=0, description="Steps of linear learning-rate warm-up.")
@@ -471,6 +480,14 @@ class RunSpec(Section):
         if self.data.streaming and (not t.max_steps or self.stage.type not in ("sft", "pt")):
             raise ValueError("data.streaming works for stage sft or pt and needs training.max_steps (a stream has "
                              "no length to count epochs by)")
+        if t.tokens_per_batch is not None:
+            if self.stage.type not in ("sft", "pt") or self.data.streaming:
+                raise ValueError("training.tokens_per_batch works for stage sft or pt on data that is not streamed; "
+                                 "remove it and use per_device_train_batch_size")
+            if t.tokens_per_batch < self.data.max_length:
+                raise ValueError(f"training.tokens_per_batch ({t.tokens_per_batch}) is below data.max_length "
+                                 f"({self.data.max_length}): a full-length row would not fit; raise it or lower "
+                                 "data.max_length")
         if t.predict_with_generate and not self.data.test:
             raise ValueError("training.predict_with_generate needs data.test: the file whose prompts are answered")
         if self.method.type == "full" and self.output.save_format not in ("lora", "gguf"):

@@ -32,6 +32,8 @@ class EventsCallback(TrainerCallback):
         self._last_t = time.time()
         self._last_tokens = 0
         self._last_step = 0
+        self._last_rows = 0
+        self.rows_seen: Any = None  # () -> rows this process trained on, where batches vary in rows (sft.py)
         self._recent: list[float] = []
         self.metrics: dict[str, Any] = {}
         self.trackers: list[Any] = []  # train/tracking.Guarded: they begin before this callback, so they can say
@@ -68,7 +70,11 @@ class EventsCallback(TrainerCallback):
             dt = max(now - self._last_t, 1e-9)
             tokens = state.num_input_tokens_seen - self._last_tokens
             steps = state.global_step - self._last_step
-            samples = steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+            if self.rows_seen is not None:
+                rows = self.rows_seen()
+                samples, self._last_rows = (rows - self._last_rows) * args.world_size, rows
+            else:
+                samples = steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
             self._last_t, self._last_tokens, self._last_step = now, state.num_input_tokens_seen, state.global_step
             loss, grad_norm = logs.get("loss"), logs.get("grad_norm")
             self.events.emit(

@@ -99,17 +99,38 @@ def build_trainer(spec: RunSpec, model, tokenizer, data: PreparedData, run: RunD
 
     from ftune.runtime.train.sft import PlainLossSFTTrainer
 
+    batching = batching_plan(spec, model)
+    callback.started_fields.update(batching)
     config = SFTConfig(
         **common,
-        max_length=spec.data.max_length,
+        # rows come truncated from data/prepare.py; packing fills sequences of max_length
+        max_length=spec.data.max_length if spec.data.packing else None,
         packing=spec.data.packing,  # best-fit decreasing: whole examples, attention kept within each
         packing_strategy="bfd",
+        padding_free=batching["batching"] != "padded",
     )
     return PlainLossSFTTrainer(
         model=model, args=config, train_dataset=data.train, eval_dataset=data.eval,
         processing_class=tokenizer, callbacks=[callback], optimizers=(optimizer, None),
-        compute_accuracy=spec.training.compute_accuracy,
+        compute_accuracy=spec.training.compute_accuracy, tokens_per_batch=spec.training.tokens_per_batch,
     )
+
+
+def batching_plan(spec: RunSpec, model) -> dict[str, Any]:
+    """How sft/pt rows are batched, for the started event: packed, padding-free, or padded (with the reason)."""
+    from ftune.runtime.train.batching import attend_by_row, padding_free_blocker
+
+    blocker = padding_free_blocker(model) if spec.data.packing or spec.data.padding_free else None
+    if spec.data.packing or spec.data.padding_free:
+        if blocker and spec.data.packing:
+            raise RunError(f"data.packing needs attention that keeps packed rows apart, and here {blocker}",
+                           hint="Set data.packing: false; the rows are then padded.")
+        if blocker:
+            return {"batching": "padded", "batching_note": f"padding-free is not possible: {blocker}"}
+        attend_by_row(model)  # sdpa one row at a time: no work across rows
+        return {"batching": "packed" if spec.data.packing else "padding-free",
+                "attn_implementation": model.config._attn_implementation}
+    return {"batching": "padded", "batching_note": "data.padding_free is off"}
 
 
 def check_trainer_rows(spec: RunSpec, trainer, data: PreparedData, events: EventWriter) -> None:
@@ -155,6 +176,8 @@ def setup(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
     }, stopper)
     tracking.apply_env(spec, run)  # the trackers' folders, before the trainer builds their integrations
     trainer = build_trainer(spec, model, tokenizer, data, run, plan, kern, callback, ref_model, reward_model)
+    if hasattr(trainer, "rows_seen"):
+        callback.rows_seen = lambda: trainer.rows_seen
     callback.trackers = tracking.guard(trainer, spec, events)  # a failing tracker is a warning, not the end
     if spec.method.badam is not None:
         adapt_to_badam(trainer)

@@ -17,12 +17,35 @@ class PlainLossSFTTrainer(SFTTrainer):
     """SFTTrainer whose loss is the model's own; `compute_accuracy` adds token accuracy to evaluation
     (`eval_mean_token_accuracy`: the share of learnt tokens the model ranks first)."""
 
-    def __init__(self, *args, compute_accuracy: bool = False, **kwargs):
+    def __init__(self, *args, compute_accuracy: bool = False, tokens_per_batch: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.compute_accuracy = compute_accuracy
+        self.tokens_per_batch = tokens_per_batch
+        self.rows_seen = 0  # training rows on this process, for samples/s when batches vary in rows
+
+    def get_train_dataloader(self):
+        """With training.tokens_per_batch, batches of whole rows up to that many tokens (batching.py); accelerate
+        then deals them out to the processes as it does any batch sampler."""
+        if not self.tokens_per_batch:
+            return super().get_train_dataloader()
+        from torch.utils.data import DataLoader
+
+        from ftune.runtime.train.batching import TokenBudgetBatches, row_lengths
+
+        dataset = self._remove_unused_columns(self.train_dataset, description="Training")
+        batches = TokenBudgetBatches(row_lengths(dataset), self.tokens_per_batch,
+                                     shuffle=self.args.train_sampling_strategy != "sequential",
+                                     seed=self.args.data_seed or self.args.seed, padded=not self.padding_free)
+        a = self.args
+        return self.accelerator.prepare(DataLoader(
+            dataset, batch_sampler=batches, collate_fn=self.data_collator, num_workers=a.dataloader_num_workers,
+            pin_memory=a.dataloader_pin_memory, persistent_workers=a.dataloader_persistent_workers))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs["use_cache"] = False  # as TRL does: a KV cache is of no use to a loss
+        if model.training:  # padding-free: one sequence holding a row per position 0
+            pos = inputs.get("position_ids")
+            self.rows_seen += int((pos == 0).sum()) if pos is not None else len(inputs["input_ids"])
         measure = self.compute_accuracy and not model.training
         loss, outputs = Trainer.compute_loss(self, model, inputs, return_outputs=True,
                                              num_items_in_batch=num_items_in_batch)

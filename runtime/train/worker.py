@@ -24,14 +24,18 @@ from ftune.runtime.train.stopper import Stopper, StopRequested
 
 
 def skip_unused_imports(spec: RunSpec) -> None:
-    """peft imports bitsandbytes whenever it is installed (1.2 s of a worker's start here). A run that does not
-    use it goes without: with sys.modules["bitsandbytes"] = None, find_spec says it is absent, to peft and
-    transformers alike. GaLore and APOLLO import it themselves."""
+    """peft imports bitsandbytes whenever it is installed (1.2 s of a worker's start here), and TRL imports wandb
+    and trackio (0.4 s). A run that does not use them goes without: with sys.modules[name] = None, find_spec
+    says the package is absent, to peft, TRL and transformers alike. GaLore and APOLLO import bitsandbytes
+    themselves."""
     from ftune.runtime.launch import needs_bitsandbytes  # here: the pid is written before this import
 
     m = spec.method
+    unused = [name for name in ("wandb", "trackio") if name not in spec.training.report_to]
     if not (needs_bitsandbytes(spec) or m.galore is not None or m.apollo is not None):
-        sys.modules.setdefault("bitsandbytes", None)
+        unused.append("bitsandbytes")
+    for name in unused:
+        sys.modules.setdefault(name, None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -137,6 +137,15 @@ def test_full_method_rejects_adapter_save_format():
         build_spec({**BASE, "method": "full", "output": {"save_format": "merged_16bit"}})
 
 
+def test_a_token_budget_fits_a_whole_row_and_applies_to_sft_and_pt():
+    with pytest.raises(SpecError, match=r"tokens_per_batch \(512\) is below data.max_length \(1024\)"):
+        build_spec({**BASE, "training": {"tokens_per_batch": 512}})
+    with pytest.raises(SpecError, match="tokens_per_batch works for stage sft or pt"):
+        build_spec({**BASE, "stage": "dpo", "training": {"tokens_per_batch": 4096}})
+    spec = build_spec({**BASE, "data": {**BASE["data"], "max_length": 256}, "training": {"tokens_per_batch": 256}})
+    assert spec.training.tokens_per_batch == 256 and spec.data.padding_free
+
+
 def test_method_label():
     assert build_spec({**BASE, "method": {"lora": {"use_dora": True}}}).method_label == "dora"
     assert build_spec({**BASE, "method": "full"}).method_label == "full"

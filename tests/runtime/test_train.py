@@ -1,6 +1,7 @@
 """Real training on a tiny model through the launcher and worker: nothing mocked."""
 
 import json
+from itertools import pairwise
 
 import pytest
 
@@ -19,7 +20,7 @@ def test_lora_sft_trains_checkpoints_and_exports_a_loadable_adapter(project, tin
 
     started = of_type(events, "started")[0]
     assert started["num_train_rows"] + started["num_eval_rows"] == 64 and started["skipped_rows"] == 0
-    assert started["method"] == "lora" and started["world_size"] == 1
+    assert started["method"] == "lora" and started["world_size"] == 1 and started["batching"] == "padding-free"
     assert 0 < started["trainable_params"] < started["total_params"]
 
     steps = of_type(events, "step")
@@ -53,14 +54,21 @@ def test_lora_sft_trains_checkpoints_and_exports_a_loadable_adapter(project, tin
     assert out.shape[1] > ids["input_ids"].shape[1]
 
 
-def test_full_sft_saves_the_whole_model(project, tiny_model):
-    run = make_run(project, tiny_model, method="full", training={"learning_rate": 1e-3, "max_steps": 12})
+def test_full_sft_with_a_token_budget_saves_the_whole_model(project, tiny_model):
+    run = make_run(project, tiny_model, method="full", data={"max_length": 128},
+                   training={"learning_rate": 1e-3, "max_steps": 12, "tokens_per_batch": 160, "logging_steps": 1})
     events = train_to_end(run)
     assert events[-1]["type"] == "finished", open(run.log_path).read()[-3000:]
     started = of_type(events, "started")[0]
     assert started["method"] == "full" and started["trainable_params"] == started["total_params"]
-    losses = [s["loss"] for s in of_type(events, "step")]
+    assert started["batching"] == "padding-free"
+    steps = of_type(events, "step")
+    losses = [s["loss"] for s in steps]
     assert len(losses) == 12 and min(losses[-3:]) < losses[0]
+    # each step held whole rows up to 160 tokens: several rows, not the 8 of per_device_train_batch_size
+    tokens = [b["tokens_seen"] - a["tokens_seen"] for a, b in pairwise(steps)]
+    assert all(0 < n <= 160 for n in tokens) and sum(tokens) / len(tokens) > 80, tokens
+    assert all(s["samples_per_s"] > 0 for s in steps[1:])  # rows counted as trained, not assumed from the batch
 
     from transformers import AutoModelForCausalLM
 
@@ -141,6 +149,7 @@ def test_packing_and_gradient_checkpointing_train(project, tiny_model):
     events = train_to_end(run)
     assert events[-1]["type"] == "finished", open(run.log_path).read()[-2000:]
     started = of_type(events, "started")[0]
+    assert started["batching"] == "packed"
     unpacked_steps = -(-started["num_train_rows"] // 8)
     assert started["max_steps"] < unpacked_steps / 2  # short rows share 256-token sequences
     assert all(s["loss"] is not None for s in of_type(events, "step"))
@@ -198,7 +207,7 @@ def test_a_full_disk_during_a_checkpoint_names_it_and_keeps_the_earlier_ones(pro
     assert "Traceback" in run.log_path.read_text()  # the traceback stays in the log
 
 
-def test_a_run_without_bitsandbytes_settings_starts_without_importing_it(tmp_path):
+def test_a_run_starts_without_importing_bitsandbytes_or_trackers_it_does_not_use(tmp_path):
     import subprocess
     import sys
 
@@ -207,12 +216,16 @@ import sys
 from ftune.runtime.spec import build_spec
 from ftune.runtime.train.worker import skip_unused_imports
 base = {"name": "a", "model": {"name_or_path": "m"}, "data": {"train": "t.jsonl"}}
-skip_unused_imports(build_spec({**base, "method": {"type": "full", "galore": {}}}))
+skip_unused_imports(build_spec({**base, "method": {"type": "full", "galore": {}},
+                                 "training": {"report_to": ["wandb"]}}))
 assert "bitsandbytes" not in sys.modules  # GaLore imports it itself: left alone
+assert "wandb" not in sys.modules and sys.modules["trackio"] is None  # wandb is the run's: left alone
 skip_unused_imports(build_spec(base))
 import peft, trl
 from peft import LoraConfig, get_peft_model
+from trl import SFTTrainer
 assert sys.modules["bitsandbytes"] is None, "bitsandbytes was imported"
+assert sys.modules["wandb"] is None and sys.modules["trackio"] is None, "a tracker was imported"
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
