@@ -85,7 +85,7 @@ ConfirmStop, HelpScreen, LogScreen, OverlayPicker { align: center middle; }
 #logbox { width: 100%; height: 100%; border: thick $primary; background: $surface; }
 #logpath { height: 1; }
 #trainlog { height: 1fr; }
-#runs-title { height: 1; padding: 0 1; background: $boost; }
+#runs-title { height: auto; padding: 0 1; background: $boost; }
 #runs { height: 1fr; }
 #runs-empty { height: auto; padding: 0 1; }
 """

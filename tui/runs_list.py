@@ -83,10 +83,7 @@ class RunsScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Static(f"[b]Runs[/b] in {self.root}   [dim]Enter watches one · q quits · eval: the best eval loss[/dim]",
                      id="runs-title")
-        table: DataTable = DataTable(id="runs", cursor_type="row", zebra_stripes=True)
-        for col in COLUMNS:
-            table.add_column(col, key=col)
-        yield table
+        yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)  # its columns come with the rows
         yield Static(id="runs-empty")
         yield Footer()
 
@@ -115,17 +112,22 @@ class RunsScreen(Screen):
         selected = None
         if table.row_count and table.cursor_row is not None and table.cursor_row < table.row_count:
             selected = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
-        table.clear()
         narrow = (self.size.width or 80) < 100  # the start without its year
         cells = [(r["name"], r["status"], r["progress"], r["loss"], r["best_eval"], r["stage_method"],
                   r["started"][5:] if narrow and len(r["started"]) == 16 else r["started"],
                   panels.short_model(r["model"])) for r in message.rows]
         widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(COLUMNS[:-1])]
         room = max(8, (self.size.width or 80) - sum(widths) - 2 * len(COLUMNS) - 1)  # the model column's share
+        cells = [(*row[:-1], fit_model(row[-1], room)) for row in cells]
+        widths.append(max([len(COLUMNS[-1])] + [len(row[-1]) for row in cells]))
+        # Columns of the widths just measured, rebuilt each time: an auto-width column learns its cells' widths
+        # only when the table is next idle, and a paint before that (a real terminal paints at once) caches every
+        # cell cut to its header's width, a cache that does not know widths and so is never redrawn.
+        table.clear(columns=True)
+        for col, width in zip(COLUMNS, widths):
+            table.add_column(col, width=width, key=col)
         for r, row in zip(message.rows, cells):
-            model = fit_model(row[-1], room)
-            table.add_row(row[0], Text(row[1], style=panels.STATE_STYLE.get(row[1], "")), *row[2:-1], model,
-                          key=r["name"])
+            table.add_row(row[0], Text(row[1], style=panels.STATE_STYLE.get(row[1], "")), *row[2:], key=r["name"])
         if selected is not None and selected in {r["name"] for r in message.rows}:
             table.move_cursor(row=table.get_row_index(selected))
         elif not self.loaded:  # first look: the run that is running (or stopping) is the likely one to watch

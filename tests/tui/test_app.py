@@ -354,6 +354,31 @@ def test_runs_list_highlights_the_running_run_first(tmp_path):
         run_async(go())
 
 
+def test_runs_list_cells_keep_their_width_when_painted_at_once(tmp_path):
+    """A real terminal paints a table before the table is next idle; its cells were then cut to the headers' width
+    for good (Textual's cell cache does not know column widths). Here a longer run name arrives and is painted at
+    once, as a terminal does."""
+    scenario(tmp_path, "finished", "run-01")
+
+    async def go():
+        from textual.widgets import DataTable
+
+        from ftune.tui.runs_list import RunRows, RunsScreen
+
+        app = make_app(tmp_path, None, clock=lambda: NOW, poll=60, live_system=False)  # the list's own poll waits
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_until(pilot, lambda: isinstance(app.screen, RunsScreen) and app.screen.loaded, what="rows")
+            table = app.screen.query_one(DataTable)
+            scenario(tmp_path, "failed", "a-long-run-name-07")
+            app.screen.on_runs_screen_rows(RunsScreen.Rows(RunRows(tmp_path).rows()))
+            table.render_line(1)  # the paint a terminal does before the table's next idle
+            await pilot.pause()
+            first_row = table.render_line(1).text
+            assert "a-long-run-name-07" in first_row and "failed" in first_row, first_row
+
+    run_async(go())
+
+
 def test_runs_list_shows_runs_and_opens_one(tmp_path):
     scenario(tmp_path, "finished", "alpha")
     scenario(tmp_path, "failed", "beta")
