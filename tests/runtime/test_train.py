@@ -6,7 +6,9 @@ import pytest
 
 from ftune.runtime import launch
 from ftune.runtime.data.formats import DataError
+from ftune.runtime.memory import lora_trainable
 from ftune.runtime.rundir import RunError
+from ftune.runtime.spec import load_spec
 from tests.conftest import mounted_tmpfs
 from tests.runtime.helpers import make_run, of_type, train_to_end
 
@@ -21,6 +23,8 @@ def test_lora_sft_trains_checkpoints_and_exports_a_loadable_adapter(project, tin
     assert started["num_train_rows"] + started["num_eval_rows"] == 64 and started["skipped_rows"] == 0
     assert started["method"] == "lora" and started["world_size"] == 1
     assert 0 < started["trainable_params"] < started["total_params"]
+    rank = load_spec(run.spec_path).method.lora.rank  # the review's figure is peft's own
+    assert started["trainable_params"] == lora_trainable(json.loads((tiny_model / "config.json").read_text()), rank)
 
     steps = of_type(events, "step")
     assert [s["step"] for s in steps] == list(range(1, started["max_steps"] + 1))
