@@ -23,6 +23,14 @@ def test_lora_sft_trains_checkpoints_and_exports_a_loadable_adapter(project, tin
     assert started["num_train_rows"] + started["num_eval_rows"] == 64 and started["skipped_rows"] == 0
     assert started["method"] == "lora" and started["world_size"] == 1
     assert 0 < started["trainable_params"] < started["total_params"]
+    # the start, phase by phase: an event as each begins, and the seconds of each in the started event
+    order = ["importing", "loading the tokenizer", "tokenising", "loading the model", "building the trainer",
+             "starting training"]
+    begun = [e["phase"] for e in of_type(events, "phase") if "done" not in e]
+    assert begun == order, begun
+    timeline = started["phases"]
+    assert [p["phase"] for p in timeline] == ["starting python", *order] and all(p["s"] >= 0 for p in timeline)
+    assert sum(p["s"] for p in timeline) <= started["t"] - json.loads(run.status_path.read_text())["started_at"] + 1
     rank = load_spec(run.spec_path).method.lora.rank  # the review's figure is peft's own
     assert started["trainable_params"] == lora_trainable(json.loads((tiny_model / "config.json").read_text()), rank)
 
