@@ -82,8 +82,13 @@ def test_waits_for_a_run_that_has_not_started(tmp_path):
             with hold_lock(run):
                 status(run, "starting")
                 await wait_until(pilot, lambda: "loading the model" in static(app, "#header"), what="starting")
-                assert screen.state == "starting"
+                assert screen.state == "starting"  # a worker before phases: the start in general words
                 ev = Events(run)
+                ev.emit("phase", NOW - 20, phase="importing")
+                ev.emit("phase", NOW - 5, phase="tokenising")
+                ev.emit("phase", NOW - 2, phase="tokenising", done=40, total=100, rows_per_s=1200.0)
+                line = "starting: tokenising 40% (1,200 rows/s) for 0:05 · l shows train.log"  # since it began
+                await wait_until(pilot, lambda: line in static(app, "#header"), what="the phase")
                 ev.started()
                 ev.steps(1, 3)
                 status(run, "running")
