@@ -36,6 +36,7 @@ from ftune.tui import panels
 from ftune.tui.messages import HistoryUpdated, OverlayChoices, OverlaysLoaded, StopDone, SystemSampled
 from ftune.tui.widgets import Panel, StepLog
 
+
 def mean(values) -> float:  # a Sparkline bar's value (statistics.fmean, without importing statistics first)
     return sum(values) / len(values)
 
@@ -172,7 +173,7 @@ class MonitorScreen(Screen):
         if first is None or not first.ready():
             return False
         try:
-            history, tail = first.result()
+            history, _ = first.result()
             recorded, status = self.run.state(), self.run.read_status()
         except Exception:  # noqa: BLE001 - the events thread reads it again and says what went wrong
             return False
