@@ -156,7 +156,8 @@ def test_a_load_in_a_child_process_gives_the_same_history_and_events_appended_af
     assert f.checkpoints == g.checkpoints and f.checkpoints[-1]["step"] == 12_000
     assert [p.message for p in f.problems] == [p.message for p in g.problems] and f.problems[-1].message == "late"
     assert (f.step, f.eval_loss, f.system) == (g.step, g.eval_loss, g.system)
-    assert f.omitted_warnings == g.omitted_warnings - 1  # the late warning came as a live run's do: kept
+    # the late warning: bounded with the rest when the child read it too, kept as a live run's are when it came after
+    assert f.omitted_warnings in (g.omitted_warnings - 1, g.omitted_warnings)
     # the chart: the child sampled the file as it was, the appended steps were read as a live run's are
     last = 12_000 + LOG_KEEP
     assert last - f.loss[0][-1] < 50 and last - g.loss[0][-1] < 50 and abs(len(f.loss[0]) - len(g.loss[0])) < 600
