@@ -168,7 +168,7 @@ def summarize(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
             if e.get("loss") is not None:
                 out["loss"] = e["loss"]
         elif kind in FINAL_TYPES:
-            out["final"] = e
+            out["final"], out["phase"] = e, ""
             if e.get("step") is not None:
                 out["step"] = e["step"]
     return out

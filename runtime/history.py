@@ -208,11 +208,11 @@ class History:
         self._problem("warning", str(e.get("message") or "warning"), e.get("hint"), e.get("step"), e.get("t"))
 
     def _on_error(self, e: dict[str, Any], sampled: bool) -> None:
-        self.final = e
+        self.final, self.phase = e, None
         self._problem("error", str(e.get("message") or "the run failed"), e.get("hint"), e.get("step"), e.get("t"))
 
     def _on_finished(self, e: dict[str, Any], sampled: bool) -> None:
-        self.final = e
+        self.final, self.phase = e, None
         if finite(e.get("step")):
             self.step = int(e["step"])
 

@@ -136,6 +136,8 @@ def starting_line(phase: dict[str, Any] | None, now: float) -> str:
 
 def _third_line(name: str, state: str, view: View, status: dict[str, Any], now: float) -> str:
     last = view.last_step or {}
+    if state == "starting" and view.phase is not None:  # a resumed run too: its phases follow the last attempt's
+        return starting_line(view.phase, now)
     if last:
         parts = [f"{si(last.get('tokens_per_s'))} tokens/s", f"{num(last.get('samples_per_s'), '.3g')} samples/s"]
     elif state == "not started" or (state == "starting" and status.get("state") is None):
