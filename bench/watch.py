@@ -142,16 +142,21 @@ def first_paint(project: Path, steps: int, size: tuple[int, int], runs: int) -> 
         load(project / "runs" / name / "events.jsonl")
         loads.append(time.perf_counter() - t)
     needles = [b"epoch 3.00", f"{steps}/{steps} ep ".encode()]  # the header, and the step log's last line
-    paints = []
+    paints, cpus = [], []
     for _ in range(runs):
         pid, fd, t0 = spawn_monitor(project, name, size)
+        proc = psutil.Process(pid)
         ok, t1 = read_until(fd, needles, timeout=120)
+        c = proc.cpu_times()  # at the paint: the monitor's own CPU (its forked loader is a child, reaped by then)
         close(pid, fd)
         if not ok:
             raise SystemExit(f"the monitor did not paint {steps} steps within 120 s")
         paints.append(t1 - t0)
+        cpus.append((c.user + c.system, c.children_user + c.children_system))
     return {"steps": steps, "mb": size_mb, "load": statistics.median(loads), "paint": statistics.median(paints),
-            "paint_min": min(paints), "paint_max": max(paints)}
+            "paint_min": min(paints), "paint_max": max(paints),
+            "cpu": statistics.median(c for c, _ in cpus), "child_cpu": statistics.median(k for _, k in cpus),
+            "loadavg": os.getloadavg()[0]}
 
 
 STAND_IN = r"""
@@ -238,12 +243,15 @@ def main() -> None:
         project = Path(tmp)
         (project / "runs").mkdir()
         if args.steps:
-            print(f"first full paint at {args.size} (median of {args.runs}; from process start)")
-            print(f"{'step events':>12} {'file MB':>8} {'load s':>7} {'paint s':>8} {'min':>6} {'max':>6}")
+            print(f"first full paint at {args.size} (median of {args.runs}; from process start; CPU: user+system "
+                  f"of the monitor until then, and of its forked loader)")
+            print(f"{'step events':>12} {'file MB':>8} {'load s':>7} {'paint s':>8} {'min':>6} {'max':>6} "
+                  f"{'CPU s':>6} {'loader':>6} {'loadavg':>7}")
             for steps in args.steps:
                 r = first_paint(project, steps, size, args.runs)
                 print(f"{r['steps']:>12,} {r['mb']:>8.1f} {r['load']:>7.3f} {r['paint']:>8.3f} "
-                      f"{r['paint_min']:>6.3f} {r['paint_max']:>6.3f}", flush=True)
+                      f"{r['paint_min']:>6.3f} {r['paint_max']:>6.3f} {r['cpu']:>6.3f} {r['child_cpu']:>6.3f} "
+                      f"{r['loadavg']:>7.2f}", flush=True)
         if args.idle:
             r = idle_cpu(project, args.idle, size, args.real)
             verdict = "OK" if r["percent"] < 3 else "MISSED"

@@ -564,9 +564,16 @@ def ls_(ctx: click.Context, as_json: bool) -> None:
     console = Console()
     cols = ("run", "status", "stage/method", "model", "step", "loss", "eval", "started")  # eval: the best eval loss
     keys = ("name", "status", "stage_method", "model", "progress", "loss", "best_eval", "started")
+
+    def room_for_model(rows) -> int:  # one line per run: the model column gives way, the others keep their width
+        widths = {c: max(len(c), *(len(str(r[k])) for r in rows)) for c, k in zip(cols, keys)}
+        return console.width - sum(w for c, w in widths.items() if c != "model") - 2 * (len(cols) - 1)
+
+    phased = [{**r, "status": f"{r['status']}: {r['phase']}"} if r.get("phase") else r for r in rows]
+    if room_for_model(phased) >= 8:  # a starting run's phase, where it fits: "starting: tokenising 40%"
+        rows = phased
     widths = {c: max(len(c), *(len(str(r[k])) for r in rows)) for c, k in zip(cols, keys)}
-    # one line per run: the model column gives way on a narrow terminal, the others keep their width
-    room = max(8, console.width - sum(w for c, w in widths.items() if c != "model") - 2 * (len(cols) - 1))
+    room = max(8, room_for_model(rows))
     table = Table(box=None, header_style="bold", pad_edge=False)
     for col in cols:
         table.add_column(col, justify="right" if col in ("step", "loss", "eval") else "left", no_wrap=True,
@@ -574,7 +581,7 @@ def ls_(ctx: click.Context, as_json: bool) -> None:
                          max_width=room if col == "model" else None, overflow="ellipsis")
     colours = {"running": "green", "finished": "cyan", "failed": "red", "crashed": "red", "stopped": "yellow"}
     for r in rows:
-        status = f"[{colours.get(r['status'], 'white')}]{r['status']}[/]"
+        status = f"[{colours.get(r['status'].split(':')[0], 'white')}]{r['status']}[/]"
         model = fit_model(r["model"], room)
         table.add_row(r["name"], status, r["stage_method"], model, r["progress"], r["loss"], r["best_eval"],
                       r["started"])

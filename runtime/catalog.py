@@ -210,6 +210,7 @@ class ModelInfo:
     layers: int | None = None
     vocab: int | None = None
     notes: list[str] = field(default_factory=list)
+    config: dict[str, Any] | None = None  # a local folder's config.json: what LoRA's exact count is made from
 
     @property
     def shape(self) -> dict[str, Any]:
@@ -239,6 +240,7 @@ def inspect_local(path: Path, as_written: str | None = None) -> ModelInfo:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         config = {}
+    info.config = config if isinstance(config, dict) and config else None
     text_cfg = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
     get = lambda key: config.get(key, text_cfg.get(key))  # noqa: E731 - multimodal configs nest the LM
     info.hidden, info.layers, info.vocab = get("hidden_size"), get("num_hidden_layers"), get("vocab_size")

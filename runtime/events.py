@@ -17,8 +17,18 @@ from pathlib import Path
 from typing import Any, Iterable
 
 VERSION = 1
-TYPES = ("started", "step", "eval", "checkpoint", "system", "warning", "error", "finished", "stopped")
+TYPES = ("started", "phase", "step", "eval", "checkpoint", "system", "warning", "error", "finished", "stopped")
 FINAL_TYPES = ("finished", "stopped", "error")
+
+
+def phase_text(event: dict[str, Any] | None) -> str:
+    """A `phase` event in words: 'loading the model', 'tokenising 40%' ('' for none, or one without a name)."""
+    if not event or not isinstance(event.get("phase"), str):
+        return ""
+    done, total = event.get("done"), event.get("total")
+    if isinstance(done, (int, float)) and isinstance(total, (int, float)) and total > 0:
+        return f"{event['phase']} {min(100, int(100 * done / total))}%"
+    return event["phase"]
 
 
 def _clean(value: Any, nulled: list[str], key: str = "") -> Any:
@@ -141,22 +151,24 @@ def read_all(path: str | Path) -> list[dict[str, Any]]:
 def summarize(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Fold a history into the few numbers a table or a header shows."""
     out: dict[str, Any] = {"step": 0, "max_steps": None, "loss": None, "final": None, "started_t": None,
-                           "best_eval_loss": None}
+                           "best_eval_loss": None, "phase": ""}
     for e in events:
         kind = e.get("type")
-        if kind == "eval":
+        if kind == "phase":  # the worker's start, step by step: the latest, until training begins
+            out["phase"] = phase_text(e)
+        elif kind == "eval":
             v, best = e.get("eval_loss"), out["best_eval_loss"]
             if isinstance(v, (int, float)) and math.isfinite(v) and (best is None or v < best):
                 out["best_eval_loss"] = v
         elif kind == "started":
-            out.update(started_t=e.get("t"), max_steps=e.get("max_steps"), final=None)
+            out.update(started_t=e.get("t"), max_steps=e.get("max_steps"), final=None, phase="")
         elif kind == "step":
             out["step"] = e.get("step", out["step"])
             out["max_steps"] = e.get("max_steps") or out["max_steps"]
             if e.get("loss") is not None:
                 out["loss"] = e["loss"]
         elif kind in FINAL_TYPES:
-            out["final"] = e
+            out["final"], out["phase"] = e, ""
             if e.get("step") is not None:
                 out["step"] = e["step"]
     return out

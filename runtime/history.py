@@ -98,6 +98,7 @@ class View:
     warnings_total: int
     final: dict[str, Any] | None
     system: dict[str, Any] | None
+    phase: dict[str, Any] | None  # the latest `phase` event (+ `since`: its phase's first) until training began
     log: list[tuple[int, dict[str, Any]]]
     log_seq: int
     generation: int
@@ -127,6 +128,7 @@ class History:
         self.omitted_warnings = 0
         self.final: dict[str, Any] | None = None
         self.system: dict[str, Any] | None = None
+        self.phase: dict[str, Any] | None = None
         self.log: deque[tuple[int, dict[str, Any]]] = deque(maxlen=LOG_KEEP)
         self.log_seq = 0
         self._recent: deque[tuple[float, int]] = deque(maxlen=4096)
@@ -162,7 +164,12 @@ class History:
         if finite(e.get("resumed_from")):
             self.step = int(e["resumed_from"])
         self.final = None
+        self.phase = None
         self._recent.clear()
+
+    def _on_phase(self, e: dict[str, Any], sampled: bool) -> None:
+        same = self.phase is not None and self.phase.get("phase") == e.get("phase")  # progress within one phase
+        self.phase = {**e, "since": self.phase["since"] if same else e.get("t")}
 
     def _on_step(self, e: dict[str, Any], sampled: bool) -> None:
         step = e.get("step")
@@ -201,11 +208,11 @@ class History:
         self._problem("warning", str(e.get("message") or "warning"), e.get("hint"), e.get("step"), e.get("t"))
 
     def _on_error(self, e: dict[str, Any], sampled: bool) -> None:
-        self.final = e
+        self.final, self.phase = e, None
         self._problem("error", str(e.get("message") or "the run failed"), e.get("hint"), e.get("step"), e.get("t"))
 
     def _on_finished(self, e: dict[str, Any], sampled: bool) -> None:
-        self.final = e
+        self.final, self.phase = e, None
         if finite(e.get("step")):
             self.step = int(e["step"])
 
@@ -247,7 +254,7 @@ class History:
             lr=(list(self.lr.xs), list(self.lr.ys)), grad_norm=(list(self.grad_norm.xs), list(self.grad_norm.ys)),
             last_eval=self.last_eval, checkpoints=list(self.checkpoints),
             problems=sorted(self.problems.values(), key=lambda p: p.seq),
-            warnings_total=self.warnings_total, final=self.final, system=self.system,
+            warnings_total=self.warnings_total, final=self.final, system=self.system, phase=self.phase,
             log=list(self.log), log_seq=self.log_seq, generation=self.generation,
             rate=self.rate(), rate_t=self._recent[-1][0] if self._recent else None,
             events=self.events, unknown=self.unknown, omitted_warnings=self.omitted_warnings,

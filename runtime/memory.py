@@ -220,3 +220,67 @@ def check(params_b: float, method: str, gpus: list[Gpu], **shape: Any) -> tuple[
         if other != method and RATE_GB_PER_B[other] < RATE_GB_PER_B[method]:
             cheaper[other] = estimate(params_b, other, **shape).total_gb
     return est, verdict(est.total_gb, gpus, cheaper)
+
+
+# --------------------------------------------------------------------------- LoRA's trainable parameters
+# Decoders whose layers are self_attn.{q,k,v,o}_proj and mlp.{gate,up,down}_proj of the sizes config.json gives
+# (the Llama layout). Others (fused qkv, Conv1D, mixtures of experts) get no count rather than a wrong one.
+LLAMA_LAYOUT = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "granite",
+                          "olmo", "olmo2", "smollm3"})
+
+
+def layer_linears(config: dict[str, Any]) -> dict[str, tuple[int, int]] | None:
+    """(in, out) features of each linear layer in one decoder layer, by its name inside the layer. A multimodal
+    config (the language model under text_config) gets None: all-linear adapts its vision tower too."""
+    c = config
+    if c.get("model_type") not in LLAMA_LAYOUT:
+        return None
+    try:
+        hidden, inter, heads = int(c["hidden_size"]), int(c["intermediate_size"]), int(c["num_attention_heads"])
+        kv_heads = int(c.get("num_key_value_heads") or heads)
+        head_dim = int(c.get("head_dim") or hidden // heads)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return {"self_attn.q_proj": (hidden, heads * head_dim), "self_attn.k_proj": (hidden, kv_heads * head_dim),
+            "self_attn.v_proj": (hidden, kv_heads * head_dim), "self_attn.o_proj": (heads * head_dim, hidden),
+            "mlp.gate_proj": (hidden, inter), "mlp.up_proj": (hidden, inter), "mlp.down_proj": (inter, hidden)}
+
+
+def _matches(name: str, target: str) -> bool:  # peft's rule for a target given by name: the name or its end
+    return name == target or name.endswith("." + target)
+
+
+def lora_trainable(config: dict[str, Any], rank: int, targets: str | list[str] = "all", *, dora: bool = False,
+                   modules_to_save: Iterable[str] = (), reward: bool = False) -> int | None:
+    """The parameters a fresh LoRA adapter trains, as peft counts them (`get_nb_trainable_parameters`), from the
+    model's config.json; None where the layout is not one this knows.
+
+    Each adapted linear layer (in -> out) adds A (rank x in) and B (out x rank), and with DoRA a magnitude of
+    `out`; 'all' is peft's all-linear: every linear layer but the output head. An embedding given as a target
+    gets A and B too; modules_to_save are trained whole; a reward model's score head (hidden x 1) always is."""
+    linears = layer_linears(config)
+    if linears is None:
+        return None
+    c = config
+    layers, hidden, vocab = int(c.get("num_hidden_layers") or 0), int(c["hidden_size"]), int(c.get("vocab_size") or 0)
+    if not layers or not vocab:
+        return None
+    whole = {"lm_head": vocab * hidden, "embed_tokens": vocab * hidden, "norm": hidden, "score": hidden}
+    wanted = list(linears) if targets == "all" else list(targets)
+    total, used = 0, set()
+    for name, (fan_in, fan_out) in linears.items():
+        if any(_matches(name, t) for t in wanted):
+            used.update(t for t in wanted if _matches(name, t))
+            total += layers * (rank * (fan_in + fan_out) + (fan_out if dora else 0))
+    for outer in ("embed_tokens", "lm_head"):  # named outright: an adapter on the embedding or the head too
+        if targets != "all" and outer in wanted:
+            if dora:
+                return None
+            used.add(outer)
+            total += rank * (vocab + hidden)
+    if set(wanted) - used:
+        return None  # a target this layout does not have: peft would match something else, or refuse
+    saved = set(modules_to_save) | ({"score"} if reward else set())
+    if saved - set(whole):
+        return None
+    return total + sum(whole[m] for m in saved)

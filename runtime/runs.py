@@ -43,6 +43,7 @@ def run_row(run: RunDir) -> dict[str, Any]:
         "best_eval": f"{best:.4g}" if isinstance(best := summary["best_eval_loss"], (int, float)) else "–",
         "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)) if started else "–",
         "error": final.get("message") if final and final.get("type") == "error" else None,
+        "phase": summary["phase"] if status == "starting" else "",  # the worker's start: 'tokenising 40%'…
         # the same as numbers, for `ftune ls --json`
         "last_loss": loss if isinstance(loss, (int, float)) else None,
         "best_eval_loss": summary["best_eval_loss"],
@@ -51,8 +52,8 @@ def run_row(run: RunDir) -> dict[str, Any]:
     }
 
 
-JSON_KEYS = ("name", "status", "stage", "method", "model", "step", "max_steps", "last_loss", "best_eval_loss",
-             "started_at", "error", "path")
+JSON_KEYS = ("name", "status", "phase", "stage", "method", "model", "step", "max_steps", "last_loss",
+             "best_eval_loss", "started_at", "error", "path")
 
 
 def run_records(root: str | Path) -> list[dict[str, Any]]:

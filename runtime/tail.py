@@ -8,9 +8,11 @@ map), `SAMPLES` step events spread evenly through the file for the charts, and t
 After that, `Tail` (an `EventReader`) reads only what is appended, from where the load stopped.
 A file that was truncated or replaced is loaded again from scratch (`Tail.replaced()`).
 
-The regex pass is most of a long first load (a memory-bound read of the whole file). `ChildScan` runs
-it in a forked child process, on a core of its own, while the monitor imports Textual and sets up
-the screen; `load(..., scan=...)` takes its result (and scans itself whatever it did not cover).
+A long first load (the regex pass is a memory-bound read of the whole file, then some 14,000 events to
+parse) runs in a forked child process, `ChildScan`, on a core of its own, while the monitor imports Textual
+and sets up the screen; `load(..., scan=...)` takes the child's history (a pickle: 2 ms to read back) and
+parses only what was appended since. In the monitor's own process the load's Python would share the GIL
+with Textual's start, so most of its cost would still be on the way to the first paint.
 """
 
 from __future__ import annotations
@@ -50,8 +52,21 @@ class Tail(EventReader):
 
 def load(path: str | Path, generation: int = 0, samples: int = SAMPLES,
          full_parse_bytes: int = FULL_PARSE_BYTES, scan: ChildScan | None = None) -> tuple[History, Tail]:
-    """The whole history as it is now, decimated for the charts, and a Tail to follow it. `scan`: the
-    non-step lines found by a ChildScan of the same file, started earlier."""
+    """The whole history as it is now, decimated for the charts, and a Tail to follow it. `scan`: a ChildScan
+    of the same file, started earlier: its history, and what was appended after it looked."""
+    loaded = scan.result() if scan is not None else None
+    if loaded is not None:
+        inode, history, offset, bad_lines = loaded
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and st.st_ino == inode and st.st_size >= offset:  # the same file, only grown
+            history.generation = generation
+            tail = Tail(path, offset, inode)
+            tail.bad_lines = bad_lines
+            history.extend(tail.read_new())
+            return history, tail
     history = History(generation)
     try:
         f = open(path, "rb")
@@ -72,7 +87,7 @@ def load(path: str | Path, generation: int = 0, samples: int = SAMPLES,
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
                 end = m.rfind(b"\n") + 1
                 split = _start_of_last_lines(m, end, LOG_KEEP)
-                _load_body(m, split, history, tail, samples, _found(m, split, st.st_ino, scan))
+                _load_body(m, split, history, tail, samples, _scan(m, 0, split))
                 history.extend(tail.parse(m[split:end].split(b"\n")))
     tail.offset = end
     return history, tail
@@ -102,25 +117,13 @@ def _scan(m: mmap.mmap, begin: int, split: int) -> dict[int, tuple[bytes, int]]:
     return found
 
 
-def _found(m: mmap.mmap, split: int, inode: int, scan: ChildScan | None) -> dict[int, tuple[bytes, int]]:
-    """The non-step lines before `split`: from the child's scan where it covers them, the rest scanned here."""
-    done = scan.result() if scan is not None else None
-    if done is None or done[0] != inode:  # no scan, a failed one, or one of a file since replaced
-        return _scan(m, 0, split)
-    _, scanned_to, found = done
-    found = {start: v for start, v in found.items() if start < split and v[1] <= split}
-    if scanned_to < split:  # appended after the child looked
-        found.update(_scan(m, scanned_to, split))
-    return found
-
-
 class ChildScan:
-    """The regex pass of `load` over a long events file, in a forked child process started now; `result()`
-    is (inode, bytes scanned, found) or None (a short file, no fork here, or the child failed)."""
+    """The first `load` of a long events file, in a forked child process started now; `result()` is (inode,
+    history, offset loaded to, bad lines) or None (a short file, no fork here, or the child failed)."""
 
-    def __init__(self, path: str | Path, full_parse_bytes: int = FULL_PARSE_BYTES):
+    def __init__(self, path: str | Path, full_parse_bytes: int = FULL_PARSE_BYTES, samples: int = SAMPLES):
         self.pid: int | None = None
-        self._result: tuple[int, int, dict[int, tuple[bytes, int]]] | None = None
+        self._result: tuple[int, History, int, int] | None = None
         try:
             if os.stat(path).st_size <= full_parse_bytes or not hasattr(os, "fork"):
                 return
@@ -128,13 +131,12 @@ class ChildScan:
             self.pid = os.fork()
         except OSError:
             return
-        if self.pid == 0:  # the child: scan, hand the result over, leave without running anything else
+        if self.pid == 0:  # the child: load, hand the history over, leave without running anything else
             code = 1
             try:
                 os.close(read)
-                with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-                    end = m.rfind(b"\n") + 1
-                    data = pickle.dumps((os.fstat(f.fileno()).st_ino, end, _scan(m, 0, end)))
+                history, tail = load(path, samples=samples, full_parse_bytes=full_parse_bytes)
+                data = pickle.dumps((tail.inode, history, tail.offset, tail.bad_lines), pickle.HIGHEST_PROTOCOL)
                 view = memoryview(data)
                 while view:
                     view = view[os.write(write, view):]
@@ -144,7 +146,7 @@ class ChildScan:
         os.close(write)
         self._read = read
 
-    def result(self) -> tuple[int, int, dict[int, tuple[bytes, int]]] | None:
+    def result(self) -> tuple[int, History, int, int] | None:
         if self.pid is None:
             return self._result
         chunks = []
@@ -160,7 +162,8 @@ class ChildScan:
                 self._result = pickle.loads(b"".join(chunks))
         except (pickle.UnpicklingError, EOFError, ValueError):
             self._result = None
-        return self._result
+        result, self._result = self._result, None  # one history, for one load: its reader goes on changing it
+        return result
 
 
 def _load_body(m: mmap.mmap, split: int, history: History, tail: Tail, samples: int,

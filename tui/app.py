@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -35,8 +34,12 @@ from ftune.runtime.rundir import ACTIVE_STATES, RunDir
 from ftune.runtime.tail import ChildScan, Tail, load
 from ftune.tui import panels
 from ftune.tui.messages import HistoryUpdated, OverlayChoices, OverlaysLoaded, StopDone, SystemSampled
-from ftune.tui.screens import ConfirmStop, HelpScreen, LogScreen, OverlayPicker
 from ftune.tui.widgets import Panel, StepLog
+
+
+def mean(values) -> float:  # a Sparkline bar's value (statistics.fmean, without importing statistics first)
+    return sum(values) / len(values)
+
 
 LIVE_SAMPLE_S = 2.0  # NVML sampling interval while the run runs on this machine
 FINAL_POLL_S = 2.0  # a finished run is still watched (it may be resumed), just less often
@@ -85,7 +88,7 @@ ConfirmStop, HelpScreen, LogScreen, OverlayPicker { align: center middle; }
 #logbox { width: 100%; height: 100%; border: thick $primary; background: $surface; }
 #logpath { height: 1; }
 #trainlog { height: 1fr; }
-#runs-title { height: 1; padding: 0 1; background: $boost; }
+#runs-title { height: auto; padding: 0 1; background: $boost; }
 #runs { height: 1fr; }
 #runs-empty { height: auto; padding: 0 1; }
 """
@@ -122,6 +125,7 @@ class MonitorScreen(Screen):
         self._stop_requested = False
         self.stop_result: StopDone | None = None
         self.overlays: dict[str, Any] = {}  # other runs laid over the plot: name -> (loss, eval_loss) series
+        self._first_shown: tuple | None = None  # (state, status, note) drawn from the first read, in on_mount
         # the first read of the history starts now (or started with the app), while Textual sets up the screen
         self._first_load = first_load or Prefetch(lambda: load(run.events_path, 0))
 
@@ -132,16 +136,16 @@ class MonitorScreen(Screen):
         with Horizontal(id="middle"):
             with Vertical(id="charts"):
                 yield Panel(id="loss-caption", classes="row")
-                yield Sparkline([], id="loss-spark", summary_function=statistics.fmean)
+                yield Sparkline([], id="loss-spark", summary_function=mean)
                 with Horizontal(id="eval-row", classes="row"):
                     yield Panel(id="eval-caption", classes="caption")
-                    yield Sparkline([], id="eval-spark", summary_function=statistics.fmean)
+                    yield Sparkline([], id="eval-spark", summary_function=mean)
                 with Horizontal(classes="row"):
                     yield Panel(id="lr-caption", classes="caption")
-                    yield Sparkline([], id="lr-spark", summary_function=statistics.fmean)
+                    yield Sparkline([], id="lr-spark", summary_function=mean)
                 with Horizontal(classes="row"):
                     yield Panel(id="gn-caption", classes="caption")
-                    yield Sparkline([], id="gn-spark", summary_function=statistics.fmean)
+                    yield Sparkline([], id="gn-spark", summary_function=mean)
             with Vertical(id="side"):
                 yield Panel("GPU", id="gpu-title", classes="title")
                 yield Panel(id="gpu")
@@ -155,11 +159,28 @@ class MonitorScreen(Screen):
         log = self.query_one(StepLog)
         log.focus()
         self.watch(log, "unseen", lambda _: self._log_title())
-        self._apply()
+        self._ticker = self.set_interval(1.0, self._tick)
+        if not self._show_first_load():
+            self._apply()
         self.follow_events()
         if self.live_system:
             self.sample_system()
-        self._ticker = self.set_interval(1.0, self._tick)
+
+    def _show_first_load(self) -> bool:
+        """The history, when its first read is done by now (it began with the app): drawn before the first frame,
+        so that frame is the full one, not empty panels followed by a second frame with the data."""
+        first = self._first_load
+        if first is None or not first.ready():
+            return False
+        try:
+            history, _ = first.result()
+            recorded, status = self.run.state(), self.run.read_status()
+        except Exception:  # noqa: BLE001 - the events thread reads it again and says what went wrong
+            return False
+        state = panels.display_state(recorded)
+        self.on_history_updated(HistoryUpdated(history.view(), state, status, None))
+        self._first_shown = (state, status, None)  # the events thread goes on from this
+        return True
 
     def on_resize(self) -> None:
         self._checkpoints()
@@ -182,7 +203,8 @@ class MonitorScreen(Screen):
                     self._first_load = None
                     if tail.replaced():
                         continue  # replaced meanwhile: read again, below
-                    fresh, changed = False, True
+                    fresh, changed = False, self._first_shown is None
+                    last = self._first_shown  # on screen already (on_mount drew it)
                 elif fresh or tail.replaced():  # first, or truncated / replaced / deleted: read it all again
                     history, tail = load(path, history.generation + 1)
                     fresh, changed = False, True
@@ -290,6 +312,8 @@ class MonitorScreen(Screen):
         self.post_message(OverlaysLoaded(curves))
 
     def on_overlay_choices(self, message: OverlayChoices) -> None:
+        from ftune.tui.screens import OverlayPicker  # a dialog: imported when first opened
+
         self.app.push_screen(OverlayPicker(self.run.name, message.rows, list(self.overlays)), self._overlays_chosen)
 
     def _overlays_chosen(self, names: list[str] | None) -> None:
@@ -491,6 +515,8 @@ class MonitorScreen(Screen):
             shown = self.state if self.status.get("state") else "not started"
             self.notify(f"{self.run.name} is not running ({shown})", severity="warning")
             return
+        from ftune.tui.screens import ConfirmStop  # a dialog: imported when first opened
+
         self.app.push_screen(ConfirmStop(self.run.name), self._stop_confirmed)
 
     def _stop_confirmed(self, yes: bool | None) -> None:
@@ -506,9 +532,13 @@ class MonitorScreen(Screen):
         self.gather_runs()
 
     def action_train_log(self) -> None:
+        from ftune.tui.screens import LogScreen  # a dialog: imported when first opened
+
         self.app.push_screen(LogScreen(self.run.log_path, poll=self.poll))
 
     def action_help(self) -> None:
+        from ftune.tui.screens import HelpScreen  # a dialog: imported when first opened
+
         self.app.push_screen(HelpScreen())
 
     def action_plot(self) -> None:
@@ -538,6 +568,9 @@ class Prefetch:
             self._value = self._fn()
         except BaseException as exc:  # noqa: BLE001 - handed to whoever asks for the result
             self._error = exc
+
+    def ready(self) -> bool:
+        return not self._thread.is_alive()
 
     def result(self) -> Any:
         self._thread.join()

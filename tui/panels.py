@@ -13,6 +13,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from ftune.runtime.events import phase_text
 from ftune.runtime.history import Problem, View, finite
 from ftune.runtime.rundir import shown_state
 
@@ -117,17 +118,32 @@ def header(name: str, state: str, view: View, status: dict[str, Any], now: float
     epoch = f"epoch {view.epoch:.2f}" if view.epoch is not None else ""
     bar.add_row(ProgressBar(total=max(total, 1), completed=min(view.step, total) if total else 0),
                 Text.assemble((f"{view.step}/{total or '?'}", "bold"), f" {pct}  ", (epoch, "dim")))
-    return Group(top, bar, Text(_third_line(name, state, view, status), no_wrap=True, overflow="ellipsis", style="dim"))
+    return Group(top, bar, Text(_third_line(name, state, view, status, now), no_wrap=True, overflow="ellipsis",
+                                style="dim"))
 
 
-def _third_line(name: str, state: str, view: View, status: dict[str, Any]) -> str:
+def starting_line(phase: dict[str, Any] | None, now: float) -> str:
+    """'starting: tokenising 40% (12,000 rows/s) for 0:05 · l shows train.log': the worker's latest phase (a run
+    written before phases were, or before the first one, says what the start does)."""
+    what = phase_text(phase)
+    if not what:
+        return "starting: loading the model and the data (l shows train.log)"
+    rate = phase.get("rows_per_s") if phase else None
+    rate_text = f" ({rate:,.0f} rows/s)" if finite(rate) and rate > 0 else ""
+    since = f" for {duration(now - phase['since'])}" if phase and finite(phase.get("since")) else ""
+    return f"starting: {what}{rate_text}{since} · l shows train.log"
+
+
+def _third_line(name: str, state: str, view: View, status: dict[str, Any], now: float) -> str:
     last = view.last_step or {}
+    if state == "starting" and view.phase is not None:  # a resumed run too: its phases follow the last attempt's
+        return starting_line(view.phase, now)
     if last:
         parts = [f"{si(last.get('tokens_per_s'))} tokens/s", f"{num(last.get('samples_per_s'), '.3g')} samples/s"]
     elif state == "not started" or (state == "starting" and status.get("state") is None):
         return f"not started: start it with `ftune train {name}`; this view follows it when it does"
     elif state == "starting" and not view.meta:
-        return "starting: loading the model and the data (l shows train.log)"
+        return starting_line(view.phase, now)
     elif state == "starting":
         return "started: waiting for the first step"
     else:

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ftune.runtime.events import FINAL_TYPES, EventReader
+from ftune.runtime.events import FINAL_TYPES, EventReader, phase_text
 from ftune.runtime.rundir import RunDir
 from ftune.tui.panels import size
 
@@ -88,6 +88,8 @@ def _show(e: dict[str, Any], progress: Progress, task, console: Console, losses:
             f"{e.get('trainable_params', 0):,} of {e.get('total_params', 0):,} parameters trainable; "
             f"{e.get('precision')}{resumed}"
         )
+    elif kind == "phase":  # the worker's start: importing, tokenising 40%, loading the model…
+        progress.update(task, description=phase_text(e) or "starting")
     elif kind == "step":
         if e.get("loss") is not None:
             losses.append(e["loss"])

@@ -19,6 +19,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 from textual.worker import get_current_worker
 
+from ftune.runtime.events import phase_text
 from ftune.runtime.history import History, finite
 from ftune.runtime.rundir import RunDir, list_run_names
 from ftune.runtime.runs import fit_model, spec_fields  # the loose run.yaml reading `ftune ls` uses
@@ -60,6 +61,7 @@ class RunRows:
         started = status.get("started_at") or view.started_t
         return {
             "name": run.name, "status": state, **spec_fields(run),
+            "phase": phase_text(view.phase) if state == "starting" else "",
             "progress": f"{view.step}/{view.max_steps}" if view.max_steps else "–",
             "loss": panels.num(loss),
             "best_eval": panels.num(min(evals)) if evals else "–",
@@ -83,10 +85,7 @@ class RunsScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Static(f"[b]Runs[/b] in {self.root}   [dim]Enter watches one · q quits · eval: the best eval loss[/dim]",
                      id="runs-title")
-        table: DataTable = DataTable(id="runs", cursor_type="row", zebra_stripes=True)
-        for col in COLUMNS:
-            table.add_column(col, key=col)
-        yield table
+        yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)  # its columns come with the rows
         yield Static(id="runs-empty")
         yield Footer()
 
@@ -115,17 +114,34 @@ class RunsScreen(Screen):
         selected = None
         if table.row_count and table.cursor_row is not None and table.cursor_row < table.row_count:
             selected = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
-        table.clear()
-        narrow = (self.size.width or 80) < 100  # the start without its year
-        cells = [(r["name"], r["status"], r["progress"], r["loss"], r["best_eval"], r["stage_method"],
-                  r["started"][5:] if narrow and len(r["started"]) == 16 else r["started"],
-                  panels.short_model(r["model"])) for r in message.rows]
+        width = self.size.width or 80
+        narrow = width < 100  # the start without its year
+
+        def cells_of(status) -> list[tuple[str, ...]]:
+            return [(r["name"], status(r), r["progress"], r["loss"], r["best_eval"], r["stage_method"],
+                     r["started"][5:] if narrow and len(r["started"]) == 16 else r["started"],
+                     panels.short_model(r["model"])) for r in message.rows]
+
+        def room_for_model(cells) -> int:
+            widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(COLUMNS[:-1])]
+            return width - sum(widths) - 2 * len(COLUMNS) - 1
+
+        cells = cells_of(lambda r: f"{r['status']}: {r['phase']}" if r.get("phase") else r["status"])
+        if room_for_model(cells) < 8:  # a starting run's phase only where it fits, as in `ftune ls`
+            cells = cells_of(lambda r: r["status"])
         widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(COLUMNS[:-1])]
-        room = max(8, (self.size.width or 80) - sum(widths) - 2 * len(COLUMNS) - 1)  # the model column's share
+        room = max(8, room_for_model(cells))  # the model column's share
+        cells = [(*row[:-1], fit_model(row[-1], room)) for row in cells]
+        widths.append(max([len(COLUMNS[-1])] + [len(row[-1]) for row in cells]))
+        # Columns of the widths just measured, rebuilt each time: an auto-width column learns its cells' widths
+        # only when the table is next idle, and a paint before that (a real terminal paints at once) caches every
+        # cell cut to its header's width, a cache that does not know widths and so is never redrawn.
+        table.clear(columns=True)
+        for col, width in zip(COLUMNS, widths):
+            table.add_column(col, width=width, key=col)
         for r, row in zip(message.rows, cells):
-            model = fit_model(row[-1], room)
-            table.add_row(row[0], Text(row[1], style=panels.STATE_STYLE.get(row[1], "")), *row[2:-1], model,
-                          key=r["name"])
+            style = panels.STATE_STYLE.get(row[1].split(":")[0], "")
+            table.add_row(row[0], Text(row[1], style=style), *row[2:], key=r["name"])
         if selected is not None and selected in {r["name"] for r in message.rows}:
             table.move_cursor(row=table.get_row_index(selected))
         elif not self.loaded:  # first look: the run that is running (or stopping) is the likely one to watch

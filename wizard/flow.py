@@ -46,6 +46,7 @@ from ftune.wizard.runfile import (
     fmt,
     get_path,
     is_not_yet,
+    lora_trainable_for,
     matched_template,
     model_as_written,
     not_yet_paths,
@@ -700,7 +701,9 @@ class Wizard:
         facts = [f"lr {fmt(t.learning_rate)}", f"{fmt(t.num_train_epochs)} epochs",
                  f"batch {t.per_device_train_batch_size}", f"{spec.data.max_length} tokens"]
         if spec.method.type == "lora":
-            facts.append(f"LoRA r{spec.method.lora.rank} α{fmt(spec.method.lora.alpha)}")
+            trainable = lora_trainable_for(self.info, spec)
+            facts.append(f"LoRA r{spec.method.lora.rank} α{fmt(spec.method.lora.alpha)}"
+                         + (f" ({trainable:,} trainable parameters)" if trainable else ""))
         lines = [" · ".join(facts)]
         if self.summary is not None and not self.summary.fatal:
             lines.append(plan_line(spec, self.summary.valid, self.root, spec.model.name_or_path, self.gpus))

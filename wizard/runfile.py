@@ -395,6 +395,16 @@ def matched_template(a: "Answers", info: ModelInfo | None) -> str:
     return "auto"
 
 
+def lora_trainable_for(info: ModelInfo | None, spec: RunSpec) -> int | None:
+    """The parameters the run's new LoRA adapter trains (peft's count), where the model's config.json is here."""
+    lora = spec.method.lora
+    if info is None or info.config is None or spec.method.type != "lora" or (lora.adapter and not
+                                                                            lora.create_new_adapter):
+        return None
+    return memory.lora_trainable(info.config, lora.rank, lora.target_modules, dora=lora.use_dora,
+                                 modules_to_save=lora.modules_to_save, reward=spec.stage.type == "rm")
+
+
 def estimate_line(info: ModelInfo | None, spec: RunSpec, gpus: list[memory.Gpu], method: str | None = None) -> str:
     result = estimate_for(info, spec, gpus, method)
     if result is None:

@@ -36,6 +36,7 @@ class EventsCallback(TrainerCallback):
         self.rows_seen: Any = None  # () -> rows this process trained on, where batches vary in rows (sft.py)
         self._recent: list[float] = []
         self.metrics: dict[str, Any] = {}
+        self.phases: Any = None  # train/phases.Phases: its timeline goes into the started event
         self.trackers: list[Any] = []  # train/tracking.Guarded: they begin before this callback, so they can say
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -43,7 +44,8 @@ class EventsCallback(TrainerCallback):
         self._last_t, self._last_tokens, self._last_step = time.time(), state.num_input_tokens_seen, state.global_step
         if state.is_world_process_zero:
             trackers = {"trackers": [t.describe() for t in self.trackers]} if self.trackers else {}
-            self.events.emit("started", max_steps=state.max_steps, **self.started_fields, **trackers)
+            timeline = {"phases": self.phases.timeline()} if self.phases is not None else {}
+            self.events.emit("started", max_steps=state.max_steps, **self.started_fields, **trackers, **timeline)
             self.run.update_status(state="running", step=state.global_step, max_steps=state.max_steps)
 
     def on_step_end(self, args, state, control, **kwargs):

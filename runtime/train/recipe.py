@@ -27,6 +27,7 @@ from ftune.runtime.train.args import common_args
 from ftune.runtime.train.callbacks import EventsCallback
 from ftune.runtime.train.model import Kernels, Precision, kernels, load_model, precision_plan
 from ftune.runtime.train.optim import adapt_to_badam, custom_optimizer
+from ftune.runtime.train.phases import Phases
 from ftune.runtime.train.stopper import Stopper
 
 
@@ -150,10 +151,13 @@ def check_trainer_rows(spec: RunSpec, trainer, data: PreparedData, events: Event
 
 
 def setup(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, resume: bool = False,
-          lead: bool = True) -> Recipe:
-    """Build every object the run trains with, in the order the worker needs them."""
+          lead: bool = True, phases: Phases | None = None) -> Recipe:
+    """Build every object the run trains with, in the order the worker needs them; each step is a phase
+    (the worker's began with "importing"), and the started event carries their seconds."""
+    phases = phases or Phases(events, lead)
     from transformers import set_seed
 
+    phases.begin("loading the tokenizer")
     base = run.project
     resume_from = checkpoint_to_resume(spec, run, resume, events)
     set_seed(spec.training.seed)
@@ -161,7 +165,9 @@ def setup(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
     tokenizer = models.load_tokenizer(spec, source, on_fallback=lambda: events.emit(
         "warning", message="the tokenizer has no chat template; using ChatML",
         hint="Fine for a base model. For an instruct model, name its template in model.template."))
+    phases.begin("tokenising")
     data = prepare_data(spec, tokenizer, base, events, run, lead)
+    phases.begin("loading the model")
     plan = precision_plan(spec.training.precision, spec.method.type)
     kern = kernels(spec, plan)
     model = load_model(spec, source, plan, kern, tokenizer, run, base)
@@ -174,6 +180,7 @@ def setup(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
         "attn_implementation": model.config._attn_implementation, "liger": kern.liger,
         "resumed_from": resume_from[0] if resume_from else None,
     }, stopper)
+    phases.begin("building the trainer")
     tracking.apply_env(spec, run)  # the trackers' folders, before the trainer builds their integrations
     trainer = build_trainer(spec, model, tokenizer, data, run, plan, kern, callback, ref_model, reward_model)
     if hasattr(trainer, "rows_seen"):
@@ -188,6 +195,8 @@ def setup(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
                                    world_size=a.world_size,
                                    global_batch=a.world_size * a.per_device_train_batch_size
                                    * a.gradient_accumulation_steps)
+    phases.begin("starting training")  # the trainer's own preparations, until its first step begins
+    callback.phases = phases
     return Recipe(spec, run, events, stopper, lead, base, resume_from, tokenizer, data, plan, kern, model,
                   callback, trainer)
 

@@ -20,6 +20,7 @@ from ftune.runtime.rundir import RunDir, RunError
 from ftune.runtime.spec import RunSpec, load_spec
 from ftune.runtime.sysmon import Sampler
 from ftune.runtime.train import hints
+from ftune.runtime.train.phases import Phases
 from ftune.runtime.train.stopper import Stopper, StopRequested
 
 
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         if lead:  # the pid `ftune stop` signals (rank 0, which agrees the stopping step with the others); inside
             # the try: a stop that lands the moment the pid is written still ends the stream with `stopped`
             run.update_status(state="starting", pid=os.getpid(), host=os.uname().nodename, world_size=world)
+        phases = Phases(events, lead, from_process_start=True)
+        phases.begin("importing")
         spec = load_spec(run.spec_path)
         skip_unused_imports(spec)
         sampler = Sampler(lambda s: events.emit("system", **s), spec.training.system_interval_s)
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             from ftune.runtime.train import recipe  # the heavy imports, after the pid and the stop handler
 
-            recipe.train(recipe.setup(spec, run, events, stopper, args.resume, lead))
+            recipe.train(recipe.setup(spec, run, events, stopper, args.resume, lead, phases))
         finally:
             sampler.stop()
         return 0

@@ -43,6 +43,28 @@ def test_ls_empty_and_with_runs(project, tiny_model):
     assert lines[2].split()[:2] == ["run-02", "not"]
 
 
+def test_ls_names_the_phase_of_a_starting_run_where_it_fits(tmp_path, monkeypatch):
+    from tests.tui.fakes import Events, hold_lock, new_run, status
+
+    run = new_run(tmp_path / "runs", "run-01")
+    status(run, "starting")
+    ev = Events(run)
+    ev.emit("phase", 100.0, phase="importing")
+    ev.emit("phase", 101.0, phase="tokenising", done=2, total=5)
+    ev.close()
+
+    def ls(columns: int, *args: str) -> str:
+        monkeypatch.setenv("COLUMNS", str(columns))
+        with hold_lock(run):
+            return CliRunner().invoke(main, ["--runs-dir", str(tmp_path / "runs"), "ls", *args]).output
+
+    assert ls(120).splitlines()[1].split()[1:4] == ["starting:", "tokenising", "40%"]
+    assert ls(80).splitlines()[1].split()[1] == "starting"  # at 80 columns the model's room comes first
+    assert '"phase": "tokenising 40%"' in ls(80, "--json")
+    Events(run).started()  # training began: no phase any more
+    assert "tokenising" not in ls(120)
+
+
 @pytest.mark.parametrize("args,message", [
     (("train", "nope"), "ftune: no run named 'nope' in "),
     (("train", "Bad_Name"), "ftune: 'Bad_Name' is not a valid run name"),

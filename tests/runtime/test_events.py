@@ -99,3 +99,25 @@ def test_summarize_folds_history(tmp_path):
     w.emit("stopped", step=6)
     s = summarize(read_all(path))
     assert s["step"] == 6 and s["max_steps"] == 10 and s["loss"] == 1.5 and s["final"]["type"] == "stopped"
+
+
+def test_the_latest_phase_until_training_begins(tmp_path):
+    from ftune.runtime.events import phase_text
+    from ftune.runtime.history import History
+
+    path = tmp_path / "events.jsonl"
+    w = EventWriter(path)
+    w.emit("phase", phase="importing")
+    w.emit("phase", phase="tokenising")
+    w.emit("phase", phase="tokenising", done=1, total=3, rows_per_s=10.0)
+    events = read_all(path)
+    assert summarize(events)["phase"] == "tokenising 33%"
+    history = History()
+    history.extend(events)
+    assert phase_text(history.phase) == "tokenising 33%" and history.phase["since"] == events[1]["t"]
+    w.emit("started", max_steps=10)
+    events = read_all(path)
+    history.extend(events[3:])
+    assert summarize(events)["phase"] == "" and history.phase is None
+    assert [phase_text(e) for e in ({"phase": "loading the model"}, {"phase": 3}, None, {"phase": "x", "total": 0})] \
+        == ["loading the model", "", "", "x"]

@@ -140,10 +140,10 @@ def test_the_eta_rate_is_a_window_of_time_so_an_eval_pause_barely_moves_it():
     assert 0.38 < h.view().rate < 0.5  # a window of the last 30 events said 0.25: the ETA doubled
 
 
-def test_a_scan_in_a_child_process_loads_the_same_history_and_events_appended_after_it_too(tmp_path):
+def test_a_load_in_a_child_process_gives_the_same_history_and_events_appended_after_it_too(tmp_path):
     run = new_run(tmp_path)
     _write_long(run, 12_000, warnings=300)
-    scan = tail_mod.ChildScan(run.events_path, full_parse_bytes=100_000)
+    scan = tail_mod.ChildScan(run.events_path, full_parse_bytes=100_000, samples=500)
     assert scan.pid  # a long file: scanned by a child
     with open(run.events_path, "a") as f:  # after the child looked: a warning and a checkpoint it cannot know of
         f.write(json.dumps({"v": 1, "t": T0 + 9e4, "type": "warning", "message": "late", "hint": ""}) + "\n")
@@ -155,6 +155,11 @@ def test_a_scan_in_a_child_process_loads_the_same_history_and_events_appended_af
     f, g = fast.view(), plain.view()
     assert f.checkpoints == g.checkpoints and f.checkpoints[-1]["step"] == 12_000
     assert [p.message for p in f.problems] == [p.message for p in g.problems] and f.problems[-1].message == "late"
-    assert (f.step, f.loss, f.eval_loss, f.system, f.omitted_warnings) == (g.step, g.loss, g.eval_loss, g.system,
-                                                                          g.omitted_warnings)
+    assert (f.step, f.eval_loss, f.system) == (g.step, g.eval_loss, g.system)
+    # the late warning: bounded with the rest when the child read it too, kept as a live run's are when it came after
+    assert f.omitted_warnings in (g.omitted_warnings - 1, g.omitted_warnings)
+    # the chart: the child sampled the file as it was, the appended steps were read as a live run's are
+    last = 12_000 + LOG_KEEP
+    assert last - f.loss[0][-1] < 50 and last - g.loss[0][-1] < 50 and abs(len(f.loss[0]) - len(g.loss[0])) < 600
+    assert [e["step"] for _, e in f.log] == [e["step"] for _, e in g.log]
     assert tail_mod.ChildScan(run.events_path).result() is None  # a short file (under 4 MB): no child, no scan

@@ -1,5 +1,7 @@
 """The memory estimate: the seeds' table per billion parameters, activations, and the verdict against GPUs."""
 
+import json
+
 import pytest
 
 from ftune.runtime import memory
@@ -110,3 +112,36 @@ def test_sharding_strategies_split_the_model_states():
     assert fsdp_off.weights_gb == 0 and fsdp_off.activations_gb == one.activations_gb
     lora = estimate(7, "lora", processes=8, strategy="deepspeed-zero2")
     assert lora.weights_gb == 14  # LoRA's frozen base stays whole under ZeRO-2
+
+
+LORA_CASES = [  # (rank, target_modules, use_dora, modules_to_save, reward model)
+    (8, "all", False, [], False), (4, ["q_proj", "v_proj"], False, [], False), (8, "all", True, [], False),
+    (8, "all", False, ["lm_head"], False), (8, ["embed_tokens", "self_attn.o_proj"], False, [], False),
+    (8, "all", False, [], True),
+]
+
+
+def test_lora_trainable_parameters_are_peft_s_own_count(tiny_model):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    config = json.loads((tiny_model / "config.json").read_text())
+    for rank, targets, dora, saved, reward in LORA_CASES:
+        model = (AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1) if reward
+                 else AutoModelForCausalLM.from_pretrained(tiny_model))
+        peft = get_peft_model(model, LoraConfig(r=rank, target_modules="all-linear" if targets == "all" else targets,
+                                                use_dora=dora, modules_to_save=saved or None,
+                                                task_type="SEQ_CLS" if reward else "CAUSAL_LM"))
+        expected = peft.get_nb_trainable_parameters()[0]
+        got = memory.lora_trainable(config, rank, targets, dora=dora, modules_to_save=saved, reward=reward)
+        assert got == expected, (rank, targets, dora, saved, reward)
+
+
+def test_lora_trainable_is_unknown_rather_than_wrong():
+    llama = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+             "num_hidden_layers": 2, "vocab_size": 100}
+    assert memory.lora_trainable(llama, 8) == 2 * 8 * (4 * 128 + 3 * 192)  # no kv heads given: as many as heads
+    assert memory.lora_trainable({**llama, "model_type": "gpt2"}, 8) is None  # Conv1D, fused qkv
+    assert memory.lora_trainable(llama, 8, ["c_attn"]) is None
+    assert memory.lora_trainable(llama, 8, modules_to_save=["wte"]) is None
+    assert memory.lora_trainable({"model_type": "llava", "text_config": llama}, 8) is None  # and a vision tower

@@ -7,7 +7,9 @@ import pytest
 
 from ftune.runtime import launch
 from ftune.runtime.data.formats import DataError
+from ftune.runtime.memory import lora_trainable
 from ftune.runtime.rundir import RunError
+from ftune.runtime.spec import load_spec
 from tests.conftest import mounted_tmpfs
 from tests.runtime.helpers import make_run, of_type, train_to_end
 
@@ -22,6 +24,16 @@ def test_lora_sft_trains_checkpoints_and_exports_a_loadable_adapter(project, tin
     assert started["num_train_rows"] + started["num_eval_rows"] == 64 and started["skipped_rows"] == 0
     assert started["method"] == "lora" and started["world_size"] == 1 and started["batching"] == "padding-free"
     assert 0 < started["trainable_params"] < started["total_params"]
+    # the start, phase by phase: an event as each begins, and the seconds of each in the started event
+    order = ["importing", "loading the tokenizer", "tokenising", "loading the model", "building the trainer",
+             "starting training"]
+    begun = [e["phase"] for e in of_type(events, "phase") if "done" not in e]
+    assert begun == order, begun
+    timeline = started["phases"]
+    assert [p["phase"] for p in timeline] == ["starting python", *order] and all(p["s"] >= 0 for p in timeline)
+    assert sum(p["s"] for p in timeline) <= started["t"] - json.loads(run.status_path.read_text())["started_at"] + 1
+    rank = load_spec(run.spec_path).method.lora.rank  # the review's figure is peft's own
+    assert started["trainable_params"] == lora_trainable(json.loads((tiny_model / "config.json").read_text()), rank)
 
     steps = of_type(events, "step")
     assert [s["step"] for s in steps] == list(range(1, started["max_steps"] + 1))

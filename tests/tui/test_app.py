@@ -82,8 +82,13 @@ def test_waits_for_a_run_that_has_not_started(tmp_path):
             with hold_lock(run):
                 status(run, "starting")
                 await wait_until(pilot, lambda: "loading the model" in static(app, "#header"), what="starting")
-                assert screen.state == "starting"
+                assert screen.state == "starting"  # a worker before phases: the start in general words
                 ev = Events(run)
+                ev.emit("phase", NOW - 20, phase="importing")
+                ev.emit("phase", NOW - 5, phase="tokenising")
+                ev.emit("phase", NOW - 2, phase="tokenising", done=40, total=100, rows_per_s=1200.0)
+                line = "starting: tokenising 40% (1,200 rows/s) for 0:05 · l shows train.log"  # since it began
+                await wait_until(pilot, lambda: line in static(app, "#header"), what="the phase")
                 ev.started()
                 ev.steps(1, 3)
                 status(run, "running")
@@ -352,6 +357,31 @@ def test_runs_list_highlights_the_running_run_first(tmp_path):
 
     with hold_lock(running):
         run_async(go())
+
+
+def test_runs_list_cells_keep_their_width_when_painted_at_once(tmp_path):
+    """A real terminal paints a table before the table is next idle; its cells were then cut to the headers' width
+    for good (Textual's cell cache does not know column widths). Here a longer run name arrives and is painted at
+    once, as a terminal does."""
+    scenario(tmp_path, "finished", "run-01")
+
+    async def go():
+        from textual.widgets import DataTable
+
+        from ftune.tui.runs_list import RunRows, RunsScreen
+
+        app = make_app(tmp_path, None, clock=lambda: NOW, poll=60, live_system=False)  # the list's own poll waits
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_until(pilot, lambda: isinstance(app.screen, RunsScreen) and app.screen.loaded, what="rows")
+            table = app.screen.query_one(DataTable)
+            scenario(tmp_path, "failed", "a-long-run-name-07")
+            app.screen.on_runs_screen_rows(RunsScreen.Rows(RunRows(tmp_path).rows()))
+            table.render_line(1)  # the paint a terminal does before the table's next idle
+            await pilot.pause()
+            first_row = table.render_line(1).text
+            assert "a-long-run-name-07" in first_row and "failed" in first_row, first_row
+
+    run_async(go())
 
 
 def test_runs_list_shows_runs_and_opens_one(tmp_path):

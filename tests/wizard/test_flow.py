@@ -364,6 +364,10 @@ def test_the_beginner_answers_five_questions_model_data_preset_go(project, drive
     # the review says what will happen, on this machine: 64 rows, 10% held out, batch 8 × 3 epochs (standard)
     assert ("58 training rows (+6 to evaluate) → 24 steps on the CPU (no NVIDIA GPU found); no time estimate yet "
             "(no earlier run of this model here)") in d.text
+    # and what LoRA will train: peft's own count (tests/runtime/test_memory.py), from the folder's config.json
+    rank = load_spec(project / "runs" / "run-01" / "run.yaml").method.lora.rank
+    trainable = memory.lora_trainable(json.loads((tiny_model / "config.json").read_text()), rank)
+    assert f"LoRA r{rank} α32 ({trainable:,} trainable parameters)" in d.text
 
 
 def test_the_stage_follows_the_data_and_one_answer_can_be_changed(project, drive, tiny_model):
