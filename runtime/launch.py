@@ -22,6 +22,10 @@ from ftune.runtime.models import is_hub_id, local_path, looks_local
 from ftune.runtime.rundir import ACTIVE_STATES, RunDir, RunError
 from ftune.runtime.spec import RunSpec, load_spec
 
+# How the worker process is started: the tests fork workers from a process that has already imported the
+# training stack (tests/zygote.py), the only thing they replace.
+spawn = subprocess.Popen
+
 
 def _has(module: str) -> bool:
     import importlib.util
@@ -209,7 +213,7 @@ def start(run: RunDir, *, resume: bool = False, restart: bool = False, node_rank
             log.write(f"\n=== ftune train {run.name}{' --resume' if resume else ''} "
                       f"at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
             log.flush()
-            return subprocess.Popen(
+            return spawn(
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=run.project,
                 env=env, start_new_session=True, pass_fds=(lock_fd,),
             )

@@ -95,6 +95,19 @@ def project(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
+@pytest.fixture(autouse=True)
+def _workers_from_the_zygote(request, monkeypatch):
+    """Workers started by launch.start are forked from a process that has imported the training stack once
+    (tests/zygote.py: ~5 s of imports saved per worker); `@pytest.mark.real_spawn` keeps the real start, and
+    FTUNE_TEST_REAL_SPAWN=1 keeps it for every test."""
+    if request.node.get_closest_marker("real_spawn") or os.environ.get("FTUNE_TEST_REAL_SPAWN") == "1":
+        return
+    from ftune.runtime import launch
+    from tests import zygote
+
+    monkeypatch.setattr(launch, "spawn", zygote.spawn)
+
+
 def python_exe() -> str:
     return sys.executable
 

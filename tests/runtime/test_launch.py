@@ -79,6 +79,7 @@ def test_worker_survives_its_parent_exiting(project, tiny_model):
     assert read_all(run.events_path)[-1]["type"] == "finished"
 
 
+@pytest.mark.real_spawn  # the stop lands while a real worker is still importing
 def test_stop_at_once_after_start_ends_the_run_stopped(project, tiny_model):
     run = make_run(project, tiny_model, training=LONG)
     proc = launch.start(run)
