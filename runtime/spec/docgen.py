@@ -104,6 +104,8 @@ def render() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0].startswith("-"):  # not a file name: `--help` once became one
+        sys.exit("usage: python -m ftune.runtime.spec.docgen [OUT.md]   (the run-file reference; stdout without OUT)")
     text = render()
     if argv:
         Path(argv[0]).write_text(text, encoding="utf-8")

@@ -266,7 +266,8 @@ def test_batch_size_and_workers_reach_the_dataloader(build, batch, workers):
     loader = build(training={"per_device_train_batch_size": batch, "dataloader_num_workers": workers}
                    ).trainer.get_train_dataloader()
     assert loader.num_workers == workers
-    assert next(iter(loader))["input_ids"].shape[0] == batch
+    first = next(iter(loader))  # padding-free: the rows end to end, each starting at position 0
+    assert first["input_ids"].shape[0] == 1 and int((first["position_ids"] == 0).sum()) == batch
 
 
 def test_seed_orders_the_data(build):
@@ -343,7 +344,8 @@ def test_precision_sets_weight_dtypes_and_mixed_precision(build, precision, meth
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_attn_implementation_reaches_the_model(build, attn):
-    assert build(model={"attn_implementation": attn}).model.config._attn_implementation == attn
+    expected = {"eager": "eager", "sdpa": "sdpa_by_row"}[attn]  # sdpa trains padding-free one row at a time
+    assert build(model={"attn_implementation": attn}).model.config._attn_implementation == expected
 
 
 # --------------------------------------------------------------------------- seen in the first training step
@@ -367,7 +369,7 @@ def test_logging_per_epoch_and_automatic_acceleration_on_a_cpu(project, tiny_mod
     assert events[-1]["type"] == "finished", run.log_path.read_text()[-3000:]
     started = of_type(events, "started")[0]
     assert [s["step"] for s in of_type(events, "step")] == [1, 4, 8]  # the first step, then each epoch's end
-    assert started["liger"] is False and started["attn_implementation"] == "sdpa"  # auto: nothing to add on a CPU
+    assert started["liger"] is False and started["attn_implementation"] == "sdpa_by_row"  # auto: no kernels on a CPU
 
 
 def test_sft_trains_with_the_models_own_loss_which_equals_trls(build):
