@@ -1,4 +1,5 @@
-"""Smoke test of bench/compare.py's pieces: a 2-step job through ftune and through plain TRL, timed by the probe.
+"""Smoke test of bench/compare.py's pieces: an epoch over 4 rows (2 steps) with 2 held-out rows through ftune and
+through plain TRL, timed by the probe; the arguments of each tool variant, and the probe's arithmetic.
 
 LLaMA-Factory is left out (it needs its own virtual environment of a few GB); the benchmark itself is not run here.
 """
@@ -56,9 +57,9 @@ def test_doc_section_is_replaced_and_the_rest_kept(tmp_path):
 
 @needs_data
 @pytest.mark.timeout(180)
-def test_two_steps_through_ftune_and_plain_trl(tmp_path, tiny_model):
-    job = compare.Job(steps=2, batch=2, grad_accum=1, cutoff=256, logging_steps=1)
-    data = compare.find_data(compare.DEFAULT_DATA)
+def test_an_epoch_of_four_rows_through_ftune_and_plain_trl(tmp_path, tiny_model):
+    data, held_out = compare.split_rows(compare.find_data(compare.DEFAULT_DATA), 4, 2, tmp_path / "data")
+    job = compare.Job(epochs=1, batch=2, grad_accum=1, cutoff=256, logging_steps=1, eval_data=str(held_out))
     with ThreadPoolExecutor(2) as pool:  # each run is a child process; the two overlap
         futures = {tool: pool.submit(compare.run_one, tool, 1, tmp_path / tool, tiny_model, data, job, 1)
                    for tool in ("ftune", "trl")}
@@ -72,6 +73,10 @@ def test_two_steps_through_ftune_and_plain_trl(tmp_path, tiny_model):
         assert r.steps_per_s and r.steps_per_s > 0 and r.tokens_per_s > 0, (tool, r)
         assert r.prep and 0 < r.prep < r.first_step, (tool, r)
         assert r.rss > 50e6 and r.rss >= r.rss_largest > 0, (tool, r)
+        assert r.examples_per_s > 0 and 0 < r.real_tokens_per_s <= r.tokens_per_s * 2, (tool, r)
+        assert r.train_loss > 0 and r.eval_loss > 0, (tool, r)
+    # the same held-out rows through the same (barely trained) model: the same eval loss
+    assert results["ftune"].eval_loss == pytest.approx(results["trl"].eval_loss, rel=0.02)
     assert (tmp_path / "ftune" / "runs" / "bench" / "export" / "adapter_model.safetensors").is_file()
     assert (tmp_path / "trl" / "adapter" / "adapter_model.safetensors").is_file()
     own = results["ftune"].own  # ftune's events.jsonl tells the same story as the probe
