@@ -4,6 +4,9 @@
     python bench/compare.py --rounds 5 --steps 60 --write-doc    # and writes its section of docs/benchmarks.md
     python bench/compare.py --tools ftune,trl --rounds 1         # without LLaMA-Factory
     python bench/compare.py --tools trl,trl-defaults,trl-logprobs,trl-plain-loss   # what TRL's defaults cost
+    python bench/compare.py --model SmolLM2.gguf --epochs 1 --rows 500 --eval-rows 100 --cutoff 1024 \
+        --tools ftune,ftune-padded,ftune-packing,lf,lf-packing,lf-neat,trl,trl-padding-free,trl-packing
+                                # once over the same 500 rows, every tool's batching, eval loss on 100 held-out rows
 
 The job: a tiny Qwen2 built here (random weights, hidden 256, 4 layers, a byte-level BPE of 4,096 tokens trained
 in-process on the data, ChatML), alpaca_en_demo from ../shared/data/llamafactory (read in place), ChatML, cutoff 256,
@@ -17,10 +20,25 @@ so that drift on the machine hits all of them alike; each run starts from cold d
   lf          `llamafactory-cli train job.yaml` (the llamafactory package from PyPI, in its own virtual environment,
               built on first use under ~/.cache/ftune-bench/lf-venv with torch 2.11.0 pinned: the plain install
               pulls a CUDA torch and a torchaudio built for another CUDA, and fails at import on a CPU machine)
+  ftune-padded, ftune-packing
+              ftune with `data.padding_free: false` (padded batches) / `data.packing: true` (ftune's default is
+              padding-free: a batch's rows laid end to end)
+  lf-packing, lf-neat
+              LLaMA-Factory with `packing: true` / `neat_packing: true`
+  trl-padding-free, trl-packing
+              the plain TRL script with `padding_free=True` (the script cuts the tokenised rows at the cutoff: TRL
+              refuses max_length with padding_free alone) / `packing=True` (bfd)
   trl-defaults, trl-logprobs, trl-plain-loss
               the plain TRL script with TRL's own defaults (bf16 autocast, gradient checkpointing); with the fused
               LM head reduced to the log-probabilities (no entropy, no token accuracy); with the model's own loss
               (full logits and cross-entropy, as transformers' Trainer and LLaMA-Factory compute it)
+
+--model PATH: a model folder, or a .gguf file converted once by ftune.runtime.gguf.ensure, for every tool instead
+of the tiny Qwen2; the model's own chat template for all (LLaMA-Factory: its template of that name, smollm2 for
+SmolLM2, told the template's own default system prompt; TRL on prompt/completion rows, since its assistant_only_loss
+refuses SmolLM2's template as "not training-compatible"). --epochs E --rows N: E passes over the first N rows of the
+data file instead of --steps, and every tool evaluates at the end of the epoch on the --eval-rows rows after them
+(default 50), so packed and padded runs do the same work in different numbers of steps.
 
 How each figure is measured (the same way for every tool): a probe (a sitecustomize.py put first on PYTHONPATH of
 the tool's processes) timestamps, with time.time(), the end of every optimiser step (a TrainerCallback it adds to
@@ -32,6 +50,11 @@ fork of the tool's first process.
   steps/s     (N - k) / (t_N - t_k): the last step against step k = --skip (5), so start-up and warm-up are out
   prep        seconds inside the data functions: ftune's load_data + tokenize_examples; TRL's dataset build and
               SFTTrainer._prepare_dataset; LLaMA-Factory's get_dataset (reading, converting, tokenising)
+  examples/s  the rows trained (N x E, or steps x batch x accumulation) / (last step's end - on_train_begin)
+  non-padding tokens/s
+              tokens not padding (the attention mask's, less a row's tail of unlearnt pad tokens, which
+              LLaMA-Factory's packing leaves unmasked) through Trainer.training_step / the same time
+  train loss  the last training loss the Trainer logged; eval loss: its last eval_loss (on the held-out rows)
   RSS         peak of the summed resident memory of the process tree (psutil, sampled every 0.1 s)
 
 ftune's own events.jsonl is read too: its `started`/`step` times are shown next to the probe's as a cross-check.
@@ -985,7 +1008,7 @@ for this run, so there is no GPU comparison.** ftune and plain TRL ran in the pr
 {job_markdown(job, env_info)}
 
 {variants_markdown(tools)}
-{args.rounds} rounds, the tools alternating ({', '.join(LABEL.get(t, t) for t in tools)}, then again), each run from \
+{args.rounds} rounds, the tools alternating ({'; '.join(LABEL.get(t, t) for t in tools)}; then again), each run from \
 cold data caches. The machine's two cores may be shared with other work (a test suite, say): two OpenMP threads on two \
 cores make every step several times slower as soon as anything else runs. So before each run the script waited \
 (up to {args.wait_idle:.0f} s) for the machine to go quiet, measured the CPU other processes used during the run \
