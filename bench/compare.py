@@ -4,6 +4,9 @@
     python bench/compare.py --rounds 5 --steps 60 --write-doc    # and writes its section of docs/benchmarks.md
     python bench/compare.py --tools ftune,trl --rounds 1         # without LLaMA-Factory
     python bench/compare.py --tools trl,trl-defaults,trl-logprobs,trl-plain-loss   # what TRL's defaults cost
+    python bench/compare.py --model SmolLM2.gguf --epochs 1 --rows 500 --eval-rows 100 --cutoff 1024 \
+        --tools ftune,ftune-padded,ftune-packing,lf,lf-packing,lf-neat,trl,trl-padding-free,trl-packing
+                                # once over the same 500 rows, every tool's batching, eval loss on 100 held-out rows
 
 The job: a tiny Qwen2 built here (random weights, hidden 256, 4 layers, a byte-level BPE of 4,096 tokens trained
 in-process on the data, ChatML), alpaca_en_demo from ../shared/data/llamafactory (read in place), ChatML, cutoff 256,
@@ -17,10 +20,25 @@ so that drift on the machine hits all of them alike; each run starts from cold d
   lf          `llamafactory-cli train job.yaml` (the llamafactory package from PyPI, in its own virtual environment,
               built on first use under ~/.cache/ftune-bench/lf-venv with torch 2.11.0 pinned: the plain install
               pulls a CUDA torch and a torchaudio built for another CUDA, and fails at import on a CPU machine)
+  ftune-padded, ftune-packing
+              ftune with `data.padding_free: false` (padded batches) / `data.packing: true` (ftune's default is
+              padding-free: a batch's rows laid end to end)
+  lf-packing, lf-neat
+              LLaMA-Factory with `packing: true` / `neat_packing: true`
+  trl-padding-free, trl-packing
+              the plain TRL script with `padding_free=True` (the script cuts the tokenised rows at the cutoff: TRL
+              refuses max_length with padding_free alone) / `packing=True` (bfd)
   trl-defaults, trl-logprobs, trl-plain-loss
               the plain TRL script with TRL's own defaults (bf16 autocast, gradient checkpointing); with the fused
               LM head reduced to the log-probabilities (no entropy, no token accuracy); with the model's own loss
               (full logits and cross-entropy, as transformers' Trainer and LLaMA-Factory compute it)
+
+--model PATH: a model folder, or a .gguf file converted once by ftune.runtime.gguf.ensure, for every tool instead
+of the tiny Qwen2; the model's own chat template for all (LLaMA-Factory: its template of that name, smollm2 for
+SmolLM2, told the template's own default system prompt; TRL on prompt/completion rows, since its assistant_only_loss
+refuses SmolLM2's template as "not training-compatible"). --epochs E --rows N: E passes over the first N rows of the
+data file instead of --steps, and every tool evaluates at the end of the epoch on the --eval-rows rows after them
+(default 50), so packed and padded runs do the same work in different numbers of steps.
 
 How each figure is measured (the same way for every tool): a probe (a sitecustomize.py put first on PYTHONPATH of
 the tool's processes) timestamps, with time.time(), the end of every optimiser step (a TrainerCallback it adds to
@@ -32,6 +50,11 @@ fork of the tool's first process.
   steps/s     (N - k) / (t_N - t_k): the last step against step k = --skip (5), so start-up and warm-up are out
   prep        seconds inside the data functions: ftune's load_data + tokenize_examples; TRL's dataset build and
               SFTTrainer._prepare_dataset; LLaMA-Factory's get_dataset (reading, converting, tokenising)
+  examples/s  the rows trained (N x E, or steps x batch x accumulation) / (last step's end - on_train_begin)
+  non-padding tokens/s
+              tokens not padding (the attention mask's, less a row's tail of unlearnt pad tokens, which
+              LLaMA-Factory's packing leaves unmasked) through Trainer.training_step / the same time
+  train loss  the last training loss the Trainer logged; eval loss: its last eval_loss (on the held-out rows)
   RSS         peak of the summed resident memory of the process tree (psutil, sampled every 0.1 s)
 
 ftune's own events.jsonl is read too: its `started`/`step` times are shown next to the probe's as a cross-check.
@@ -79,6 +102,11 @@ class Job:
     alpha: int = 16
     logging_steps: int = 10
     scheduler: str = "cosine"
+    epochs: float | None = None  # set: once (or N times) over the rows instead of `steps` optimiser steps
+    eval_data: str | None = None  # held-out rows every tool evaluates on at the end of each epoch
+    lf_template: str = "chatml"  # LLaMA-Factory's name for the model's template
+    default_system: str | None = None  # the system prompt the model's template adds when a row has none
+    prompt_completion: bool = False  # TRL: prompt/completion rows (for templates it refuses assistant masks on)
 
 
 # --------------------------------------------------------------------------- the probe
@@ -125,6 +153,12 @@ def _add_callback(init):
                 if state.is_world_process_zero:
                     record(ev="step", step=state.global_step, tokens=_TOKENS[0], real_tokens=_TOKENS[1])
 
+            def on_log(self, args, state, control, logs=None, **kw):
+                if state.is_world_process_zero and logs:
+                    losses = {k: v for k, v in logs.items() if k in ("loss", "train_loss", "eval_loss")}
+                    if losses:
+                        record(ev="log", step=state.global_step, **losses)
+
             def on_save(self, args, state, control, **kw):
                 if state.is_world_process_zero:
                     record(ev="save", step=state.global_step)
@@ -136,6 +170,17 @@ def _add_callback(init):
 _TOKENS = [0, 0]  # tokens through training_step so far: padded (the compute), not padding
 
 
+def _real_tokens(ids, mask, labels=None, pad=None):
+    """Tokens that are not padding: the attention mask's (!= 0: packed masks may number their rows 1, 2, 3), less
+    a row's tail of unlearnt pad tokens, which LLaMA-Factory's packing leaves unmasked (and its neat_packing
+    hides in a 4-D mask)."""
+    keep = (mask != 0) if mask is not None and mask.dim() == 2 else ids.new_ones(ids.shape, dtype=bool)
+    if labels is not None and pad is not None and labels.shape == ids.shape:
+        tail = ((ids == pad) & (labels == -100)).flip(-1).int().cumprod(-1).flip(-1).bool()
+        keep &= ~tail
+    return int(keep.sum())
+
+
 def _count_tokens(step):
     import functools
 
@@ -144,7 +189,8 @@ def _count_tokens(step):
         ids, mask = inputs.get("input_ids"), inputs.get("attention_mask")
         if ids is not None:
             _TOKENS[0] += ids.numel()
-            _TOKENS[1] += int(mask.sum()) if mask is not None else ids.numel()
+            _TOKENS[1] += _real_tokens(ids, mask, inputs.get("labels"),
+                                       getattr(getattr(self, "processing_class", None), "pad_token_id", None))
         return step(self, model, inputs, *args, **kwargs)
     return wrapper
 
@@ -216,23 +262,25 @@ rows = json.load(open(cfg["data"], encoding="utf-8"))
 
 def messages(row):
     prompt = row["instruction"] + ("\n" + row["input"] if row.get("input") else "")
-    return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": row["output"]}]}
+    user, answer = {"role": "user", "content": prompt}, {"role": "assistant", "content": row["output"]}
+    # prompt/completion rows: the loss on the completion, for templates TRL will not build assistant masks from
+    return {"prompt": [user], "completion": [answer]} if cfg["prompt_completion"] else {"messages": [user, answer]}
 
 
 dataset = Dataset.from_list([messages(r) for r in rows])
+eval_dataset = (Dataset.from_list([messages(r) for r in json.load(open(cfg["eval_data"], encoding="utf-8"))])
+                if cfg["eval_data"] else None)
 record(ev="call", fn="read and convert", t0=t0, t1=time.time())
 
 tokenizer = AutoTokenizer.from_pretrained(cfg["model"])
 model = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=torch.float32)
 variant = cfg["variant"]
-# on a CPU, TRL's default bf16=True stops with "Your setup doesn't support bf16/gpu" unless use_cpu is set
-same_job = {"use_cpu": True} if variant == "trl-defaults" else {"bf16": False, "gradient_checkpointing": False}
-args = SFTConfig(
-    output_dir=cfg["out"], max_steps=cfg["steps"], per_device_train_batch_size=cfg["batch"],
+args = SFTConfig(  # cfg["sft_args"]: the variant's own settings and the job's length (compare.py's trl_args)
+    output_dir=cfg["out"], per_device_train_batch_size=cfg["batch"], **{"max_length": cfg["cutoff"], **cfg["sft_args"]},
     gradient_accumulation_steps=cfg["grad_accum"], learning_rate=cfg["lr"], lr_scheduler_type=cfg["scheduler"],
-    warmup_steps=0, seed=cfg["seed"], optim="adamw_torch", max_length=cfg["cutoff"], assistant_only_loss=True,
+    warmup_steps=0, seed=cfg["seed"], optim="adamw_torch", assistant_only_loss=not cfg["prompt_completion"],
     logging_steps=cfg["logging_steps"], logging_first_step=True, save_steps=500, report_to="none",
-    disable_tqdm=True, **same_job,
+    disable_tqdm=True,
 )
 peft_config = LoraConfig(r=cfg["rank"], lora_alpha=cfg["alpha"], lora_dropout=0.0, target_modules="all-linear",
                          task_type="CAUSAL_LM")
@@ -257,10 +305,22 @@ elif variant == "trl-plain-loss":  # the model's own loss: full logits, cross-en
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             return HFTrainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
-trainer = Trainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
+trainer = Trainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
+                  peft_config=peft_config)
+if args.max_length is None:  # padding_free alone: "provide already truncated inputs", as TRL's error asks
+    def cut(row):
+        n = len(row["input_ids"])
+        return {k: v[: cfg["cutoff"]] for k, v in row.items() if isinstance(v, list) and len(v) == n}
+
+    trainer.train_dataset = trainer.train_dataset.map(cut)
+    if trainer.eval_dataset is not None:
+        trainer.eval_dataset = trainer.eval_dataset.map(cut)
 trainer.train()
 trainer.save_model(cfg["adapter"])
 '''
+
+
+TRL_VARIANTS = ["trl", "trl-padding-free", "trl-packing", "trl-defaults", "trl-logprobs", "trl-plain-loss"]
 
 
 # --------------------------------------------------------------------------- set-up
@@ -286,6 +346,47 @@ def ensure_model(data: Path) -> Path:
     if not (out / "config.json").is_file():
         build_tiny_model(out, alpaca_texts(data), **r)
     return out
+
+
+def given_model(path: Path) -> Path:
+    """--model: a transformers folder as it is, or a .gguf file converted once (ftune's own conversion, cached)."""
+    if path.is_dir() and (path / "config.json").is_file():
+        return path
+    if path.is_file() and path.suffix == ".gguf":
+        from ftune.runtime.gguf import GGUFError, ensure
+
+        try:
+            return ensure(path, say=lambda line: print(line, flush=True))
+        except GGUFError as e:
+            sys.exit(f"bench/compare.py: --model {path}: {e}")
+    sys.exit(f"bench/compare.py: --model {path} is neither a model folder (with config.json) nor a .gguf file")
+
+
+def template_system(model: Path) -> str | None:
+    """The system prompt the model's chat template adds to rows without one (SmolLM2's does), so that
+    LLaMA-Factory's template, which has its own wording, is told the same text."""
+    import re
+
+    jinja = model / "chat_template.jinja"
+    text = jinja.read_text(encoding="utf-8") if jinja.is_file() else \
+        str(json.loads((model / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template") or "")
+    found = re.search(r"<\|im_start\|>system\n(.+?)<\|im_end\|>", text)
+    return found.group(1) if found else None
+
+
+def split_rows(data: Path, rows: int, eval_rows: int, out: Path) -> tuple[Path, Path | None]:
+    """The first `rows` rows of the data file to train on and the `eval_rows` after them, held out, as files."""
+    every = json.loads(data.read_text(encoding="utf-8"))
+    if rows + eval_rows > len(every):
+        sys.exit(f"bench/compare.py: --rows {rows} plus --eval-rows {eval_rows} is more than the {len(every)} rows "
+                 f"of {data}; lower one of them")
+    out.mkdir(parents=True, exist_ok=True)
+    train, held_out = out / "train.json", out / "eval.json"
+    train.write_text(json.dumps(every[:rows], ensure_ascii=False), encoding="utf-8")
+    if not eval_rows:
+        return train, None
+    held_out.write_text(json.dumps(every[rows:rows + eval_rows], ensure_ascii=False), encoding="utf-8")
+    return train, held_out
 
 
 def ensure_lf_venv(quiet: bool = False) -> Path:
@@ -331,6 +432,11 @@ class Result:
     tokens_per_s: float | None = None  # steady, padded tokens (the compute done)
     mean_steps_per_s: float | None = None  # (N - k) / (t_N - t_k)
     prep: float | None = None
+    examples_per_s: float | None = None  # rows trained / the training loop's time (train begin -> last step)
+    real_tokens_per_s: float | None = None  # non-padding tokens / the same time
+    train_loss: float | None = None  # the last logged training loss (its final logging window)
+    epoch_loss: float | None = None  # the Trainer's train_loss: the mean over the whole run
+    eval_loss: float | None = None  # on the held-out rows, at the end (the last evaluation)
     rss: int | None = None  # peak summed RSS of the tree, bytes
     rss_largest: int | None = None  # peak RSS of the largest single process
     steps: int = 0
@@ -343,43 +449,76 @@ class Result:
     log: str = ""
 
 
-def write_ftune_run(runs: Path, model: Path, data: Path, job: Job) -> Path:
+FTUNE_DATA = {"ftune": {}, "ftune-padded": {"padding_free": False}, "ftune-packing": {"packing": True}}
+LF_VARIANT = {"lf": {}, "lf-packing": {"packing": True}, "lf-neat": {"neat_packing": True}}
+TOOLS = [*FTUNE_DATA, *LF_VARIANT, *TRL_VARIANTS]
+
+
+def length(job: Job) -> dict:
+    """The Trainer arguments that end the job: epochs over the rows, or optimiser steps."""
+    return {"num_train_epochs": job.epochs} if job.epochs else {"max_steps": job.steps}
+
+
+def trl_args(variant: str, job: Job) -> dict:
+    """The SFTConfig arguments of a TRL variant beyond the job's common ones."""
+    # on a CPU, TRL's default bf16=True stops with "Your setup doesn't support bf16/gpu" unless use_cpu is set
+    out = {"use_cpu": True} if variant == "trl-defaults" else {"bf16": False, "gradient_checkpointing": False}
+    # padding_free without packing refuses max_length ("not enforced"): the script cuts the tokenised rows itself
+    out |= {"trl-padding-free": {"padding_free": True, "max_length": None},
+            "trl-packing": {"packing": True}}.get(variant, {})
+    if job.eval_data:
+        out |= {"eval_strategy": "epoch", "per_device_eval_batch_size": job.batch}
+    return {**out, **length(job)}
+
+
+def write_ftune_run(runs: Path, model: Path, data: Path, job: Job, variant: str = "ftune") -> Path:
     import yaml
 
     run = runs / "bench"
     run.mkdir(parents=True)
+    held_out = {"validation": job.eval_data, "eval_strategy": "epoch",
+                "per_device_eval_batch_size": job.batch} if job.eval_data else {}
     spec = {
         "name": "bench",
         "model": {"name_or_path": str(model)},
-        "data": {"train": [str(data)], "val_size": 0.0, "max_length": job.cutoff},
+        "data": {"train": [str(data)], "val_size": 0.0, "max_length": job.cutoff, **FTUNE_DATA[variant],
+                 **({"validation": job.eval_data} if job.eval_data else {})},
         "stage": "sft",
         "method": {"type": "lora", "lora": {"rank": job.rank, "alpha": job.alpha, "dropout": 0.0,
                                             "target_modules": "all"}},
-        "training": {"max_steps": job.steps, "learning_rate": job.lr, "per_device_train_batch_size": job.batch,
+        "training": {**length(job), "learning_rate": job.lr, "per_device_train_batch_size": job.batch,
                      "gradient_accumulation_steps": job.grad_accum, "seed": job.seed,
                      "logging_steps": job.logging_steps, "lr_scheduler_type": job.scheduler, "warmup_steps": 0,
-                     "optim": "adamw_torch", "precision": "fp32", "save_steps": 500},
+                     "optim": "adamw_torch", "precision": "fp32", "save_steps": 500,
+                     **{k: v for k, v in held_out.items() if k != "validation"}},
     }
     (run / "run.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     return run
 
 
-def write_lf_job(work: Path, model: Path, data: Path, job: Job) -> Path:
+def write_lf_job(work: Path, model: Path, data: Path, job: Job, variant: str = "lf") -> Path:
     import yaml
 
     dataset_dir = work / "lf-data"
     dataset_dir.mkdir()
     # an absolute file_name: LLaMA-Factory joins it onto dataset_dir, so the file is read where it lies
-    (dataset_dir / "dataset_info.json").write_text(json.dumps({"alpaca_en_demo": {"file_name": str(data)}}))
+    info = {"alpaca_en_demo": {"file_name": str(data)}}
+    held_out = {}
+    if job.eval_data:
+        info["held_out"] = {"file_name": job.eval_data}
+        held_out = {"eval_dataset": "held_out", "eval_strategy": "epoch", "per_device_eval_batch_size": job.batch}
+    (dataset_dir / "dataset_info.json").write_text(json.dumps(info))
+    system = {"default_system": job.default_system} if job.default_system else {}
     cfg = {
         "model_name_or_path": str(model), "stage": "sft", "do_train": True, "finetuning_type": "lora",
         "lora_rank": job.rank, "lora_alpha": job.alpha, "lora_dropout": 0.0, "lora_target": "all",
-        "dataset": "alpaca_en_demo", "dataset_dir": str(dataset_dir), "template": "chatml", "cutoff_len": job.cutoff,
+        "dataset": "alpaca_en_demo", "dataset_dir": str(dataset_dir), "template": job.lf_template, **system, "cutoff_len": job.cutoff,
         "overwrite_cache": True, "output_dir": str(work / "out"), "logging_steps": job.logging_steps,
         "logging_first_step": True, "save_steps": 500, "plot_loss": False, "report_to": "none",
         "per_device_train_batch_size": job.batch, "gradient_accumulation_steps": job.grad_accum,
-        "learning_rate": job.lr, "max_steps": job.steps, "lr_scheduler_type": job.scheduler, "warmup_steps": 0,
+        "learning_rate": job.lr, **length(job), "lr_scheduler_type": job.scheduler, "warmup_steps": 0,
         "seed": job.seed, "optim": "adamw_torch", "disable_gradient_checkpointing": True, "disable_tqdm": True,
+        **held_out, **LF_VARIANT[variant],
     }
     path = work / "job.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -388,22 +527,22 @@ def write_lf_job(work: Path, model: Path, data: Path, job: Job) -> Path:
 
 def command(tool: str, work: Path, model: Path, data: Path, job: Job) -> tuple[list[str], dict, Path, str]:
     """(argv, extra env, where the adapter lands, the probe's functions to time) for one tool."""
-    if tool == "ftune":
+    if tool in FTUNE_DATA:
         runs = work / "runs"
-        write_ftune_run(runs, model, data, job)
+        write_ftune_run(runs, model, data, job, tool)
         argv = [sys.executable, "-m", "ftune", "--runs-dir", str(runs), "train", "bench", "--foreground"]
         wrap = "ftune.runtime.data.load:load_data,ftune.runtime.data.tokenize:tokenize_examples"
         return argv, {}, runs / "bench" / "export" / "adapter_model.safetensors", wrap
-    if tool.startswith("trl"):
+    if tool in TRL_VARIANTS:
         cfg = {**asdict(job), "model": str(model), "data": str(data), "out": str(work / "out"),
-               "adapter": str(work / "adapter"), "variant": tool}
+               "adapter": str(work / "adapter"), "variant": tool, "sft_args": trl_args(tool, job)}
         (work / "job.json").write_text(json.dumps(cfg))
         (work / "trl_sft.py").write_text(TRL_SCRIPT)
         return ([sys.executable, str(work / "trl_sft.py"), str(work / "job.json")], {},
                 work / "adapter" / "adapter_model.safetensors", "trl.trainer.sft_trainer:SFTTrainer._prepare_dataset")
-    if tool == "lf":
+    if tool in LF_VARIANT:
         cli = ensure_lf_venv()
-        yaml_path = write_lf_job(work, model, data, job)
+        yaml_path = write_lf_job(work, model, data, job, tool)
         # llamafactory-cli picks torchrun only with several devices; these keep it in this one process, offline
         env = {"FORCE_TORCHRUN": "0", "DISABLE_VERSION_CHECK": "1", "HF_HUB_OFFLINE": "1"}
         return [str(cli), "train", str(yaml_path)], env, work / "out" / "adapter_model.safetensors", \
@@ -492,6 +631,32 @@ def wait_idle(limit: float, threshold: float = 0.3) -> float:
         time.sleep(3)
 
 
+def probe_figures(res: Result, events: list[dict], t_start: float, skip: int, rows: float | None,
+                  rows_per_step: int) -> None:
+    """Fill `res` from the probe's events. `rows`: how many rows the run trained on (an epoch job), else each step
+    took `rows_per_step`."""
+    step_events = [e for e in events if e.get("ev") == "step"]
+    steps = [(e["step"], e["t"]) for e in step_events]
+    if steps:
+        res.first_step = steps[0][1] - t_start
+        res.steps = steps[-1][0]
+        res.steps_per_s = steady_rate(steps, skip)
+        res.tokens_per_s = steady_rate(steps, skip, [e.get("tokens", 0) for e in step_events])
+        res.mean_steps_per_s = mean_rate(steps, skip)
+        begin = next((e["t"] for e in events if e.get("ev") == "train_begin"), None)
+        span = steps[-1][1] - begin if begin else None
+        if span and span > 0:
+            res.examples_per_s = (rows if rows else res.steps * rows_per_step) / span
+            res.real_tokens_per_s = step_events[-1].get("real_tokens", 0) / span
+    calls = [e for e in events if e.get("ev") == "call"]
+    if calls:
+        res.prep = sum(e["t1"] - e["t0"] for e in calls)
+    logs = [e for e in events if e.get("ev") == "log"]
+    res.train_loss = next((e["loss"] for e in reversed(logs) if "loss" in e), None)
+    res.epoch_loss = next((e["train_loss"] for e in reversed(logs) if "train_loss" in e), None)
+    res.eval_loss = next((e["eval_loss"] for e in reversed(logs) if "eval_loss" in e), None)
+
+
 def run_one(tool: str, rnd: int, work: Path, model: Path, data: Path, job: Job, skip: int) -> Result:
     import psutil
 
@@ -525,18 +690,8 @@ def run_one(tool: str, rnd: int, work: Path, model: Path, data: Path, job: Job, 
     res = Result(tool=tool, round=rnd, rc=popen.returncode, exit=t_exit - t_start, rss=peak, rss_largest=largest,
                  load=load, other_cpu=max(0.0, other), log=str(log),
                  cpu={f"{pid} {name}": round(sec, 2) for pid, (name, sec) in cpu.items()})
-    events = read_jsonl(probe_out)
-    step_events = [e for e in events if e.get("ev") == "step"]
-    steps = [(e["step"], e["t"]) for e in step_events]
-    if steps:
-        res.first_step = steps[0][1] - t_start
-        res.steps = steps[-1][0]
-        res.steps_per_s = steady_rate(steps, skip)
-        res.tokens_per_s = steady_rate(steps, skip, [e.get("tokens", 0) for e in step_events])
-        res.mean_steps_per_s = mean_rate(steps, skip)
-    calls = [e for e in events if e.get("ev") == "call"]
-    if calls:
-        res.prep = sum(e["t1"] - e["t0"] for e in calls)
+    rows = len(json.loads(data.read_text(encoding="utf-8"))) * job.epochs if job.epochs else None
+    probe_figures(res, read_jsonl(probe_out), t_start, skip, rows or None, job.batch * job.grad_accum)
     if adapter.is_file():
         res.wall = adapter.stat().st_mtime - t_start
     if tool.startswith("ftune"):  # ftune's own record of the same run
@@ -551,10 +706,16 @@ def run_one(tool: str, rnd: int, work: Path, model: Path, data: Path, job: Job, 
 
 
 # --------------------------------------------------------------------------- the report
-LABEL = {"ftune": "ftune", "trl": "plain TRL", "lf": "LLaMA-Factory", "trl-defaults": "TRL, its own defaults",
-         "trl-logprobs": "TRL, log-probs only", "trl-plain-loss": "TRL, plain loss"}
+LABEL = {"ftune": "ftune", "ftune-padded": "ftune, padded", "ftune-packing": "ftune, packing",
+         "trl": "plain TRL", "trl-padding-free": "TRL, padding_free", "trl-packing": "TRL, packing (bfd)",
+         "lf": "LLaMA-Factory", "lf-packing": "LLaMA-Factory, packing", "lf-neat": "LLaMA-Factory, neat_packing",
+         "trl-defaults": "TRL, its own defaults", "trl-logprobs": "TRL, log-probs only",
+         "trl-plain-loss": "TRL, plain loss"}
 METRICS = [("wall", "wall to adapter", "s"), ("exit", "wall to exit", "s"), ("first_step", "to first step", "s"),
-           ("steps_per_s", "steady steps/s", ""), ("tokens_per_s", "steady tokens/s", ""), ("prep", "preprocessing", "s"), ("rss", "peak RSS", "MB")]
+           ("steps", "steps", ""), ("steps_per_s", "steady steps/s", ""), ("tokens_per_s", "steady tokens/s", ""),
+           ("examples_per_s", "examples/s", ""), ("real_tokens_per_s", "non-padding tokens/s", ""),
+           ("train_loss", "final train loss", ""), ("eval_loss", "eval loss", ""), ("prep", "preprocessing", "s"),
+           ("rss", "peak RSS", "MB")]
 
 
 def summary(values: list[float]) -> tuple[float, float, float] | None:
@@ -565,7 +726,8 @@ def summary(values: list[float]) -> tuple[float, float, float] | None:
 def fmt(key: str, s: tuple[float, float, float] | None) -> str:
     if s is None:
         return "—"
-    scale, digits = (1e-6, 0) if key == "rss" else (1, 0) if key == "tokens_per_s" else (1, 3) if key == "steps_per_s" \
+    scale, digits = (1e-6, 0) if key == "rss" else (1, 0) if key in ("tokens_per_s", "real_tokens_per_s", "steps") \
+        else (1, 3) if key in ("steps_per_s", "train_loss", "eval_loss") else (1, 2) if key == "examples_per_s" \
         else (1, 1)
     med, lo, hi = (x * scale for x in s)
     return f"{med:,.{digits}f} ({lo:,.{digits}f}–{hi:,.{digits}f})"
@@ -595,15 +757,18 @@ def table(results: list[Result], tools: list[str]) -> tuple[str, dict]:
 
 
 def rounds_table(results: list[Result]) -> str:
-    lines = [("| round | tool | rc | load | other CPU | wall s | exit s | first step s | steps/s | tokens/s | prep s "
-             "| RSS MB |"), "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| round | tool | rc | load | other CPU | wall s | exit s | first step s | steps | steps/s | tokens/s "
+              "| examples/s | non-padding tokens/s | train loss | eval loss | prep s | RSS MB |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         def f(x, d=2):
             return "—" if x is None else f"{x:.{d}f}"
         mark = " (disturbed: run again, not counted)" if r.disturbed else ""
         lines.append(f"| {r.round} | {LABEL.get(r.tool, r.tool)}{mark} | {r.rc} | {r.load:.2f} | "
                      f"{f(r.other_cpu)} | {f(r.wall)} | "
-                     f"{f(r.exit)} | {f(r.first_step)} | {f(r.steps_per_s, 3)} | {f(r.tokens_per_s, 0)} | {f(r.prep)} | "
+                     f"{f(r.exit)} | {f(r.first_step)} | {r.steps} | {f(r.steps_per_s, 3)} | {f(r.tokens_per_s, 0)} | "
+                     f"{f(r.examples_per_s)} | {f(r.real_tokens_per_s, 0)} | {f(r.train_loss, 3)} | "
+                     f"{f(r.eval_loss, 3)} | {f(r.prep)} | "
                      f"{f(r.rss and r.rss / 1e6, 0)} |")
     return "\n".join(lines)
 
@@ -781,13 +946,57 @@ def other_markdown(o: dict, args) -> str:
     return "\n\n".join(parts)
 
 
+VARIANT_TEXT = {
+    "ftune": "ftune's default: padding-free batches (a batch's rows laid end to end, no attention across rows)",
+    "ftune-padded": "`data.padding_free: false`: rows padded to the longest of the batch",
+    "ftune-packing": "`data.packing: true`: rows packed best-fit into cutoff-long sequences, boundaries kept",
+    "lf": "LLaMA-Factory's default: rows padded to the longest of the batch",
+    "lf-packing": "`packing: true`: rows packed into cutoff-long sequences, attending across rows",
+    "lf-neat": "`neat_packing: true`: packed, with a block-diagonal mask (no attention across rows)",
+    "trl": "SFTTrainer's default: padded",
+    "trl-padding-free": "`padding_free=True` (TRL refuses `max_length` with it unless packing; the script cuts the "
+                        "tokenised rows at the cutoff itself, as TRL's error asks)",
+    "trl-packing": "`packing=True` (bfd: best-fit packing, padding-free)",
+}
+
+
+def job_markdown(job: Job, env: dict) -> str:
+    """The paragraph that says what every tool ran."""
+    r = MODEL_RECIPE
+    rows = env.get("rows", "?")
+    if env.get("given_model"):
+        model = (f"`{env['model']}` (its own chat template for every tool: LLaMA-Factory's `{job.lf_template}` "
+                 f"template with `default_system` set to the template's own system prompt; TRL on prompt/completion "
+                 "rows, the loss on the completion, because its `assistant_only_loss` refuses this template: \"The "
+                 "chat template is not training-compatible\")")
+    else:
+        model = (f"a tiny {r['arch']} with random weights (hidden {r['hidden_size']}, {r['num_layers']} layers, a "
+                 f"{r['vocab_size']:,}-token byte-level BPE trained on the data, ChatML — `runtime/tinymodel.py`'s "
+                 "recipe; LLaMA-Factory's `chatml` template renders the same text as ftune's ChatML)")
+    data = (f"the first {env['train_rows']} rows of alpaca_en_demo" if env.get("train_rows")
+            else f"alpaca_en_demo ({rows} rows, read in place from ../shared)")
+    length = f"{job.epochs:g} epoch(s) over them" if job.epochs else f"{job.steps} optimiser steps"
+    held_out = (f"; every tool evaluated at the end of the epoch on the same {env['eval_rows']} held-out rows (the ones "
+                "after the training rows)" if job.eval_data else "")
+    return (f"The job: {model}; {data}, {length}{held_out}; cutoff {job.cutoff}, batch {job.batch} × gradient "
+            f"accumulation {job.grad_accum}, AdamW (`adamw_torch`) at {job.lr:g}, cosine, no warm-up, seed {job.seed}, "
+            "fp32, no gradient checkpointing (LLaMA-Factory's default turns it on: `disable_gradient_checkpointing: "
+            f"true` here), LoRA r {job.rank} / alpha {job.alpha} / dropout 0 on every linear layer, the loss on the "
+            f"answers only, a log line every {job.logging_steps} steps, the adapter saved at the end. The rows each "
+            "tool draws in which order differ (each shuffles with its own sampler).")
+
+
+def variants_markdown(tools: list[str]) -> str:
+    lines = [f"- *{LABEL.get(t, t)}* — {VARIANT_TEXT[t]}" for t in tools if t in VARIANT_TEXT]
+    return ("How each tool batched its rows:\n\n" + "\n".join(lines) + "\n") if lines else ""
+
+
 def markdown(results, tools, job, args, env_info, others, started, ended, micro_times=None, argv=None) -> str:
     main_table, _ = table(results, tools)
     loads = [r.load for r in results]
     others_cpu = [r.other_cpu or 0 for r in results]
     disturbed = sum(r.disturbed for r in results)
     cmd = "python bench/compare.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    r = MODEL_RECIPE
     text = f"""{BEGIN}
 ## Side by side: ftune, plain TRL, LLaMA-Factory — `{cmd}`
 
@@ -796,19 +1005,10 @@ Written by `bench/compare.py` on {time.strftime('%Y-%m-%d', time.localtime(start
 for this run, so there is no GPU comparison.** ftune and plain TRL ran in the project's environment
 ({env_info['ftune_versions']}); LLaMA-Factory in its own ({env_info['lf_versions'] or 'not run'}).
 
-The job: a tiny {r['arch']} with random weights (hidden {r['hidden_size']}, {r['num_layers']} layers, a \
-{r['vocab_size']:,}-token byte-level BPE trained on the data, ChatML — `runtime/tinymodel.py`'s recipe), \
-alpaca_en_demo ({env_info.get('rows', '?')} rows, read in place from ../shared), cutoff {job.cutoff}, batch {job.batch} × gradient \
-accumulation {job.grad_accum}, {job.steps} optimiser steps, AdamW (`adamw_torch`) at {job.lr:g}, cosine, no warm-up, \
-seed {job.seed}, fp32, no gradient checkpointing (LLaMA-Factory's default turns it on: \
-`disable_gradient_checkpointing: true` here), LoRA r {job.rank} / alpha {job.alpha} / dropout 0 on every linear layer, \
-the loss on the answers only, a log line every {job.logging_steps} steps, a checkpoint at the end and the adapter \
-saved. LLaMA-Factory's `chatml` template renders the same text as ftune's ChatML (it learns the newline after each \
-`<|im_end|>` too); its transformers 5.6 keeps the tokenizer file's byte-level pre-tokenizer where 5.24 applies \
-Qwen2's, which splits digits, so it sees a little fewer tokens (most rows are cut at the cutoff either way). The rows each tool draws differ (ftune shuffles once more before the sampler), which the tokens/s \
-column evens out.
+{job_markdown(job, env_info)}
 
-{args.rounds} rounds, the tools alternating ({', '.join(LABEL.get(t, t) for t in tools)}, then again), each run from \
+{variants_markdown(tools)}
+{args.rounds} rounds, the tools alternating ({'; '.join(LABEL.get(t, t) for t in tools)}; then again), each run from \
 cold data caches. The machine's two cores may be shared with other work (a test suite, say): two OpenMP threads on two \
 cores make every step several times slower as soon as anything else runs. So before each run the script waited \
 (up to {args.wait_idle:.0f} s) for the machine to go quiet, measured the CPU other processes used during the run \
@@ -828,6 +1028,11 @@ its loss plot and writes a model card after the adapter); *to first step* — th
 `TrainerCallback` the probe adds to every transformers `Trainer`); *steady steps/s* and *tokens/s* — the median over \
 steps {args.skip + 1}–N of each step's rate (tokens: padded input tokens through `Trainer.training_step`, the compute \
 done), a median so that a step another process starved moves it by one step, not by its whole delay; \
+*examples/s* and *non-padding tokens/s* — the rows trained on (for an epoch job, the rows × epochs, however a tool \
+batched or packed them) and the tokens that were not padding (the attention mask's, or every token of a \
+padding-free batch) over the training loop, from the Trainer's `on_train_begin` to the last step's end; *final \
+train loss* — the last training loss the Trainer logged (the mean over the last logging window); *eval loss* — the \
+Trainer's `eval_loss` on the held-out rows at the end; \
 *preprocessing* — the time inside the data functions (ftune: `load_data` + `tokenize_examples`; TRL: reading and \
 converting the rows in the script + `SFTTrainer._prepare_dataset`; LLaMA-Factory: `get_dataset`, which reads, \
 converts and tokenises); *peak RSS* — the summed resident memory of the process tree, sampled every 0.1 s (for \
@@ -872,9 +1077,21 @@ def write_doc(section: str, doc: Path = DOC) -> None:
 # --------------------------------------------------------------------------- main
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--tools", default="ftune,trl,lf", help="comma-separated, run in this order each round")
+    p.add_argument("--tools", default="ftune,trl,lf",
+                   help=f"comma-separated, run in this order each round; of {', '.join(TOOLS)}")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--model", type=Path, default=None,
+                   help="a model folder or .gguf file for every tool (default: the tiny Qwen2 built here)")
+    p.add_argument("--lf-template", default=None,
+                   help="LLaMA-Factory's template for --model (default: smollm2 for SmolLM2, else parsed from the "
+                   "tokenizer's chat template)")
     p.add_argument("--steps", type=int, default=Job.steps)
+    p.add_argument("--epochs", type=float, default=None,
+                   help="train this many passes over the rows instead of --steps optimiser steps")
+    p.add_argument("--rows", type=int, default=None,
+                   help="train on the first N rows of --data (the same for every tool)")
+    p.add_argument("--eval-rows", type=int, default=None,
+                   help="evaluate on the rows after them (default with --rows: 50; 0: no evaluation)")
     p.add_argument("--batch", type=int, default=Job.batch)
     p.add_argument("--grad-accum", type=int, default=Job.grad_accum)
     p.add_argument("--cutoff", type=int, default=Job.cutoff)
@@ -900,6 +1117,11 @@ def parse(argv=None):
     return p.parse_args(argv)
 
 
+def job_from(args) -> Job:
+    return Job(steps=args.steps, batch=args.batch, grad_accum=args.grad_accum, cutoff=args.cutoff,
+               epochs=args.epochs)
+
+
 def from_json(args) -> None:
     """Write the doc section again from a run's --json (e.g. with --notes added), measuring nothing."""
     saved = json.loads(args.from_json.read_text())
@@ -918,19 +1140,32 @@ def main(argv=None) -> None:
         return from_json(args)
     data = find_data(args.data)
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
-    job = Job(steps=args.steps, batch=args.batch, grad_accum=args.grad_accum, cutoff=args.cutoff)
+    unknown = [t for t in tools if t not in TOOLS]
+    if unknown:
+        sys.exit(f"bench/compare.py: --tools: unknown {', '.join(unknown)}; the tools are {', '.join(TOOLS)}")
+    job = job_from(args)
     started = time.time()
-    model = ensure_model(data)
-    if "lf" in tools:
+    model = given_model(args.model) if args.model else ensure_model(data)
+    if args.model:
+        job.prompt_completion = True  # TRL refuses assistant-only masks on SmolLM2's template (see TRL_SCRIPT)
+        job.default_system = template_system(model)
+        job.lf_template = args.lf_template or ("smollm2" if "smollm2" in model.name.lower() else None)
+    root = Path(tempfile.mkdtemp(prefix="ftune-bench-compare-")) if args.keep is None else args.keep
+    if args.rows:
+        eval_rows = 50 if args.eval_rows is None else args.eval_rows
+        data, held_out = split_rows(data, args.rows, eval_rows, root / "data")
+        job.eval_data = str(held_out) if held_out else None
+    if any(t in LF_VARIANT for t in tools):
         ensure_lf_venv()
     env_info = {"machine": machine(), "rows": len(json.loads(data.read_text(encoding="utf-8"))),
                 "ftune_versions": ", ".join(f"{k} {v}" for k, v in versions(sys.executable, [
                     "torch", "transformers", "trl", "peft", "accelerate", "datasets"]).items()),
                 "lf_versions": ", ".join(f"{k} {v}" for k, v in versions(str(LF_VENV / "bin" / "python"), [
                     "llamafactory", "torch", "transformers", "trl", "peft", "accelerate", "datasets"]).items())
-                if "lf" in tools else ""}
+                if any(t in LF_VARIANT for t in tools) else "",
+                "model": str(model), "given_model": bool(args.model), "train_rows": args.rows,
+                "eval_rows": job.eval_data and len(json.loads(Path(job.eval_data).read_text(encoding="utf-8")))}
     print(f"model {model}\n{env_info['machine']}\n{env_info['ftune_versions']}\n{env_info['lf_versions']}", flush=True)
-    root = Path(tempfile.mkdtemp(prefix="ftune-bench-compare-")) if args.keep is None else args.keep
     results: list[Result] = []
     try:
         for rnd in range(1, args.rounds + 1):
@@ -942,7 +1177,7 @@ def main(argv=None) -> None:
                     r.disturbed = (r.other_cpu or 0) > args.max_other
                     results.append(r)
                     report(r)
-                    if not r.disturbed or r.rc != 0:
+                    if not r.disturbed or r.rc != 0 or attempt == args.retries:
                         break
                     print(f"  other processes used {r.other_cpu:.2f} cores during that run: running it again",
                           flush=True)
@@ -968,6 +1203,8 @@ def main(argv=None) -> None:
 def report(r: Result) -> None:
     print(f"round {r.round} {r.tool:<16} rc {r.rc} wall {r.wall or 0:6.2f} s exit {r.exit or 0:6.2f} s "
           f"first step {r.first_step or 0:6.2f} s {r.steps_per_s or 0:6.3f} steps/s {r.tokens_per_s or 0:6.0f} tok/s "
+          f"{r.steps} steps {r.examples_per_s or 0:.2f} ex/s {r.real_tokens_per_s or 0:.0f} real tok/s "
+          f"loss {r.train_loss or 0:.3f} eval {r.eval_loss or 0:.3f} "
           f"prep {r.prep or 0:5.2f} s RSS {(r.rss or 0) / 1e6:5.0f} MB; load {r.load:.2f}, other CPU "
           f"{r.other_cpu or 0:.2f} cores" + (f"; own: {json.dumps(r.own, default=lambda x: round(x, 2))}"
                                               if r.own else ""), flush=True)

@@ -1,4 +1,5 @@
-"""Smoke test of bench/compare.py's pieces: a 2-step job through ftune and through plain TRL, timed by the probe.
+"""Smoke test of bench/compare.py's pieces: an epoch over 4 rows (2 steps) with 2 held-out rows through ftune and
+through plain TRL, timed by the probe; the arguments of each tool variant, and the probe's arithmetic.
 
 LLaMA-Factory is left out (it needs its own virtual environment of a few GB); the benchmark itself is not run here.
 """
@@ -6,11 +7,13 @@ LLaMA-Factory is left out (it needs its own virtual environment of a few GB); th
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,9 +57,9 @@ def test_doc_section_is_replaced_and_the_rest_kept(tmp_path):
 
 @needs_data
 @pytest.mark.timeout(180)
-def test_two_steps_through_ftune_and_plain_trl(tmp_path, tiny_model):
-    job = compare.Job(steps=2, batch=2, grad_accum=1, cutoff=256, logging_steps=1)
-    data = compare.find_data(compare.DEFAULT_DATA)
+def test_an_epoch_of_four_rows_through_ftune_and_plain_trl(tmp_path, tiny_model):
+    data, held_out = compare.split_rows(compare.find_data(compare.DEFAULT_DATA), 4, 2, tmp_path / "data")
+    job = compare.Job(epochs=1, batch=2, grad_accum=1, cutoff=256, logging_steps=1, eval_data=str(held_out))
     with ThreadPoolExecutor(2) as pool:  # each run is a child process; the two overlap
         futures = {tool: pool.submit(compare.run_one, tool, 1, tmp_path / tool, tiny_model, data, job, 1)
                    for tool in ("ftune", "trl")}
@@ -70,6 +73,10 @@ def test_two_steps_through_ftune_and_plain_trl(tmp_path, tiny_model):
         assert r.steps_per_s and r.steps_per_s > 0 and r.tokens_per_s > 0, (tool, r)
         assert r.prep and 0 < r.prep < r.first_step, (tool, r)
         assert r.rss > 50e6 and r.rss >= r.rss_largest > 0, (tool, r)
+        assert r.examples_per_s > 0 and 0 < r.real_tokens_per_s <= r.tokens_per_s * 2, (tool, r)
+        assert r.train_loss > 0 and r.eval_loss > 0, (tool, r)
+    # the same held-out rows through the same (barely trained) model: the same eval loss
+    assert results["ftune"].eval_loss == pytest.approx(results["trl"].eval_loss, rel=0.02)
     assert (tmp_path / "ftune" / "runs" / "bench" / "export" / "adapter_model.safetensors").is_file()
     assert (tmp_path / "trl" / "adapter" / "adapter_model.safetensors").is_file()
     own = results["ftune"].own  # ftune's events.jsonl tells the same story as the probe
@@ -77,3 +84,86 @@ def test_two_steps_through_ftune_and_plain_trl(tmp_path, tiny_model):
     assert own["first_step"] == pytest.approx(results["ftune"].first_step, abs=0.5)
     table, stats = compare.table(list(results.values()), ["ftune", "trl"])
     assert "ftune / plain TRL" in table and stats["trl"]["wall"][0] == results["trl"].wall
+
+
+def test_each_variant_asks_its_tool_for_its_batching(tmp_path):
+    job = compare.Job(epochs=1, eval_data=str(tmp_path / "eval.json"), lf_template="smollm2", default_system="Hi")
+    from ftune.runtime.spec.io import load_spec
+
+    want = {"ftune": {}, "ftune-padded": {"padding_free": False}, "ftune-packing": {"packing": True}}
+    for tool, data in want.items():
+        run = compare.write_ftune_run(tmp_path / tool, Path("model"), Path("train.json"), job, tool)
+        spec = yaml.safe_load((run / "run.yaml").read_text())
+        assert spec["data"] | data == spec["data"] and spec["data"]["validation"] == job.eval_data, tool
+        assert spec["training"]["num_train_epochs"] == 1 and "max_steps" not in spec["training"], tool
+        checked = load_spec(run / "run.yaml")  # ftune itself accepts the run file
+        assert checked.data.padding_free is data.get("padding_free", True), tool
+        assert checked.data.packing is data.get("packing", False), tool
+    for tool, extra in [("lf", {}), ("lf-packing", {"packing": True}), ("lf-neat", {"neat_packing": True})]:
+        (tmp_path / tool).mkdir()
+        cfg = yaml.safe_load(compare.write_lf_job(tmp_path / tool, Path("m"), Path("t.json"), job, tool).read_text())
+        assert cfg | extra == cfg and cfg["num_train_epochs"] == 1 and "max_steps" not in cfg, tool
+        assert cfg["eval_dataset"] == "held_out" and cfg["template"] == "smollm2" and cfg["default_system"] == "Hi"
+        info = json.loads((tmp_path / tool / "lf-data" / "dataset_info.json").read_text())
+        assert info["held_out"]["file_name"] == job.eval_data
+        assert ("packing" in cfg) is (tool == "lf-packing") and ("neat_packing" in cfg) is (tool == "lf-neat")
+    assert compare.trl_args("trl-padding-free", job)["padding_free"] is True
+    assert compare.trl_args("trl-packing", job)["packing"] is True
+    assert not {"packing", "padding_free"} & set(compare.trl_args("trl", job))
+    steps = compare.trl_args("trl", compare.Job(steps=7))
+    assert steps["max_steps"] == 7 and "eval_strategy" not in steps
+
+
+def test_probe_figures_rates_and_losses():
+    t = 100.0
+    events = [{"ev": "train_begin", "t": t + 10, "step": 0},
+              {"ev": "step", "t": t + 12, "step": 1, "tokens": 600, "real_tokens": 500},
+              {"ev": "log", "t": t + 12, "step": 1, "loss": 3.0},
+              {"ev": "step", "t": t + 14, "step": 2, "tokens": 1200, "real_tokens": 1000},
+              {"ev": "log", "t": t + 14, "step": 2, "loss": 2.5},
+              {"ev": "log", "t": t + 15, "step": 2, "eval_loss": 2.75},
+              {"ev": "log", "t": t + 15, "step": 2, "train_loss": 2.6},
+              {"ev": "call", "t": t + 5, "t0": t + 4, "t1": t + 5}]
+    r = compare.Result(tool="ftune", round=1, rc=0)
+    compare.probe_figures(r, events, t, 0, 16, 8)
+    assert (r.first_step, r.steps, r.prep) == (12, 2, 1)
+    assert r.examples_per_s == 16 / 4 and r.real_tokens_per_s == 1000 / 4  # over train begin -> the last step
+    assert (r.train_loss, r.eval_loss, r.epoch_loss) == (2.5, 2.75, 2.6)
+    r = compare.Result(tool="lf", round=1, rc=0)
+    compare.probe_figures(r, events, t, 0, None, 8)  # a steps job: each step took 8 rows
+    assert r.examples_per_s == 2 * 8 / 4
+
+
+def test_the_probe_counts_real_tokens_in_each_tools_masks(tmp_path):
+    import torch
+
+    (tmp_path / "bench_probe.py").write_text(compare.PROBE)
+    spec = importlib.util.spec_from_file_location("bench_probe", tmp_path / "bench_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)  # without FTUNE_BENCH_PROBE_OUT it records and wraps nothing
+    real = vars(probe)["_real_tokens"]
+    ids = torch.tensor([[5, 6, 7, 0], [5, 0, 0, 0]])  # 0: the pad token
+    assert real(ids, None) == 8  # padding-free: no mask, no padding
+    assert real(ids, torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])) == 5
+    assert real(ids, torch.tensor([[1, 1, 2, 0], [1, 2, 3, 3]])) == 7  # packed rows numbered in the mask
+    labels = torch.tensor([[-100, 6, 7, -100], [5, 0, -100, -100]])  # the second row learns a pad (eos) token
+    assert real(ids, torch.ones(2, 4), labels, pad=0) == 3 + 2  # LLaMA-Factory's packing: the tail pads unmasked
+    assert real(ids, torch.ones(2, 1, 4, 4), labels, pad=0) == 5  # neat_packing's 4-D mask: the same tails
+
+
+def test_rows_split_template_system_and_bad_models(tmp_path):
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps([{"instruction": str(i), "output": "x"} for i in range(10)]))
+    train, held_out = compare.split_rows(data, 6, 3, tmp_path / "split")
+    assert [r["instruction"] for r in json.loads(train.read_text())] == list("012345")
+    assert [r["instruction"] for r in json.loads(held_out.read_text())] == list("678")
+    with pytest.raises(SystemExit, match="--rows 8 plus --eval-rows 3"):
+        compare.split_rows(data, 8, 3, tmp_path / "split")
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "chat_template.jinja").write_text("{{ '<|im_start|>system\nYou are SmolLM<|im_end|>\n' }}")
+    assert compare.template_system(model) == "You are SmolLM"
+    with pytest.raises(SystemExit, match="neither a model folder"):
+        compare.given_model(model)  # no config.json
+    with pytest.raises(SystemExit, match="--tools: unknown lf-fast"):
+        compare.main(["--tools", "ftune,lf-fast"])
