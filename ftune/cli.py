@@ -761,6 +761,10 @@ def _print_data_report(report) -> None:
                           for k, v in sorted(r.turns.items()))
         console.print(f"  answers  {turns}")
         console.print(f"  roles    {', '.join(f'{k} {v}' for k, v in r.roles.items())}")
+    if r.images:
+        res = r.resolutions
+        console.print(f"  images   {r.images} in {r.image_rows} rows, every one found and opening; sizes "
+                      f"{res['smallest']} (smallest), {res['median']} (median), {res['largest']} (largest)")
     tokens = report.tokens
     if tokens:
         t = tokens.tokens

@@ -123,10 +123,74 @@ def load_tokenizer(spec, source: str, on_fallback: Callable[[], None] | None = N
     return tok
 
 
-def model_class(stage: str):
-    """A reward model (stage rm) has one score per sequence; every other stage generates."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+def is_vision(source: str, revision: str | None = None, trust_remote_code: bool = False) -> bool:
+    """A vision-language model: its config has a vision tower (Qwen2-VL, Qwen2.5-VL, LLaVA, ...). A local folder
+    is read without transformers."""
+    config = Path(source) / "config.json"
+    if config.is_file():
+        try:
+            data = json.loads(config.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return False
+        return isinstance(data, dict) and "vision_config" in data
+    if gguf.is_gguf(source):
+        return False
+    from transformers import AutoConfig
 
+    try:
+        return hasattr(AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code),
+                       "vision_config")
+    except (OSError, ValueError):
+        return False
+
+
+def _images_only(cls):
+    """`cls` (a processor class) without its video processor: transformers' Qwen2-VL video processor needs
+    torchvision, and the image path does not (its Pillow image processor). Video input is then refused."""
+
+    class ImagesOnly(cls):
+        def check_argument_for_proper_class(self, argument_name, argument):
+            return None if argument_name == "video_processor" else super().check_argument_for_proper_class(
+                argument_name, argument)
+
+        def save_pretrained(self, save_directory, **kwargs):  # what from_pretrained reads back
+            self.tokenizer.save_pretrained(save_directory)
+            self.image_processor.save_pretrained(save_directory)
+
+    ImagesOnly.__name__ = ImagesOnly.__qualname__ = cls.__name__
+    return ImagesOnly
+
+
+def load_processor(source: str, revision: str | None = None, trust_remote_code: bool = False):
+    """A vision-language model's processor (image processor, tokenizer, chat template) through AutoProcessor.
+    Where its video processor cannot load (no torchvision), the same processor class is built from the image
+    processor and tokenizer alone: training and answering on images need nothing more."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer
+
+    kw = dict(revision=revision, trust_remote_code=trust_remote_code)
+    try:
+        return AutoProcessor.from_pretrained(source, **kw)
+    except ImportError as e:
+        if "torchvision" not in str(e).lower():
+            raise
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+
+    cls = PROCESSOR_MAPPING[type(AutoConfig.from_pretrained(source, **kw))]
+    tokenizer = AutoTokenizer.from_pretrained(source, **kw)
+    image_processor = AutoImageProcessor.from_pretrained(source, backend="pil", **kw)
+    processor = _images_only(cls)(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                                  chat_template=tokenizer.chat_template)
+    del processor.video_processor  # ProcessorMixin skips video input when the attribute is absent
+    return processor
+
+
+def model_class(stage: str, vision: bool = False):
+    """A reward model (stage rm) has one score per sequence; a vision-language model reads images and text;
+    every other model generates text."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoModelForSequenceClassification
+
+    if vision:
+        return AutoModelForImageTextToText
     return AutoModelForSequenceClassification if stage == "rm" else AutoModelForCausalLM
 
 
@@ -144,14 +208,15 @@ def rope_scaled_config(spec, source: str):
     return config
 
 
-def load_base(spec, source: str, **kwargs: Any):
-    """The base model as the run file describes it: its class (a score head for rm), RoPE scaling, revision and
-    remote-code setting. kwargs go to from_pretrained (dtype, quantization_config, device_map, ...)."""
+def load_base(spec, source: str, vision: bool = False, **kwargs: Any):
+    """The base model as the run file describes it: its class (a score head for rm, image-text-to-text for a
+    vision-language model), RoPE scaling, revision and remote-code setting. kwargs go to from_pretrained (dtype,
+    quantization_config, device_map, ...)."""
     if spec.model.rope_scaling:
         kwargs["config"] = rope_scaled_config(spec, source)
     if spec.stage.type == "rm":
         kwargs.setdefault("num_labels", 1)
-    return model_class(spec.stage.type).from_pretrained(source, revision=spec.model.revision,
+    return model_class(spec.stage.type, vision).from_pretrained(source, revision=spec.model.revision,
                                                         trust_remote_code=spec.model.trust_remote_code, **kwargs)
 
 

@@ -75,3 +75,60 @@ def build_tiny_model(
         tokenizer.save_pretrained(tmp)
         (tmp / "ftune_recipe.json").write_text(json.dumps({"recipe": RECIPE_VERSION, "arch": arch}))
     return out_dir
+
+
+# --------------------------------------------------------------------------- a tiny vision-language model
+VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+# Qwen2-VL's own chat template (its processor's): images as content parts, rendered as vision tokens.
+QWEN2_VL_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
+    "<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
+    "{% endif %}<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video {{ video_count.value }}: "
+    "{% endif %}<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_vl_model(out_dir: str | Path, texts: Iterable[str], arch: str = "qwen2_vl", hidden_size: int = 64,
+                        num_layers: int = 2, vocab_size: int = 1024, seed: int = 0) -> Path:
+    """A tiny Qwen2-VL (or Qwen2.5-VL) with random weights: a two-block vision tower 32 wide, a two-layer
+    language model, a BPE tokenizer with the vision tokens, Qwen2-VL's image processor (Pillow backend: no
+    torchvision) and chat template. Written as a model folder AutoProcessor and AutoModelForImageTextToText open."""
+    import torch
+    from transformers import AutoModelForImageTextToText, Qwen2_5_VLConfig, Qwen2VLConfig
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    out_dir = Path(out_dir)
+    tokenizer = build_tokenizer(texts, vocab_size)
+    tokenizer.add_special_tokens({"additional_special_tokens": VISION_TOKENS})
+    tokenizer.chat_template = QWEN2_VL_TEMPLATE
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS}
+    heads = max(1, hidden_size // 16)
+    half = hidden_size // heads // 2  # rotary frequencies per head, split over (time, height, width)
+    text = dict(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
+                num_hidden_layers=num_layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
+                max_position_embeddings=4096, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                 "mrope_section": [half - 2 * (half // 4), half // 4, half // 4]})
+    vision = dict(depth=2, embed_dim=32, hidden_size=hidden_size, num_heads=2, mlp_ratio=2)
+    if arch == "qwen2_5_vl":  # its tower: hidden_size is the tower's width, out_hidden_size the language model's
+        vision = dict(depth=2, hidden_size=32, out_hidden_size=hidden_size, intermediate_size=64, num_heads=2,
+                      fullatt_block_indexes=[1], window_size=56)
+    config = {"qwen2_vl": Qwen2VLConfig, "qwen2_5_vl": Qwen2_5_VLConfig}[arch](
+        text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config)
+    with publish_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        Qwen2VLImageProcessorPil().save_pretrained(tmp)
+        (tmp / "ftune_recipe.json").write_text(json.dumps({"recipe": RECIPE_VERSION, "arch": arch}))
+    return out_dir

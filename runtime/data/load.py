@@ -175,6 +175,9 @@ class FileSummary:
     fatal: str | None = None  # a syntax error or unreadable file: nothing else is known
     turns: dict[int, int] = field(default_factory=dict)  # user/assistant pairs per conversation -> rows
     roles: dict[str, int] = field(default_factory=dict)  # role -> messages
+    image_rows: int = 0  # rows with at least one image
+    images: int = 0  # images in the valid rows (each found and opening)
+    resolutions: dict[str, str] = field(default_factory=dict)  # smallest, median, largest by area: "300x168"
 
     @property
     def invalid(self) -> int:
@@ -203,4 +206,10 @@ def summarize_file(path: str | Path, max_errors: int = 5, source: Source | None 
         summary.turns[pairs] = summary.turns.get(pairs, 0) + 1
         for m in ex.messages:
             summary.roles[m["role"]] = summary.roles.get(m["role"], 0) + 1
+    sizes = sorted((s for ex in loaded.examples for s in ex.image_sizes), key=lambda s: s[0] * s[1])
+    if sizes:
+        summary.image_rows = sum(1 for ex in loaded.examples if ex.images)
+        summary.images = len(sizes)
+        summary.resolutions = {k: f"{w}x{h}" for k, (w, h) in
+                               (("smallest", sizes[0]), ("median", sizes[len(sizes) // 2]), ("largest", sizes[-1]))}
     return summary
