@@ -153,9 +153,11 @@ def _images_only(cls):
             return None if argument_name == "video_processor" else super().check_argument_for_proper_class(
                 argument_name, argument)
 
-        def save_pretrained(self, save_directory, **kwargs):  # what from_pretrained reads back
+        def save_pretrained(self, save_directory, **kwargs):  # what load_processor reads back
             self.tokenizer.save_pretrained(save_directory)
             self.image_processor.save_pretrained(save_directory)
+            (Path(save_directory) / "processor_config.json").write_text(
+                json.dumps({"processor_class": cls.__name__}, indent=2) + "\n")
 
     ImagesOnly.__name__ = ImagesOnly.__qualname__ = cls.__name__
     return ImagesOnly
@@ -167,15 +169,25 @@ def load_processor(source: str, revision: str | None = None, trust_remote_code: 
     processor and tokenizer alone: training and answering on images need nothing more."""
     from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer
 
+    import transformers
+
     kw = dict(revision=revision, trust_remote_code=trust_remote_code)
     try:
-        return AutoProcessor.from_pretrained(source, **kw)
+        processor = AutoProcessor.from_pretrained(source, **kw)
+        if hasattr(processor, "image_processor"):
+            return processor
     except ImportError as e:
         if "torchvision" not in str(e).lower():
             raise
-    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+    # the class from processor_config.json (an adapter's folder has no config.json), else from the model's config
+    saved = Path(source) / "processor_config.json"
+    name = json.loads(saved.read_text(encoding="utf-8")).get("processor_class") if saved.is_file() else None
+    if name and hasattr(transformers, name):
+        cls = getattr(transformers, name)
+    else:
+        from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 
-    cls = PROCESSOR_MAPPING[type(AutoConfig.from_pretrained(source, **kw))]
+        cls = PROCESSOR_MAPPING[type(AutoConfig.from_pretrained(source, **kw))]
     tokenizer = AutoTokenizer.from_pretrained(source, **kw)
     image_processor = AutoImageProcessor.from_pretrained(source, backend="pil", **kw)
     processor = _images_only(cls)(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,

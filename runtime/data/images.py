@@ -129,3 +129,18 @@ def to_parts(text: str) -> str | list[dict[str, str]]:
         if piece:
             parts.append({"type": "text", "text": piece})
     return parts
+
+
+def attach_images(messages: list[dict[str, str]], refs: list[str]) -> list[dict[str, Any]]:
+    """Each turn with the images its placeholders stand for (an `images` list), as chat, serve and eval pass
+    conversations to generation."""
+    out, k = [], 0
+    for m in messages:
+        n = placeholders(m["content"])
+        out.append({**m, "images": refs[k:k + n]} if n else dict(m))
+        k += n
+    return out
+
+
+def images_of(messages: list[dict[str, Any]]) -> list[str]:
+    return [ref for m in messages for ref in m.get("images") or []]

@@ -249,6 +249,7 @@ def train(r: Recipe) -> None:
     artifacts["checkpoints"] = [str(p) for _, p in run.checkpoints()]
     from ftune.runtime.train.after import after_training  # predictions on data.test, model card, loss plot
 
-    artifacts.update(after_training(spec, run, events, r.trainer.model, r.tokenizer, metrics, artifacts))
+    artifacts.update(after_training(spec, run, events, r.trainer.model, r.tokenizer, metrics, artifacts,
+                                    r.processor))
     events.emit("finished", step=step, metrics=metrics, artifacts=artifacts)
     status(state="finished", step=step, ended_at=time.time(), export=artifacts["export"])
