@@ -144,6 +144,23 @@ def is_vision(source: str, revision: str | None = None, trust_remote_code: bool 
         return False
 
 
+def vision_problem(spec) -> str | None:
+    """Why a run file cannot train a vision-language model as written (None when it can): its template must
+    render images, and its rows carry images, so no streaming or packing."""
+    from ftune.runtime.templates import VISION_TEMPLATES
+
+    m = spec.model
+    if m.template != "auto" and m.template not in VISION_TEMPLATES:
+        return (f"model.template {m.template} is a text template, and {m.name_or_path} is a vision-language model "
+                f"that renders images with its processor's own: set model.template: auto")
+    if spec.data.streaming or spec.data.packing:
+        return ("data.streaming and data.packing are for text models: a vision-language model's rows carry "
+                "images; set them to false")
+    if spec.stage.type != "sft":
+        return f"{m.name_or_path} is a vision-language model: ftune trains those with stage sft"
+    return None
+
+
 def _images_only(cls):
     """`cls` (a processor class) without its video processor: transformers' Qwen2-VL video processor needs
     torchvision, and the image path does not (its Pillow image processor). Video input is then refused."""

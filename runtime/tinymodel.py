@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ftune.runtime.files import publish_dir
-from ftune.runtime.templates import CHATML_TEMPLATE
+from ftune.runtime.templates import CHATML_TEMPLATE, QWEN2_VL_TEMPLATE
 
 RECIPE_VERSION = 1
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -79,19 +79,7 @@ def build_tiny_model(
 
 # --------------------------------------------------------------------------- a tiny vision-language model
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
-# Qwen2-VL's own chat template (its processor's): images as content parts, rendered as vision tokens.
-QWEN2_VL_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
-    "<|im_end|>\n{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
-    "{% endif %}<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] == 'video' or 'video' in content %}"
-    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video {{ video_count.value }}: "
-    "{% endif %}<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
-    "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+
 
 
 def build_tiny_vl_model(out_dir: str | Path, texts: Iterable[str], arch: str = "qwen2_vl", hidden_size: int = 64,

@@ -88,10 +88,11 @@ def _no_rows(sources: list[Source]) -> DataError:
 
 
 def check_data(sources: list[Source], stage: str, on_invalid: str,
-               limit: int | None = None) -> tuple[int, int, list[RowProblem]]:
+               limit: int | None = None, counts: dict[str, int] | None = None) -> tuple[int, int, list[RowProblem]]:
     """One streaming pass that keeps only the first problems: what `ftune train` checks before it detaches, and
     the worker's pass over data larger than memory. Raises what load_data would raise; returns (rows, valid rows,
-    the first problems). `limit`: rows per source, for a look at the head of a stream."""
+    the first problems). `limit`: rows per source, for a look at the head of a stream. `counts` gets
+    image_rows: the valid rows with images."""
     total, problems, valid = 0, [], 0
     for src in sources:
         checked = False
@@ -104,6 +105,8 @@ def check_data(sources: list[Source], stage: str, on_invalid: str,
                     problems.append(item)
                 continue
             valid += 1
+            if counts is not None and item.images:
+                counts["image_rows"] = counts.get("image_rows", 0) + 1
             if not checked:  # the kind is known from the first valid row
                 checked = True
                 wrong = _wrong_kind(src, src.kind, src.reason, stage)

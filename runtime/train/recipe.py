@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftune.runtime import models
+from ftune.runtime import models, templates
 from ftune.runtime.data.formats import DataError
 from ftune.runtime.data.prepare import PreparedData, prepare_data
 from ftune.runtime.events import EventWriter
@@ -144,14 +144,13 @@ def load_vision_processor(spec: RunSpec, source: str):
     m = spec.model
     if not models.is_vision(source, m.revision, m.trust_remote_code):
         return None
-    if m.template != "auto":
-        raise RunError(f"model.template {m.template} is a text template; {m.name_or_path} is a vision-language "
-                       f"model and renders images with its processor's own template: set model.template: auto")
-    if spec.data.streaming or spec.data.packing:
-        raise RunError("data.streaming and data.packing are for text models: a vision-language model's rows "
-                       "carry images; set them to false")
+    problem = models.vision_problem(spec)
+    if problem:
+        raise RunError(problem)
     processor = models.load_processor(source, m.revision, m.trust_remote_code)
-    models.prepare_tokenizer(processor.tokenizer, "auto")  # a pad token where it has none
+    if m.template != "auto":  # a template that renders images, named: processor and tokenizer alike
+        processor.chat_template = templates.get(m.template)
+    models.prepare_tokenizer(processor.tokenizer, m.template)  # a pad token where it has none
     return processor
 
 
