@@ -111,3 +111,24 @@ def test_vision_parts_train_as_the_run_file_says(build, tmp_path):
     before = {n: p.detach().clone() for n, p in r.model.named_parameters() if n in trained}
     r.trainer.train()  # freeze tuning on images the test wrote: the chosen layer moves
     assert any(not torch.equal(p, before[n]) for n, p in r.model.named_parameters() if n in trained)
+
+
+def test_train_refuses_before_detaching(project, tiny_model, tiny_vl_model):
+    from ftune.runtime import launch
+    from ftune.runtime.errors import UserError
+
+    data = str(write_colour_images(project / "imgs", 2))
+    cases = [
+        (tiny_model, {"data": {"train": data}},
+         f"2 rows of the data have images, but {tiny_model} is a text model: choose a vision-language model"),
+        (tiny_vl_model, {"data": {"train": data, "packing": True}},
+         "data.streaming and data.packing are for text models"),
+        (tiny_vl_model, {"data": {"train": data}, "model": {"template": "llama3"}},
+         f"model.template llama3 is a text template, and {tiny_vl_model} is a vision-language model"),
+    ]
+    for i, (model, sections, said) in enumerate(cases):
+        run = make_run(project, model, name=f"bad-{i}", **sections)
+        with pytest.raises(UserError) as e:
+            launch.start(run)
+        assert str(e.value).startswith(said), str(e.value)
+        assert not run.events_path.exists() and not run.is_locked()
