@@ -434,6 +434,6 @@ def _media_warnings(rec: Record, dataset_dir: Path, names: list[str]) -> None:
 
     info = json.loads((dataset_dir / "dataset_info.json").read_text(encoding="utf-8"))
     for name in names:
-        media = [c for c in ("images", "videos", "audios") if c in (info.get(name, {}).get("columns") or {})]
-        if media:
-            rec.warn(f"data set '{name}' has {', '.join(media)}: {TEXT_ONLY}, so only its text is trained on")
+        media = [c for c in ("videos", "audios") if c in (info.get(name, {}).get("columns") or {})]
+        if media:  # its images are read (a vision-language model trains on them); these are not
+            rec.warn(f"data set '{name}' has {', '.join(media)}: {TEXT_ONLY}, so they are not trained on")
