@@ -184,11 +184,10 @@ def load_processor(source: str, revision: str | None = None, trust_remote_code: 
     """A vision-language model's processor (image processor, tokenizer, chat template) through AutoProcessor.
     Where its video processor cannot load (no torchvision), the same processor class is built from the image
     processor and tokenizer alone: training and answering on images need nothing more."""
+    import transformers
     from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer
 
-    import transformers
-
-    kw = dict(revision=revision, trust_remote_code=trust_remote_code)
+    kw = {"revision": revision, "trust_remote_code": trust_remote_code}
     try:
         processor = AutoProcessor.from_pretrained(source, **kw)
         if hasattr(processor, "image_processor"):

@@ -98,16 +98,16 @@ def build_tiny_vl_model(out_dir: str | Path, texts: Iterable[str], arch: str = "
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS}
     heads = max(1, hidden_size // 16)
     half = hidden_size // heads // 2  # rotary frequencies per head, split over (time, height, width)
-    text = dict(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
-                num_hidden_layers=num_layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
-                max_position_embeddings=4096, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
-                rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                 "mrope_section": [half - 2 * (half // 4), half // 4, half // 4]})
-    vision = dict(depth=2, embed_dim=32, hidden_size=hidden_size, num_heads=2, mlp_ratio=2)
+    text = {"vocab_size": len(tokenizer), "hidden_size": hidden_size, "intermediate_size": hidden_size * 2,
+            "num_hidden_layers": num_layers, "num_attention_heads": heads, "num_key_value_heads": max(1, heads // 2),
+            "max_position_embeddings": 4096, "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id, "bos_token_id": None,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                "mrope_section": [half - 2 * (half // 4), half // 4, half // 4]}}
+    vision = {"depth": 2, "embed_dim": 32, "hidden_size": hidden_size, "num_heads": 2, "mlp_ratio": 2}
     if arch == "qwen2_5_vl":  # its tower: hidden_size is the tower's width, out_hidden_size the language model's
-        vision = dict(depth=2, hidden_size=32, out_hidden_size=hidden_size, intermediate_size=64, num_heads=2,
-                      fullatt_block_indexes=[1], window_size=56)
+        vision = {"depth": 2, "hidden_size": 32, "out_hidden_size": hidden_size, "intermediate_size": 64,
+                  "num_heads": 2, "fullatt_block_indexes": [1], "window_size": 56}
     config = {"qwen2_vl": Qwen2VLConfig, "qwen2_5_vl": Qwen2_5_VLConfig}[arch](
         text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],

@@ -627,7 +627,10 @@ class Wizard:
             with_images = [s for s in chosen if s.images]
             if with_images:
                 sizes = [r for s in with_images for r in (s.resolutions["smallest"], s.resolutions["largest"])]
-                area = lambda r: int(r.split("x")[0]) * int(r.split("x")[1])  # noqa: E731
+                def area(size: str) -> int:
+                    width, height = size.split("x")
+                    return int(width) * int(height)
+
                 total.resolutions = {"smallest": min(sizes, key=area), "median": "", "largest": max(sizes, key=area)}
             self.ui.note(f"{', '.join(names)}: {total.valid} rows of {total.kind} data; suits "
                          f"{', '.join(total.stages)}")

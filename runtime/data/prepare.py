@@ -96,8 +96,9 @@ def prepare_data(spec: RunSpec, tokenizer, base: Path, events: EventWriter, run:
     stage = spec.stage.type
     if processor is not None:
         vision = VisionTokens(processor, d.image_min_pixels, d.image_max_pixels)
-        opts = dict(max_length=d.max_length, train_on_prompt=d.train_on_prompt, mask_history=d.mask_history,
-                    combine=d.combine, max_input_length=d.max_input_length, max_output_length=d.max_output_length)
+        opts = {"max_length": d.max_length, "train_on_prompt": d.train_on_prompt, "mask_history": d.mask_history,
+                "combine": d.combine, "max_input_length": d.max_input_length,
+                "max_output_length": d.max_output_length}
         train_cols, truncated = tokenize_vision_examples(vision, train_rows, **opts, progress=Progress(events))
         eval_cols, _ = tokenize_vision_examples(vision, eval_rows, **opts)
     elif stage == "sft":

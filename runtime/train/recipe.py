@@ -179,6 +179,7 @@ def setup(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
         **data.counts(), "data_cached": data.cached,
         "trainable_params": trainable, "total_params": total, "precision": plan.name,
         "attn_implementation": model.config._attn_implementation, "liger": kern.liger,
+        "vision": processor is not None,
         "resumed_from": resume_from[0] if resume_from else None,
     }, stopper)
     tracking.apply_env(spec, run)  # the trackers' folders, before the trainer builds their integrations

@@ -143,10 +143,9 @@ def test_extras_map_onto_their_ftune_homes(tmp_path, lf_info):
 
 def test_vision_language_settings(tmp_path, lf_info):
     src = (LF / "train_lora/qwen3vl_lora_sft.yaml").read_text()
-    for extra, tower, projector in [("freeze_vision_tower: false\nfreeze_multi_modal_projector: false\n", "lora",
-                                     "lora"),
-                                    ("finetuning_type: full\nfreeze_vision_tower: true\n"
-                                     "freeze_multi_modal_projector: false\n", "frozen", "full")]:
+    unfrozen = "freeze_vision_tower: false\nfreeze_multi_modal_projector: false\n"
+    full_projector = "finetuning_type: full\nfreeze_vision_tower: true\nfreeze_multi_modal_projector: false\n"
+    for extra, tower, projector in [(unfrozen, "lora", "lora"), (full_projector, "frozen", "full")]:
         path = tmp_path / "vl.yaml"
         path.write_text(src.replace("finetuning_type: lora\n", "") + extra + "image_min_pixels: 1024\n")
         imported = lf_import(path, tmp_path, lf_info)

@@ -61,10 +61,10 @@ def test_a_cutoff_through_an_image_drops_the_row(processor, tmp_path):
 def build(project, tiny_vl_model):
     recipes = []
 
-    def _build(**sections):
+    def _build(model=None, **sections):
         sections.setdefault("data", {})
         sections["data"] = {"max_length": 256, "image_max_pixels": MAX_PX, "val_size": 0, **sections["data"]}
-        run = make_run(project, tiny_vl_model, name=f"vl-{len(recipes)}",
+        run = make_run(project, model or tiny_vl_model, name=f"vl-{len(recipes)}",
                        training={"per_device_train_batch_size": 2, "max_steps": 3, "save_strategy": "no",
                                  "learning_rate": 1e-2}, **sections)
         r = recipe.setup(load_spec(run.spec_path), run, EventWriter(run.events_path), Stopper())
@@ -111,6 +111,18 @@ def test_vision_parts_train_as_the_run_file_says(build, tmp_path):
     before = {n: p.detach().clone() for n, p in r.model.named_parameters() if n in trained}
     r.trainer.train()  # freeze tuning on images the test wrote: the chosen layer moves
     assert any(not torch.equal(p, before[n]) for n, p in r.model.named_parameters() if n in trained)
+
+
+def test_qwen2_5_vl_trains_through_the_same_path(build, tmp_path):
+    from ftune.runtime.tinymodel import build_tiny_vl_model
+
+    model = build_tiny_vl_model(tmp_path / "tiny-qwen2.5-vl", ["What colour is this? It is red, blue or green."] * 4,
+                                arch="qwen2_5_vl")
+    r = build(model, data={"train": [str(write_colour_images(tmp_path / "imgs", 4))]})
+    assert type(r.model.base_model.model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    assert trained_parts(r.model) == {"language": {"lora"}}
+    result = r.trainer.train()
+    assert r.trainer.state.global_step == 3 and math.isfinite(result.training_loss)
 
 
 def test_train_refuses_before_detaching(project, tiny_model, tiny_vl_model):
