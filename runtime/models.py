@@ -158,6 +158,9 @@ def vision_problem(spec) -> str | None:
                 "images; set them to false")
     if spec.stage.type != "sft":
         return f"{m.name_or_path} is a vision-language model: ftune trains those with stage sft"
+    if spec.output.save_format == "gguf":
+        return ("output.save_format gguf is for text models (llama.cpp keeps an image encoder in a separate mmproj "
+                "file that ftune does not write): use lora or merged_16bit")
     return None
 
 
@@ -180,10 +183,28 @@ def _images_only(cls):
     return ImagesOnly
 
 
-def load_processor(source: str, revision: str | None = None, trust_remote_code: bool = False):
+def processor_template(source: str, revision: str | None = None) -> str | None:
+    """The chat template a processor keeps beside the tokenizer (chat_template.jinja or .json), from a folder or
+    the local hub cache; None when there is none."""
+    import huggingface_hub as hub
+
+    for name in ("chat_template.jinja", "chat_template.json"):
+        path = Path(source) / name
+        if not path.is_file() and not Path(source).is_dir():
+            cached = hub.try_to_load_from_cache(source, name, revision=revision)
+            path = Path(cached) if isinstance(cached, str) else path
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            return json.loads(text).get("chat_template") if name.endswith(".json") else text
+    return None
+
+
+def load_processor(source: str, revision: str | None = None, trust_remote_code: bool = False,
+                   model: str | None = None):
     """A vision-language model's processor (image processor, tokenizer, chat template) through AutoProcessor.
     Where its video processor cannot load (no torchvision), the same processor class is built from the image
-    processor and tokenizer alone: training and answering on images need nothing more."""
+    processor and tokenizer alone: training and answering on images need nothing more. `model`: the folder or
+    hub id whose config names the processor class, when `source` has none (an adapter's folder)."""
     import transformers
     from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer
 
@@ -191,6 +212,8 @@ def load_processor(source: str, revision: str | None = None, trust_remote_code: 
     try:
         processor = AutoProcessor.from_pretrained(source, **kw)
         if hasattr(processor, "image_processor"):
+            if processor.chat_template and not processor.tokenizer.chat_template:  # one template for both
+                processor.tokenizer.chat_template = processor.chat_template
             return processor
     except ImportError as e:
         if "torchvision" not in str(e).lower():
@@ -203,8 +226,10 @@ def load_processor(source: str, revision: str | None = None, trust_remote_code: 
     else:
         from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 
-        cls = PROCESSOR_MAPPING[type(AutoConfig.from_pretrained(source, **kw))]
+        config_source = source if model is None or (Path(source) / "config.json").is_file() else model
+        cls = PROCESSOR_MAPPING[type(AutoConfig.from_pretrained(config_source, **kw))]
     tokenizer = AutoTokenizer.from_pretrained(source, **kw)
+    tokenizer.chat_template = tokenizer.chat_template or processor_template(source, revision)
     image_processor = AutoImageProcessor.from_pretrained(source, backend="pil", **kw)
     processor = _images_only(cls)(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
                                   chat_template=tokenizer.chat_template)

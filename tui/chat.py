@@ -260,7 +260,8 @@ def run_chat(run, checkpoint: int | None = None, compare_base: bool = False, tem
         if compare_base:
             base, via_adapter = load_base_for_comparison(rm, run)
             models.append((f"base ({rm.spec.model.name_or_path})", base, rm.tokenizer, via_adapter))
-    template = rm.spec.model.template if rm.spec.model.template != "auto" else "the tokenizer's own"
+    template = rm.spec.model.template if rm.spec.model.template != "auto" else \
+        "the processor's own" if rm.vision is not None else "the tokenizer's own"
     console.print(f"Chatting with [bold]{run.name}[/] ({rm.target.label}"
                   f"{', adapter on ' + rm.spec.model.name_or_path if rm.adapter else ''}); template: {template}."
                   f"{' The base answers too.' if compare_base else ''} /help for commands, /exit to leave.")

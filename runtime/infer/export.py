@@ -352,8 +352,8 @@ def _export(run: RunDir, fmt: str | None, checkpoint: int | None, out: str | Pat
             raise ExportError("the exported tokenizer lost the run's chat template")
         saved_vision = None
         if vision is not None:  # the export's own processor, as a user would open it
-            saved_vision = Vision(models.load_processor(str(tmp), trust_remote_code=spec.model.trust_remote_code),
-                                  vision.min_pixels, vision.max_pixels)
+            saved_vision = Vision(models.load_processor(str(tmp), trust_remote_code=spec.model.trust_remote_code,
+                                                        model=base), vision.min_pixels, vision.max_pixels)
             tok = saved_vision.processor.tokenizer
         check = compare(reference, logits_of(loaded, probe_inputs(tok, vision=saved_vision)))
         check.update(scale=float(reference.abs().max()), adapter_effect=effect, generated_tokens=0)

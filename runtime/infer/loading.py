@@ -126,7 +126,7 @@ def load_vision(spec: RunSpec, target: Target, run: RunDir, base: str) -> Vision
         return None
     folder = next((f for f in (target.path, run.export_dir()) if (f / "preprocessor_config.json").is_file()), None)
     processor = models.load_processor(str(folder) if folder else base, None if folder else spec.model.revision,
-                                      spec.model.trust_remote_code)
+                                      spec.model.trust_remote_code, model=base)
     models.prepare_tokenizer(processor.tokenizer, "auto")
     return Vision(processor, spec.data.image_min_pixels, spec.data.image_max_pixels)
 

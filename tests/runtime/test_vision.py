@@ -144,3 +144,17 @@ def test_train_refuses_before_detaching(project, tiny_model, tiny_vl_model):
             launch.start(run)
         assert str(e.value).startswith(said), str(e.value)
         assert not run.events_path.exists() and not run.is_locked()
+
+
+def test_data_check_with_a_vision_language_model_counts_image_tokens(tiny_vl_model, processor):
+    from ftune.runtime.data.check import check
+
+    report = check("mllm_demo", model=str(tiny_vl_model), dataset_dir=str(shared_mllm_demo()), show=1)
+    (src,) = registry_sources(shared_mllm_demo(), ["mllm_demo"])
+    examples = load_source(src).examples
+    cols, _ = tokenize_vision_examples(VisionTokens(processor, 32 * 32, 768 * 768), examples, 10**9)
+    assert report.tokens.tokens["max"] == max(len(ids) for ids in cols["input_ids"])
+    sample = report.tokens.samples[0]
+    assert "<|vision_start|><|image_pad|>×66<|vision_end|>Who are they?" in "".join(s["text"] for s in sample)
+    assert [s["text"] for s in sample if s["learnt"]] == [
+        "They're Kane and Gretzka from Bayern Munich.<|im_end|>\n", "They are celebrating on the soccer field.<|im_end|>\n"]
