@@ -768,6 +768,10 @@ def _print_data_report(report) -> None:
                           for k, v in sorted(r.turns.items()))
         console.print(f"  answers  {turns}")
         console.print(f"  roles    {', '.join(f'{k} {v}' for k, v in r.roles.items())}")
+    if r.images:
+        res = r.resolutions
+        console.print(f"  images   {r.images} in {r.image_rows} rows, every one found and opening; sizes "
+                      f"{res['smallest']} (smallest), {res['median']} (median), {res['largest']} (largest)")
     tokens = report.tokens
     if tokens:
         t = tokens.tokens
@@ -881,17 +885,21 @@ def export(ctx: click.Context, name: str, checkpoint: int | None, fmt: str | Non
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True)
 @click.option("--system", metavar="TEXT", help="System prompt (or /system inside the chat).")
 @click.option("--seed", type=int, help="Seed every answer's sampling: the same prompt gets the same answer.")
+@click.option("--image", "images", multiple=True, metavar="PATH",
+              help="Show a vision-language run's model this picture with the first message (repeatable; /image "
+                   "PATH inside the chat).")
 @click.pass_context
 def chat(ctx: click.Context, name: str, checkpoint: int | None, compare_base: bool, temperature: float,
-         top_p: float, max_new_tokens: int, system: str | None, seed: int | None) -> None:
+         top_p: float, max_new_tokens: int, system: str | None, seed: int | None, images: tuple[str, ...]) -> None:
     """Chat with RUN's model in the terminal, answers streamed as they are written.
 
-    Multi-turn, with the chat template the run trained with. Inside: /system TEXT, /reset,
+    Multi-turn, with the chat template the run trained with. Inside: /system TEXT, /image PATH, /reset,
     /set temperature|top_p|max_new_tokens VALUE, /settings, /help, /exit (or Ctrl+D).
     """
     from ftune.tui.chat import run_chat
 
-    run_chat(_run(ctx, name), checkpoint, compare_base, temperature, top_p, max_new_tokens, system, seed)
+    run_chat(_run(ctx, name), checkpoint, compare_base, temperature, top_p, max_new_tokens, system, seed,
+             images=images)
 
 
 @main.command(context_settings=CONTEXT)
@@ -905,9 +913,11 @@ def chat(ctx: click.Context, name: str, checkpoint: int | None, compare_base: bo
                    "in `ps`.")
 @click.option("--engine", type=click.Choice(("auto", "transformers", "vllm")), default="auto", show_default=True,
               help="auto: vLLM when it is installed and a CUDA GPU is present, else transformers.")
+@click.option("--image-dir", type=click.Path(file_okay=False, exists=True), metavar="DIR",
+              help="Vision-language runs: image_url parts may name local files under DIR (data: URLs always work).")
 @click.pass_context
 def serve(ctx: click.Context, name: str, checkpoint: int | None, host: str, port: int, api_key: str | None,
-          engine: str) -> None:
+          engine: str, image_dir: str | None) -> None:
     """Serve RUN's model behind an OpenAI-compatible API (/v1/models, /v1/chat/completions).
 
     \b
@@ -921,7 +931,7 @@ def serve(ctx: click.Context, name: str, checkpoint: int | None, host: str, port
     if api_key and source == click.core.ParameterSource.COMMANDLINE:  # argv is readable by every local user
         click.secho("warning: --api-key on the command line shows in `ps` to everyone on this machine; prefer "
                     "FTUNE_API_KEY=KEY in the environment", fg="yellow", err=True)
-    serve_run(_run(ctx, name), checkpoint, host, port, api_key, engine, say=click.echo)
+    serve_run(_run(ctx, name), checkpoint, host, port, api_key, engine, say=click.echo, image_dir=image_dir)
 
 
 @main.command(name="eval", context_settings=CONTEXT)

@@ -19,7 +19,7 @@ import yaml
 
 from ftune.runtime.models import local_path, looks_local
 
-_FAMILY_KEYS = ("template", "lora_targets", "context", "trust_remote_code", "kind", "vocab")
+_FAMILY_KEYS = ("template", "lora_targets", "context", "trust_remote_code", "kind", "vocab", "vision")
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class CatalogModel:
     vocab: int | None = None
     hidden: int | None = None
     layers: int | None = None
+    vision: tuple[float, int, int] | None = None  # a vision-language model's tower: (params_b, width, blocks)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ def families() -> tuple[Family, ...]:
                 context=int(merged["context"]), trust_remote_code=bool(merged["trust_remote_code"]),
                 kind=merged["kind"], vocab=merged.get("vocab"), hidden=merged.get("hidden"),
                 layers=merged.get("layers"),
+                vision=tuple(merged["vision"]) if merged.get("vision") else None,
             ))
         out.append(Family(fam["family"], fam["template"], fam["match"], tuple(fam.get("model_types", ())),
                           fam.get("vocab"), tuple(models), fam.get("group") or fam["family"]))
@@ -211,16 +213,29 @@ class ModelInfo:
     vocab: int | None = None
     notes: list[str] = field(default_factory=list)
     config: dict[str, Any] | None = None  # a local folder's config.json: what LoRA's exact count is made from
+    vision: tuple[float, int, int] | None = None  # a vision-language model's tower: (params_b, width, blocks)
 
     @property
     def shape(self) -> dict[str, Any]:
         """Keyword arguments for memory.estimate."""
         return {"hidden": self.hidden, "layers": self.layers, "vocab": self.vocab}
 
+    def shape_for(self, spec: Any) -> dict[str, Any]:
+        """memory.estimate's keyword arguments for this model and a run spec: a vision-language model's tower
+        and the images of a step (one per row, at data.image_max_pixels) too."""
+        from ftune.runtime.memory import Vision
+
+        if self.vision is None:
+            return self.shape
+        params, width, blocks = self.vision
+        trains = spec.method.vision_tower != "frozen"
+        return {**self.shape, "vision": Vision(params, width, blocks, spec.data.image_max_pixels, trains)}
+
 
 def from_catalog(entry: CatalogModel) -> ModelInfo:
     return ModelInfo(entry.id, "catalog", entry.family, entry.template, entry.params_b, entry.trust_remote_code,
-                     entry.kind, entry.context, entry.lora_targets, entry.hidden, entry.layers, entry.vocab)
+                     entry.kind, entry.context, entry.lora_targets, entry.hidden, entry.layers, entry.vocab,
+                     vision=entry.vision)
 
 
 def _apply_family(info: ModelInfo, fam: Family | None) -> None:
@@ -230,6 +245,7 @@ def _apply_family(info: ModelInfo, fam: Family | None) -> None:
     info.template = fam.template
     info.lora_targets = fam.models[0].lora_targets
     info.vocab = info.vocab or fam.vocab
+    info.vision = info.vision or fam.models[0].vision
     info.context = info.context or fam.models[0].context
 
 
@@ -245,6 +261,7 @@ def inspect_local(path: Path, as_written: str | None = None) -> ModelInfo:
     get = lambda key: config.get(key, text_cfg.get(key))  # noqa: E731 - multimodal configs nest the LM
     info.hidden, info.layers, info.vocab = get("hidden_size"), get("num_hidden_layers"), get("vocab_size")
     info.context = get("max_position_embeddings")
+    info.vision = vision_tower(config)
     info.trust_remote_code = bool(config.get("auto_map"))
     fam = family_by_name(path.name) or family_by_config(config.get("model_type"), info.vocab)
     _apply_family(info, fam)
@@ -258,6 +275,18 @@ def inspect_local(path: Path, as_written: str | None = None) -> ModelInfo:
     if config.get("model_type") and fam is None:
         info.notes.append(f"model_type {config['model_type']!r} is not in the catalog")
     return info
+
+
+def vision_tower(config: dict[str, Any]) -> tuple[float, int, int] | None:
+    """(params_b, width, blocks) of a vision-language config's tower: a ViT block holds about 12 x width^2
+    parameters (attention 4, an MLP of ratio 4: 8)."""
+    v = config.get("vision_config")
+    if not isinstance(v, dict):
+        return None
+    width = v.get("embed_dim") or v.get("hidden_size") or 1024  # Qwen2-VL: embed_dim; Qwen2.5-VL: hidden_size
+    blocks = v.get("depth") or v.get("num_hidden_layers") or 24
+    mlp = v.get("intermediate_size") or width * (v.get("mlp_ratio") or 4)
+    return (blocks * (4 * width * width + 2 * width * mlp) / 1e9, int(width), int(blocks))
 
 
 def _has_chat_template(path: Path) -> bool:

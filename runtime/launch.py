@@ -124,7 +124,7 @@ def fit_warning(spec: RunSpec, run: RunDir) -> str | None:
                                                                           t.per_device_train_batch_size)
     _, verdict = memory.check(info.params_b, key, gpus, seq_len=seq_len, batch=batch,
                               gradient_checkpointing=spec.training.gradient_checkpointing,
-                              precision=spec.training.precision, **memory.sharding(spec, len(gpus)), **info.shape)
+                              precision=spec.training.precision, **memory.sharding(spec, len(gpus)), **info.shape_for(spec))
     return verdict.text if verdict.label == memory.EXCEEDS else None
 
 
@@ -135,7 +135,29 @@ def preflight(spec: RunSpec, run: RunDir, say=None) -> None:
         raise RunError(problem)
     base = run.project
     check_model(spec, base, run, say)
-    check_run_data(spec, base, run, say)
+    vision = is_vision_model(spec, base)
+    if vision:
+        problem = models.vision_problem(spec)
+        if problem:
+            raise RunError(f"{problem} ({run.spec_path})")
+    counts: dict[str, int] = {}
+    check_run_data(spec, base, run, say, counts)
+    if counts.get("image_rows") and vision is False:
+        raise RunError(f"{counts['image_rows']} rows of the data have images, but {spec.model.name_or_path} is a "
+                       f"text model: choose a vision-language model (e.g. Qwen/Qwen2-VL-2B-Instruct) or data "
+                       f"without images ({run.spec_path})")
+
+
+def is_vision_model(spec: RunSpec, base: Path) -> bool | None:
+    """Whether the run's model reads images, as far as is known without loading anything: a local folder's
+    config.json, else the catalog; None when unknown (a hub id the catalog does not know)."""
+    from ftune.runtime import catalog
+
+    folder = local_path(spec.model.name_or_path, base)
+    if (folder / "config.json").is_file():
+        return models.is_vision(str(folder))
+    info = catalog.resolve(spec.model.name_or_path, base)
+    return (info.vision is not None) if info.family else None
 
 
 def check_model(spec: RunSpec, base: Path, run: RunDir, say=None) -> None:
@@ -153,7 +175,7 @@ def check_model(spec: RunSpec, base: Path, run: RunDir, say=None) -> None:
                        f"nor a hub id (owner/name)")
 
 
-def check_run_data(spec: RunSpec, base: Path, run: RunDir, say=None) -> None:
+def check_run_data(spec: RunSpec, base: Path, run: RunDir, say=None, counts: dict[str, int] | None = None) -> None:
     """Every row the worker will read, checked as the worker checks it (format, rules, the stage's kind of data)
     in one streaming pass, so bad data is an error here and not in train.log later. Streamed runs check the first
     rows of each file only: their data may be larger than anyone wants to read twice."""
@@ -166,7 +188,7 @@ def check_run_data(spec: RunSpec, base: Path, run: RunDir, say=None) -> None:
         if not path.is_file():
             raise RunError(f"data file not found: {path} (data in {run.spec_path}; "
                            f"relative paths are relative to {base})")
-    rows, _, _ = check_data(sources, spec.stage.type, d.on_invalid, limit)
+    rows, _, _ = check_data(sources, spec.stage.type, d.on_invalid, limit, counts)
     if d.validation:
         rows += check_data(sources_for([d.validation], base, d.format), spec.stage.type, d.on_invalid, limit)[0]
     took = time.monotonic() - t0

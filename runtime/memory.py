@@ -12,6 +12,11 @@ and the batch:
 * the logits in fp32 and their gradient: 8 bytes per token per vocabulary entry;
 * about 1 GB for the CUDA context and the allocator's slack.
 
+A vision-language model adds its vision tower: its weights at the frozen rate (2 GB per billion, 16-bit
+weights alone) unless the tower trains, and the tower's activations for the batch's images, one image per row
+at data.image_max_pixels: a 14x14-pixel patch is one tower token (34 x tower width bytes per tower layer), and
+four patches merge into one language-model token, which the sequence length already counts.
+
 The verdict compares the estimate with the free memory of the GPUs found (the unsloth Studio's
 labels): it fits up to 75 % of the free memory, is tight up to 100 %, and exceeds beyond.
 """
@@ -74,6 +79,30 @@ def shape_from_params(params_b: float) -> tuple[int, int]:
     return hidden, layers
 
 
+PATCH_PIXELS = 14 * 14  # Qwen2-VL's (and most ViTs') patch; 2x2 patches merge into one language-model token
+MERGE = 4
+
+
+@dataclass(frozen=True)
+class Vision:
+    """A vision-language model's tower and the images of one step, for `estimate`."""
+
+    params_b: float  # the tower's (and projector's) parameters, in billions
+    hidden: int  # the tower's width
+    layers: int  # the tower's blocks
+    image_pixels: int  # pixels per image (data.image_max_pixels)
+    trains: bool = False  # the tower trains (method.vision_tower lora or full)
+
+    @property
+    def patches(self) -> int:
+        return max(1, self.image_pixels // PATCH_PIXELS)
+
+    @property
+    def image_tokens(self) -> int:
+        """Language-model tokens one image takes."""
+        return max(1, self.patches // MERGE)
+
+
 @dataclass(frozen=True)
 class Estimate:
     method: str
@@ -81,6 +110,8 @@ class Estimate:
     weights_gb: float  # weights, gradients and optimiser states
     activations_gb: float  # activations and logits of one step
     overhead_gb: float = OVERHEAD_GB
+    vision_gb: float = 0.0  # of weights_gb + activations_gb: the vision tower's weights and activations
+    image_tokens: int = 0  # language-model tokens per image (part of the sequence length)
 
     @property
     def total_gb(self) -> float:
@@ -121,9 +152,10 @@ def sharding(spec: Any, gpus_found: int) -> dict[str, Any]:
 def estimate(params_b: float, method: str = "lora", *, seq_len: int = 1024, batch: int = 1,
              gradient_checkpointing: bool = False, hidden: int | None = None, layers: int | None = None,
              vocab: int | None = None, precision: str = "auto", processes: int = 1, strategy: str = "ddp",
-             offload: bool = False) -> Estimate:
+             offload: bool = False, vision: Vision | None = None) -> Estimate:
     """GPU memory (GB) per GPU to train a `params_b`-billion-parameter model with `method`, on
-    `processes` GPUs with `strategy` (ddp, deepspeed-zero2, deepspeed-zero3, fsdp)."""
+    `processes` GPUs with `strategy` (ddp, deepspeed-zero2, deepspeed-zero3, fsdp). `params_b` counts a
+    vision-language model's tower too; `vision` says how big it is and what it sees."""
     if method not in RATE_GB_PER_B:
         raise ValueError(f"unknown method {method!r}: one of {', '.join(RATE_GB_PER_B)}")
     if params_b <= 0:
@@ -140,8 +172,20 @@ def estimate(params_b: float, method: str = "lora", *, seq_len: int = 1024, batc
         per_token *= 2
     logits = tokens * (vocab or DEFAULT_VOCAB) * LOGIT_BYTES_PER_TOKEN_VOCAB
     activations = (tokens * per_token + logits) / 1e9
-    states = sharded_states(RATE_GB_PER_B[method] * params_b, method, params_b, processes, strategy, offload)
-    return Estimate(method, params_b, states, activations)
+    rate = RATE_GB_PER_B[method]
+    total_b = params_b
+    tower_gb = tower_act = 0.0
+    if vision is not None:
+        tower_b = min(vision.params_b, params_b)
+        tower_gb = (rate if vision.trains else RATE_GB_PER_B["lora"]) * tower_b  # frozen: its 16-bit weights
+        patches = vision.patches * max(1, batch)  # one image per row
+        # a frozen tower keeps no activations for backward: one block's working set at a time
+        kept = vision.layers if vision.trains else 1
+        tower_act = patches * kept * vision.hidden * ACT_BYTES_PER_TOKEN_LAYER_HIDDEN * (2 if precision == "fp32" else 1) / 1e9
+        params_b -= tower_b
+    states = sharded_states(rate * params_b + tower_gb, method, params_b, processes, strategy, offload)
+    return Estimate(method, total_b, states, activations + tower_act,
+                    vision_gb=tower_gb + tower_act, image_tokens=vision.image_tokens if vision else 0)
 
 
 # --------------------------------------------------------------------------- GPUs and the verdict

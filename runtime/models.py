@@ -123,10 +123,130 @@ def load_tokenizer(spec, source: str, on_fallback: Callable[[], None] | None = N
     return tok
 
 
-def model_class(stage: str):
-    """A reward model (stage rm) has one score per sequence; every other stage generates."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+def is_vision(source: str, revision: str | None = None, trust_remote_code: bool = False) -> bool:
+    """A vision-language model: its config has a vision tower (Qwen2-VL, Qwen2.5-VL, LLaVA, ...). A local folder
+    is read without transformers."""
+    config = Path(source) / "config.json"
+    if config.is_file():
+        try:
+            data = json.loads(config.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return False
+        return isinstance(data, dict) and "vision_config" in data
+    if gguf.is_gguf(source):
+        return False
+    from transformers import AutoConfig
 
+    try:
+        return hasattr(AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code),
+                       "vision_config")
+    except (OSError, ValueError):
+        return False
+
+
+def vision_problem(spec) -> str | None:
+    """Why a run file cannot train a vision-language model as written (None when it can): its template must
+    render images, and its rows carry images, so no streaming or packing."""
+    from ftune.runtime.templates import VISION_TEMPLATES
+
+    m = spec.model
+    if m.template != "auto" and m.template not in VISION_TEMPLATES:
+        return (f"model.template {m.template} is a text template, and {m.name_or_path} is a vision-language model "
+                f"that renders images with its processor's own: set model.template: auto")
+    if spec.data.streaming or spec.data.packing:
+        return ("data.streaming and data.packing are for text models: a vision-language model's rows carry "
+                "images; set them to false")
+    if spec.training.tokens_per_batch:
+        return ("training.tokens_per_batch is for text models: a vision-language model's batches are "
+                "per_device_train_batch_size rows with their images; remove it")
+    if spec.stage.type != "sft":
+        return f"{m.name_or_path} is a vision-language model: ftune trains those with stage sft"
+    if spec.output.save_format == "gguf":
+        return ("output.save_format gguf is for text models (llama.cpp keeps an image encoder in a separate mmproj "
+                "file that ftune does not write): use lora or merged_16bit")
+    return None
+
+
+def _images_only(cls):
+    """`cls` (a processor class) without its video processor: transformers' Qwen2-VL video processor needs
+    torchvision, and the image path does not (its Pillow image processor). Video input is then refused."""
+
+    class ImagesOnly(cls):
+        def check_argument_for_proper_class(self, argument_name, argument):
+            return None if argument_name == "video_processor" else super().check_argument_for_proper_class(
+                argument_name, argument)
+
+        def save_pretrained(self, save_directory, **kwargs):  # what load_processor reads back
+            self.tokenizer.save_pretrained(save_directory)
+            self.image_processor.save_pretrained(save_directory)
+            (Path(save_directory) / "processor_config.json").write_text(
+                json.dumps({"processor_class": cls.__name__}, indent=2) + "\n")
+
+    ImagesOnly.__name__ = ImagesOnly.__qualname__ = cls.__name__
+    return ImagesOnly
+
+
+def processor_template(source: str, revision: str | None = None) -> str | None:
+    """The chat template a processor keeps beside the tokenizer (chat_template.jinja or .json), from a folder or
+    the local hub cache; None when there is none."""
+    import huggingface_hub as hub
+
+    for name in ("chat_template.jinja", "chat_template.json"):
+        path = Path(source) / name
+        if not path.is_file() and not Path(source).is_dir():
+            cached = hub.try_to_load_from_cache(source, name, revision=revision)
+            path = Path(cached) if isinstance(cached, str) else path
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            return json.loads(text).get("chat_template") if name.endswith(".json") else text
+    return None
+
+
+def load_processor(source: str, revision: str | None = None, trust_remote_code: bool = False,
+                   model: str | None = None):
+    """A vision-language model's processor (image processor, tokenizer, chat template) through AutoProcessor.
+    Where its video processor cannot load (no torchvision), the same processor class is built from the image
+    processor and tokenizer alone: training and answering on images need nothing more. `model`: the folder or
+    hub id whose config names the processor class, when `source` has none (an adapter's folder)."""
+    import transformers
+    from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer
+
+    kw = {"revision": revision, "trust_remote_code": trust_remote_code}
+    try:
+        processor = AutoProcessor.from_pretrained(source, **kw)
+        if hasattr(processor, "image_processor"):
+            if processor.chat_template and not processor.tokenizer.chat_template:  # one template for both
+                processor.tokenizer.chat_template = processor.chat_template
+            return processor
+    except ImportError as e:
+        if "torchvision" not in str(e).lower():
+            raise
+    # the class from processor_config.json (an adapter's folder has no config.json), else from the model's config
+    saved = Path(source) / "processor_config.json"
+    name = json.loads(saved.read_text(encoding="utf-8")).get("processor_class") if saved.is_file() else None
+    if name and hasattr(transformers, name):
+        cls = getattr(transformers, name)
+    else:
+        from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+
+        config_source = source if model is None or (Path(source) / "config.json").is_file() else model
+        cls = PROCESSOR_MAPPING[type(AutoConfig.from_pretrained(config_source, **kw))]
+    tokenizer = AutoTokenizer.from_pretrained(source, **kw)
+    tokenizer.chat_template = tokenizer.chat_template or processor_template(source, revision)
+    image_processor = AutoImageProcessor.from_pretrained(source, backend="pil", **kw)
+    processor = _images_only(cls)(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                                  chat_template=tokenizer.chat_template)
+    del processor.video_processor  # ProcessorMixin skips video input when the attribute is absent
+    return processor
+
+
+def model_class(stage: str, vision: bool = False):
+    """A reward model (stage rm) has one score per sequence; a vision-language model reads images and text;
+    every other model generates text."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoModelForSequenceClassification
+
+    if vision:
+        return AutoModelForImageTextToText
     return AutoModelForSequenceClassification if stage == "rm" else AutoModelForCausalLM
 
 
@@ -144,14 +264,15 @@ def rope_scaled_config(spec, source: str):
     return config
 
 
-def load_base(spec, source: str, **kwargs: Any):
-    """The base model as the run file describes it: its class (a score head for rm), RoPE scaling, revision and
-    remote-code setting. kwargs go to from_pretrained (dtype, quantization_config, device_map, ...)."""
+def load_base(spec, source: str, vision: bool = False, **kwargs: Any):
+    """The base model as the run file describes it: its class (a score head for rm, image-text-to-text for a
+    vision-language model), RoPE scaling, revision and remote-code setting. kwargs go to from_pretrained (dtype,
+    quantization_config, device_map, ...)."""
     if spec.model.rope_scaling:
         kwargs["config"] = rope_scaled_config(spec, source)
     if spec.stage.type == "rm":
         kwargs.setdefault("num_labels", 1)
-    return model_class(spec.stage.type).from_pretrained(source, revision=spec.model.revision,
+    return model_class(spec.stage.type, vision).from_pretrained(source, revision=spec.model.revision,
                                                         trust_remote_code=spec.model.trust_remote_code, **kwargs)
 
 

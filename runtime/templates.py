@@ -81,6 +81,22 @@ TEMPLATES: dict[str, str] = {
     "default": _simple("System: {c}\n", "Human: {c}\n", "Assistant: {c}" + _EOS + "\n", "Human: {c}\n",
                        "Assistant:"),
 }
+# Qwen2-VL's and Qwen2.5-VL's own template (their processors'): content parts, images as vision tokens. A
+# vision-language model renders images with it; with text only it is ChatML with a default system prompt.
+QWEN2_VL_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
+    "<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
+    "{% endif %}<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video {{ video_count.value }}: "
+    "{% endif %}<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+TEMPLATES["qwen2_vl"] = QWEN2_VL_TEMPLATE
+VISION_TEMPLATES = ("qwen2_vl",)  # templates that render images (content parts)
 ALIASES = {"qwen": "chatml", "qwen3": "chatml", "yi": "chatml", "intern2": "chatml", "internlm2": "chatml",
            "llama3.1": "llama3", "llama3.2": "llama3", "mixtral": "mistral", "gemma2": "gemma", "gemma3": "gemma",
            "phi3": "phi"}

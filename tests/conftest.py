@@ -129,3 +129,45 @@ def mounted_tmpfs(folder: Path, size: str) -> Path:
         pytest.skip("mounting a small tmpfs needs root (and a mount command): the full-disk tests run in CI as root")
     atexit.register(subprocess.run, ["umount", "-l", str(folder)], check=False)
     return folder
+
+
+SHARED_MLLM = SHARED_DATA / "llamafactory"
+
+
+def shared_mllm_demo() -> Path:
+    """LLaMA-Factory's multimodal sample beside the checkout (../shared), or a skip that says why."""
+    if not (SHARED_MLLM / "mllm_demo.json").is_file():
+        pytest.skip(f"the shared sample {SHARED_MLLM / 'mllm_demo.json'} is not here (../shared beside the checkout)")
+    return SHARED_MLLM
+
+
+def write_colour_images(folder: Path, n: int = 8) -> Path:
+    """A chat data set of images the test writes itself: squares of a colour, the answer names it. JSON lines
+    in OpenAI content parts (local paths), beside the images."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    colours = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
+    with open(folder / "colours.jsonl", "w", encoding="utf-8") as f:
+        for i in range(n):
+            name = list(colours)[i % len(colours)]
+            Image.new("RGB", (56 + 28 * (i % 2), 56), colours[name]).save(folder / f"{i}.png")
+            f.write(json.dumps({"messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": f"{i}.png"}},
+                                             {"type": "text", "text": "What colour is this?"}]},
+                {"role": "assistant", "content": f"It is {name}."}]}) + "\n")
+    return folder / "colours.jsonl"
+
+
+@pytest.fixture(scope="session")
+def tiny_vl_model(tmp_path_factory) -> Path:
+    """A tiny random Qwen2-VL (two vision blocks 32 wide, a two-layer language model 64 wide) with its processor
+    (built once per session)."""
+    from ftune.runtime.tinymodel import build_tiny_vl_model
+
+    def build(root: Path) -> None:
+        texts = [a for _, a in QA] + ["Who are they? They're Kane and Gretzka from Bayern Munich.",
+                                      "What colour is this? It is red, blue or green."]
+        build_tiny_vl_model(root / "tiny-qwen2-vl", texts * 4)
+
+    return built_once(shared_root(tmp_path_factory), "tiny-vl-model", build) / "tiny-qwen2-vl"

@@ -3,6 +3,7 @@
 Multi-turn, with the chat template the run trained with (it travels with the tokenizer). Commands:
 
     /system TEXT   set the system prompt (empty: none); applies from the next answer
+    /image PATH    show the model a picture with your next message (vision-language runs; --image too)
     /reset         forget the conversation (the system prompt stays)
     /set KEY VALUE temperature, top_p or max_new_tokens (temperature 0: greedy, repeatable)
     /settings      show them
@@ -28,6 +29,7 @@ from rich.text import Text
 
 HELP = """commands:
   /system TEXT     set the system prompt (empty: none)
+  /image PATH      attach a picture to your next message (vision-language runs)
   /reset           forget the conversation
   /set KEY VALUE   temperature (0 = greedy), top_p, max_new_tokens
   /settings        show the generation settings
@@ -39,14 +41,18 @@ SETTING_TYPES = {"temperature": float, "top_p": float, "max_new_tokens": int}
 class Conversation:
     """One model's side of the chat: the turns so far."""
 
-    turns: list[dict[str, str]] = field(default_factory=list)
+    turns: list[dict[str, Any]] = field(default_factory=list)
 
-    def messages(self, system: str | None, prompt: str) -> list[dict[str, str]]:
+    def messages(self, system: str | None, prompt: str | dict[str, Any]) -> list[dict[str, Any]]:
         head = [{"role": "system", "content": system}] if system else []
-        return head + self.turns + [{"role": "user", "content": prompt}]
+        return head + self.turns + [user_turn(prompt)]
 
-    def add(self, prompt: str, answer: str) -> None:
-        self.turns += [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+    def add(self, prompt: str | dict[str, Any], answer: str) -> None:
+        self.turns += [user_turn(prompt), {"role": "assistant", "content": answer}]
+
+
+def user_turn(prompt: str | dict[str, Any]) -> dict[str, Any]:
+    return prompt if isinstance(prompt, dict) else {"role": "user", "content": prompt}
 
 
 class ChatSession:
@@ -54,8 +60,10 @@ class ChatSession:
     first, the base second with --compare-base. Input comes from `read` (input() by default)."""
 
     def __init__(self, models: list[tuple[str, Any, Any, bool]], settings, console: Console | None = None,
-                 read: Callable[[str], str] | None = None, system: str | None = None):
+                 read: Callable[[str], str] | None = None, system: str | None = None, vision: Any = None):
         self.models = models
+        self.vision = vision  # a vision-language run's processor and pixel limits (runtime.infer.generate.Vision)
+        self.pending: list[str] = []  # images for the next message
         self.settings = settings
         self.console = console or Console(highlight=False)
         self.read = read or (lambda prompt: self.console.input(prompt))
@@ -79,6 +87,8 @@ class ChatSession:
             say(f"[dim]System prompt {'set' if arg else 'cleared'}; it applies from the next answer.[/]")
         elif name == "set":
             self._set(arg)
+        elif name == "image":
+            self.attach(arg)
         elif name == "settings":
             s = self.settings
             say(f"[dim]temperature {s.temperature}, top_p {s.top_p}, max_new_tokens {s.max_new_tokens}; "
@@ -109,27 +119,57 @@ class ChatSession:
             return
         self.console.print(f"[dim]{key} = {new}[/]")
 
+    def attach(self, path: str) -> bool:
+        """Attach an image to the next message: found, opening, and a model that reads images."""
+        from pathlib import Path
+
+        from ftune.runtime.data.images import image_size, resolve
+
+        if not path:
+            self.console.print("[yellow]usage: /image PATH[/]")
+            return False
+        if self.vision is None:
+            self.console.print("[yellow]this run's model reads text only: /image needs a vision-language model "
+                               "(e.g. Qwen2-VL)[/]")
+            return False
+        try:
+            ref = resolve(path, [Path.cwd()])
+            width, height = image_size(ref)
+        except ValueError as e:
+            self.console.print(f"[yellow]image {e}[/]")
+            return False
+        self.pending.append(ref)
+        self.console.print(f"[dim]{ref} ({width}x{height}) goes with your next message.[/]")
+        return True
+
     # ------------------------------------------------------------------ answering
     def answer(self, prompt: str) -> list[str] | None:
-        """Every model's answer to `prompt`, streamed to the terminal; each conversation grows by a turn.
-        None when Ctrl+C stopped it (the conversations are left as they were)."""
+        """Every model's answer to `prompt` (with the images attached since the last one), streamed to the
+        terminal; each conversation grows by a turn. None when Ctrl+C stopped it (the conversations are left as
+        they were; the images stay attached)."""
+        from ftune.runtime.data.images import PLACEHOLDER
+
+        if self.pending:
+            prompt = {"role": "user", "content": PLACEHOLDER * len(self.pending) + prompt,
+                      "images": list(self.pending)}
         if len(self.models) == 1:
             answers = self._stream_plain(prompt)
         else:
             answers = self._stream_side_by_side(prompt)
         if answers is not None:
+            self.pending = []
             for conv, text in zip(self.conversations, answers):
                 conv.add(prompt, text)
         return answers
 
-    def _generation(self, i: int, prompt: str):
+    def _generation(self, i: int, prompt: str | dict[str, Any]):
         from ftune.runtime.infer.generate import Generation
 
         _, model, tok, adapter_off = self.models[i]
         return Generation(model, tok, self.conversations[i].messages(self.system, prompt), self.settings,
-                          disable_adapter=adapter_off, lock=self.lock)
+                          disable_adapter=adapter_off, lock=self.lock, vision=self.vision)
 
-    def _stream_plain(self, prompt: str) -> list[str] | None:
+    def _stream_plain(self, prompt: str | dict[str, Any]) -> list[str] | None:
         gen = self._generation(0, prompt)
         self.console.print(f"[bold cyan]{self.models[0][0]} ›[/] ", end="")
         out = self.console.file
@@ -152,7 +192,7 @@ class ChatSession:
             self.console.print(f"[dim](cut at max_new_tokens={self.settings.max_new_tokens}; "
                                f"/set max_new_tokens N for longer answers)[/]")
 
-    def _stream_side_by_side(self, prompt: str) -> list[str] | None:
+    def _stream_side_by_side(self, prompt: str | dict[str, Any]) -> list[str] | None:
         texts = ["" for _ in self.models]
         wide = self.console.width >= 80
 
@@ -204,8 +244,10 @@ class ChatSession:
 
 def run_chat(run, checkpoint: int | None = None, compare_base: bool = False, temperature: float = 0.7,
              top_p: float = 0.9, max_new_tokens: int = 512, system: str | None = None, seed: int | None = None,
-             console: Console | None = None, read: Callable[[str], str] | None = None) -> ChatSession:
-    """Load the run's model (and the base) and chat until /exit or end of input."""
+             console: Console | None = None, read: Callable[[str], str] | None = None,
+             images: tuple[str, ...] = ()) -> ChatSession:
+    """Load the run's model (and the base) and chat until /exit or end of input. `images` go with the first
+    message (vision-language runs)."""
     from ftune.runtime.infer.generate import Settings
     from ftune.runtime.infer.loading import load_base_for_comparison, load_run_model
 
@@ -218,10 +260,19 @@ def run_chat(run, checkpoint: int | None = None, compare_base: bool = False, tem
         if compare_base:
             base, via_adapter = load_base_for_comparison(rm, run)
             models.append((f"base ({rm.spec.model.name_or_path})", base, rm.tokenizer, via_adapter))
-    template = rm.spec.model.template if rm.spec.model.template != "auto" else "the tokenizer's own"
+    template = rm.spec.model.template if rm.spec.model.template != "auto" else \
+        "the processor's own" if rm.vision is not None else "the tokenizer's own"
     console.print(f"Chatting with [bold]{run.name}[/] ({rm.target.label}"
                   f"{', adapter on ' + rm.spec.model.name_or_path if rm.adapter else ''}); template: {template}."
                   f"{' The base answers too.' if compare_base else ''} /help for commands, /exit to leave.")
-    session = ChatSession(models, settings, console, read, system)
+    session = ChatSession(models, settings, console, read, system, rm.vision)
+    if rm.vision is not None:
+        console.print("[dim]It reads images: /image PATH attaches one to your next message.[/]")
+    for path in images:
+        if not session.attach(path):
+            from ftune.runtime.errors import UserError
+
+            raise UserError(f"--image {path}: see above", hint="Pass an image file that exists, to a run of a "
+                                                               "vision-language model.")
     session.loop()
     return session

@@ -504,8 +504,15 @@ class Wizard:
         valid = f"all {s.total} valid" if s.valid == s.total else f"{s.valid} valid, {s.invalid} invalid"
         suits = f"; suits {', '.join(s.stages)}" if s.stages else ""
         self.ui.note(f"{name}: {s.format} ({s.reason}); {s.total} rows, {valid}{suits}")
+        self.show_images(s)
         for e in s.errors:
             self.ui.note(f"  {e}")
+
+    def show_images(self, s: Any) -> None:
+        if s.images:
+            res = s.resolutions
+            self.ui.note(f"  images: {s.images} in {s.image_rows} rows, sizes {res['smallest']} to {res['largest']}: "
+                         f"image data, for a vision-language model (Qwen2-VL, Qwen2.5-VL)")
 
     def data_issues(self, s: Any) -> list[str]:
         issues = []
@@ -517,6 +524,10 @@ class Wizard:
                 issues.append(f"{s.format} data is not read by this ftune's training yet")
             if s.stages and self.a.stage not in s.stages:
                 issues.append(f"{s.format} data suits {', '.join(s.stages)}, not {STAGES[self.a.stage][0]}")
+        info = self.info
+        if getattr(s, "images", 0) and info is not None and info.family and info.vision is None:
+            issues.append(f"it has images, and {info.name_or_path} reads text only: choose a vision-language model "
+                          f"(Qwen-VL) or data without images")
         return issues
 
     def step_data(self) -> Any:
@@ -597,7 +608,8 @@ class Wizard:
             self.ui.warn(f"{info_path} names no data set whose file is here: choose a data file")
             return BACK
         current = self.a.data if isinstance(self.a.data, list) else [self.a.data]
-        options = [Option(f"{n:<24} {s.format}, {s.kind}, {s.valid} rows", n, f"Suits {', '.join(s.stages)}."
+        options = [Option(f"{n:<24} {s.format}, {s.kind}, {s.valid} rows" + (", images" if s.images else ""), n,
+                          f"Suits {', '.join(s.stages)}."
                           + (f" {s.invalid} invalid rows." if s.invalid else "")) for n, s in entries]
         while True:
             names = self.p.checkbox(f"Data sets in {info_path.name}", options, checked=current)
@@ -611,9 +623,19 @@ class Wizard:
                 continue
             total = FileSummary(str(info_path), chosen[0].format, f"{len(chosen)} data sets from {info_path.name}",
                                 chosen[0].stages, chosen[0].kind, sum(s.total for s in chosen),
-                                sum(s.valid for s in chosen), [e for s in chosen for e in s.errors][:5])
+                                sum(s.valid for s in chosen), [e for s in chosen for e in s.errors][:5],
+                                image_rows=sum(s.image_rows for s in chosen), images=sum(s.images for s in chosen))
+            with_images = [s for s in chosen if s.images]
+            if with_images:
+                sizes = [r for s in with_images for r in (s.resolutions["smallest"], s.resolutions["largest"])]
+                def area(size: str) -> int:
+                    width, height = size.split("x")
+                    return int(width) * int(height)
+
+                total.resolutions = {"smallest": min(sizes, key=area), "median": "", "largest": max(sizes, key=area)}
             self.ui.note(f"{', '.join(names)}: {total.valid} rows of {total.kind} data; suits "
                          f"{', '.join(total.stages)}")
+            self.show_images(total)
             return names, total
 
     def ask_validation(self) -> Any:

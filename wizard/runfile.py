@@ -328,7 +328,7 @@ def estimate_for(info: ModelInfo | None, spec: RunSpec, gpus: list[memory.Gpu], 
     return memory.check(info.params_b, method_of(spec, method), gpus, seq_len=spec.data.max_length,
                         batch=spec.training.per_device_train_batch_size,
                         gradient_checkpointing=spec.training.gradient_checkpointing,
-                        precision=spec.training.precision, **memory.sharding(spec, len(gpus)), **info.shape)
+                        precision=spec.training.precision, **memory.sharding(spec, len(gpus)), **info.shape_for(spec))
 
 
 def planned_steps(spec: RunSpec, valid_rows: int) -> tuple[int, int, int]:
@@ -413,7 +413,8 @@ def estimate_line(info: ModelInfo | None, spec: RunSpec, gpus: list[memory.Gpu],
     gc = ", gradient checkpointing" if spec.training.gradient_checkpointing else ""
     return (f"memory: ~{memory.gb(est.total_gb)} ({memory.LABELS[est.method]} on "
             f"a {params_text(info.params_b)}-parameter model, "
-            f"{spec.data.max_length} tokens × batch {spec.training.per_device_train_batch_size}{gc}): "
+            f"{spec.data.max_length} tokens × batch {spec.training.per_device_train_batch_size}{gc}"
+            f"{f', vision tower and one image a row: {est.image_tokens} tokens each' if est.image_tokens else ''}): "
             f"{verdict.text}")
 
 

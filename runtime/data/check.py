@@ -14,7 +14,7 @@ from typing import Any
 from ftune.runtime import gguf
 from ftune.runtime.data.formats import Source, load_source, registry_sources
 from ftune.runtime.data.load import FileSummary, summarize_file
-from ftune.runtime.data.tokenize import tokenize_conversation, with_tools
+from ftune.runtime.data.tokenize import VisionTokens, tokenize_conversation, tokenize_vision_examples, with_tools
 
 
 @dataclass
@@ -61,9 +61,18 @@ def _percentile(sorted_vals: list[int], q: float) -> int:
 def token_report(source: Source, model: str, max_length: int, show: int, trust_remote_code: bool = False) -> TokenReport:
     from transformers import AutoTokenizer
 
-    from ftune.runtime.models import model_source, prepare_tokenizer
+    from ftune.runtime.models import is_vision, load_processor, model_source, prepare_tokenizer
+    from ftune.runtime.spec.schema import DataSpec
 
-    tok = AutoTokenizer.from_pretrained(model_source(model, Path.cwd()), trust_remote_code=trust_remote_code)
+    where = model_source(model, Path.cwd())
+    vision = None
+    if is_vision(where, trust_remote_code=trust_remote_code):  # images count as the tokens they become
+        limits = DataSpec.model_fields
+        vision = VisionTokens(load_processor(where, trust_remote_code=trust_remote_code),
+                              limits["image_min_pixels"].default, limits["image_max_pixels"].default)
+        tok = vision.tokenizer
+    else:
+        tok = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
     prepare_tokenizer(tok, "auto")  # as training would: its own template, ChatML where it has none
     lengths, over, cut_away, samples = [], 0, 0, []
     for ex in load_source(source).examples:
@@ -75,7 +84,11 @@ def token_report(source: Source, model: str, max_length: int, show: int, trust_r
         msgs = with_tools(ex)
         if ex.chosen is not None:
             msgs = msgs + [{"role": "assistant", "content": ex.chosen}]
-        full = tokenize_conversation(tok, msgs, 10**9)
+        if vision is not None and ex.chosen is None:
+            cols, _ = tokenize_vision_examples(vision, [ex], 10**9)
+            full = {"input_ids": cols["input_ids"][0], "labels": cols["labels"][0]} if cols["input_ids"] else None
+        else:
+            full = tokenize_conversation(tok, msgs, 10**9)
         if full is None:
             continue
         n = len(full["input_ids"])
@@ -85,7 +98,7 @@ def token_report(source: Source, model: str, max_length: int, show: int, trust_r
             if all(label == -100 for label in full["labels"][:max_length]):
                 cut_away += 1
         if len(samples) < show:
-            samples.append(_segments(tok, full))
+            samples.append(_segments(tok, full, vision.image_token_id if vision else None))
     lengths.sort()
     return TokenReport(model, max_length,
                        {"min": lengths[0] if lengths else 0, "p50": _percentile(lengths, 50),
@@ -94,20 +107,35 @@ def token_report(source: Source, model: str, max_length: int, show: int, trust_r
                        over, cut_away, samples)
 
 
-def _segments(tok, out: dict[str, list[int]]) -> list[dict[str, Any]]:
-    """Runs of tokens with the same mask: [{"text": ..., "learnt": bool}, ...]."""
+def _segments(tok, out: dict[str, list[int]], image_token_id: int | None = None) -> list[dict[str, Any]]:
+    """Runs of tokens with the same mask: [{"text": ..., "learnt": bool}, ...]. An image's run of tokens is
+    shown as one mark with its count."""
     segs: list[dict[str, Any]] = []
     run: list[int] = []
     learnt = None
+
+    def text(ids: list[int]) -> str:
+        if image_token_id is None or image_token_id not in ids:
+            return tok.decode(ids)
+        pieces, i = [], 0
+        while i < len(ids):
+            j = i
+            while j < len(ids) and (ids[j] == image_token_id) == (ids[i] == image_token_id):
+                j += 1
+            pieces.append(f"{tok.convert_ids_to_tokens(image_token_id)}×{j - i}" if ids[i] == image_token_id
+                          else tok.decode(ids[i:j]))
+            i = j
+        return "".join(pieces)
+
     for tid, label in zip(out["input_ids"], out["labels"]):
         flag = label != -100
         if flag != learnt and run:
-            segs.append({"text": tok.decode(run), "learnt": learnt})
+            segs.append({"text": text(run), "learnt": learnt})
             run = []
         learnt = flag
         run.append(tid)
     if run:
-        segs.append({"text": tok.decode(run), "learnt": learnt})
+        segs.append({"text": text(run), "learnt": learnt})
     return segs
 
 

@@ -2,7 +2,7 @@
 
 Formats: OpenAI-style `messages` (SiliconFlow's rules), Alpaca, ShareGPT (from/value or
 role/content, tools, function calls), preference (chosen/rejected) and KTO (label) variants of
-each, and pre-training text. Files: JSON lines, JSON arrays, .txt; CSV and parquet through
+each, and pre-training text; chat rows may carry images (data/images.py). Files: JSON lines, JSON arrays, .txt; CSV and parquet through
 pyarrow. LLaMA-Factory's `dataset_info.json` describes a file the same way (`Source`).
 
 Pure Python: no torch, no tokenizer. Row errors name the file, the line (and the item index in a
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from ftune.runtime.data import images
 from ftune.runtime.errors import UserError
 
 KINDS = {"chat": ["sft", "rl"], "preference": ["dpo", "orpo", "simpo", "rm"], "kto": ["kto"], "text": ["pt"]}
@@ -28,7 +29,7 @@ SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human"
 ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "system": "system",
                   "history": "history", "chosen": "chosen", "rejected": "rejected", "kto_tag": "kto_tag"}
 SHAREGPT_COLUMNS = {"messages": "conversations", "system": "system", "tools": "tools", "chosen": "chosen",
-                    "rejected": "rejected", "kto_tag": "kto_tag"}
+                    "rejected": "rejected", "kto_tag": "kto_tag", "images": "images"}
 
 
 class DataError(UserError):
@@ -45,6 +46,8 @@ class Example:
     label: bool | None = None  # KTO: is the final answer desirable
     text: str | None = None  # pre-training text
     tools: str | None = None  # JSON text of the tools the assistant may call
+    images: list[str] = field(default_factory=list)  # absolute paths or data: URLs, one per <image> placeholder
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) of each, as stored
 
 
 @dataclass
@@ -57,6 +60,12 @@ class Source:
     columns: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     reason: str = ""
+    image_dir: Path | None = None  # where relative image paths are looked for after the file's own folder
+
+    @property
+    def image_folders(self) -> list[Path]:
+        own = self.path.parent.absolute()
+        return [own] + ([self.image_dir.absolute()] if self.image_dir and self.image_dir.absolute() != own else [])
 
 
 @dataclass
@@ -305,14 +314,23 @@ def convert_messages(row: dict, src: Source) -> Example:
         raise ValueError("missing the 'messages' key")
     if not isinstance(msgs, list) or not msgs:
         raise ValueError("'messages' must be a non-empty array")
-    turns = []
+    turns, refs = [], []
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise ValueError(f"message {i + 1} must be an object with 'role' and 'content'")
         if m["role"] not in ROLES:
             raise ValueError(f"message {i + 1} has role {m['role']!r}; use system, user or assistant")
-        turns.append({"role": m["role"], "content": _text(m["content"], f"message {i + 1}'s content")})
-    return _finish(row, src, turns)
+        turns.append({"role": m["role"], "content": _content(m["content"], f"message {i + 1}'s content", src, refs)})
+    return _finish(row, src, turns, part_images=refs)
+
+
+def _content(value: Any, what: str, src: Source, refs: list[str]) -> str:
+    """A turn's text; OpenAI content parts become text with <image> placeholders, their images added to refs."""
+    if isinstance(value, list):
+        text, found = images.from_parts(value, what, src.image_folders)
+        refs += found
+        return text
+    return _text(value, what)
 
 
 def convert_sharegpt(row: dict, src: Source) -> Example:
@@ -322,6 +340,7 @@ def convert_sharegpt(row: dict, src: Source) -> Example:
     if not isinstance(msgs, list) or not msgs:
         raise ValueError(f"'{cols['messages']}' must be a non-empty array")
     role_tag, content_tag = tags["role_tag"], tags["content_tag"]
+    refs: list[str] = []
     if isinstance(msgs[0], dict) and "role" in msgs[0] and role_tag not in msgs[0]:
         role_tag, content_tag = "role", "content"  # role/content spelling without a dataset_info
     names = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant", tags["observation_tag"]: "tool",
@@ -334,11 +353,12 @@ def convert_sharegpt(row: dict, src: Source) -> Example:
         if m[role_tag] not in names:
             raise ValueError(f"turn {i + 1} has {role_tag} {m[role_tag]!r}; use "
                              f"{', '.join(repr(t) for t in (tags['user_tag'], tags['assistant_tag'], tags['system_tag'], tags['function_tag'], tags['observation_tag']))}")
-        turns.append({"role": names[m[role_tag]], "content": _text(m[content_tag], f"turn {i + 1}'s {content_tag}")})
+        turns.append({"role": names[m[role_tag]],
+                      "content": _content(m[content_tag], f"turn {i + 1}'s {content_tag}", src, refs)})
     system = row.get(cols["system"])
     if system and (not turns or turns[0]["role"] != "system"):
         turns.insert(0, {"role": "system", "content": _text(system, "system")})
-    return _finish(row, src, turns, cols, content_tag)
+    return _finish(row, src, turns, cols, content_tag, refs)
 
 
 def convert_alpaca(row: dict, src: Source) -> Example:
@@ -378,11 +398,42 @@ CONVERTERS = {"messages": convert_messages, "sharegpt": convert_sharegpt, "alpac
               "text": convert_text}
 
 
+def _row_images(row: dict, src: Source, cols: dict, turns: list[dict[str, str]], part_images: list[str],
+                ex: Example) -> None:
+    """The row's images (an `images` list, or content parts), checked: one per <image> placeholder, each found
+    and opening. Problems name the image by its index in the row."""
+    column = src.columns.get("images", cols.get("images", "images"))
+    listed = row.get(column)
+    if listed is None and not part_images:
+        return
+    if listed is not None and not isinstance(listed, list):
+        raise ValueError(f"'{column}' must be a list of image paths")
+    refs: list[str] = list(part_images)
+    for j, ref in enumerate(listed or [], len(part_images) + 1):
+        try:
+            refs.append(images.resolve(ref, src.image_folders))
+        except ValueError as e:
+            raise ValueError(f"image {j}: {e}") from None
+    marks = sum(images.placeholders(t["content"]) for t in turns)
+    if marks != len(refs):
+        raise ValueError(f"{marks} {images.PLACEHOLDER} placeholder{'s' * (marks != 1)} but {len(refs)} "
+                         f"image{'s' * (len(refs) != 1)}: put one {images.PLACEHOLDER} in the text where each "
+                         f"image goes")
+    for j, ref in enumerate(refs, 1):
+        try:
+            ex.image_sizes.append(images.image_size(ref))
+        except ValueError as e:
+            raise ValueError(f"image {j}: {e}") from None
+    ex.images = refs
+
+
 def _finish(row: dict, src: Source, turns: list[dict[str, str]], cols: dict | None = None,
-            content_tag: str = "value") -> Example:
-    cols = cols or {"chosen": "chosen", "rejected": "rejected", "kto_tag": "label", "tools": "tools"}
+            content_tag: str = "value", part_images: list[str] | None = None) -> Example:
+    cols = cols or {"chosen": "chosen", "rejected": "rejected", "kto_tag": "label", "tools": "tools",
+                    "images": "images"}
     kind = src.kind or "chat"
     ex = Example(messages=turns)
+    _row_images(row, src, cols, turns, part_images or [], ex)
     if kind == "preference":
         _alternation(turns, final="user")
         ex.chosen = _answer(row.get(cols["chosen"]), "'chosen'", content_tag)
@@ -477,5 +528,5 @@ def registry_sources(dataset_dir: Path, names: list[str]) -> list[Source]:
             kind = "chat"
         out.append(Source(dataset_dir / entry["file_name"], formatting, kind, columns, dict(entry.get("tags", {})),
                           reason=f"'{name}' in {info_path.name}: formatting {formatting}"
-                                 + (", ranking" if entry.get("ranking") else "")))
+                                 + (", ranking" if entry.get("ranking") else ""), image_dir=dataset_dir))
     return out

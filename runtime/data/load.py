@@ -88,10 +88,11 @@ def _no_rows(sources: list[Source]) -> DataError:
 
 
 def check_data(sources: list[Source], stage: str, on_invalid: str,
-               limit: int | None = None) -> tuple[int, int, list[RowProblem]]:
+               limit: int | None = None, counts: dict[str, int] | None = None) -> tuple[int, int, list[RowProblem]]:
     """One streaming pass that keeps only the first problems: what `ftune train` checks before it detaches, and
     the worker's pass over data larger than memory. Raises what load_data would raise; returns (rows, valid rows,
-    the first problems). `limit`: rows per source, for a look at the head of a stream."""
+    the first problems). `limit`: rows per source, for a look at the head of a stream. `counts` gets
+    image_rows: the valid rows with images."""
     total, problems, valid = 0, [], 0
     for src in sources:
         checked = False
@@ -104,6 +105,8 @@ def check_data(sources: list[Source], stage: str, on_invalid: str,
                     problems.append(item)
                 continue
             valid += 1
+            if counts is not None and item.images:
+                counts["image_rows"] = counts.get("image_rows", 0) + 1
             if not checked:  # the kind is known from the first valid row
                 checked = True
                 wrong = _wrong_kind(src, src.kind, src.reason, stage)
@@ -175,6 +178,9 @@ class FileSummary:
     fatal: str | None = None  # a syntax error or unreadable file: nothing else is known
     turns: dict[int, int] = field(default_factory=dict)  # user/assistant pairs per conversation -> rows
     roles: dict[str, int] = field(default_factory=dict)  # role -> messages
+    image_rows: int = 0  # rows with at least one image
+    images: int = 0  # images in the valid rows (each found and opening)
+    resolutions: dict[str, str] = field(default_factory=dict)  # smallest, median, largest by area: "300x168"
 
     @property
     def invalid(self) -> int:
@@ -203,4 +209,10 @@ def summarize_file(path: str | Path, max_errors: int = 5, source: Source | None 
         summary.turns[pairs] = summary.turns.get(pairs, 0) + 1
         for m in ex.messages:
             summary.roles[m["role"]] = summary.roles.get(m["role"], 0) + 1
+    sizes = sorted((s for ex in loaded.examples for s in ex.image_sizes), key=lambda s: s[0] * s[1])
+    if sizes:
+        summary.image_rows = sum(1 for ex in loaded.examples if ex.images)
+        summary.images = len(sizes)
+        summary.resolutions = {k: f"{w}x{h}" for k, (w, h) in
+                               (("smallest", sizes[0]), ("median", sizes[len(sizes) // 2]), ("largest", sizes[-1]))}
     return summary

@@ -14,7 +14,7 @@ from typing import Any
 from ftune.runtime.data import columns
 from ftune.runtime.data.formats import DataError
 from ftune.runtime.data.load import check_data, load_data, sources_for, split
-from ftune.runtime.data.tokenize import tokenize_examples
+from ftune.runtime.data.tokenize import VisionTokens, tokenize_examples, tokenize_vision_examples
 from ftune.runtime.events import EventWriter
 from ftune.runtime.files import publish_dir
 from ftune.runtime.rundir import RunDir
@@ -54,10 +54,22 @@ def cache_key(spec: RunSpec, tokenizer, sources: list, base: Path) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def check_images(spec: RunSpec, loaded_examples: list, processor) -> None:
+    """Rows with images need a vision-language model, and (here) stage sft."""
+    with_images = sum(1 for ex in loaded_examples if ex.images)
+    if with_images and processor is None:
+        raise DataError(f"{with_images} rows have images, but {spec.model.name_or_path} is a text model",
+                        hint="Choose a vision-language model (e.g. Qwen/Qwen2-VL-2B-Instruct), or data without images.")
+    if processor is not None and spec.stage.type != "sft":
+        raise DataError(f"{spec.model.name_or_path} is a vision-language model: ftune trains those with stage sft",
+                        hint="Set stage: sft.")
+
+
 def prepare_data(spec: RunSpec, tokenizer, base: Path, events: EventWriter, run: RunDir,
-                 lead: bool = True) -> PreparedData:
+                 lead: bool = True, processor=None) -> PreparedData:
     """Load, check, split and tokenise; reuse the run's cache of it when nothing changed.
-    Every rank tokenises for itself; only the lead writes the cache."""
+    Every rank tokenises for itself; only the lead writes the cache. With a processor (a vision-language
+    model) rows keep their images, and the image tokens are counted into them."""
     import datasets
 
     d = spec.data
@@ -72,6 +84,7 @@ def prepare_data(spec: RunSpec, tokenizer, base: Path, events: EventWriter, run:
                             cached=True, **meta)
     loaded = load_data(sources, spec.stage.type, d.on_invalid, d.max_samples, d.mix_strategy, d.interleave_probs,
                        spec.training.seed)
+    check_images(spec, loaded.examples, processor)
     if loaded.problems:  # on_invalid: skip; say so, never silently
         events.emit("warning", message=f"skipped {loaded.invalid} invalid rows of {loaded.total}",
                     hint=f"First: {loaded.problems[0]}")
@@ -81,7 +94,14 @@ def prepare_data(spec: RunSpec, tokenizer, base: Path, events: EventWriter, run:
     else:
         train_rows, eval_rows = split(loaded.examples, d.val_size, spec.training.seed, d.shuffle)
     stage = spec.stage.type
-    if stage == "sft":
+    if processor is not None:
+        vision = VisionTokens(processor, d.image_min_pixels, d.image_max_pixels)
+        opts = {"max_length": d.max_length, "train_on_prompt": d.train_on_prompt, "mask_history": d.mask_history,
+                "combine": d.combine, "max_input_length": d.max_input_length,
+                "max_output_length": d.max_output_length}
+        train_cols, truncated = tokenize_vision_examples(vision, train_rows, **opts, progress=Progress(events))
+        eval_cols, _ = tokenize_vision_examples(vision, eval_rows, **opts)
+    elif stage == "sft":
         opts = dict(max_length=d.max_length, train_on_prompt=d.train_on_prompt, mask_history=d.mask_history,
                     combine=d.combine, max_input_length=d.max_input_length, max_output_length=d.max_output_length,
                     num_proc=processes(d.num_proc, events))
@@ -103,9 +123,10 @@ def prepare_data(spec: RunSpec, tokenizer, base: Path, events: EventWriter, run:
         eval_cols = columns.columns_for(stage, eval_rows)
     first = next(iter(train_cols))
     if truncated:
-        events.emit("warning", message=f"{truncated} examples had no answer left after truncation to "
-                                       f"{d.max_length} tokens and were dropped",
-                    hint="Raise data.max_length.")
+        cut = "had no answer left after truncation to" if processor is None else \
+            "had no answer left, or would have been cut through an image, at"
+        events.emit("warning", message=f"{truncated} examples {cut} {d.max_length} tokens and were dropped",
+                    hint="Raise data.max_length" + (", or lower data.image_max_pixels." if processor else "."))
     if not train_cols[first]:
         raise DataError("no training rows left after tokenisation", hint="Raise data.max_length.")
     out = PreparedData(train=datasets.Dataset.from_dict(train_cols),

@@ -28,6 +28,11 @@ def with_tools(ex: Example) -> list[dict[str, str]]:
     return msgs
 
 
+def _plain(content: Any) -> str:
+    """A turn's text: content parts (a vision-language template's input) joined."""
+    return content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
+
+
 def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character span of each assistant turn (with its end-of-turn
     marker). Spans come from rendering prefixes, so they are exact for any template that renders
@@ -43,10 +48,10 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str
         if upto.startswith(before) and full.startswith(upto):
             spans.append((len(before), len(upto)))
         else:
-            start = full.find(m["content"], cursor)
+            start = full.find(_plain(m["content"]), cursor)
             if start < 0:
                 raise DataError("the chat template drops an assistant answer; choose another template")
-            spans.append((start, start + len(m["content"])))
+            spans.append((start, start + len(_plain(m["content"]))))
         cursor = spans[-1][1]
     return full, spans
 
@@ -161,4 +166,94 @@ def tokenize_examples(tokenizer: Any, examples: list[Example], max_length: int, 
             columns["labels"].append(out["labels"])
         if progress:
             progress(min(start + 1000, len(examples)), len(examples))
+    return columns, dropped
+
+
+# --------------------------------------------------------------------------- chat examples with images
+class VisionTokens:
+    """How a vision-language processor spells images in token ids: each `<image>` of a row becomes the
+    processor's image token repeated once per image patch group, a number that depends on the image's size only
+    (after the run's pixel limits), found once per size by running the processor on a blank image of it."""
+
+    def __init__(self, processor: Any, min_pixels: int, max_pixels: int):
+        self.processor, self.min_pixels, self.max_pixels = processor, min_pixels, max_pixels
+        self.tokenizer = processor.tokenizer
+        self.image_token = processor.image_token
+        self.image_token_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
+        vocab = self.tokenizer.get_vocab()
+        # the pads and their frame (Qwen-VL's vision start and end): never learnt, even with train_on_prompt
+        self.never_learnt = {self.image_token_id} | {vocab[t] for t in ("<|vision_start|>", "<|vision_end|>")
+                                                     if t in vocab}
+        self._per_size: dict[tuple[int, int], int] = {}
+
+    def count(self, size: tuple[int, int]) -> int:
+        from ftune.runtime.data.images import fit_size
+
+        size = fit_size(*size, self.min_pixels, self.max_pixels)
+        if size not in self._per_size:
+            from PIL import Image
+
+            enc = self.processor(text=[self.image_token], images=[Image.new("RGB", size)])
+            self._per_size[size] = list(enc["input_ids"][0]).count(self.image_token_id)
+        return self._per_size[size]
+
+    def expand(self, text: str, spans: list[tuple[int, int]], counts: list[int]) -> tuple[str, list[tuple[int, int]]]:
+        """The rendered text with each image token repeated as often as its image needs, and the answer spans
+        moved with it."""
+        pieces = text.split(self.image_token)
+        if len(pieces) - 1 != len(counts):
+            raise DataError(f"the chat template rendered {len(pieces) - 1} images for {len(counts)} in the row")
+        out, shifts, pos = [pieces[0]], [], len(pieces[0])
+        for n, piece in zip(counts, pieces[1:]):
+            shifts.append((pos + len(self.image_token), len(self.image_token) * (n - 1)))
+            out += [self.image_token * n, piece]
+            pos += len(self.image_token) + len(piece)
+
+        def moved(x: int) -> int:
+            return x + sum(extra for at, extra in shifts if at <= x)
+
+        return "".join(out), [(moved(a), moved(b)) for a, b in spans]
+
+
+def vision_turns(messages: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Turns with `<image>` placeholders as content parts, as a processor's chat template reads them."""
+    from ftune.runtime.data.images import to_parts
+
+    return [{"role": m["role"], "content": to_parts(m["content"])} for m in messages]
+
+
+def tokenize_vision_examples(vision: VisionTokens, examples: list[Example], max_length: int,
+                             train_on_prompt: bool = False, mask_history: bool = False, combine: bool = True,
+                             max_input_length: int | None = None, max_output_length: int | None = None,
+                             progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, list], int]:
+    """Columns input_ids, labels and images (each row's image references) for a vision-language model, with the
+    same exact mask as text: answer spans from rendering prefixes with the processor's template, then the image
+    tokens expanded. Image tokens are never learnt. A row that the cutoff would cut through an image is dropped
+    (counted with the truncated rows): half an image does not match its pixels."""
+    from ftune.runtime.data.images import placeholders
+
+    columns: dict[str, list] = {"input_ids": [], "labels": [], "images": []}
+    dropped = 0
+    for done, ex in enumerate(examples, 1):
+        msgs = with_tools(ex)
+        for conversation in ([msgs] if combine else per_turn(msgs)):
+            n_images = sum(placeholders(m["content"]) for m in conversation)
+            text, spans = assistant_spans(vision.processor, vision_turns(conversation))
+            if mask_history or not combine:
+                spans = spans[-1:]
+            counts = [vision.count(size) for size in ex.image_sizes[:n_images]]
+            text, spans = vision.expand(text, spans, counts)
+            enc = vision.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            out = _mask_and_cut(enc["input_ids"], enc["offset_mapping"], spans, max_length, train_on_prompt,
+                                max_input_length, max_output_length)
+            if out is None or out["input_ids"].count(vision.image_token_id) != sum(counts):
+                dropped += 1
+                continue
+            out["labels"] = [-100 if t in vision.never_learnt else label
+                             for t, label in zip(out["input_ids"], out["labels"])]
+            columns["input_ids"].append(out["input_ids"])
+            columns["labels"].append(out["labels"])
+            columns["images"].append(list(ex.images[:n_images]))
+        if progress and (done % 200 == 0 or done == len(examples)):
+            progress(done, len(examples))
     return columns, dropped

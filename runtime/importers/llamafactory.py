@@ -35,10 +35,11 @@ SIMPLE = {  # key -> ftune key, same value
     "simpo_gamma": "stage.simpo_gamma", "kto_chosen_weight": "stage.kto_desirable_weight",
     "kto_rejected_weight": "stage.kto_undesirable_weight", "ref_model": "stage.ref_model",
     "reward_model": "stage.reward_model", "compute_accuracy": "training.compute_accuracy",
+    "image_max_pixels": "data.image_max_pixels", "image_min_pixels": "data.image_min_pixels",
 }
 GPU_SIMPLE = {"ref_model_quantization_bit": "stage.ref_model_quantization_bits",
               "reward_model_quantization_bit": "stage.reward_model_quantization_bits"}
-TEXT_ONLY = "ftune trains text models; images, video and audio are not read"
+TEXT_ONLY = "ftune reads images (docs/vision.md); video and audio are not read"
 LEFT = {  # key -> (reason, why)
     "use_muon": (NO_HOME, "ftune has no Muon optimiser"),
     "use_dft_loss": (NO_HOME, "ftune trains SFT with the plain cross-entropy (no DFT loss)"),
@@ -81,17 +82,16 @@ LEFT = {  # key -> (reason, why)
     "ray_init_kwargs": (NO_HOME, "ftune starts its processes with torchrun, not Ray"),
     "fsdp_transformer_layer_cls_to_wrap": (NO_HOME, "ftune wraps each decoder layer of the model itself"),
     "data_shared_file_system": (NO_MEANING, "each node prepares the data in its own run folder"),
-    "media_dir": (NO_MEANING, TEXT_ONLY),
+    "media_dir": (NO_MEANING, "ftune looks for images beside the data file, then in data.dataset_dir"),
     "moe_aux_loss_coef": (NO_HOME, "ftune trains MoE models with their own router loss settings"),
     "enable_thinking": (NO_HOME, "ftune's templates keep the answers as written (no thought blocks added)"),
-    "freeze_vision_tower": (NO_MEANING, TEXT_ONLY),
-    "freeze_multi_modal_projector": (NO_MEANING, TEXT_ONLY),
-    "freeze_language_model": (NO_MEANING, TEXT_ONLY),
+    "freeze_language_model": (NO_HOME, "ftune always trains a vision-language model's language model"),
 }
 REPORTS = "ftune reports to runs/<name>/events.jsonl only"
 HUBS = "ftune reads models from local folders or the Hugging Face hub"
 PREFIX_LEFT = {  # key prefix -> (reason, why)
-    "image_": (NO_MEANING, TEXT_ONLY), "video_": (NO_MEANING, TEXT_ONLY), "audio_": (NO_MEANING, TEXT_ONLY),
+    "image_": (NO_HOME, "ftune scales images by image_max_pixels / image_min_pixels only"),
+    "video_": (NO_MEANING, TEXT_ONLY), "audio_": (NO_MEANING, TEXT_ONLY),
     "use_audio": (NO_MEANING, TEXT_ONLY), "crop_to": (NO_MEANING, TEXT_ONLY),
     "oft_": (NO_HOME, "ftune has no OFT (orthogonal fine-tuning)"),
     "ppo_": (NO_HOME, "ftune's rl stage runs GRPO or RLOO (TRL 1.x has no PPO)"),
@@ -134,7 +134,7 @@ def template_for(name: str) -> tuple[str | None, str]:
                           "ftune's qwen3 keeps the answers as written (like qwen3_nothink)")
         return name, ""
     if name in MULTIMODAL_WORDS or any(w in MULTIMODAL_WORDS for w in name.split("_")):
-        return None, f"'{name}' is a multimodal template; {TEXT_ONLY}: the tokenizer's own template is used (auto)"
+        return None, f"'{name}' is a multimodal template ftune has no name for: the model's own template is used (auto)"
     if name.endswith("_nothink") and name[: -len("_nothink")] in templates.NAMES:
         return name[: -len("_nothink")], "the same turns without thought blocks: ftune's templates add none"
     if name == "empty":
@@ -233,6 +233,12 @@ def map_config(src: dict[str, Any], ctx: Context) -> Record:
     if "lora_target" in src:
         rec.put("lora_target", "method.lora.target_modules", _names(src["lora_target"]))
         take("lora_target")
+    for key, part in (("freeze_vision_tower", "method.vision_tower"), ("freeze_multi_modal_projector", "method.projector")):
+        if key in src:  # unfrozen: LoRA on its linear layers under finetuning_type lora, else trained whole
+            unfrozen = "lora" if ftype == "lora" else "full"
+            rec.put(key, part, "frozen" if src[key] else unfrozen,
+                    "" if src[key] else f"trained as finetuning_type {ftype} trains: {unfrozen}")
+            take(key)
     if "additional_target" in src:
         if src["additional_target"]:
             rec.put("additional_target", "method.lora.modules_to_save", _names(src["additional_target"], keep_all=False))
@@ -428,6 +434,6 @@ def _media_warnings(rec: Record, dataset_dir: Path, names: list[str]) -> None:
 
     info = json.loads((dataset_dir / "dataset_info.json").read_text(encoding="utf-8"))
     for name in names:
-        media = [c for c in ("images", "videos", "audios") if c in (info.get(name, {}).get("columns") or {})]
-        if media:
-            rec.warn(f"data set '{name}' has {', '.join(media)}: {TEXT_ONLY}, so only its text is trained on")
+        media = [c for c in ("videos", "audios") if c in (info.get(name, {}).get("columns") or {})]
+        if media:  # its images are read (a vision-language model trains on them); these are not
+            rec.warn(f"data set '{name}' has {', '.join(media)}: {TEXT_ONLY}, so they are not trained on")

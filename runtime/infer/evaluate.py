@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ftune.runtime.data.formats import DataError, Source, load_source
+from ftune.runtime.data.images import attach_images
 from ftune.runtime.data.tokenize import with_tools
 from ftune.runtime.files import write_atomic
 from ftune.runtime.rundir import RunDir, RunError
@@ -76,7 +77,7 @@ def rows_of(examples: list) -> list[Row]:
     """Prompt and reference of each example: the chosen answer, or the last assistant turn."""
     rows = []
     for ex in examples:
-        msgs = with_tools(ex)
+        msgs = attach_images(with_tools(ex), ex.images)  # each prompt turn with the images it shows
         if ex.chosen is not None:
             rows.append(Row(msgs, ex.chosen))
         elif msgs and msgs[-1]["role"] == "assistant":
@@ -109,13 +110,15 @@ def held_out_rows(spec: RunSpec, run: RunDir) -> tuple[list[Row], str]:
 
 
 def predict_and_score(model, tokenizer, rows: list[Row], max_new_tokens: int, batch_size: int,
-                      on_batch: Callable[[int, int], None] | None = None) -> tuple[list[str], dict[str, Any]]:
+                      on_batch: Callable[[int, int], None] | None = None,
+                      vision=None) -> tuple[list[str], dict[str, Any]]:
     from ftune.runtime.infer import metrics
     from ftune.runtime.infer.generate import generate_batch
 
     t0 = time.time()
     model.eval()
-    predictions = generate_batch(model, tokenizer, [r.prompt for r in rows], max_new_tokens, batch_size, on_batch)
+    predictions = generate_batch(model, tokenizer, [r.prompt for r in rows], max_new_tokens, batch_size, on_batch,
+                                 vision)
     runtime = time.time() - t0
     scores = metrics.score(predictions, [r.reference for r in rows])
     scores.update(predict_runtime=round(runtime, 3), predict_samples_per_second=round(len(rows) / runtime, 3),
@@ -136,8 +139,9 @@ def write_results(folder: Path, rows: list[Row], predictions: list[str], scores:
 def evaluate_run(run: RunDir, checkpoint: int | None = None, test: str | None = None,
                  max_new_tokens: int | None = None, batch_size: int | None = None, model=None, tokenizer=None,
                  label: str | None = None, say: Callable[[str], None] = lambda s: None,
-                 on_batch: Callable[[int, int], None] | None = None) -> EvalResult:
-    """Predict on the run's test file (or `test`) with its export or checkpoint N (or a model in memory)."""
+                 on_batch: Callable[[int, int], None] | None = None, vision=None) -> EvalResult:
+    """Predict on the run's test file (or `test`) with its export or checkpoint N (or a model in memory, with
+    its `vision` for a vision-language model)."""
     spec = load_spec(run.spec_path)
     if test or spec.data.test:
         path = test_file(spec, run, test)
@@ -151,11 +155,11 @@ def evaluate_run(run: RunDir, checkpoint: int | None = None, test: str | None = 
 
         say(f"Loading {run.name}" + (f" at checkpoint {checkpoint}" if checkpoint is not None else ""))
         rm = load_run_model(run, checkpoint)
-        model, tokenizer, label = rm.model, rm.tokenizer, rm.target.label
+        model, tokenizer, label, vision = rm.model, rm.tokenizer, rm.target.label, rm.vision
     label = label or "export"
     n_new = max_new_tokens or spec.training.max_new_tokens
     say(f"Answering {len(rows)} prompts of {where} (greedy, up to {n_new} new tokens)")
     predictions, scores = predict_and_score(model, tokenizer, rows, n_new,
-                                            batch_size or spec.training.per_device_eval_batch_size, on_batch)
+                                            batch_size or spec.training.per_device_eval_batch_size, on_batch, vision)
     scores.update(model=label, test_file=where, skipped_rows=skipped)
     return write_results(run.path / "eval" / label, rows, predictions, scores)

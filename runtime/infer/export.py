@@ -119,9 +119,26 @@ def _check_out(out: Path, run: RunDir, target: loading.Target) -> None:
 
 
 # --------------------------------------------------------------------------- checking
-def probe_inputs(tokenizer, causal: bool = True) -> dict[str, Any]:
+def probe_image():
+    """A picture for a vision-language model's probe: a colour gradient, the same every time."""
+    from PIL import Image
+
+    img = Image.new("RGB", (96, 64))
+    img.putdata([(4 * x % 256, 4 * y % 256, 128) for y in range(64) for x in range(96)])
+    return img
+
+
+def probe_inputs(tokenizer, causal: bool = True, vision=None) -> dict[str, Any]:
+    if vision is not None:  # the probe with a picture, so the export's vision tower is checked too
+        text = vision.processor.apply_chat_template(vision_probe(), tokenize=False)
+        return vision.processor(text=[text], images=[probe_image()], return_tensors="pt")
     text = tokenizer.apply_chat_template(PROBE, tokenize=False)
     return tokenizer(text, add_special_tokens=False, return_tensors="pt")
+
+
+def vision_probe() -> list[dict[str, Any]]:
+    return [PROBE[0], {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROBE[1]["content"]}]},
+            PROBE[2]]
 
 
 def logits_of(model, inputs: dict[str, Any]):
@@ -162,13 +179,21 @@ def judge(fmt: str, check: dict[str, Any], causal: bool = True) -> str | None:
     return None
 
 
-def load_exported(path: Path, fmt: str, spec, run: RunDir, dtype):
+def load_exported(path: Path, fmt: str, spec, run: RunDir, dtype, vision: bool = False):
     """The export as a user would load it: plain transformers, or peft for an adapter."""
     import transformers
 
     causal = spec.stage.type != "rm"
     extra: dict[str, Any] = {} if causal else {"num_labels": 1}
     placement = loading.placement()
+    if vision:  # peft has no auto class for image-text-to-text: the base, then the adapter on it
+        if fmt == "lora":
+            from peft import PeftModel
+
+            return PeftModel.from_pretrained(loading.load_base_model(spec, run, dtype), path)
+        kwargs = {} if fmt == "merged_4bit" else {"dtype": dtype}
+        return transformers.AutoModelForImageTextToText.from_pretrained(
+            path, trust_remote_code=spec.model.trust_remote_code, **placement, **kwargs)
     if fmt == "lora":
         if spec.model.rope_scaling:  # the adapter's base needs the run's RoPE config
             from peft import PeftModel
@@ -214,8 +239,10 @@ def quantize_4bit(merged: Path, path: Path, spec) -> None:
 
     quant = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                             bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=merged_dtype())
-    q = transformers.AutoModelForCausalLM.from_pretrained(merged, quantization_config=quant, device_map="auto",
-                                                          trust_remote_code=spec.model.trust_remote_code)
+    cls = transformers.AutoModelForImageTextToText if models.is_vision(str(merged)) else \
+        transformers.AutoModelForCausalLM
+    q = cls.from_pretrained(merged, quantization_config=quant, device_map="auto",
+                            trust_remote_code=spec.model.trust_remote_code)
     q.save_pretrained(path)
 
 
@@ -232,7 +259,7 @@ def _export(run: RunDir, fmt: str | None, checkpoint: int | None, out: str | Pat
     import torch
     from transformers import AutoTokenizer
 
-    from ftune.runtime.infer.generate import Generation, Settings
+    from ftune.runtime.infer.generate import Generation, Settings, Vision
 
     spec = load_spec(run.spec_path)
     fmt = fmt or spec.output.save_format
@@ -272,13 +299,18 @@ def _export(run: RunDir, fmt: str | None, checkpoint: int | None, out: str | Pat
     cuda = torch.cuda.is_available()
     dtype = loading.inference_dtype() if cuda else torch.float32
     say(f"Loading {run.name} ({target.label}{', adapter on ' + spec.model.name_or_path if target.adapter else ''})")
-    tokenizer = loading.load_tokenizer(spec, target, run, models.model_source(spec.model.name_or_path, run.project))
+    base = models.model_source(spec.model.name_or_path, run.project)
+    vision = loading.load_vision(spec, target, run, base)
+    if vision is not None and fmt == "gguf":
+        raise ExportError("GGUF export is for text models: llama.cpp keeps a vision-language model's image encoder "
+                          "in a separate mmproj file that ftune does not write; export merged_16bit or lora")
+    tokenizer = vision.processor.tokenizer if vision else loading.load_tokenizer(spec, target, run, base)
     model = loading.load_weights(spec, run, target, dtype)
     model.eval()
     if fmt == "gguf":
         holder, model = [model], None  # _export_gguf lets go of it once it is merged and saved
         return _export_gguf(run, spec, target, holder, tokenizer, quant, out, say)
-    inputs = probe_inputs(tokenizer)
+    inputs = probe_inputs(tokenizer, vision=vision)
     reference = logits_of(model, inputs)
     effect = None
     if target.adapter:  # how far the adapter moves the base: the yardstick for a merge
@@ -307,20 +339,27 @@ def _export(run: RunDir, fmt: str | None, checkpoint: int | None, out: str | Pat
                 shutil.rmtree(staging, ignore_errors=True)
             saved_dtype = "4-bit nf4 (bitsandbytes)"
         tokenizer.save_pretrained(tmp)
+        if vision is not None:
+            vision.processor.save_pretrained(tmp)
         model = None  # the run's model is no longer needed: free it before loading the export
         _free()
 
         say("Checking that it loads with plain transformers/peft and generates")
-        loaded = load_exported(tmp, fmt, spec, run, dtype)
+        loaded = load_exported(tmp, fmt, spec, run, dtype, vision is not None)
         loaded.eval()
         tok = AutoTokenizer.from_pretrained(tmp, trust_remote_code=spec.model.trust_remote_code)
         if tok.chat_template != tokenizer.chat_template:
             raise ExportError("the exported tokenizer lost the run's chat template")
-        check = compare(reference, logits_of(loaded, probe_inputs(tok)))
+        saved_vision = None
+        if vision is not None:  # the export's own processor, as a user would open it
+            saved_vision = Vision(models.load_processor(str(tmp), trust_remote_code=spec.model.trust_remote_code,
+                                                        model=base), vision.min_pixels, vision.max_pixels)
+            tok = saved_vision.processor.tokenizer
+        check = compare(reference, logits_of(loaded, probe_inputs(tok, vision=saved_vision)))
         check.update(scale=float(reference.abs().max()), adapter_effect=effect, generated_tokens=0)
         sample = ""
         if causal:
-            gen = Generation(loaded, tok, PROBE[:2], Settings(temperature=0, max_new_tokens=16))
+            gen = Generation(loaded, tok, PROBE[:2], Settings(temperature=0, max_new_tokens=16), vision=saved_vision)
             sample = gen.result()
             check["generated_tokens"] = gen.completion_tokens
         problem = judge(fmt, check, causal)

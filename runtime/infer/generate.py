@@ -6,6 +6,9 @@ format it learnt. Generation stops at the tokenizer's end-of-sequence token and 
 markers of the common templates that are single tokens in the vocabulary (<|im_end|>, <|eot_id|>,
 <end_of_turn>, ...): a model trained with a template whose turn marker is not its eos token still
 stops after its answer instead of running on.
+
+A vision-language model's prompts go through its processor (`Vision`): turns carry `<image>` placeholders and
+the images they stand for (an `images` list on the turn), opened within the run's pixel limits.
 """
 
 from __future__ import annotations
@@ -51,12 +54,42 @@ def stop_token_ids(tokenizer, model=None) -> list[int]:
     return list(dict.fromkeys(i for i in ids if i is not None))
 
 
+@dataclass
+class Vision:
+    """A vision-language model's processor and the run's pixel limits (data.image_min_pixels / max_pixels)."""
+
+    processor: Any
+    min_pixels: int
+    max_pixels: int
+
+    def render(self, messages: list[dict[str, Any]]) -> str:
+        from ftune.runtime.data.tokenize import vision_turns
+
+        return self.processor.apply_chat_template(vision_turns(messages), tokenize=False, add_generation_prompt=True)
+
+    def inputs(self, conversations: list[list[dict[str, Any]]], padding: bool = False) -> dict[str, Any]:
+        from ftune.runtime.data.images import images_of, open_image
+
+        pictures = [open_image(ref, self.min_pixels, self.max_pixels) for c in conversations for ref in images_of(c)]
+        return self.processor(text=[self.render(c) for c in conversations], images=pictures or None,
+                              padding=padding, return_tensors="pt")
+
+
 def render(tokenizer, messages: list[dict[str, str]]) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def prompt_inputs(tokenizer, messages: list[dict[str, str]], device) -> dict[str, Any]:
-    enc = tokenizer(render(tokenizer, messages), add_special_tokens=False, return_tensors="pt")
+def text_only(messages: list[dict[str, Any]]) -> None:
+    if any(m.get("images") for m in messages):
+        raise ValueError("this model reads text only: images need a run of a vision-language model")
+
+
+def prompt_inputs(tokenizer, messages: list[dict[str, str]], device, vision: Vision | None = None) -> dict[str, Any]:
+    if vision is not None:
+        enc = vision.inputs([messages])
+    else:
+        text_only(messages)
+        enc = tokenizer(render(tokenizer, messages), add_special_tokens=False, return_tensors="pt")
     return {k: v.to(device) for k, v in enc.items()}
 
 
@@ -83,13 +116,13 @@ class Generation:
     is held for the whole generation (one model, one generation at a time)."""
 
     def __init__(self, model, tokenizer, messages: list[dict[str, str]], settings: Settings,
-                 disable_adapter: bool = False, lock: threading.Lock | None = None):
+                 disable_adapter: bool = False, lock: threading.Lock | None = None, vision: Vision | None = None):
         from transformers import TextIteratorStreamer
 
         settings.check()
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
         self.disable_adapter, self.lock = disable_adapter, lock
-        self.inputs = prompt_inputs(tokenizer, messages, _device(model))
+        self.inputs = prompt_inputs(tokenizer, messages, _device(model), vision)
         self.prompt_tokens = int(self.inputs["input_ids"].shape[1])
         self.streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         self._cancel = threading.Event()
@@ -174,13 +207,16 @@ class Generation:
 
 
 def generate_batch(model, tokenizer, conversations: list[list[dict[str, str]]], max_new_tokens: int,
-                   batch_size: int = 8, on_batch=None) -> list[str]:
+                   batch_size: int = 8, on_batch=None, vision: Vision | None = None) -> list[str]:
     """Greedy answers to many prompts, in batches (left-padded, longest first), in input order."""
     import torch
 
     settings = Settings(temperature=0, max_new_tokens=max_new_tokens)
     cfg = generation_config(model, tokenizer, settings)
-    texts = [render(tokenizer, c) for c in conversations]
+    if vision is None:
+        for c in conversations:
+            text_only(c)
+    texts = [vision.render(c) if vision else render(tokenizer, c) for c in conversations]
     lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     order = sorted(range(len(texts)), key=lambda i: -lengths[i])
     answers: list[str] = [""] * len(texts)
@@ -189,7 +225,10 @@ def generate_batch(model, tokenizer, conversations: list[list[dict[str, str]]], 
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            enc = tokenizer([texts[i] for i in idx], add_special_tokens=False, padding=True, return_tensors="pt")
+            if vision is not None:  # images in the prompts; the lengths above are close enough to order by
+                enc = vision.inputs([conversations[i] for i in idx], padding=True)
+            else:
+                enc = tokenizer([texts[i] for i in idx], add_special_tokens=False, padding=True, return_tensors="pt")
             enc = {k: v.to(_device(model)) for k, v in enc.items()}
             with torch.inference_mode():
                 out = model.generate(**enc, generation_config=cfg)

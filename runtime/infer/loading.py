@@ -8,7 +8,8 @@ What a run leaves behind, and how each loads:
 
 The tokenizer comes from the same folder (the worker saves it, chat template included, with every
 checkpoint and the export), so chat, serve and eval render prompts exactly as training did. Only
-when a folder has no tokenizer is the base model's taken, with the run's `model.template` applied.
+when a folder has no tokenizer is the base model's taken, with the run's `model.template` applied. A
+vision-language model's processor (image processor, template) is saved and found the same way.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ftune.runtime import models
+from ftune.runtime.infer.generate import Vision
 from ftune.runtime.rundir import RunDir, RunError
 from ftune.runtime.spec import RunSpec, load_spec
 
@@ -43,6 +45,7 @@ class RunModel:
     target: Target
     base_source: str  # the base model folder or hub id
     name: str  # the run's name, as clients address it
+    vision: Vision | None = None  # a vision-language model's processor and pixel limits
 
     @property
     def adapter(self) -> bool:
@@ -117,9 +120,21 @@ def load_tokenizer(spec: RunSpec, target: Target, run: RunDir, base: str):
     return models.load_tokenizer(spec, base)  # what the worker trained with
 
 
+def load_vision(spec: RunSpec, target: Target, run: RunDir, base: str) -> Vision | None:
+    """A vision-language run's processor (saved with the weights, else the base model's), or None."""
+    if not models.is_vision(base, spec.model.revision, spec.model.trust_remote_code):
+        return None
+    folder = next((f for f in (target.path, run.export_dir()) if (f / "preprocessor_config.json").is_file()), None)
+    processor = models.load_processor(str(folder) if folder else base, None if folder else spec.model.revision,
+                                      spec.model.trust_remote_code, model=base)
+    models.prepare_tokenizer(processor.tokenizer, "auto")
+    return Vision(processor, spec.data.image_min_pixels, spec.data.image_max_pixels)
+
+
 def load_base_model(spec: RunSpec, run: RunDir, dtype=None, where: dict[str, Any] | None = None):
     """The base model as training loaded it (RoPE scaling and reward head included), without the adapter."""
-    return models.load_base(spec, models.model_source(spec.model.name_or_path, run.project),
+    source = models.model_source(spec.model.name_or_path, run.project)
+    return models.load_base(spec, source, models.is_vision(source, spec.model.revision, spec.model.trust_remote_code),
                             dtype=dtype or inference_dtype(), **(placement() if where is None else where))
 
 
@@ -133,7 +148,8 @@ def load_weights(spec: RunSpec, run: RunDir, target: Target, dtype=None, where: 
     kwargs: dict[str, Any] = {"dtype": dtype or inference_dtype(), **(placement() if where is None else where)}
     if spec.stage.type == "rm":
         kwargs["num_labels"] = 1
-    return models.model_class(spec.stage.type).from_pretrained(target.path,
+    vision = models.is_vision(str(target.path))
+    return models.model_class(spec.stage.type, vision).from_pretrained(target.path,
                                                                trust_remote_code=spec.model.trust_remote_code,
                                                                **kwargs)
 
@@ -147,10 +163,11 @@ def load_run_model(run: RunDir, checkpoint: int | None = None, dtype=None, for_g
     target = resolve_target(run, checkpoint)
     base = models.model_source(spec.model.name_or_path, run.project)
     with quiet():
-        tokenizer = load_tokenizer(spec, target, run, base)
+        vision = load_vision(spec, target, run, base)
+        tokenizer = vision.processor.tokenizer if vision else load_tokenizer(spec, target, run, base)
         model = load_weights(spec, run, target, dtype)
     model.eval()
-    return RunModel(model, tokenizer, spec, target, base, run.name)
+    return RunModel(model, tokenizer, spec, target, base, run.name, vision)
 
 
 def load_base_for_comparison(rm: RunModel, run: RunDir):

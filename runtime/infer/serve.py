@@ -2,7 +2,9 @@
 
     GET  /v1/models              the served model (its id is the run's name)
     GET  /v1/models/{id}
-    POST /v1/chat/completions    with or without `stream: true` (server-sent events)
+    POST /v1/chat/completions    with or without `stream: true` (server-sent events); a vision-language run
+                                 reads image_url content parts: data: URLs, and local files only under the
+                                 folder named at start-up (`--image-dir`)
     GET  /health                 no key needed: for load balancers and scripts
 
 Errors use OpenAI's body, `{"error": {"message", "type", "param", "code"}}`, with its status codes:
@@ -52,6 +54,9 @@ class Message(BaseModel):
     def text(self) -> str:
         if isinstance(self.content, list):
             for part in self.content:
+                if part.type == "image_url":
+                    raise APIError(400, "this model reads text only: image_url parts need a run of a "
+                                        "vision-language model", param="messages")
                 if part.type != "text":
                     raise APIError(400, f"content parts of type '{part.type}' are not supported: this model reads "
                                         f"text only", param="messages")
@@ -129,6 +134,7 @@ class TransformersEngine:
 
     def __init__(self, rm):
         self.rm = rm
+        self.vision = rm.vision  # a vision-language run's processor: image_url parts are read
         self.lock = threading.Lock()
         cfg = getattr(rm.model, "config", None)
         self.context = int(getattr(cfg, "max_position_embeddings", 0) or 0) or None
@@ -140,7 +146,7 @@ class TransformersEngine:
     def start(self, messages: list[dict[str, str]], req: ChatRequest):
         from ftune.runtime.infer.generate import Generation, Settings, prompt_inputs
 
-        n_prompt = int(prompt_inputs(self.rm.tokenizer, messages, "cpu")["input_ids"].shape[1])
+        n_prompt = int(prompt_inputs(self.rm.tokenizer, messages, "cpu", self.vision)["input_ids"].shape[1])
         if self.context and n_prompt >= self.context:
             raise APIError(400, f"the messages are {n_prompt} tokens; this model's context is {self.context} tokens",
                            param="messages", code="context_length_exceeded")
@@ -153,16 +159,59 @@ class TransformersEngine:
         settings = Settings(temperature=self.default_temperature if req.temperature is None else req.temperature,
                             top_p=self.default_top_p if req.top_p is None else req.top_p,
                             max_new_tokens=wanted or min(1024, room), seed=req.seed, stop=stop)
-        return Generation(self.rm.model, self.rm.tokenizer, messages, settings, lock=self.lock)
+        return Generation(self.rm.model, self.rm.tokenizer, messages, settings, lock=self.lock, vision=self.vision)
 
 
 # --------------------------------------------------------------------------- the app
-def _messages(req: ChatRequest) -> list[dict[str, str]]:
-    out = []
-    for m in req.messages:
-        role = "system" if m.role == "developer" else m.role
-        out.append({"role": role, "content": m.text()})
-    return out
+def image_ref(url: Any, image_dir) -> str:
+    """An image_url part's image: a data: URL, or a local file under `image_dir` (a file: URL or a path).
+    Anything else is a 400 that says what is allowed."""
+    from pathlib import Path
+
+    from ftune.runtime.data.images import image_size, resolve
+
+    if not isinstance(url, str) or not url:
+        raise APIError(400, "an image_url part needs image_url.url: a data: URL or a file path", param="messages")
+    if not url.startswith("data:"):
+        if "://" in url and not url.startswith("file:"):
+            raise APIError(400, "image URLs are not fetched: send the image as a data: URL (base64) or, for a "
+                                "file on this machine, its path", param="messages")
+        if image_dir is None:
+            raise APIError(400, "local image paths are read only from a folder named at start-up (ftune serve "
+                                "--image-dir DIR); send the image as a data: URL", param="messages")
+    try:
+        ref = resolve(url, [Path(image_dir)] if image_dir else [])
+        if not ref.startswith("data:") and not Path(ref).resolve().is_relative_to(Path(image_dir).resolve()):
+            raise APIError(400, f"the image {url} is outside the image folder {image_dir} (--image-dir)",
+                           param="messages")
+        image_size(ref)
+    except ValueError as e:
+        raise APIError(400, f"image {e}", param="messages") from None
+    return ref
+
+
+def _turn(m: Message, vision: bool, image_dir) -> dict[str, Any]:
+    role = "system" if m.role == "developer" else m.role
+    if not (vision and isinstance(m.content, list)):
+        return {"role": role, "content": m.text()}
+    from ftune.runtime.data.images import PLACEHOLDER
+
+    text, refs = [], []
+    for part in m.content:
+        if part.type == "image_url":
+            image = getattr(part, "image_url", None)
+            refs.append(image_ref(image.get("url") if isinstance(image, dict) else image, image_dir))
+            text.append(PLACEHOLDER)
+        elif part.type == "text":
+            text.append(part.text or "")
+        else:
+            raise APIError(400, f"content parts of type '{part.type}' are not supported: use text and image_url",
+                           param="messages")
+    return {"role": role, "content": "".join(text), **({"images": refs} if refs else {})}
+
+
+def _messages(req: ChatRequest, vision: bool = False, image_dir=None) -> list[dict[str, Any]]:
+    return [_turn(m, vision, image_dir) for m in req.messages]
 
 
 def _validation_message(exc) -> tuple[str, str | None]:
@@ -180,8 +229,9 @@ def _validation_message(exc) -> tuple[str, str | None]:
     return (f"invalid value for '{where}': {msg}" if where else msg), where or None
 
 
-def create_app(engine, model_id: str, api_key: str | None = None, owned_by: str = "ftune"):
-    """The FastAPI app around an engine (anything with `start(messages, request) -> Generation`)."""
+def create_app(engine, model_id: str, api_key: str | None = None, owned_by: str = "ftune", image_dir=None):
+    """The FastAPI app around an engine (anything with `start(messages, request) -> Generation`; one with a
+    `vision` reads images). Local image files are read from `image_dir` only."""
     from fastapi import Depends, FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
@@ -243,7 +293,7 @@ def create_app(engine, model_id: str, api_key: str | None = None, owned_by: str 
         problem = req.unsupported()
         if problem:
             raise APIError(400, problem[1], param=problem[0])
-        messages = _messages(req)
+        messages = _messages(req, getattr(engine, "vision", None) is not None, image_dir)
         try:
             gen = engine.start(messages, req)
         except ValueError as e:  # settings out of range
@@ -362,8 +412,12 @@ def vllm_command(run, checkpoint: int | None, host: str, port: int, api_key: str
 
 # --------------------------------------------------------------------------- entry point
 def serve(run, checkpoint: int | None = None, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          engine: str = "auto", say=print) -> None:
-    """Serve until interrupted."""
+          engine: str = "auto", say=print, image_dir: str | None = None) -> None:
+    """Serve until interrupted. `image_dir`: the folder local image paths may come from."""
+    from pathlib import Path
+
+    if image_dir is not None and not Path(image_dir).is_dir():
+        raise ServeError(f"--image-dir {image_dir} is not a folder")
     if host not in LOOPBACK and not api_key:
         say(f"warning: serving on {host} without --api-key: anyone who can reach this port can use the model")
     if engine == "vllm" or (engine == "auto" and vllm_usable()):
@@ -380,7 +434,9 @@ def serve(run, checkpoint: int | None = None, host: str = "127.0.0.1", port: int
 
     say(f"Loading {run.name}…")
     rm = load_run_model(run, checkpoint)
-    app = create_app(TransformersEngine(rm), run.name, api_key)
+    if image_dir is not None and rm.vision is None:
+        raise ServeError(f"--image-dir is for vision-language runs; {run.name} reads text only")
+    app = create_app(TransformersEngine(rm), run.name, api_key, image_dir=image_dir)
     shown = f"[{host}]" if ":" in host else host
     say(f"Serving {run.name} ({rm.target.label}) with transformers at http://{shown}:{port}/v1 — model id "
         f"'{run.name}'{', API key required' if api_key else ''}. Ctrl+C stops.")

@@ -13,7 +13,7 @@ from ftune.runtime.spec import shorthand
 from ftune.runtime.spec.editors import MODELINE, schema_path_for, write_schema
 from ftune.runtime.spec.overrides import apply_overrides, deep_merge, preset_override
 from ftune.runtime.spec.problems import Problem, SpecError, later_problems, line_of, pydantic_problems
-from ftune.runtime.spec.schema import RunSpec, section_class
+from ftune.runtime.spec.schema import DataSpec, MethodSpec, RunSpec, section_class
 
 
 def build_spec(raw: Any, overrides: list[str] | None = None, source: str | None = None, yaml_root=None) -> RunSpec:
@@ -122,7 +122,15 @@ def spec_to_dict(spec: RunSpec) -> dict[str, Any]:
             method.pop(kind, None)
     if not method.get("quantization", {}).get("bits"):
         method.pop("quantization", None)
+    for section, key in VISION_KEYS:  # vision-language settings at their defaults are noise in a text run's file
+        fields = (MethodSpec if section == "method" else DataSpec).model_fields
+        if data.get(section, {}).get(key) == fields[key].default:
+            data[section].pop(key)
     return shorthand.collapse(data)
+
+
+VISION_KEYS = (("method", "vision_tower"), ("method", "projector"), ("data", "image_max_pixels"),
+               ("data", "image_min_pixels"))
 
 
 def run_file_text(data: dict[str, Any], comments: list[str]) -> str:

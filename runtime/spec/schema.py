@@ -156,6 +156,13 @@ class DataSpec(Section):
         "read, shuffled in a buffer and tokenised as training goes. Needs training.max_steps (sft, pt)."
     )
     buffer_size: int = Field(16384, ge=1, description="Rows in the shuffle buffer when streaming.")
+    image_max_pixels: int = Field(
+        768 * 768, ge=28 * 28, description="Images larger than this many pixels are scaled down (aspect kept), so "
+        "memory per image is bounded (vision-language models; LLaMA-Factory's image_max_pixels)."
+    )
+    image_min_pixels: int = Field(
+        32 * 32, ge=1, description="Images smaller than this many pixels are scaled up (vision-language models)."
+    )
 
     @field_validator("train", mode="before")
     @classmethod
@@ -295,6 +302,14 @@ class MethodSpec(Section):
         None, description="BAdam (badam package): full fine-tuning that updates one block of layers at a time. "
         "{mode: layer or ratio, switch_every: steps per block (50), switch_mode: descending, ascending, random or "
         "fixed, start_block, update_ratio: share of each matrix updated in ratio mode (0.05)}."
+    )
+    vision_tower: Literal["frozen", "lora", "full"] = Field(
+        "frozen", description="Vision-language models: the image encoder stays frozen, gets LoRA adapters (method "
+        "lora) or is trained whole (LLaMA-Factory's freeze_vision_tower)."
+    )
+    projector: Literal["frozen", "lora", "full"] = Field(
+        "frozen", description="Vision-language models: the projector from image features to the language model "
+        "(Qwen-VL's merger): frozen, LoRA (method lora) or trained whole (freeze_multi_modal_projector)."
     )
     llama_pro_blocks: int | None = Field(
         None, ge=1, description="LLaMA Pro: insert N copies of evenly spaced decoder layers, initialised to pass "
@@ -512,6 +527,11 @@ class RunSpec(Section):
         if self.training.optim == "adam_mini" and (m.type == "lora" or galore or apollo):
             raise ValueError("training.optim adam_mini splits whole weight matrices by attention head: use "
                              "method.type full or freeze, without galore or apollo")
+        if "lora" in (m.vision_tower, m.projector) and m.type != "lora":
+            raise ValueError("method.vision_tower / method.projector lora adds LoRA adapters: set method.type: lora, "
+                             "or train them full")
+        if self.data.image_min_pixels > self.data.image_max_pixels:
+            raise ValueError("data.image_min_pixels must not be larger than data.image_max_pixels")
         if m.llama_pro_blocks and m.type != "freeze":
             raise ValueError("method.llama_pro_blocks trains only the inserted blocks: set method.type: freeze")
         if self.model.acceleration == "unsloth" and m.type != "lora":

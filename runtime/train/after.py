@@ -25,15 +25,17 @@ def _warn(events: EventWriter, spec: RunSpec, what: str, exc: BaseException) -> 
 
 
 def after_training(spec: RunSpec, run: RunDir, events: EventWriter, model, tokenizer, metrics: dict[str, Any],
-                   artifacts: dict[str, Any]) -> dict[str, Any]:
+                   artifacts: dict[str, Any], processor=None) -> dict[str, Any]:
     """Predictions on data.test (with training.predict_with_generate), the model card in export/ and
     runs/<name>/loss.png. Adds predict_* scores to `metrics`; returns the new artifacts."""
     out: dict[str, Any] = {}
     if spec.training.predict_with_generate and spec.data.test:
         try:
             from ftune.runtime.infer.evaluate import evaluate_run
+            from ftune.runtime.infer.generate import Vision
 
-            result = evaluate_run(run, model=model, tokenizer=tokenizer, label="export")
+            vision = Vision(processor, spec.data.image_min_pixels, spec.data.image_max_pixels) if processor else None
+            result = evaluate_run(run, model=model, tokenizer=tokenizer, label="export", vision=vision)
             metrics.update({k: v for k, v in result.metrics.items() if k.startswith("predict_")})
             out.update(predictions=str(result.predictions), eval_metrics=str(result.metrics_path))
         except Exception as e:  # noqa: BLE001 - reported as a warning; the model is trained and exported

@@ -13,6 +13,7 @@ from typing import Any
 from ftune.runtime import models
 from ftune.runtime.rundir import RunDir
 from ftune.runtime.spec import RunSpec
+from ftune.runtime.train import vision
 
 
 @dataclass(frozen=True)
@@ -92,9 +93,12 @@ def quantization_config(spec: RunSpec, dtype):
 
 
 def decoder_layers(model):
-    """The model's stack of decoder layers (the ModuleList as long as num_hidden_layers) and its owner."""
-    n_layers = model.config.num_hidden_layers
-    for owner in model.modules():
+    """The model's stack of decoder layers (the ModuleList as long as num_hidden_layers) and its owner; in a
+    vision-language model, the language model's (its vision tower has blocks of its own)."""
+    n_layers = model.config.get_text_config().num_hidden_layers
+    for prefix, owner in model.named_modules():
+        if vision.part_of(prefix) != "language":
+            continue
         for name, child in owner.named_children():
             if child.__class__.__name__ == "ModuleList" and len(child) == n_layers:
                 return owner, name, child
@@ -187,9 +191,11 @@ def load_unsloth_model(spec: RunSpec, source: str, plan: Precision, base: Path):
         use_gradient_checkpointing="unsloth" if spec.training.gradient_checkpointing else False)
 
 
-def load_model(spec: RunSpec, source: str, plan: Precision, kern: Kernels, tokenizer, run: RunDir, base: Path):
+def load_model(spec: RunSpec, source: str, plan: Precision, kern: Kernels, tokenizer, run: RunDir, base: Path,
+               is_vision: bool = False):
     """The model to train: the base (quantised for QLoRA), grown or frozen as the method says, with its
-    LoRA adapter (a new one, or the run file's adapter continued or merged under a new one)."""
+    LoRA adapter (a new one, or the run file's adapter continued or merged under a new one). A vision-language
+    model trains its language model; its tower and projector as method.vision_tower / method.projector say."""
     if spec.model.acceleration == "unsloth":
         return load_unsloth_model(spec, source, plan, base)
 
@@ -202,12 +208,14 @@ def load_model(spec: RunSpec, source: str, plan: Precision, kern: Kernels, token
     reward = spec.stage.type == "rm"  # a reward model: one score per sequence
     if reward:
         kwargs["pad_token_id"] = tokenizer.pad_token_id
-    model = models.load_base(spec, source, **kwargs)
+    model = models.load_base(spec, source, is_vision, **kwargs)
     if spec.method.llama_pro_blocks:
         freeze_layers(model, spec, expand_blocks(model, spec.method.llama_pro_blocks))
     elif spec.method.type == "freeze":
         freeze_layers(model, spec)
     if spec.method.type != "lora":
+        if is_vision:
+            vision.freeze_parts(model, spec)
         return model
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
@@ -222,9 +230,12 @@ def load_model(spec: RunSpec, source: str, plan: Precision, kern: Kernels, token
             return PeftModel.from_pretrained(model, path, is_trainable=True)
         model = PeftModel.from_pretrained(model, path).merge_and_unload()  # then a fresh adapter on top
     target = "all-linear" if lora.target_modules == "all" else lora.target_modules
+    whole = list(lora.modules_to_save)
+    if is_vision:  # all-linear would adapt the vision tower too
+        target, whole = vision.lora_targets(model, spec)
     config = LoraConfig(
         r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target,
-        modules_to_save=lora.modules_to_save or None, use_rslora=lora.use_rslora, use_dora=lora.use_dora,
+        modules_to_save=whole or None, use_rslora=lora.use_rslora, use_dora=lora.use_dora,
         init_lora_weights="pissa" if lora.pissa_init else True,
         task_type="SEQ_CLS" if reward else "CAUSAL_LM",  # SEQ_CLS also trains and saves the score head
     )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftune.runtime import models
+from ftune.runtime import models, templates
 from ftune.runtime.data.formats import DataError
 from ftune.runtime.data.prepare import PreparedData, prepare_data
 from ftune.runtime.events import EventWriter
@@ -43,6 +43,7 @@ class Recipe:
     base: Path  # the project folder: relative paths in the run file start here
     resume_from: tuple[int, Path] | None  # (step, checkpoint folder)
     tokenizer: Any
+    processor: Any  # a vision-language model's processor (images, tokenizer, template); None for text models
     data: PreparedData
     precision: Precision
     kernels: Kernels
@@ -89,7 +90,7 @@ def count_params(model) -> tuple[int, int]:
 
 
 def build_trainer(spec: RunSpec, model, tokenizer, data: PreparedData, run: RunDir, plan: Precision, kern: Kernels,
-                  callback, ref_model=None, reward_model=None):
+                  callback, ref_model=None, reward_model=None, processor=None):
     """The TRL trainer for the stage: SFTTrainer (with the model's own loss) for sft and pt, stages.py for the rest."""
     common = common_args(spec, run, plan, kern, data.num_train_rows, data.eval is not None)
     optimizer = custom_optimizer(spec, model, common)
@@ -99,6 +100,17 @@ def build_trainer(spec: RunSpec, model, tokenizer, data: PreparedData, run: RunD
     from trl import SFTConfig
 
     from ftune.runtime.train.sft import PlainLossSFTTrainer
+
+    if processor is not None:  # rows come tokenised with their image references; the collator opens the images
+        from ftune.runtime.train.vision import VisionCollator
+
+        callback.started_fields.update(batching="padded", batching_note="a vision-language model's rows are padded")
+        config = SFTConfig(**common, max_length=spec.data.max_length, packing=False, remove_unused_columns=False,
+                           dataset_kwargs={"skip_prepare_dataset": True})
+        return PlainLossSFTTrainer(
+            model=model, args=config, train_dataset=data.train, eval_dataset=data.eval, processing_class=processor,
+            data_collator=VisionCollator(processor, spec.data.image_min_pixels, spec.data.image_max_pixels),
+            callbacks=[callback], optimizers=(optimizer, None), compute_accuracy=spec.training.compute_accuracy)
 
     batching = batching_plan(spec, model)
     callback.started_fields.update(batching)
@@ -150,6 +162,22 @@ def check_trainer_rows(spec: RunSpec, trainer, data: PreparedData, events: Event
         data.num_train_rows, data.skipped_rows = kept, data.skipped_rows + dropped
 
 
+def load_vision_processor(spec: RunSpec, source: str):
+    """A vision-language model's processor, or None for a text model. Its own chat template renders images,
+    so a named text template does not apply."""
+    m = spec.model
+    if not models.is_vision(source, m.revision, m.trust_remote_code):
+        return None
+    problem = models.vision_problem(spec)
+    if problem:
+        raise RunError(problem)
+    processor = models.load_processor(source, m.revision, m.trust_remote_code)
+    if m.template != "auto":  # a template that renders images, named: processor and tokenizer alike
+        processor.chat_template = templates.get(m.template)
+    models.prepare_tokenizer(processor.tokenizer, m.template)  # a pad token where it has none
+    return processor
+
+
 def setup(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, resume: bool = False,
           lead: bool = True, phases: Phases | None = None) -> Recipe:
     """Build every object the run trains with, in the order the worker needs them; each step is a phase
@@ -162,15 +190,17 @@ def setup(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
     resume_from = checkpoint_to_resume(spec, run, resume, events)
     set_seed(spec.training.seed)
     source = models.model_source(spec.model.name_or_path, base)
-    tokenizer = models.load_tokenizer(spec, source, on_fallback=lambda: events.emit(
-        "warning", message="the tokenizer has no chat template; using ChatML",
-        hint="Fine for a base model. For an instruct model, name its template in model.template."))
+    processor = load_vision_processor(spec, source)
+    tokenizer = processor.tokenizer if processor is not None else models.load_tokenizer(
+        spec, source, on_fallback=lambda: events.emit(
+            "warning", message="the tokenizer has no chat template; using ChatML",
+            hint="Fine for a base model. For an instruct model, name its template in model.template."))
     phases.begin("tokenising")
-    data = prepare_data(spec, tokenizer, base, events, run, lead)
+    data = prepare_data(spec, tokenizer, base, events, run, lead, processor)
     phases.begin("loading the model")
     plan = precision_plan(spec.training.precision, spec.method.type)
     kern = kernels(spec, plan)
-    model = load_model(spec, source, plan, kern, tokenizer, run, base)
+    model = load_model(spec, source, plan, kern, tokenizer, run, base, is_vision=processor is not None)
     ref_model, reward_model = load_stage_models(spec, run, base, plan)
     trainable, total = count_params(model)
     callback = EventsCallback(events, run, {
@@ -178,11 +208,13 @@ def setup(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
         **data.counts(), "data_cached": data.cached,
         "trainable_params": trainable, "total_params": total, "precision": plan.name,
         "attn_implementation": model.config._attn_implementation, "liger": kern.liger,
+        "vision": processor is not None,
         "resumed_from": resume_from[0] if resume_from else None,
     }, stopper)
     phases.begin("building the trainer")
     tracking.apply_env(spec, run)  # the trackers' folders, before the trainer builds their integrations
-    trainer = build_trainer(spec, model, tokenizer, data, run, plan, kern, callback, ref_model, reward_model)
+    trainer = build_trainer(spec, model, tokenizer, data, run, plan, kern, callback, ref_model, reward_model,
+                            processor)
     if hasattr(trainer, "rows_seen"):
         callback.rows_seen = lambda: trainer.rows_seen
     callback.trackers = tracking.guard(trainer, spec, events)  # a failing tracker is a warning, not the end
@@ -197,12 +229,12 @@ def setup(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
                                    * a.gradient_accumulation_steps)
     phases.begin("starting training")  # the trainer's own preparations, until its first step begins
     callback.phases = phases
-    return Recipe(spec, run, events, stopper, lead, base, resume_from, tokenizer, data, plan, kern, model,
+    return Recipe(spec, run, events, stopper, lead, base, resume_from, tokenizer, processor, data, plan, kern, model,
                   callback, trainer)
 
 
 # --------------------------------------------------------------------------- training and what follows
-def export(spec: RunSpec, trainer, tokenizer, run: RunDir) -> dict[str, Any]:
+def export(spec: RunSpec, trainer, tokenizer, run: RunDir, processor=None) -> dict[str, Any]:
     """Write the final model to export/ (built aside and swapped in, so a half export never looks done)."""
     import shutil
 
@@ -227,6 +259,8 @@ def export(spec: RunSpec, trainer, tokenizer, run: RunDir) -> dict[str, Any]:
         else:
             model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if processor is not None:  # the image processor (and template) chat, serve and eval open it with
+            processor.save_pretrained(tmp)
     return {"export": str(run.export_dir()), "format": fmt}
 
 
@@ -245,10 +279,11 @@ def train(r: Recipe) -> None:
         return
     if not r.lead:  # the export is written once
         return
-    artifacts = export(spec, r.trainer, r.tokenizer, run)
+    artifacts = export(spec, r.trainer, r.tokenizer, run, r.processor)
     artifacts["checkpoints"] = [str(p) for _, p in run.checkpoints()]
     from ftune.runtime.train.after import after_training  # predictions on data.test, model card, loss plot
 
-    artifacts.update(after_training(spec, run, events, r.trainer.model, r.tokenizer, metrics, artifacts))
+    artifacts.update(after_training(spec, run, events, r.trainer.model, r.tokenizer, metrics, artifacts,
+                                    r.processor))
     events.emit("finished", step=step, metrics=metrics, artifacts=artifacts)
     status(state="finished", step=step, ended_at=time.time(), export=artifacts["export"])

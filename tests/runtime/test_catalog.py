@@ -9,7 +9,7 @@ from ftune.runtime import catalog
 from ftune.runtime.catalog import family_by_name, find_model, guess_params_b, inspect_local, local_problem, resolve
 from ftune.runtime.spec import SpecError, build_spec
 
-SEED_FAMILIES = ["Qwen1.5", "Qwen2", "Qwen2.5", "Qwen3", "Llama 2", "Llama 3", "Llama 3.1", "Llama 3.2", "Yi",
+SEED_FAMILIES = ["Qwen1.5", "Qwen2", "Qwen2.5", "Qwen3", "Qwen2-VL", "Qwen2.5-VL", "Llama 2", "Llama 3", "Llama 3.1", "Llama 3.2", "Yi",
                  "Yi-1.5", "GLM-4", "Mistral", "Mixtral", "Gemma 2", "Gemma 3", "DeepSeek-R1-Distill", "Phi-3",
                  "Phi-4", "Baichuan 2", "InternLM", "Falcon", "SmolLM2"]  # SmolLM2: the real-model tier's
 ALL = [m for f in catalog.families() for m in f.models]
@@ -60,6 +60,8 @@ def test_groups_keep_the_first_list_short():
 
 @pytest.mark.parametrize("hub_id,family,template,params,kind", [
     ("Qwen/Qwen2.5-7B", "Qwen2.5", "qwen", 7, "base"),
+    ("Qwen/Qwen2-VL-7B-Instruct", "Qwen2-VL", "qwen2_vl", 8.29, "instruct"),  # not Qwen2 from the shorter match
+    ("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen2.5-VL", "qwen2_vl", 3.75, "instruct"),
     ("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "DeepSeek-R1-Distill", "deepseekr1", 7.62, "instruct"),
     ("mistralai/Mixtral-8x7B-v0.1", "Mixtral", "mistral", 56, "base"),  # not "Mistral" from the owner's name
     ("meta-llama/Llama-3.1-8B", "Llama 3.1", "llama3", 8, "base"),
@@ -117,3 +119,12 @@ def test_local_problems(tmp_path):
     assert "has no config.json" in local_problem(tmp_path)
     (tmp_path / "config.json").write_text("{}")
     assert local_problem(tmp_path) is None
+
+
+def test_vision_language_models_know_their_tower(tiny_vl_model):
+    assert catalog.resolve("Qwen/Qwen2-VL-2B-Instruct").vision == (0.67, 1280, 32)
+    assert catalog.resolve("Qwen/Qwen2.5-7B-Instruct").vision is None
+    local = catalog.resolve(str(tiny_vl_model))  # from config.json's vision_config: 2 blocks 32 wide
+    assert (local.family, local.template) == ("Qwen2-VL", "qwen2_vl")
+    params, width, blocks = local.vision
+    assert (width, blocks) == (32, 2) and params == 2 * (4 * 32 * 32 + 2 * 32 * 64) / 1e9

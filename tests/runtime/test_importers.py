@@ -80,7 +80,7 @@ EXPECT = {  # file -> dotted ftune paths of the validated spec and their values 
     "llama3_full_sft.yaml": {"method.type": "full"},
     "llama3_freeze_sft.yaml": {"method.type": "freeze", "method.llama_pro_blocks": 8},
     "qwen2_full_asft.yaml": {"resources.strategy": "ddp"},  # ZeRO-0 is plain data parallel
-    "qwen3vl_lora_sft.yaml": {"model.template": "auto"},
+    "qwen3vl_lora_sft.yaml": {"model.template": "auto", "data.image_max_pixels": 262144},
 }
 
 
@@ -141,6 +141,20 @@ def test_extras_map_onto_their_ftune_homes(tmp_path, lf_info):
     assert fp8["fp8"][0] == GPU_ONLY and fp8["run_name"][0] == NO_MEANING
 
 
+def test_vision_language_settings(tmp_path, lf_info):
+    src = (LF / "train_lora/qwen3vl_lora_sft.yaml").read_text()
+    unfrozen = "freeze_vision_tower: false\nfreeze_multi_modal_projector: false\n"
+    full_projector = "finetuning_type: full\nfreeze_vision_tower: true\nfreeze_multi_modal_projector: false\n"
+    for extra, tower, projector in [(unfrozen, "lora", "lora"), (full_projector, "frozen", "full")]:
+        path = tmp_path / "vl.yaml"
+        path.write_text(src.replace("finetuning_type: lora\n", "") + extra + "image_min_pixels: 1024\n")
+        imported = lf_import(path, tmp_path, lf_info)
+        m, d = imported.spec.method, imported.spec.data
+        assert (m.vision_tower, m.projector, d.image_max_pixels, d.image_min_pixels) == (tower, projector, 262144, 1024)
+        assert accounted(read_source(path), imported) == []
+        assert left(imported)["video_max_pixels"][1] == "ftune reads images (docs/vision.md); video and audio are not read"
+
+
 def test_gpu_settings_are_kept_with_gpu_and_listed_without(tmp_path, lf_info):
     ds3 = LF / "train_lora/qwen3_lora_sft_ds3.yaml"
     without = lf_import(ds3, tmp_path, lf_info)
@@ -179,7 +193,7 @@ def test_overrides_like_llamafactory_cli(tmp_path, lf_info):
 
 
 @pytest.mark.parametrize("name,want", [("qwen3_nothink", "qwen3"), ("qwen3", "qwen3"), ("llama3", "llama3"),
-                                       ("qwen3_vl_nothink", None), ("qwen2_vl", None), ("moss_vl", None),
+                                       ("qwen3_vl_nothink", None), ("qwen2_vl", "qwen2_vl"), ("moss_vl", None),
                                        ("empty", None), ("cohere", None)])
 def test_templates(name, want):
     mapped, note = template_for(name)

@@ -145,3 +145,21 @@ def test_lora_trainable_is_unknown_rather_than_wrong():
     assert memory.lora_trainable(llama, 8, ["c_attn"]) is None
     assert memory.lora_trainable(llama, 8, modules_to_save=["wte"]) is None
     assert memory.lora_trainable({"model_type": "llava", "text_config": llama}, 8) is None  # and a vision tower
+
+
+def test_a_vision_tower_and_its_images_are_counted():
+    tower = memory.Vision(params_b=0.67, hidden=1280, layers=32, image_pixels=768 * 768)
+    assert (tower.patches, tower.image_tokens) == (3009, 752)  # 14x14 patches, 2x2 merged
+    text = memory.estimate(7.0, "full", seq_len=1024, batch=2, hidden=3584, layers=28)
+    frozen = memory.estimate(7.0, "full", seq_len=1024, batch=2, hidden=3584, layers=28, vision=tower)
+    trained = memory.estimate(7.0, "full", seq_len=1024, batch=2, hidden=3584, layers=28,
+                              vision=memory.Vision(0.67, 1280, 32, 768 * 768, trains=True))
+    # a frozen tower costs its 16-bit weights (2 GB per billion) instead of full training's 18, plus one block's
+    # activations for the batch's two images
+    assert frozen.weights_gb == pytest.approx(text.weights_gb - 0.67 * 16)
+    one_block = 2 * 3009 * 1280 * 34 / 1e9
+    assert frozen.activations_gb == pytest.approx(text.activations_gb + one_block)
+    assert trained.weights_gb == pytest.approx(text.weights_gb)
+    assert trained.activations_gb == pytest.approx(text.activations_gb + 32 * one_block)
+    assert frozen.image_tokens == 752 and frozen.vision_gb == pytest.approx(0.67 * 2 + one_block)
+    assert frozen.params_b == trained.params_b == 7.0

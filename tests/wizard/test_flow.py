@@ -424,3 +424,26 @@ def test_data_sets_picked_by_name_from_a_dataset_info_json(project, drive, tiny_
     raw = run_file(project)
     assert raw["data"] == {"train": ["first", "second"], "dataset_dir": "data"}
     assert load_spec(project / "runs" / "run-01" / "run.yaml").data.dataset_dir == "data"
+
+
+# --------------------------------------------------------------------------- vision-language models
+def test_a_vision_language_model_with_image_data(project, drive):
+    from tests.conftest import write_colour_images
+
+    write_colour_images(project / "imgs", 4)
+    qwen25_vl_3b = group("Qwen-VL") + ENTER + ENTER  # versions start on the newest (Qwen2.5-VL); sizes on the first
+    d = drive(qwen25_vl_3b, "imgs/colours.jsonl" + ENTER, ENTER, WRITE, NO, quick=True, gpus=H100)
+    assert d.outcome is not None, d.output
+    assert "images: 4 in 4 rows, sizes 56x56 to 84x56: image data, for a vision-language model" in d.text
+    assert "vision tower and one image a row: 752 tokens each" in d.text  # data.image_max_pixels 768x768
+    raw = run_file(project)
+    assert raw["model"] == {"name_or_path": "Qwen/Qwen2.5-VL-3B-Instruct", "template": "qwen2_vl"}
+    load_spec(project / "runs" / "run-01" / "run.yaml")
+
+
+def test_image_data_for_a_text_model_is_said(project, drive):
+    from tests.conftest import write_colour_images
+
+    write_colour_images(project / "imgs", 2)
+    d = drive(QWEN25_7B, "imgs/colours.jsonl" + ENTER, CTRL_C, quick=True)
+    assert "it has images, and Qwen/Qwen2.5-7B-Instruct reads text only: choose a vision-language model" in d.text
