@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -26,6 +27,29 @@ def make_run(project: Path, model_dir: Path, name: str = "run-01", **sections) -
     run.path.mkdir(parents=True, exist_ok=True)
     run.spec_path.write_text(yaml.safe_dump(raw))
     return run
+
+
+@contextmanager
+def recipe_builder(project: Path, model_dir: Path, prefix: str):
+    """build(folder=None, **sections) -> the Recipe the worker builds (recipe.setup) for a run file like make_run's,
+    each under its own name; their event files are closed at the end."""
+    from ftune.runtime.events import EventWriter
+    from ftune.runtime.spec import load_spec
+    from ftune.runtime.train import recipe
+    from ftune.runtime.train.stopper import Stopper
+
+    recipes = []
+
+    def build(folder: Path | None = None, **sections):  # `model=` is the run file's section, as in make_run
+        run = make_run(project, folder or model_dir, name=f"{prefix}-{len(recipes)}", **sections)
+        recipes.append(recipe.setup(load_spec(run.spec_path), run, EventWriter(run.events_path), Stopper()))
+        return recipes[-1]
+
+    try:
+        yield build
+    finally:
+        for r in recipes:
+            r.events.close()
 
 
 def train_to_end(run: RunDir, timeout: float = 240, **kwargs) -> list[dict]:

@@ -14,11 +14,9 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from ftune.runtime.events import EventWriter, read_all
-from ftune.runtime.spec import load_spec
+from ftune.runtime.events import read_all
 from ftune.runtime.train import recipe
-from ftune.runtime.train.stopper import Stopper
-from tests.runtime.helpers import make_run, of_type, train_to_end
+from tests.runtime.helpers import make_run, of_type, recipe_builder, train_to_end
 
 LR = 1e-3
 
@@ -26,17 +24,8 @@ LR = 1e-3
 @pytest.fixture
 def build(project, tiny_model):
     """build(**sections) -> the Recipe the worker builds (recipe.setup) for a run file like make_run's."""
-    recipes = []
-
-    def _build(**sections):
-        run = make_run(project, tiny_model, name=f"knobs-{len(recipes)}", **sections)
-        r = recipe.setup(load_spec(run.spec_path), run, EventWriter(run.events_path), Stopper())
-        recipes.append(r)
-        return r
-
-    yield _build
-    for r in recipes:
-        r.events.close()
+    with recipe_builder(project, tiny_model, "knobs") as build:
+        yield build
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,9 @@ from ftune.runtime import models
 from ftune.runtime.data.formats import Source, load_source, registry_sources
 from ftune.runtime.data.images import open_image
 from ftune.runtime.data.tokenize import VisionTokens, tokenize_vision_examples, vision_turns
-from ftune.runtime.events import EventWriter
-from ftune.runtime.spec import load_spec
-from ftune.runtime.train import recipe
-from ftune.runtime.train.stopper import Stopper
 from ftune.runtime.train.vision import part_of
 from tests.conftest import shared_mllm_demo, write_colour_images
-from tests.runtime.helpers import make_run
+from tests.runtime.helpers import make_run, recipe_builder
 
 MIN_PX, MAX_PX = 32 * 32, 112 * 112
 
@@ -59,21 +55,14 @@ def test_a_cutoff_through_an_image_drops_the_row(processor, tmp_path):
 
 @pytest.fixture
 def build(project, tiny_vl_model):
-    recipes = []
+    with recipe_builder(project, tiny_vl_model, "vl") as build:
+        def _build(model=None, **sections):
+            sections["data"] = {"max_length": 256, "image_max_pixels": MAX_PX, "val_size": 0,
+                                **sections.get("data", {})}
+            training = {"per_device_train_batch_size": 2, "max_steps": 3, "save_strategy": "no", "learning_rate": 1e-2}
+            return build(folder=model, training=training, **sections)
 
-    def _build(model=None, **sections):
-        sections.setdefault("data", {})
-        sections["data"] = {"max_length": 256, "image_max_pixels": MAX_PX, "val_size": 0, **sections["data"]}
-        run = make_run(project, model or tiny_vl_model, name=f"vl-{len(recipes)}",
-                       training={"per_device_train_batch_size": 2, "max_steps": 3, "save_strategy": "no",
-                                 "learning_rate": 1e-2}, **sections)
-        r = recipe.setup(load_spec(run.spec_path), run, EventWriter(run.events_path), Stopper())
-        recipes.append(r)
-        return r
-
-    yield _build
-    for r in recipes:
-        r.events.close()
+        yield _build
 
 
 def trained_parts(model) -> dict[str, set[str]]:
