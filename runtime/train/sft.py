@@ -43,9 +43,9 @@ class PlainLossSFTTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs["use_cache"] = False  # as TRL does: a KV cache is of no use to a loss
-        if model.training:  # padding-free: one sequence holding a row per position 0
-            pos = inputs.get("position_ids")
-            self.rows_seen += int((pos == 0).sum()) if pos is not None else len(inputs["input_ids"])
+        if model.training:  # padding-free: one sequence, its rows' bounds in cu_seq_lens (a shape: no device sync)
+            bounds = inputs.get("cu_seq_lens_q")
+            self.rows_seen += bounds.shape[0] - 1 if bounds is not None else inputs["input_ids"].shape[0]
         measure = self.compute_accuracy and not model.training
         loss, outputs = Trainer.compute_loss(self, model, inputs, return_outputs=True,
                                              num_items_in_batch=num_items_in_batch)
