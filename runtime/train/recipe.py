@@ -25,6 +25,7 @@ from ftune.runtime.spec import RunSpec
 from ftune.runtime.train import stages, tracking
 from ftune.runtime.train.args import common_args
 from ftune.runtime.train.callbacks import EventsCallback
+from ftune.runtime.train.host_memory import keep_freed_memory
 from ftune.runtime.train.model import Kernels, Precision, kernels, load_model, precision_plan
 from ftune.runtime.train.optim import adapt_to_badam, custom_optimizer
 from ftune.runtime.train.phases import Phases
@@ -199,6 +200,7 @@ def setup(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
     data = prepare_data(spec, tokenizer, base, events, run, lead, processor)
     phases.begin("loading the model")
     plan = precision_plan(spec.training.precision, spec.method.type)
+    host_memory_kept = not plan.cuda and keep_freed_memory()  # before the model's weights are allocated
     kern = kernels(spec, plan)
     model = load_model(spec, source, plan, kern, tokenizer, run, base, is_vision=processor is not None)
     ref_model, reward_model = load_stage_models(spec, run, base, plan)
@@ -208,7 +210,7 @@ def setup(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
         **data.counts(), "data_cached": data.cached,
         "trainable_params": trainable, "total_params": total, "precision": plan.name,
         "attn_implementation": model.config._attn_implementation, "liger": kern.liger,
-        "vision": processor is not None,
+        "vision": processor is not None, "host_memory_kept": host_memory_kept,
         "resumed_from": resume_from[0] if resume_from else None,
     }, stopper)
     phases.begin("building the trainer")

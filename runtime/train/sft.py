@@ -22,6 +22,7 @@ class PlainLossSFTTrainer(SFTTrainer):
         self.compute_accuracy = compute_accuracy
         self.tokens_per_batch = tokens_per_batch
         self.rows_seen = 0  # training rows on this process, for samples/s when batches vary in rows
+        self._learnt_only: bool | None = None
 
     def get_train_dataloader(self):
         """With training.tokens_per_batch, batches of whole rows up to that many tokens (batching.py); accelerate
@@ -47,6 +48,9 @@ class PlainLossSFTTrainer(SFTTrainer):
             bounds = inputs.get("cu_seq_lens_q")
             self.rows_seen += bounds.shape[0] - 1 if bounds is not None else inputs["input_ids"].shape[0]
         measure = self.compute_accuracy and not model.training
+        # in evaluation without compute_metrics the Trainer keeps the loss alone, not the logits
+        if (model.training or self.compute_metrics is None) and not measure and self._scores_learnt_tokens_only(model):
+            inputs = learnt_logits_only(inputs)
         loss, outputs = Trainer.compute_loss(self, model, inputs, return_outputs=True,
                                              num_items_in_batch=num_items_in_batch)
         if measure:
@@ -57,3 +61,35 @@ class PlainLossSFTTrainer(SFTTrainer):
             total = self.accelerator.gather_for_metrics(learnt.sum()).sum()
             self._metrics["eval"]["mean_token_accuracy"].append((correct / total).item() if total > 0 else 0.0)
         return (loss, outputs) if return_outputs else loss
+
+    def _scores_learnt_tokens_only(self, model) -> bool:
+        if self._learnt_only is None:  # no label smoothing or loss of its own, which need the whole logits
+            self._learnt_only = (self.label_smoother is None and self.compute_loss_func is None
+                                 and takes_logits_mask(self.accelerator.unwrap_model(model)))
+        return self._learnt_only
+
+
+def takes_logits_mask(model) -> bool:
+    """Whether the model (under its peft wrapper) takes logits_to_keep as a mask: its forward is transformers'
+    own, which slices with slice_logits_to_keep, and not one patched in by Liger or unsloth."""
+    import inspect
+    import sys
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cls = type(base)
+    return (cls.forward.__module__ == cls.__module__ and "logits_to_keep" in inspect.signature(cls.forward).parameters
+            and hasattr(sys.modules[cls.__module__], "slice_logits_to_keep"))
+
+
+def learnt_logits_only(inputs: dict) -> dict:
+    """The LM head and the cross-entropy only where a label is learnt. The prompt's positions (and padding) have
+    no label, so their logits, a vocabulary-wide row each, were computed, softmaxed and thrown away. A boolean
+    logits_to_keep keeps the positions that predict a learnt token, and shift_labels are those tokens in the same
+    row-major order; the loss is the same sum over the same tokens, divided as before. The mask costs a device
+    sync on a GPU (boolean indexing), once per micro-batch."""
+    labels = inputs["labels"]
+    targets = labels[..., 1:]
+    learnt = targets != -100
+    keep = labels.new_zeros(labels.shape, dtype=bool)
+    keep[..., :-1] = learnt
+    return {**inputs, "logits_to_keep": keep, "shift_labels": targets[learnt]}
