@@ -549,7 +549,7 @@ def ls_(ctx: click.Context, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ftune.runtime.runs import fit_model, run_records, run_rows
+    from ftune.runtime.runs import fit_model, fit_name, run_records, run_rows
 
     root = _runs_root(ctx)
     if as_json:
@@ -572,6 +572,12 @@ def ls_(ctx: click.Context, as_json: bool) -> None:
     phased = [{**r, "status": f"{r['status']}: {r['phase']}"} if r.get("phase") else r for r in rows]
     if room_for_model(phased) >= 8:  # a starting run's phase, where it fits: "starting: tokenising 40%"
         rows = phased
+    if room_for_model(rows) < 8:  # a long run name: the start time gives way, then the names' middles
+        cols, keys = cols[:-1], keys[:-1]
+    short = 8 - room_for_model(rows)
+    if short > 0:
+        keep = max(12, max(len(r["name"]) for r in rows) - short)
+        rows = [{**r, "name": fit_name(r["name"], keep)} for r in rows]
     widths = {c: max(len(c), *(len(str(r[k])) for r in rows)) for c, k in zip(cols, keys)}
     room = max(8, room_for_model(rows))
     table = Table(box=None, header_style="bold", pad_edge=False)
@@ -583,8 +589,7 @@ def ls_(ctx: click.Context, as_json: bool) -> None:
     for r in rows:
         status = f"[{colours.get(r['status'].split(':')[0], 'white')}]{r['status']}[/]"
         model = fit_model(r["model"], room)
-        table.add_row(r["name"], status, r["stage_method"], model, r["progress"], r["loss"], r["best_eval"],
-                      r["started"])
+        table.add_row(*({"status": status, "model": model}.get(k, r[k]) for k in keys))
     console.print(table)
 
 

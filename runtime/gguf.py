@@ -6,8 +6,8 @@ cache, which training, chat, serve, export, eval and the wizard then use like an
     inspect(path)  what the file says about itself, read without torch: architecture, quantisation, size;
                    a clear GGUFError for a file that is not GGUF, is cut short or is damaged
 
-The folder is keyed by the file (its path, size and modification time) and written atomically: a conversion
-that fails or is interrupted leaves nothing in the cache. A quantised file (Q4_1, Q8_0, ...) gives dequantised
+The folder is keyed by the file's contents (its sha256, read once per path, size and modification time) and
+written atomically: a conversion that fails or is interrupted leaves nothing in the cache. A quantised file (Q4_1, Q8_0, ...) gives dequantised
 weights: float32 approximations of the original model, which the conversion says.
 
 `python -m ftune.runtime.gguf FILE` converts FILE and prints the folder (exit 2 with one sentence on failure).
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from ftune.runtime.errors import UserError
-from ftune.runtime.files import cache_root, publish_dir
+from ftune.runtime.files import cache_root, publish_dir, write_atomic
 
 MARKER = "ftune_gguf.json"  # written last: a folder with it is a complete conversion
 RECIPE = 1  # bump when the conversion changes, so old folders are not reused
@@ -59,11 +59,61 @@ def is_gguf(name: str | Path) -> bool:
 
 
 def cache_dir(path: Path) -> Path:
-    """Where the converted folder of this file lives: keyed by its resolved path, size and modification time."""
+    """Where the converted folder of this file lives: keyed by its contents, so a copy of the file, or the same
+    file in another checkout's environment, finds the folder that is already there."""
     path = path.resolve()
-    st = path.stat()
-    key = hashlib.sha256(f"{RECIPE}|{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{RECIPE}|{_digest(path)}".encode()).hexdigest()[:16]
     return cache_root() / "gguf" / f"{path.stem}-{key}"
+
+
+_digests: dict[str, str] = {}  # (path, size, mtime) -> sha256 of the file, in this process
+_indexed: set[str] = set()  # the stamps the cache's index already holds
+
+
+def _stamp(path: Path) -> str:
+    st = path.stat()
+    return f"{path}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def _index() -> Path:
+    return cache_root() / "gguf" / "files.json"
+
+
+def _read_index() -> dict[str, str]:
+    try:
+        return json.loads(_index().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _digest(path: Path) -> str:
+    """sha256 of the file's bytes (about 1 s a GB), read once per path, size and modification time: remembered in
+    this process and, once the file has a complete conversion, in the cache's index."""
+    stamp = _stamp(path)
+    if stamp not in _digests:
+        known = _read_index().get(stamp)
+        if known is None:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    h.update(chunk)
+            known = h.hexdigest()
+        else:
+            _indexed.add(stamp)
+        _digests[stamp] = known
+    return _digests[stamp]
+
+
+def _remember(path: Path) -> None:
+    """Add the file to the index, dropping files that are gone. Not under a lock: two processes writing at once
+    lose one entry at worst, which costs one more read of the file later."""
+    stamp = _stamp(path)
+    if stamp in _indexed:
+        return
+    known = {k: v for k, v in _read_index().items() if Path(k.rsplit("|", 2)[0]).exists()}
+    known[stamp] = _digest(path)
+    write_atomic(_index(), json.dumps(known, indent=1) + "\n")
+    _indexed.add(stamp)
 
 
 def _field(reader, key: str):
@@ -124,6 +174,7 @@ def convert(path: Path) -> Path:
     with open(out.parent / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # conversions take turns; a second one of the same file then reuses it
         if (out / MARKER).is_file():
+            _remember(path)
             return out
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -157,6 +208,7 @@ def convert(path: Path) -> Path:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             (tmp / MARKER).write_text(json.dumps({**asdict(info), "recipe": RECIPE}, indent=2) + "\n")
+        _remember(path)
     return out
 
 
@@ -174,6 +226,7 @@ def ensure(path: str | Path, say: Callable[[str], None] | None = None) -> Path:
     """The converted folder for a .gguf file: from the cache, or converted now in a child process."""
     path = Path(path).expanduser().resolve()
     if path.is_file() and (cache_dir(path) / MARKER).is_file():
+        _remember(path)  # e.g. the same file in a new place: found by its contents, then by its path
         return cache_dir(path)
     info = inspect(path)  # the file's own mistakes, at once and without torch
     if say:

@@ -69,6 +69,15 @@ def run_rows(root: str | Path) -> list[dict[str, Any]]:
     return [run_row(RunDir(root, name)) for name in list_run_names(root)]
 
 
+def fit_name(name: str, room: int) -> str:
+    """A run's name in `room` columns, its middle cut where a long name would push the table past the screen: names
+    often differ at their ends (run-01, run-02)."""
+    if len(name) <= room:
+        return name
+    head = (room - 1) // 2
+    return name[:head] + "…" + name[len(name) - (room - 1 - head):]
+
+
 def fit_model(name: str, room: int) -> str:
     """A model path or hub id in `room` columns: its last parts whole ('…/models/tiny-qwen2', 'Qwen2.5-7B'),
     never a cut name ('…y-model') while the last part fits. `ftune ls` and the monitor's runs list."""

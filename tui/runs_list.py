@@ -22,7 +22,7 @@ from textual.worker import get_current_worker
 from ftune.runtime.events import phase_text
 from ftune.runtime.history import History, finite
 from ftune.runtime.rundir import RunDir, list_run_names
-from ftune.runtime.runs import fit_model, spec_fields  # the loose run.yaml reading `ftune ls` uses
+from ftune.runtime.runs import fit_model, fit_name, spec_fields  # the loose run.yaml reading `ftune ls` uses
 from ftune.runtime.tail import Tail, load
 from ftune.tui import panels
 
@@ -122,23 +122,34 @@ class RunsScreen(Screen):
                      r["started"][5:] if narrow and len(r["started"]) == 16 else r["started"],
                      panels.short_model(r["model"])) for r in message.rows]
 
+        columns = list(COLUMNS)
+
+        def widths_of(cells) -> list[int]:
+            return [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+
         def room_for_model(cells) -> int:
-            widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(COLUMNS[:-1])]
-            return width - sum(widths) - 2 * len(COLUMNS) - 1
+            return width - sum(widths_of(cells)[:-1]) - 2 * len(columns) - 1
 
         cells = cells_of(lambda r: f"{r['status']}: {r['phase']}" if r.get("phase") else r["status"])
         if room_for_model(cells) < 8:  # a starting run's phase only where it fits, as in `ftune ls`
             cells = cells_of(lambda r: r["status"])
-        widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(COLUMNS[:-1])]
+        if room_for_model(cells) < 8:  # a long run name: the start time gives way (the monitor shows it)
+            gone = columns.index("started")
+            columns.pop(gone)
+            cells = [row[:gone] + row[gone + 1:] for row in cells]
+        short = 8 - room_for_model(cells)
+        if short > 0:  # then the names' middles, so that run-a-long-name-01 and -02 stay apart
+            keep = max(12, max(len(row[0]) for row in cells) - short)
+            cells = [(fit_name(row[0], keep), *row[1:]) for row in cells]
         room = max(8, room_for_model(cells))  # the model column's share
         cells = [(*row[:-1], fit_model(row[-1], room)) for row in cells]
-        widths.append(max([len(COLUMNS[-1])] + [len(row[-1]) for row in cells]))
+        widths = widths_of(cells)
         # Columns of the widths just measured, rebuilt each time: an auto-width column learns its cells' widths
         # only when the table is next idle, and a paint before that (a real terminal paints at once) caches every
         # cell cut to its header's width, a cache that does not know widths and so is never redrawn.
         table.clear(columns=True)
-        for col, width in zip(COLUMNS, widths):
-            table.add_column(col, width=width, key=col)
+        for col, w in zip(columns, widths):
+            table.add_column(col, width=w, key=col)
         for r, row in zip(message.rows, cells):
             style = panels.STATE_STYLE.get(row[1].split(":")[0], "")
             table.add_row(row[0], Text(row[1], style=style), *row[2:], key=r["name"])

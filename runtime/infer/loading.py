@@ -74,7 +74,9 @@ def resolve_target(run: RunDir, checkpoint: int | None = None) -> Target:
 
 @contextlib.contextmanager
 def quiet():
-    """Load progress bars and library deprecation warnings are noise in a chat, a server log or an export."""
+    """Load progress bars and library deprecation warnings are noise in a chat, a server log or an export; so is
+    bitsandbytes' warning, when peft imports it, that its CPU 4-bit kernels need the `kernels` package."""
+    import logging
     import warnings
 
     from transformers.utils import logging as hf_logging
@@ -82,6 +84,9 @@ def quiet():
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    bnb = logging.getLogger("bitsandbytes")
+    bnb_level = bnb.level
+    bnb.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
@@ -90,6 +95,7 @@ def quiet():
     finally:
         hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()
+        bnb.setLevel(bnb_level)
 
 
 def inference_dtype():

@@ -24,10 +24,11 @@ def eval_plan(spec: RunSpec, has_eval: bool, steps_estimate: int) -> dict[str, A
 
 
 def common_args(spec: RunSpec, run: RunDir, plan: Precision, kern: Kernels, num_train_rows: int,
-                has_eval: bool) -> dict[str, Any]:
-    """TrainingArguments every stage shares, straight from the run file."""
+                has_eval: bool, batches: int | None = None) -> dict[str, Any]:
+    """TrainingArguments every stage shares, straight from the run file; `batches`: an epoch's batches where
+    they are not rows / batch size (a token budget)."""
     t = spec.training
-    batches = math.ceil(num_train_rows / t.per_device_train_batch_size)
+    batches = batches or math.ceil(num_train_rows / t.per_device_train_batch_size)
     steps_estimate = t.max_steps or math.ceil(batches / t.gradient_accumulation_steps * t.num_train_epochs)
     return dict(
         output_dir=str(run.checkpoints_dir()),

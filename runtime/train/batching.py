@@ -59,11 +59,23 @@ def sdpa_by_row(module, query, key, value, attention_mask, cu_seq_lens_q=None, *
 
     if cu_seq_lens_q is None or query.shape[0] != 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    bounds = cu_seq_lens_q.tolist()
+    bounds = _row_bounds(cu_seq_lens_q)
     kwargs.pop("is_causal", None)
     rows = [sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None,
                                    is_causal=True, **kwargs)[0] for a, b in pairwise(bounds) if b > a]
     return torch.cat(rows, dim=1), None
+
+
+_last_bounds: tuple[torch.Tensor | None, list[int]] = (None, [])
+
+
+def _row_bounds(cu_seq_lens: torch.Tensor) -> list[int]:
+    """The rows' bounds as numbers, read once per batch: every layer gets the same tensor, and reading it is a
+    device sync on a GPU. The cache holds the tensor itself, so its identity cannot pass to another batch's."""
+    global _last_bounds
+    if _last_bounds[0] is not cu_seq_lens:
+        _last_bounds = (cu_seq_lens, cu_seq_lens.tolist())
+    return _last_bounds[1]
 
 
 def attend_by_row(model) -> bool:

@@ -93,7 +93,13 @@ def count_params(model) -> tuple[int, int]:
 def build_trainer(spec: RunSpec, model, tokenizer, data: PreparedData, run: RunDir, plan: Precision, kern: Kernels,
                   callback, ref_model=None, reward_model=None, processor=None):
     """The TRL trainer for the stage: SFTTrainer (with the model's own loss) for sft and pt, stages.py for the rest."""
-    common = common_args(spec, run, plan, kern, data.num_train_rows, data.eval is not None)
+    batches = None  # with a token budget, the batches an epoch holds (for the evaluation and save plan)
+    if spec.training.tokens_per_batch and spec.stage.type in ("sft", "pt") and processor is None:
+        from ftune.runtime.train.batching import TokenBudgetBatches, row_lengths
+
+        batches = len(TokenBudgetBatches(row_lengths(data.train), spec.training.tokens_per_batch,
+                                         seed=spec.training.seed, padded=not spec.data.padding_free))
+    common = common_args(spec, run, plan, kern, data.num_train_rows, data.eval is not None, batches)
     optimizer = custom_optimizer(spec, model, common)
     if spec.stage.type not in ("sft", "pt"):
         return stages.build_trainer(spec.stage.type, spec, model, tokenizer, data.train, data.eval, common,

@@ -65,6 +65,25 @@ def test_ls_names_the_phase_of_a_starting_run_where_it_fits(tmp_path, monkeypatc
     assert "tokenising" not in ls(120)
 
 
+def test_ls_keeps_long_run_names_apart_within_80_columns(tmp_path, monkeypatch):
+    from tests.tui.fakes import new_run, status
+
+    for name in ("a-long-experiment-name-01", "a-long-experiment-name-02"):
+        status(new_run(tmp_path / "runs", name), "finished")
+
+    def ls(columns: int) -> list[str]:
+        monkeypatch.setenv("COLUMNS", str(columns))
+        return CliRunner().invoke(main, ["--runs-dir", str(tmp_path / "runs"), "ls"]).output.splitlines()
+
+    assert "started" in ls(120)[0] and "a-long-experiment-name-02" in ls(120)[2]
+    narrow = ls(80)
+    assert all(len(line) <= 80 for line in narrow), narrow
+    assert "started" not in narrow[0]  # the start time gave way first
+    names = [line.split()[0] for line in narrow[1:]]
+    assert names[0] != names[1] and all(n.endswith(("-01", "-02")) for n in names), names
+    assert narrow[1].split()[1] == "finished"
+
+
 @pytest.mark.parametrize("args,message", [
     (("train", "nope"), "ftune: no run named 'nope' in "),
     (("train", "Bad_Name"), "ftune: 'Bad_Name' is not a valid run name"),

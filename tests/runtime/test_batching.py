@@ -77,3 +77,12 @@ def test_token_budget_batches_hold_every_row_once_within_the_budget():
     padded = TokenBudgetBatches(lengths, 256, seed=3, padded=True)  # a padded batch costs rows x its longest
     assert all(max(lengths[i] for i in b) * len(b) <= 256 or len(b) == 1 for b in padded)
     assert len(padded) > len(sampler)
+
+
+def test_row_bounds_are_read_once_per_batch():
+    from ftune.runtime.train.batching import _row_bounds
+
+    first = torch.tensor([0, 5, 9])
+    assert _row_bounds(first) == [0, 5, 9] and _row_bounds(first) is _row_bounds(first)  # every layer, one read
+    second = torch.tensor([0, 5, 9])  # the next batch: a new tensor, read again even with the same bounds
+    assert _row_bounds(second) == [0, 5, 9] and _row_bounds(second) is not _row_bounds(first)

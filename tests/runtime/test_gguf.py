@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -78,3 +80,25 @@ def test_the_cli_says_one_sentence_and_exits_2(project, cache, command):
     assert result.exit_code == 2, result.output
     assert "broken.gguf is cut short or damaged" in result.output and "Traceback" not in result.output
     assert leftovers(cache) == []
+
+
+def test_the_cache_is_keyed_by_the_contents_not_the_path(tmp_path, cache, monkeypatch):
+    import json
+    import shutil
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir(), (tmp_path / "c").mkdir()
+    a = write_gguf(tmp_path / "a" / "m.gguf")
+    b = Path(shutil.copy(a, tmp_path / "b" / "m.gguf"))  # e.g. the package in another checkout's environment
+    other = write_gguf(tmp_path / "c" / "m.gguf", tensors=3)
+    assert gguf.cache_dir(a) == gguf.cache_dir(b) != gguf.cache_dir(other)
+    gguf._remember(b)  # a complete conversion remembers the file, so the next process need not read it
+    assert list(json.loads((cache / "gguf" / "files.json").read_text())) == [gguf._stamp(b.resolve())]
+    gguf._digests.clear(), gguf._indexed.clear()
+
+    def unread(*args, **kwargs):
+        raise AssertionError("the file was read again")
+
+    monkeypatch.setattr(gguf, "open", unread, raising=False)
+    assert gguf.cache_dir(b) == gguf.cache_dir(a.parent.parent / "b" / "m.gguf")
+    with pytest.raises(AssertionError, match="read again"):  # a file the index does not know is read
+        gguf.cache_dir(a)
