@@ -4,7 +4,8 @@ TRL 1.x's SFTTrainer always installs a fused LM head that scores tokens in tiles
 accuracy every step. On a CPU that path costs 1.42x the model's own loss per micro-batch (full logits and
 cross-entropy, as transformers' Trainer and LLaMA-Factory compute it), which made ftune ~1.5x slower per step
 than LLaMA-Factory (docs/benchmarks.md, `bench/compare.py --micro`). The same loss, computed the plain way, is
-what ftune trains with; the logits' memory is what runtime/memory.py already counts. Imported by the worker only.
+what ftune trains with, and only at the positions whose next token is learnt (learnt_logits_only). Imported by the
+worker only.
 """
 
 from __future__ import annotations
@@ -71,14 +72,18 @@ class PlainLossSFTTrainer(SFTTrainer):
 
 def takes_logits_mask(model) -> bool:
     """Whether the model (under its peft wrapper) takes logits_to_keep as a mask: its forward is transformers'
-    own, which slices with slice_logits_to_keep, and not one patched in by Liger or unsloth."""
+    own, which slices with slice_logits_to_keep, not one patched in by Liger or unsloth; and its loss is the
+    causal-LM cross-entropy, which takes shift_labels."""
     import inspect
     import sys
+
+    from transformers.loss.loss_utils import ForCausalLMLoss
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     cls = type(base)
     return (cls.forward.__module__ == cls.__module__ and "logits_to_keep" in inspect.signature(cls.forward).parameters
-            and hasattr(sys.modules[cls.__module__], "slice_logits_to_keep"))
+            and hasattr(sys.modules[cls.__module__], "slice_logits_to_keep")
+            and getattr(base, "loss_function", None) is ForCausalLMLoss)
 
 
 def learnt_logits_only(inputs: dict) -> dict:
