@@ -29,11 +29,12 @@ def test_help_lists_commands():
         assert f"  {cmd}" in result.output
 
 
-def test_ls_empty_and_with_runs(project, tiny_model):
+def test_ls_empty_and_with_runs(project, tiny_model, monkeypatch):
     assert "No runs in" in invoke("ls").output
     run = make_run(project, tiny_model, training={"max_steps": 3})
     make_run(project, tiny_model, name="run-02")
     train_to_end(run)
+    monkeypatch.setenv("COLUMNS", "120")  # every column (at 80 the start time gives way to the model's room)
     result = invoke("ls")
     assert result.exit_code == 0
     lines = result.output.splitlines()
