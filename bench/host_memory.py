@@ -84,7 +84,7 @@ def main() -> None:
     print("| arm | first pass (s) | later passes, median (s) | all passes (s) | minor page faults | system CPU (s) |")
     print("|---|---|---|---|---|---|")
     for arm, runs in results.items():
-        def med(f):
+        def med(f, runs=runs):
             return statistics.median(f(x) for x in runs)
         print(f"| {arm} | {med(lambda x: x['times'][0]):.2f} | {med(lambda x: statistics.median(x['times'][1:])):.2f} "
               f"| {med(lambda x: sum(x['times'])):.1f} | {med(lambda x: x['faults']):,.0f} | {med(lambda x: x['sys']):.1f} |")

@@ -7,8 +7,9 @@ cache, which training, chat, serve, export, eval and the wizard then use like an
                    a clear GGUFError for a file that is not GGUF, is cut short or is damaged
 
 The folder is keyed by the file's contents (its sha256, read once per path, size and modification time) and
-written atomically: a conversion that fails or is interrupted leaves nothing in the cache. A quantised file (Q4_1, Q8_0, ...) gives dequantised
-weights: float32 approximations of the original model, which the conversion says.
+written atomically: a conversion that fails or is interrupted leaves nothing in the cache. A quantised file
+(Q4_1, Q8_0, ...) gives dequantised weights: float32 approximations of the original model, which the conversion
+says.
 
 `python -m ftune.runtime.gguf FILE` converts FILE and prints the folder (exit 2 with one sentence on failure).
 """
