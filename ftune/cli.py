@@ -549,7 +549,7 @@ def ls_(ctx: click.Context, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ftune.runtime.runs import fit_model, fit_name, run_records, run_rows
+    from ftune.runtime.runs import fit_model, fit_names, run_records, run_rows
 
     root = _runs_root(ctx)
     if as_json:
@@ -574,10 +574,8 @@ def ls_(ctx: click.Context, as_json: bool) -> None:
         rows = phased
     if room_for_model(rows) < 8:  # a long run name: the start time gives way, then the names' middles
         cols, keys = cols[:-1], keys[:-1]
-    short = 8 - room_for_model(rows)
-    if short > 0:
-        keep = max(12, max(len(r["name"]) for r in rows) - short)
-        rows = [{**r, "name": fit_name(r["name"], keep)} for r in rows]
+    names = fit_names([r["name"] for r in rows], 8 - room_for_model(rows))
+    rows = [{**r, "name": n} for r, n in zip(rows, names)]
     widths = {c: max(len(c), *(len(str(r[k])) for r in rows)) for c, k in zip(cols, keys)}
     room = max(8, room_for_model(rows))
     table = Table(box=None, header_style="bold", pad_edge=False)

@@ -69,6 +69,15 @@ def run_rows(root: str | Path) -> list[dict[str, Any]]:
     return [run_row(RunDir(root, name)) for name in list_run_names(root)]
 
 
+def fit_names(names: list[str], short: int) -> list[str]:
+    """Run names `short` columns narrower (the longest sets the width, 12 at least), each cut by fit_name.
+    `ftune ls` and the monitor's runs list."""
+    if short <= 0 or not names:
+        return names
+    keep = max(12, max(map(len, names)) - short)
+    return [fit_name(n, keep) for n in names]
+
+
 def fit_name(name: str, room: int) -> str:
     """A run's name in `room` columns, its middle cut where a long name would push the table past the screen: names
     often differ at their ends (run-01, run-02)."""

@@ -22,7 +22,7 @@ from textual.worker import get_current_worker
 from ftune.runtime.events import phase_text
 from ftune.runtime.history import History, finite
 from ftune.runtime.rundir import RunDir, list_run_names
-from ftune.runtime.runs import fit_model, fit_name, spec_fields  # the loose run.yaml reading `ftune ls` uses
+from ftune.runtime.runs import fit_model, fit_names, spec_fields  # the loose run.yaml reading `ftune ls` uses
 from ftune.runtime.tail import Tail, load
 from ftune.tui import panels
 
@@ -137,10 +137,9 @@ class RunsScreen(Screen):
             gone = columns.index("started")
             columns.pop(gone)
             cells = [row[:gone] + row[gone + 1:] for row in cells]
-        short = 8 - room_for_model(cells)
-        if short > 0:  # then the names' middles, so that run-a-long-name-01 and -02 stay apart
-            keep = max(12, max(len(row[0]) for row in cells) - short)
-            cells = [(fit_name(row[0], keep), *row[1:]) for row in cells]
+        # then the names' middles, so that run-a-long-name-01 and -02 stay apart
+        names = fit_names([row[0] for row in cells], 8 - room_for_model(cells))
+        cells = [(n, *row[1:]) for n, row in zip(names, cells)]
         room = max(8, room_for_model(cells))  # the model column's share
         cells = [(*row[:-1], fit_model(row[-1], room)) for row in cells]
         widths = widths_of(cells)

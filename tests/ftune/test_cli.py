@@ -267,3 +267,13 @@ def test_ls_shortens_a_model_to_its_last_whole_parts():
     assert _short_model("/tmp/pytest-of-root/pytest-84/tiny-model/tiny-qwen2", 16) == "…/tiny-qwen2"
     assert _short_model("Qwen/Qwen2.5-7B-Instruct", 20) == "Qwen2.5-7B-Instruct"
     assert _short_model("Qwen/Qwen2.5-7B-Instruct", 30) == "Qwen/Qwen2.5-7B-Instruct"
+
+
+def test_run_names_are_cut_in_their_middles_only_when_short_of_room():
+    from ftune.runtime.runs import fit_names
+
+    names = ["a-long-experiment-name-01", "a-long-experiment-name-02", "short"]
+    assert fit_names(names, 0) == names and fit_names([], 5) == []
+    cut = fit_names(names, 10)  # 25 columns down to 15
+    assert cut[:2] == ["a-long-…name-01", "a-long-…name-02"] and cut[2] == "short"
+    assert fit_names(names, 40)[0] == "a-lon…ame-01"  # never below 12
