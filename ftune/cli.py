@@ -841,9 +841,13 @@ checkpoint_option = click.option("--checkpoint", type=int, metavar="STEP",
                    "llama-quantize on PATH.")
 @click.option("--out", type=click.Path(file_okay=False), metavar="DIR",
               help="Folder to write (default: runs/RUN/exports/FORMAT, gguf-QUANT, or ...-step-N).")
+@click.option("--push", "push_to", metavar="ORG/NAME",
+              help="Then upload the checked export to this Hugging Face Hub repository (created when missing), with "
+                   "its model card. The token: HF_TOKEN or `hf auth login`.")
+@click.option("--private", is_flag=True, help="With --push: create the repository private.")
 @click.pass_context
 def export(ctx: click.Context, name: str, checkpoint: int | None, fmt: str | None, quant: str | None,
-           out: str | None) -> None:
+           out: str | None, push_to: str | None, private: bool) -> None:
     """Write RUN's model as an adapter, a merged model or a GGUF file, with its chat template and model card.
 
     \b
@@ -854,12 +858,23 @@ def export(ctx: click.Context, name: str, checkpoint: int | None, fmt: str | Non
                   and an Ollama Modelfile (pip install 'ftune[gguf]')
 
     Before saying done it loads what it wrote with plain transformers/peft, compares its logits with
-    the run's model and lets it generate; a failed check leaves nothing behind.
+    the run's model and lets it generate; a failed check leaves nothing behind, and pushes nothing.
     """
     from ftune.runtime.infer.export import export_run
 
     run = _run(ctx, name)
+    if private and not push_to:
+        raise click.UsageError("--private goes with --push ORG/NAME")
     result = export_run(run, fmt, checkpoint, out, say=click.echo, quant=quant)
+    _said_export(result)
+    if push_to:
+        from ftune.runtime.infer.push import push
+
+        pushed = push(result.path, push_to, private, say=click.echo)
+        click.secho(f"Pushed: {pushed.url} ({pushed.files} files; commit {pushed.commit})", fg="green")
+
+
+def _said_export(result) -> None:
     c = result.check
     if result.gguf:
         g = result.gguf

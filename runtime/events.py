@@ -21,14 +21,55 @@ TYPES = ("started", "phase", "step", "eval", "checkpoint", "system", "warning", 
 FINAL_TYPES = ("finished", "stopped", "error")
 
 
+def duration(seconds: float | None) -> str:
+    """1:05, 2:03:04, 1d 2h03m; '–' for none."""
+    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
+        return "–"
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    if d:
+        return f"{d}d {h}h{m:02d}m"
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def size(n: Any) -> str:
+    """512 B, 1.5 KB, 2.3 GB; '–' for none."""
+    if not isinstance(n, (int, float)) or not math.isfinite(n):
+        return "–"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return "–"
+
+
+def phase_share(event: dict[str, Any] | None) -> tuple[float, float] | None:
+    """(done, total) of a phase that counts its progress (rows tokenised, bytes downloaded); None otherwise."""
+    done, total = (event or {}).get("done"), (event or {}).get("total")
+    if isinstance(done, (int, float)) and isinstance(total, (int, float)) and total > 0:
+        return min(done, total), total
+    return None
+
+
 def phase_text(event: dict[str, Any] | None) -> str:
-    """A `phase` event in words: 'loading the model', 'tokenising 40%' ('' for none, or one without a name)."""
+    """A `phase` event in words: 'loading the model', 'tokenising 40%', 'downloading the model ████░░░░░░ 40% of
+    3.0 GB, 25.0 MB/s, 1:10 left' ('' for none, or one without a name). The bar is text, so `ftune ls`, `train
+    --foreground` and the monitor all draw it."""
     if not event or not isinstance(event.get("phase"), str):
         return ""
-    done, total = event.get("done"), event.get("total")
-    if isinstance(done, (int, float)) and isinstance(total, (int, float)) and total > 0:
-        return f"{event['phase']} {min(100, int(100 * done / total))}%"
-    return event["phase"]
+    share = phase_share(event)
+    if share is None:
+        return event["phase"]
+    done, total = share
+    if event.get("unit") != "bytes":
+        return f"{event['phase']} {int(100 * done / total)}%"
+    rate, eta = event.get("bytes_per_s"), event.get("eta_s")
+    speed = f", {size(rate)}/s" if isinstance(rate, (int, float)) and rate > 0 else ""
+    left = f", {duration(eta)} left" if isinstance(eta, (int, float)) and eta > 0 else ""
+    filled = int(10 * done / total)
+    return f"{event['phase']} {'█' * filled}{'░' * (10 - filled)} {int(100 * done / total)}% of {size(total)}{speed}{left}"
 
 
 def _clean(value: Any, nulled: list[str], key: str = "") -> Any:

@@ -14,8 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from ftune.runtime import gguf, models, trackers
-from ftune.runtime.data.load import check_data, sources_for
+from ftune.runtime import gguf, hub, models, trackers
+from ftune.runtime.data.load import check_data, hub_sets, sources_for
 from ftune.runtime.distributed import worker_command
 from ftune.runtime.events import FINAL_TYPES, EventReader
 from ftune.runtime.models import is_hub_id, local_path, looks_local
@@ -168,6 +168,7 @@ def check_model(spec: RunSpec, base: Path, run: RunDir, say=None) -> None:
         gguf.ensure(model, say)
     elif model.exists() or looks_local(name):
         models.check_folder(model)
+        models.check_weights(model)
     elif is_hub_id(name):
         models.check_hub(name, spec.model.revision)
     else:
@@ -182,15 +183,22 @@ def check_run_data(spec: RunSpec, base: Path, run: RunDir, say=None, counts: dic
     d = spec.data
     limit = 1000 if d.streaming else None
     t0 = time.monotonic()
-    sources = sources_for(d.train, base, d.format, d.dataset_dir)
+    later = [ref.label for ref in hub_sets(d, base) if not hub.check_dataset(ref)]  # gated, offline…: a sentence
+    if later and say:
+        say(f"The worker downloads {', '.join(later)} first (the phase 'downloading the data'), then checks its rows.")
+    sources = sources_for(d.train, base, d.format, d.dataset_dir, d.hub, uncached="skip")
+    if not sources:
+        return
     # data.test too: found missing now, not after hours of training
-    for path in [s.path for s in sources] + [local_path(n, base) for n in (d.validation, d.test) if n]:
+    for path in [s.path for s in sources] + [local_path(n, base) for n in (d.validation, d.test)
+                                             if n and not hub.is_hub_data(n)]:
         if not path.is_file():
             raise RunError(f"data file not found: {path} (data in {run.spec_path}; "
                            f"relative paths are relative to {base})")
     rows, _, _ = check_data(sources, spec.stage.type, d.on_invalid, limit, counts)
     if d.validation:
-        rows += check_data(sources_for([d.validation], base, d.format), spec.stage.type, d.on_invalid, limit)[0]
+        validation = sources_for([d.validation], base, d.format, hub_opts=d.hub, uncached="skip")
+        rows += check_data(validation, spec.stage.type, d.on_invalid, limit)[0] if validation else 0
     took = time.monotonic() - t0
     if say and took > 2:
         say(f"Checked {rows:,} rows of data in {took:.1f} s.")

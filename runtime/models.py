@@ -7,10 +7,10 @@ Light at import time (no torch): the loaders import transformers when called.
 from __future__ import annotations
 
 import json
-import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ftune.runtime import gguf
 from ftune.runtime.errors import UserError
@@ -66,34 +66,48 @@ def check_folder(folder: Path) -> None:
         raise UserError(f"{config} has no model_type: it is not a transformers model config", hint=fix)
 
 
+WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+
+
+def check_weights(folder: Path) -> None:
+    """A model folder to train from holds its weights: a config.json and a tokenizer alone (a download that
+    fetched the small files only) would pass `check_folder` and fail in the worker, after it detached."""
+    for index in folder.glob("*.index.json"):  # sharded: every shard its index names is there
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values())
+        except (OSError, ValueError, AttributeError):
+            continue
+        missing = sorted(s for s in shards if not (folder / s).is_file())
+        if missing:
+            raise UserError(f"{folder} is missing {len(missing)} of the {len(shards)} weight files {index.name} "
+                            f"names (first: {missing[0]})",
+                            hint="Copy or download the model folder again (a download that was cut short leaves "
+                                 "such folders).")
+    if not any(p.is_file() for g in WEIGHTS for p in folder.glob(g)):
+        raise UserError(f"{folder} has a config.json but no weights (no *.safetensors or pytorch_model*.bin file): "
+                        f"model.name_or_path must be a whole model folder",
+                        hint="Download the weights into it too (`hf download ORG/NAME --local-dir FOLDER`), or "
+                             "name the hub id and let ftune download it.")
+
+
 def check_hub(name: str, revision: str | None = None) -> None:
     """A hub id that can be had: in the local cache, or on a hub this machine reaches. Costs one request
     (about 0.2 s) when the model is not cached; a typo, a gated model or no network is one sentence."""
     import huggingface_hub as hub
-    from huggingface_hub import errors
+
+    from ftune.runtime.hub import offline, problem
 
     if isinstance(hub.try_to_load_from_cache(name, "config.json", revision=revision), str):
         return
     where = f"model.name_or_path {name!r}"
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    if offline():
         raise UserError(f"{where} is not in the local Hugging Face cache, and HF_HUB_OFFLINE is set",
                         hint="Download it on a machine with network (`hf download NAME`), or point "
                              "model.name_or_path at a local folder or .gguf file.")
     try:
         hub.model_info(name, revision=revision, timeout=10)
-    except errors.GatedRepoError:
-        raise UserError(f"{where} is gated on the hub: accept its licence on its page, then log in "
-                        f"(`hf auth login`)") from None
-    except errors.RepositoryNotFoundError:
-        raise UserError(f"{where} is not on the hub (or is private: log in with `hf auth login`)",
-                        hint="Check the spelling: owner/name, e.g. Qwen/Qwen2.5-0.5B-Instruct.") from None
-    except errors.RevisionNotFoundError:
-        raise UserError(f"{where} has no revision {revision!r} on the hub") from None
-    except Exception as e:  # no network: the request's own error says which (DNS, proxy, timeout)
-        raise UserError(f"{where} is not in the local Hugging Face cache, and the hub cannot be reached "
-                        f"({type(e).__name__}: {e})",
-                        hint="Connect this machine, or download the model elsewhere and point "
-                             "model.name_or_path at the folder or .gguf file.") from None
+    except Exception as e:  # noqa: BLE001 - the hub's errors and the network's, as one sentence each
+        raise problem(e, where, revision) from None
 
 
 def prepare_tokenizer(tokenizer, template: str) -> bool:

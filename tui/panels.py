@@ -3,17 +3,17 @@ in, a rich renderable out. No Textual and no I/O here, so each panel is easy to 
 
 from __future__ import annotations
 
-import math
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from rich.console import Group, RenderableType
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from ftune.runtime.events import phase_text
+from ftune.runtime.events import duration, phase_share, phase_text, size
 from ftune.runtime.history import Problem, View, finite
 from ftune.runtime.rundir import shown_state
 
@@ -30,18 +30,6 @@ def display_state(recorded: str) -> str:
 
 
 # --------------------------------------------------------------------------- numbers
-def duration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds) or seconds < 0:
-        return "–"
-    s = int(seconds)
-    d, s = divmod(s, 86400)
-    h, s = divmod(s, 3600)
-    m, s = divmod(s, 60)
-    if d:
-        return f"{d}d {h}h{m:02d}m"
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
 def num(x: Any, spec: str = ".4g") -> str:
     return format(x, spec) if finite(x) else "–"
 
@@ -50,20 +38,10 @@ def si(x: Any) -> str:
     """12.3k, 1.2M: throughput at a glance."""
     if not finite(x):
         return "–"
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(x) >= size:
-            return f"{x / size:.3g}{unit}"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
     return f"{x:.3g}"
-
-
-def size(n: Any) -> str:
-    if not finite(n):
-        return "–"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return "–"
 
 
 def clock_time(t: Any) -> str:
@@ -113,11 +91,18 @@ def header(name: str, state: str, view: View, status: dict[str, Any], now: float
     bar = Table.grid(expand=True, padding=(0, 1))
     bar.add_column(ratio=1)
     bar.add_column(no_wrap=True, justify="right")
-    total = view.max_steps or 0
-    pct = f"{100 * view.step / total:.0f}%" if total else ""
-    epoch = f"epoch {view.epoch:.2f}" if view.epoch is not None else ""
-    bar.add_row(ProgressBar(total=max(total, 1), completed=min(view.step, total) if total else 0),
-                Text.assemble((f"{view.step}/{total or '?'}", "bold"), f" {pct}  ", (epoch, "dim")))
+    share = phase_share(view.phase) if state == "starting" and view.phase is not None else None
+    if share is not None:  # the worker's start counts its progress (a download, tokenising): its bar until steps
+        done, of = share
+        counted = (size(done), size(of)) if view.phase.get("unit") == "bytes" else (f"{done:,.0f}", f"{of:,.0f}")
+        bar.add_row(ProgressBar(total=of, completed=done, complete_style="yellow"),
+                    Text.assemble((f"{counted[0]}/{counted[1]}", "bold"), f" {100 * done / of:.0f}%"))
+    else:
+        total = view.max_steps or 0
+        pct = f"{100 * view.step / total:.0f}%" if total else ""
+        epoch = f"epoch {view.epoch:.2f}" if view.epoch is not None else ""
+        bar.add_row(ProgressBar(total=max(total, 1), completed=min(view.step, total) if total else 0),
+                    Text.assemble((f"{view.step}/{total or '?'}", "bold"), f" {pct}  ", (epoch, "dim")))
     return Group(top, bar, Text(_third_line(name, state, view, status, now), no_wrap=True, overflow="ellipsis",
                                 style="dim"))
 

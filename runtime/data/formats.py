@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from ftune.runtime import hub
 from ftune.runtime.data import images
 from ftune.runtime.errors import UserError
 
@@ -500,23 +501,61 @@ def load_source(src: Source) -> Loaded:
 
 
 # --------------------------------------------------------------------------- dataset_info.json
-def registry_sources(dataset_dir: Path, names: list[str]) -> list[Source]:
-    """Sources for data sets named by their key in LLaMA-Factory's dataset_info.json."""
+HUB_KEYS = {"hf_hub_url": "hf", "ms_hub_url": "ms"}  # LLaMA-Factory's hub entries, read through runtime/hub.py
+
+
+def _registry(dataset_dir: Path) -> tuple[Path, dict]:
     info_path = dataset_dir / "dataset_info.json"
     if not info_path.is_file():
         raise DataError(f"no dataset_info.json in {dataset_dir}", hint="Point data.dataset_dir at the folder that has it.")
-    info = json.loads(info_path.read_text(encoding="utf-8"))
+    return info_path, json.loads(info_path.read_text(encoding="utf-8"))
+
+
+def _entry(info_path: Path, info: dict, name: str) -> dict:
+    if name not in info:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(info), n=1)
+        raise DataError(f"'{name}' is not in {info_path}" + (f" — did you mean '{close[0]}'?" if close else ""))
+    return info[name]
+
+
+def entry_hub_set(entry: dict, name: str, info_path: Path) -> hub.HubSet | None:
+    """A dataset_info.json entry's hub data set: hf_hub_url first (ms_hub_url where it is the only one, or with
+    USE_MODELSCOPE_HUB=1 as in LLaMA-Factory), with its subset, split, folder and revision; None for a file."""
+    import os
+
+    keys = [k for k in HUB_KEYS if entry.get(k)]
+    if "file_name" in entry or not keys:
+        return None
+    if os.environ.get("USE_MODELSCOPE_HUB", "").lower() in ("1", "true") and "ms_hub_url" in keys:
+        keys = ["ms_hub_url"]
+    key = keys[0]
+    try:
+        return hub.parse(hub.PREFIXES[HUB_KEYS[key]] + str(entry[key]), entry.get("subset"),
+                         entry.get("split") or "train", entry.get("revision"), folder=entry.get("folder"))
+    except hub.HubError as e:
+        raise DataError(f"'{name}' in {info_path}: {key} {entry[key]!r}: {e}") from None
+
+
+def registry_hub_sets(dataset_dir: Path, names: list[str]) -> list[hub.HubSet]:
+    info_path, info = _registry(dataset_dir)
+    sets = [entry_hub_set(_entry(info_path, info, n), n, info_path) for n in names]
+    return [s for s in sets if s is not None]
+
+
+def registry_sources(dataset_dir: Path, names: list[str], uncached: str = "raise") -> list[Source]:
+    """Sources for data sets named by their key in LLaMA-Factory's dataset_info.json: a file_name in the folder, or
+    a hub data set (hf_hub_url, ms_hub_url) read from the hub's cache (hub.NotCached when it is not there, or left
+    out with uncached="skip")."""
+    info_path, info = _registry(dataset_dir)
     out = []
     for name in names:
-        if name not in info:
-            import difflib
-
-            close = difflib.get_close_matches(name, list(info), n=1)
-            raise DataError(f"'{name}' is not in {info_path}" + (f" — did you mean '{close[0]}'?" if close else ""))
-        entry = info[name]
-        if "file_name" not in entry:
-            raise DataError(f"'{name}' in {info_path} is a hub or script data set; only local files (file_name) "
-                            "can be read offline")
+        entry = _entry(info_path, info, name)
+        ref = entry_hub_set(entry, name, info_path)
+        if "file_name" not in entry and ref is None:
+            raise DataError(f"'{name}' in {info_path} is a script data set (script_url); ftune reads files "
+                            "(file_name) and hub data sets (hf_hub_url, ms_hub_url)")
         formatting = entry.get("formatting", "alpaca")
         columns = dict(entry.get("columns", {}))
         kind = "preference" if entry.get("ranking") else "kto" if "kto_tag" in columns else None
@@ -526,7 +565,9 @@ def registry_sources(dataset_dir: Path, names: list[str]) -> list[Source]:
             formatting = "sharegpt"  # role/content tags: the OpenAI shape, read with ShareGPT's rules
         if kind is None and formatting == "alpaca":
             kind = "chat"
-        out.append(Source(dataset_dir / entry["file_name"], formatting, kind, columns, dict(entry.get("tags", {})),
-                          reason=f"'{name}' in {info_path.name}: formatting {formatting}"
-                                 + (", ranking" if entry.get("ranking") else ""), image_dir=dataset_dir))
+        paths = hub.cached_or_raise(ref, uncached) if ref is not None else [dataset_dir / entry["file_name"]]
+        out += [Source(path, formatting, kind, columns, dict(entry.get("tags", {})),
+                       reason=f"'{name}' in {info_path.name}: formatting {formatting}"
+                              + (", ranking" if entry.get("ranking") else ""), image_dir=dataset_dir)
+                for path in paths]
     return out

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ftune.runtime import hub
 from ftune.runtime.data.formats import (
     KINDS,
     DataError,
@@ -39,12 +40,40 @@ def check_messages(row: Any) -> str | None:
 
 
 # --------------------------------------------------------------------------- loading a run's data
-def sources_for(names: list[str], base: Path, formatting: str = "auto", dataset_dir: str | None = None) -> list[Source]:
-    """Files named in the run file (relative to the project folder), or keys of a dataset_info.json."""
+def sources_for(names: list[str], base: Path, formatting: str = "auto", dataset_dir: str | None = None,
+                hub_opts: Any = None, uncached: str = "raise") -> list[Source]:
+    """Files named in the run file (relative to the project folder), hub data sets (`hf://datasets/…`, `ms://…`:
+    their files in the hub's cache, chosen by data.hub: `hub_opts`), or keys of a dataset_info.json (whose hub
+    entries are read the same way). A hub set not in the cache raises hub.NotCached, or is left out with
+    uncached="skip"."""
     if dataset_dir:
-        return registry_sources(local_path(dataset_dir, base), names)
-    return [Source(local_path(n, base), None if formatting == "auto" else formatting,
-                   "text" if formatting == "text" else None) for n in names]
+        return registry_sources(local_path(dataset_dir, base), names, uncached)
+    out = []
+    for n in names:
+        paths = [local_path(n, base)]
+        if hub.is_hub_data(n):
+            paths = hub.cached_or_raise(hub_set(n, hub_opts), uncached)
+        out += [Source(p, None if formatting == "auto" else formatting, "text" if formatting == "text" else None)
+                for p in paths]
+    return out
+
+
+def hub_set(name: str, hub_opts: Any = None) -> hub.HubSet:
+    """A data.train entry `hf://datasets/…` with the run file's data.hub settings."""
+    o = hub_opts
+    return hub.parse(name, getattr(o, "subset", None), getattr(o, "split", None) or "train",
+                     getattr(o, "revision", None), getattr(o, "files", None))
+
+
+def hub_sets(d: Any, base: Path) -> list[hub.HubSet]:
+    """Every hub data set a run's data section names (data.train, validation and test, and dataset_info.json
+    entries with hf_hub_url / ms_hub_url): what the worker downloads before it reads."""
+    from ftune.runtime.data.formats import registry_hub_sets
+
+    if d.dataset_dir:
+        return registry_hub_sets(local_path(d.dataset_dir, base), d.train)
+    names = list(d.train) + [n for n in (d.validation, d.test) if n]
+    return [hub_set(n, d.hub) for n in names if hub.is_hub_data(n)]
 
 
 def interleave(groups: list[list], probs: list[float] | None, seed: int, until: str) -> list:

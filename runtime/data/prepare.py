@@ -43,7 +43,7 @@ def cache_key(spec: RunSpec, tokenizer, sources: list, base: Path) -> str:
     import hashlib
 
     d = spec.data
-    paths = [s.path for s in sources] + ([s.path for s in sources_for([d.validation], base)] if d.validation else [])
+    paths = [s.path for s in sources] + ([s.path for s in sources_for([d.validation], base, hub_opts=d.hub)] if d.validation else [])
     files = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
     payload = {
         "v": 1, "files": files, "data": d.model_dump(mode="json", exclude={"cache", "num_proc", "test"}),
@@ -73,7 +73,7 @@ def prepare_data(spec: RunSpec, tokenizer, base: Path, events: EventWriter, run:
     import datasets
 
     d = spec.data
-    sources = sources_for(d.train, base, d.format, d.dataset_dir)
+    sources = sources_for(d.train, base, d.format, d.dataset_dir, d.hub)
     if d.streaming:
         return stream_data(spec, tokenizer, sources, base, events)
     cache = run.path / "tokenized" / cache_key(spec, tokenizer, sources, base) if d.cache else None
@@ -90,7 +90,7 @@ def prepare_data(spec: RunSpec, tokenizer, base: Path, events: EventWriter, run:
                     hint=f"First: {loaded.problems[0]}")
     if d.validation:
         train_rows = split(loaded.examples, 0.0, spec.training.seed, d.shuffle)[0]
-        eval_rows = load_data(sources_for([d.validation], base, d.format), spec.stage.type, d.on_invalid).examples
+        eval_rows = load_data(sources_for([d.validation], base, d.format, hub_opts=d.hub), spec.stage.type, d.on_invalid).examples
     else:
         train_rows, eval_rows = split(loaded.examples, d.val_size, spec.training.seed, d.shuffle)
     stage = spec.stage.type
@@ -201,7 +201,7 @@ def stream_data(spec: RunSpec, tokenizer, sources: list, base: Path, events: Eve
         train = train.shuffle(seed=spec.training.seed, buffer_size=d.buffer_size)
     eval_ds = None
     if d.validation:
-        v = load_data(sources_for([d.validation], base, d.format), stage, d.on_invalid).examples
+        v = load_data(sources_for([d.validation], base, d.format, hub_opts=d.hub), stage, d.on_invalid).examples
         cols, _ = (columns.text_columns(tokenizer, v, d.max_length) if stage == "pt" else
                    tokenize_examples(tokenizer, v, d.max_length, d.train_on_prompt, d.mask_history, d.combine))
         eval_ds = datasets.Dataset.from_dict(cols)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ftune.runtime import templates
-from ftune.runtime.data.formats import registry_sources
+from ftune.runtime.data.formats import registry_hub_sets, registry_sources
 from ftune.runtime.errors import UserError
 from ftune.runtime.importers.common import as_written, deepspeed, fsdp, training_arg
 from ftune.runtime.importers.record import GPU_ONLY, NO_HOME, NO_MEANING, Context, Record
@@ -312,17 +312,25 @@ def map_config(src: dict[str, Any], ctx: Context) -> Record:
                             hint="Pass --dataset-dir DIR: the folder that holds dataset_info.json.")
     if src.get("dataset"):
         names = _names(src["dataset"], keep_all=False)
-        sources = registry_sources(dataset_dir, names)  # unknown names and hub-only entries: a DataError here
+        # unknown names and script entries: a DataError here; hub entries (hf_hub_url, ms_hub_url) are read from
+        # the hub's cache, downloaded by `ftune train` when they are not there yet
+        sources = registry_sources(dataset_dir, names, uncached="skip")
         rec.put("dataset_dir", "data.dataset_dir", as_written(dataset_dir, ctx.project),
                 "from --dataset-dir" if ctx.dataset_dir else "")
-        rec.put("dataset", "data.train", names, f"keys of {dataset_dir / 'dataset_info.json'}")
+        on_hub = [f"{r.url} ({r.label.split(' (')[-1]}" for r in registry_hub_sets(dataset_dir, names)]
+        rec.put("dataset", "data.train", names, f"keys of {dataset_dir / 'dataset_info.json'}"
+                + (f"; on a hub: {', '.join(on_hub)}" if on_hub else ""))
         _media_warnings(rec, dataset_dir, names)
         del sources
     take("dataset", "dataset_dir")
     if src.get("eval_dataset"):
         names = _names(src["eval_dataset"], keep_all=False)
         target = "data.test" if src.get("do_predict") and not src.get("do_train") else "data.validation"
-        if len(names) == 1:
+        hub_eval = registry_hub_sets(dataset_dir, names)
+        if hub_eval:
+            rec.leave("eval_dataset", src["eval_dataset"], NO_HOME,
+                      f"{hub_eval[0].url} is on a hub: name its files in {target} as {hub_eval[0].url}/GLOB")
+        elif len(names) == 1:
             (source,) = registry_sources(dataset_dir, names)
             rec.put("eval_dataset", target, as_written(source.path, ctx.project),
                     f"the file of '{names[0]}' in dataset_info.json")

@@ -99,7 +99,7 @@ def held_out_rows(spec: RunSpec, run: RunDir) -> tuple[list[Row], str]:
     if not d.val_size:
         raise RunError(f"run '{run.name}' has no test file and holds no rows out (data.val_size: 0): set data.test "
                        f"in {run.spec_path} or pass --test FILE")
-    loaded = load_data(sources_for(d.train, run.project, d.format, d.dataset_dir), spec.stage.type, "skip",
+    loaded = load_data(sources_for(d.train, run.project, d.format, d.dataset_dir, d.hub), spec.stage.type, "skip",
                        d.max_samples, d.mix_strategy, d.interleave_probs, spec.training.seed)
     _, held = split(loaded.examples, d.val_size, spec.training.seed, d.shuffle)
     rows = rows_of(held)

@@ -6,10 +6,10 @@ chat template, and how to load it. Plain text from the run file and the events: 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from ftune import __version__
 from ftune.runtime.events import read_all
 from ftune.runtime.rundir import RunDir
 from ftune.runtime.spec import RunSpec
@@ -51,15 +51,36 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def card_data(spec: RunSpec, fmt: str, metrics: dict[str, Any], gguf: bool = False):
+    """The card's metadata as huggingface_hub's ModelCardData: the base model and data sets where they are hub ids
+    (the Hub links them; a local path would not validate there, so it stays in the text), the library, tags,
+    the final losses and the ftune version."""
+    from huggingface_hub import ModelCardData
+
+    from ftune.runtime import hub
+    from ftune.runtime.models import is_hub_id
+
+    name = spec.model.name_or_path
+    datasets = [hub.parse(n).repo_id for n in [*spec.data.train, spec.data.validation or ""]
+                if hub.is_hub_data(n) and n.startswith(hub.PREFIXES["hf"])]
+    losses = {k: round(v, 6) for k, v in metrics.items() if k in ("train_loss", "eval_loss")
+              and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return ModelCardData(
+        base_model=name if is_hub_id(name) else None, datasets=datasets or None,
+        library_name="peft" if fmt == "lora" else "transformers",
+        tags=["ftune", spec.stage.type, spec.method_label, *(["gguf"] if gguf else [])],
+        ftune={"version": __version__, "stage": spec.stage.type, "method": spec.method_label, "format": fmt,
+               "base_model": name, **losses},
+    )
+
+
 def render(spec: RunSpec, run: RunDir, fmt: str, source_label: str, metrics: dict[str, Any],
            dtype: str | None = None, check: dict[str, Any] | None = None, gguf: dict[str, Any] | None = None) -> str:
     """README.md text for an export in `fmt` (lora, merged_16bit, merged_4bit, full, gguf: with `gguf` the file's
     name, quant, bytes, sha256 and the `ollama create` line)."""
     m, t, d = spec.method, spec.training, spec.data
     adapter = fmt == "lora"
-    tags = ["ftune", spec.stage.type, spec.method_label, *(["gguf"] if gguf else [])]
-    front = ["---", f"base_model: {json.dumps(spec.model.name_or_path)}",
-             f"library_name: {'peft' if adapter else 'transformers'}", "tags:", *[f"- {x}" for x in tags], "---", ""]
+    front = ["---", card_data(spec, fmt, metrics, gguf is not None).to_yaml(), "---", ""]
     lines = [f"# {spec.name}", "",
              f"Fine-tuned with ftune from `{spec.model.name_or_path}`"
              f"{' (revision ' + spec.model.revision + ')' if spec.model.revision else ''}.", "",
@@ -70,6 +91,7 @@ def render(spec: RunSpec, run: RunDir, fmt: str, source_label: str, metrics: dic
              f"| preset | {spec.preset or '-'} |",
              f"| format | {fmt}{' (' + dtype + ')' if dtype else ''} |",
              f"| weights from | {source_label} |",
+             f"| ftune | {__version__} |",
              f"| chat template | {spec.model.template if spec.model.template != 'auto' else 'the base tokenizer’s own'}"
              " (saved with the tokenizer) |"]
     rows = _data_rows(run)

@@ -92,13 +92,33 @@ class ModelSpec(Section):
 
 
 # --------------------------------------------------------------------------- data
+class HubDataSpec(Section):
+    """Which files of a data set on a hub (`hf://datasets/ORG/NAME`, `ms://ORG/NAME` in data.train) are read."""
+
+    subset: str | None = Field(
+        None, description="The subset (configuration) to read: one its README's `configs:` names, else a folder of "
+        "that name in the data set."
+    )
+    split: str = Field(
+        "train", description="The split to read: files or folders named for it (train.jsonl, data/train-00000-of-"
+        "00002.parquet); a data set with no split names is all train."
+    )
+    revision: str | None = Field(None, description="Branch, tag or commit of the data set (default: main).")
+    files: str | None = Field(
+        None, description="A glob of the files to read, inside the data set (e.g. data/*.jsonl): instead of subset "
+        "and split."
+    )
+
+
 class DataSpec(Section):
     """The training data and how it becomes tokens."""
 
     train: list[str] = Field(
         description="Training file(s): one path or a list (JSON lines, JSON array, .txt, .csv, .parquet); "
-        "with dataset_dir, keys of its dataset_info.json."
+        "a data set on the Hugging Face Hub, hf://datasets/ORG/NAME (ModelScope: ms://ORG/NAME), downloaded into "
+        "the hub's cache (which files: data.hub); with dataset_dir, keys of its dataset_info.json."
     )
+    hub: HubDataSpec = Field(default_factory=HubDataSpec, description="Which files of a hub data set are read.")
     format: Literal["auto", "messages", "alpaca", "sharegpt", "text"] = Field(
         "auto", description="Data format; 'auto' detects it (and preference/KTO variants) from the first row."
     )

@@ -7,7 +7,7 @@ from typing import Any
 import shutil
 
 from ftune.runtime.data.formats import DataError
-from ftune.runtime.errors import disk_full_message, is_disk_full
+from ftune.runtime.errors import UserError, disk_full_message, is_disk_full
 from ftune.runtime.rundir import RunDir, RunError
 from ftune.runtime.spec import SpecError
 
@@ -42,6 +42,8 @@ def explain(exc: BaseException, spec: Any = None, run: RunDir | None = None) -> 
         return text, exc.hint or "Check the data with the first error above."
     if isinstance(exc, RunError):
         return text, ""
+    if isinstance(exc, UserError):  # e.g. a hub download that failed (runtime/hub.py): its own sentence and hint
+        return text, exc.hint
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted", "Use `ftune stop RUN` for a graceful stop with a checkpoint."
     if "out of memory" in low or type(exc).__name__ == "OutOfMemoryError":

@@ -25,6 +25,7 @@ from ftune.runtime.spec import RunSpec
 from ftune.runtime.train import stages, tracking
 from ftune.runtime.train.args import common_args
 from ftune.runtime.train.callbacks import EventsCallback
+from ftune.runtime.train.downloads import download
 from ftune.runtime.train.host_memory import keep_freed_memory
 from ftune.runtime.train.model import Kernels, Precision, kernels, load_model, precision_plan
 from ftune.runtime.train.optim import adapt_to_badam, custom_optimizer
@@ -192,8 +193,9 @@ def setup(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
     phases = phases or Phases(events, lead)
     from transformers import set_seed
 
-    phases.begin("loading the tokenizer")
     base = run.project
+    download(spec, base, events, phases, lead)
+    phases.begin("loading the tokenizer")
     resume_from = checkpoint_to_resume(spec, run, resume, events)
     set_seed(spec.training.seed)
     source = models.model_source(spec.model.name_or_path, base)
