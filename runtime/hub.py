@@ -16,9 +16,9 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
 from ftune.runtime.errors import UserError
 
@@ -361,7 +361,7 @@ class Reporter:
         eta = (total - done) / rate if rate > 0 and total >= done else None
         self.report(done=done, total=total, bytes_per_s=round(rate, 1), eta_s=round(eta, 1) if eta else None)
 
-    def __enter__(self) -> "Reporter":
+    def __enter__(self) -> Reporter:
         self.report(done=self.start_done, total=self.plan.total, bytes_per_s=0.0, eta_s=None)
         self.thread.start()
         return self

@@ -6,6 +6,7 @@ runs end to end. docs/data.md and docs/after-training.md list them, and what the
     GET  /api/{models|datasets}/ORG/NAME/tree/REV[/PATH]    the file listing snapshot_download reads
     POST /api/{models|datasets}/ORG/NAME/paths-info/REV     the same for named paths
     HEAD/GET /[datasets/]ORG/NAME/resolve/REV/PATH          a file: X-Repo-Commit, ETag, X-Linked-Etag/-Size, Range
+    POST /api/validate-yaml                                 the model card's metadata (YAML, base_model an id)
     POST /api/repos/create                                  a new repository (private or not)
     POST /api/models/ORG/NAME/preupload/REV                 every file goes up inline ("regular"), never by LFS
     POST /api/models/ORG/NAME/commit/REV                    the commit: NDJSON, files base64 inline
@@ -181,11 +182,23 @@ def _handler(hub: Hub):
             hub.requests.append((self.command, self.path, dict(self.headers)))
             path = unquote(urlparse(self.path).path)
             body = self._read_body()
+            if path == "/api/validate-yaml":  # upload_folder has the model card's metadata checked first
+                req = json.loads(body)
+                import yaml
+
+                try:
+                    meta = yaml.safe_load(req["content"].split("---")[1]) if req["content"].startswith("---") else {}
+                except yaml.YAMLError as e:
+                    return self._json({"errors": [{"message": str(e)}]}, 400)
+                base = (meta or {}).get("base_model")
+                if isinstance(base, str) and not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", base):  # as the hub: an id
+                    return self._json({"errors": [{"message": f'"base_model" is not a model id: {base}'}]}, 400)
+                return self._json({"errors": [], "warnings": []})
             if path == "/api/repos/create":
                 req = json.loads(body)
                 key = f"{req.get('type', 'model')}s/{req.get('organization') or 'tester'}/{req['name']}"
                 if key not in hub.repos:
-                    hub.add(key, {}, private=bool(req.get("private")))
+                    hub.add(key, {}, private=bool(req.get("private")) or req.get("visibility") == "private")
                 return self._json({"url": f"{hub.url}/{key.split('/', 1)[1]}", "name": key.split("/", 1)[1]})
             m = re.match(r"^/api/(models|datasets)/([^/]+/[^/]+)/(preupload|commit|paths-info)/([^/]+)$", path)
             if m:
