@@ -228,3 +228,42 @@ def test_downloads_report_bytes_once_a_second_and_resume(project, tiny_model, hf
     cached = hub.cached_files(hub.parse("hf://datasets/org/support"))
     assert cached and cached[0].read_bytes() == big
     assert "downloading the data" in phase_text(progress[-1]) and "100% of" in phase_text(progress[-1])
+
+
+# --------------------------------------------------------------------------- LLaMA-Factory's hub entries
+def test_dataset_info_hub_entries_import_and_read_from_the_cache(tmp_path, hf, monkeypatch):
+    from ftune.runtime.data.formats import DataError, load_source, registry_hub_sets, registry_sources
+    from ftune.runtime.importers import import_config
+
+    alpaca = "".join(json.dumps({"q": q, "a": a}, ensure_ascii=False) + "\n" for q, a in QA).encode()
+    snap = write_cache(hf, "llamafactory/alpaca_zh", {"train.jsonl": alpaca, "test.jsonl": alpaca})
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "dataset_info.json").write_text(json.dumps({
+        "alpaca_zh": {"hf_hub_url": "llamafactory/alpaca_zh", "ms_hub_url": "llamafactory/alpaca_zh_ms",
+                      "columns": {"prompt": "q", "response": "a"}},
+        "ms_only": {"ms_hub_url": "AI-ModelScope/sharegpt_gpt4", "formatting": "sharegpt", "split": "test"},
+        "scripted": {"script_url": "x"},
+    }))
+    hub_sets = registry_hub_sets(tmp_path / "data", ["alpaca_zh", "ms_only"])
+    assert [(r.hub, r.repo_id, r.split) for r in hub_sets] == [("hf", "llamafactory/alpaca_zh", "train"),
+                                                              ("ms", "AI-ModelScope/sharegpt_gpt4", "test")]
+    monkeypatch.setenv("USE_MODELSCOPE_HUB", "1")  # as in LLaMA-Factory: ms_hub_url wins where there is one
+    assert registry_hub_sets(tmp_path / "data", ["alpaca_zh"])[0].repo_id == "llamafactory/alpaca_zh_ms"
+    monkeypatch.delenv("USE_MODELSCOPE_HUB")
+
+    (src,) = registry_sources(tmp_path / "data", ["alpaca_zh"])  # from the cache, with the entry's columns
+    assert src.path == snap / "train.jsonl" and src.columns == {"prompt": "q", "response": "a"}
+    loaded = load_source(src)
+    assert loaded.total == len(QA) and not loaded.problems and loaded.examples[0].messages[0]["content"] == QA[0][0]
+    with pytest.raises(hub.NotCached):
+        registry_sources(tmp_path / "data", ["ms_only"])
+    with pytest.raises(DataError, match="script data set"):
+        registry_sources(tmp_path / "data", ["scripted"])
+
+    cfg = tmp_path / "lf.yaml"
+    cfg.write_text("model_name_or_path: Qwen/Qwen2.5-0.5B\nstage: sft\nfinetuning_type: lora\n"
+                   "dataset: alpaca_zh,ms_only\n")
+    imported = import_config(cfg, project=tmp_path, gpu=False)
+    assert imported.spec.data.train == ["alpaca_zh", "ms_only"] and imported.spec.data.dataset_dir == "data"
+    carried = next(c for c in imported.carried if c.target == "data.train")
+    assert "on a hub: hf://datasets/llamafactory/alpaca_zh" in carried.note and "ms://AI-ModelScope" in carried.note

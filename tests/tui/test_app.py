@@ -85,6 +85,11 @@ def test_waits_for_a_run_that_has_not_started(tmp_path):
                 assert screen.state == "starting"  # a worker before phases: the start in general words
                 ev = Events(run)
                 ev.emit("phase", NOW - 20, phase="importing")
+                ev.emit("phase", NOW - 12, phase="downloading the model")  # a hub model not yet in the cache
+                ev.emit("phase", NOW - 10, phase="downloading the model", unit="bytes", done=2**30, total=4 * 2**30,
+                        bytes_per_s=50 * 2**20, eta_s=60.0, what="org/model")
+                await wait_until(pilot, lambda: "1.0 GB/4.0 GB 25%" in static(app, "#header"), what="the bar")
+                assert "starting: downloading the model ██░░░░░░░░ 25% of 4.0 GB, 50.0 MB/s" in static(app, "#header")
                 ev.emit("phase", NOW - 5, phase="tokenising")
                 ev.emit("phase", NOW - 2, phase="tokenising", done=40, total=100, rows_per_s=1200.0)
                 line = "starting: tokenising 40% (1,200 rows/s) for 0:05 · l shows train.log"  # since it began
