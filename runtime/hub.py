@@ -189,8 +189,8 @@ def problem(e: Exception, where: str, revision: str | None = None) -> HubError:
                         hint="Download it on a machine with network (`hf download NAME --repo-type dataset`) into "
                              "the same cache (HF_HOME), or unset HF_HUB_OFFLINE.")
     return HubError(f"{where}: the hub cannot be reached ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
-                    hint="Check the network (and HF_ENDPOINT, a proxy), then run the command again: a download "
-                         "resumes where it stopped.")
+                    hint="Check the network (and HF_ENDPOINT, a proxy), then run the command again: files already "
+                         "downloaded are kept.")
 
 
 # --------------------------------------------------------------------------- the local cache
@@ -335,33 +335,29 @@ def bytes_done(plan: Plan) -> int:
 
 
 class Reporter:
-    """Polls the cache once a second while a download runs and calls `report(done, total, bytes_per_s, eta_s)`;
-    `stalled` is set when no byte arrived for `stall_s` seconds."""
+    """Polls the cache once a second while a download runs and calls `report(done, total, bytes_per_s, eta_s)`.
+    A download that stalls is huggingface_hub's to end: a read that waits longer than HF_HUB_DOWNLOAD_TIMEOUT
+    (10 s) is retried from where it stopped, a few times, then raised (and `fetch` says what to do)."""
 
-    def __init__(self, plan: Plan, report: Callable[..., None], every: float = 1.0, stall_s: float = 300.0):
-        self.plan, self.report, self.every, self.stall_s = plan, report, every, stall_s
+    def __init__(self, plan: Plan, report: Callable[..., None], every: float = 1.0):
+        self.plan, self.report, self.every = plan, report, every
         self.start_done = bytes_done(plan)
         self.stop = threading.Event()
-        self.stalled = False
         self.thread = threading.Thread(target=self._run, daemon=True, name="ftune-download-progress")
+        self.t0 = time.monotonic()
 
     def _run(self) -> None:
-        t0, last_done, last_change = time.monotonic(), self.start_done, time.monotonic()
         while not self.stop.wait(self.every):
-            done, now = bytes_done(self.plan), time.monotonic()
-            if done != last_done:
-                last_done, last_change = done, now
-            elif now - last_change > self.stall_s:
-                self.stalled = True
-            self.send(done, now - t0)
+            self.send(bytes_done(self.plan))
 
-    def send(self, done: int, elapsed: float) -> None:
-        total = self.plan.total
+    def send(self, done: int) -> None:
+        elapsed, total = time.monotonic() - self.t0, self.plan.total
         rate = (done - self.start_done) / elapsed if elapsed > 0 else 0.0
         eta = (total - done) / rate if rate > 0 and total >= done else None
         self.report(done=done, total=total, bytes_per_s=round(rate, 1), eta_s=round(eta, 1) if eta else None)
 
     def __enter__(self) -> Reporter:
+        self.t0 = time.monotonic()
         self.report(done=self.start_done, total=self.plan.total, bytes_per_s=0.0, eta_s=None)
         self.thread.start()
         return self
@@ -382,11 +378,11 @@ def fetch(plan: Plan, where: str, report: Callable[..., None] | None = None) -> 
             # by its branch or tag (not the commit the plan saw), so the cache's refs/ names it for the next look-up
             folder = snapshot_download(plan.repo_id, repo_type=plan.repo_type, revision=plan.revision,
                                        allow_patterns=plan.files, cache_dir=cache_dir())
-        reporter.send(bytes_done(plan), 1.0)
+        reporter.send(bytes_done(plan))  # the last word: all of it
     except Exception as e:  # noqa: BLE001 - a failed download, whatever failed: one sentence and what to do
         err = problem(e, where, plan.revision)
         raise HubError(f"the download of {where} failed: {err}",
-                       hint="Run the same command again: it resumes where the download stopped. "
+                       hint="Run the same command again: the files already downloaded are kept. "
                             + (err.hint or "")) from None
     return Path(folder)
 

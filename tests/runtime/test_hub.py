@@ -267,3 +267,11 @@ def test_dataset_info_hub_entries_import_and_read_from_the_cache(tmp_path, hf, m
     assert imported.spec.data.train == ["alpaca_zh", "ms_only"] and imported.spec.data.dataset_dir == "data"
     carried = next(c for c in imported.carried if c.target == "data.train")
     assert "on a hub: hf://datasets/llamafactory/alpaca_zh" in carried.note and "ms://AI-ModelScope" in carried.note
+
+
+def test_a_failed_download_ends_the_run_with_what_to_do():
+    from ftune.runtime.train.hints import explain
+
+    err = hub.HubError("the download of data set hf://datasets/org/x failed: the hub cannot be reached (ReadTimeout)",
+                       hint="Run the same command again: the files already downloaded are kept.")
+    assert explain(err) == (str(err), err.hint)  # the worker's error event says it in these words
