@@ -53,10 +53,11 @@ def phase_share(event: dict[str, Any] | None) -> tuple[float, float] | None:
     return None
 
 
-def phase_text(event: dict[str, Any] | None) -> str:
+def phase_text(event: dict[str, Any] | None, short: bool = False) -> str:
     """A `phase` event in words: 'loading the model', 'tokenising 40%', 'downloading the model ████░░░░░░ 40% of
     3.0 GB, 25.0 MB/s, 1:10 left' ('' for none, or one without a name). The bar is text, so `ftune ls`, `train
-    --foreground` and the monitor all draw it."""
+    --foreground` and the monitor all draw it. `short`: without the size and speed, for a table's row
+    ('downloading the model ██░░░░░░░░ 25%, 1:00 left')."""
     if not event or not isinstance(event.get("phase"), str):
         return ""
     share = phase_share(event)
@@ -69,6 +70,8 @@ def phase_text(event: dict[str, Any] | None) -> str:
     speed = f", {size(rate)}/s" if isinstance(rate, (int, float)) and rate > 0 else ""
     left = f", {duration(eta)} left" if isinstance(eta, (int, float)) and eta > 0 else ""
     filled = int(10 * done / total)
+    if short:
+        return f"{event['phase']} {'█' * filled}{'░' * (10 - filled)} {int(100 * done / total)}%{left}"
     return f"{event['phase']} {'█' * filled}{'░' * (10 - filled)} {int(100 * done / total)}% of {size(total)}{speed}{left}"
 
 
@@ -196,7 +199,7 @@ def summarize(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
     for e in events:
         kind = e.get("type")
         if kind == "phase":  # the worker's start, step by step: the latest, until training begins
-            out["phase"] = phase_text(e)
+            out["phase"] = phase_text(e, short=True)
         elif kind == "eval":
             v, best = e.get("eval_loss"), out["best_eval_loss"]
             if isinstance(v, (int, float)) and math.isfinite(v) and (best is None or v < best):

@@ -61,7 +61,7 @@ class RunRows:
         started = status.get("started_at") or view.started_t
         return {
             "name": run.name, "status": state, **spec_fields(run),
-            "phase": phase_text(view.phase) if state == "starting" else "",
+            "phase": phase_text(view.phase, short=True) if state == "starting" else "",
             "progress": f"{view.step}/{view.max_steps}" if view.max_steps else "–",
             "loss": panels.num(loss),
             "best_eval": panels.num(min(evals)) if evals else "–",

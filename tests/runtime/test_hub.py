@@ -106,6 +106,7 @@ def test_a_download_phase_is_a_bar_with_speed_and_time_left():
     e = {"phase": "downloading the model", "done": 3 * 2**30, "total": 12 * 2**30, "unit": "bytes",
          "bytes_per_s": 50 * 2**20, "eta_s": 184.0}
     assert phase_text(e) == "downloading the model ██░░░░░░░░ 25% of 12.0 GB, 50.0 MB/s, 3:04 left"
+    assert phase_text(e, short=True) == "downloading the model ██░░░░░░░░ 25%, 3:04 left"  # ftune ls, the runs list
     assert phase_text({"phase": "tokenising", "done": 40, "total": 100}) == "tokenising 40%"
 
 
