@@ -151,6 +151,11 @@ def test_a_model_folder_without_weights_is_refused_naming_it(project, tiny_model
     result = CliRunner().invoke(main, ["train", run.name], prog_name="ftune")
     assert result.exit_code == 2, result.output
     assert f"{folder} has a config.json but no weights" in result.output and not run.events_path.exists()
+    (folder / "model-00001-of-00002.safetensors").write_bytes((tiny_model / "model.safetensors").read_bytes())
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    result = CliRunner().invoke(main, ["train", run.name], prog_name="ftune")
+    assert f"{folder} is missing 1 of the 2 weight files model.safetensors.index.json names" in result.output
 
 
 # --------------------------------------------------------------------------- training from the cache
