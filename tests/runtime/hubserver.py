@@ -48,6 +48,7 @@ class Hub:
     delay_s: float = 0.0  # per 512 KB of a file download: a slow link, so progress is seen
     cut_after: int | None = None  # bytes of a file download after which the connection drops (once)
     forbidden: set[str] = field(default_factory=set)  # repos this token may not write to (403)
+    broken: set[str] = field(default_factory=set)  # files whose download fails (500), every time
     url: str = ""
 
     def add(self, key: str, files: dict[str, bytes], lfs: tuple[str, ...] = (), **kw) -> Repo:
@@ -142,6 +143,8 @@ def _handler(hub: Hub):
                 file = m[4]
                 if file not in repo.files:
                     return self._error(404, "EntryNotFound", f"{file} does not exist")
+                if file in hub.broken and not head:
+                    return self._error(500, "Internal", "the storage backend failed")
                 return self._file(repo, file, head)
             if path == "/api/whoami-v2":
                 return self._json({"type": "user", "name": "tester", "auth": {"accessToken": {"role": "write"}}})

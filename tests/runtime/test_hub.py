@@ -192,7 +192,7 @@ from ftune.runtime.spec import load_spec
 from ftune.runtime.train.downloads import download
 from ftune.runtime.train.phases import Phases
 
-run = RunDir(Path(sys.argv[1]), "run-01")
+run = RunDir(Path(sys.argv[1]), sys.argv[2])
 events = EventWriter(run.events_path)
 try:
     download(load_spec(run.spec_path), run.project, events, Phases(events))
@@ -215,9 +215,17 @@ def test_downloads_report_bytes_once_a_second_and_resume(project, tiny_model, hf
         server.cut_after = 21 * 2**19
         make_run(project, "org/tiny", data={"train": "hf://datasets/org/support"})
         env = dict(os.environ, HF_ENDPOINT=server.url, HF_HUB_CACHE=str(hf), HF_HUB_DISABLE_XET="1")
-        out = subprocess.run([sys.executable, "-c", DOWNLOAD, str(project / "runs")], env=env, capture_output=True,
-                             text=True, timeout=120, check=False)
+        out = subprocess.run([sys.executable, "-c", DOWNLOAD, str(project / "runs"), "run-01"], env=env,
+                             capture_output=True, text=True, timeout=120, check=False)
         assert out.returncode == 0 and "FAILED" not in out.stdout, out.stdout + out.stderr
+        # a download that fails (the hub answers 500 for the file, again and again): one sentence, what to do
+        server.add("datasets/org/broken", {"train.jsonl": rows(8)})
+        server.broken.add("train.jsonl")
+        make_run(project, tiny_model, name="run-02", data={"train": "hf://datasets/org/broken"})
+        failed = subprocess.run([sys.executable, "-c", DOWNLOAD, str(project / "runs"), "run-02"], env=env,
+                                capture_output=True, text=True, timeout=120, check=False)
+        assert "FAILED HubError: the download of data set hf://datasets/org/broken failed: " in failed.stdout, \
+            failed.stdout + failed.stderr[-2000:]
         ranged = [h.get("Range") or h.get("range") for m, p, h in server.requests
                   if m == "GET" and "/resolve/" in p and "train.jsonl" in p]
     assert any(r and r.startswith(f"bytes={10 * 2**20}-") for r in ranged), ranged  # the cut-off download resumed
