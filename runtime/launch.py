@@ -186,16 +186,14 @@ def check_run_data(spec: RunSpec, base: Path, run: RunDir, say=None, counts: dic
     later = [ref.label for ref in hub_sets(d, base) if not hub.check_dataset(ref)]  # gated, offline…: a sentence
     if later and say:
         say(f"The worker downloads {', '.join(later)} first (the phase 'downloading the data'), then checks its rows.")
-    sources = sources_for(d.train, base, d.format, d.dataset_dir, d.hub, uncached="skip")
-    if not sources:
-        return
+    sources = sources_for(d.train, base, d.format, d.dataset_dir, d.hub, uncached="skip")  # hub sets: cached ones
     # data.test too: found missing now, not after hours of training
     for path in [s.path for s in sources] + [local_path(n, base) for n in (d.validation, d.test)
                                              if n and not hub.is_hub_data(n)]:
         if not path.is_file():
             raise RunError(f"data file not found: {path} (data in {run.spec_path}; "
                            f"relative paths are relative to {base})")
-    rows, _, _ = check_data(sources, spec.stage.type, d.on_invalid, limit, counts)
+    rows = check_data(sources, spec.stage.type, d.on_invalid, limit, counts)[0] if sources else 0
     if d.validation:
         validation = sources_for([d.validation], base, d.format, hub_opts=d.hub, uncached="skip")
         rows += check_data(validation, spec.stage.type, d.on_invalid, limit)[0] if validation else 0
