@@ -364,9 +364,9 @@ def presets() -> None:
 
 # --------------------------------------------------------------------------- import, schema
 def _kinds():
-    from ftune.runtime.importers import KINDS
+    from ftune.runtime.importers import CONFIG_KINDS
 
-    return KINDS
+    return CONFIG_KINDS
 
 
 @main.command(name="import", context_settings=CONTEXT)
@@ -415,11 +415,11 @@ def _print_import(imported) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from ftune.runtime.importers import KINDS
+    from ftune.runtime.importers import CONFIG_KINDS
     from ftune.wizard.runfile import fmt
 
     console = Console(highlight=False)
-    console.print(f"[bold]{escape(str(imported.source))}[/]: {KINDS[imported.kind]}")
+    console.print(f"[bold]{escape(str(imported.source))}[/]: {CONFIG_KINDS[imported.kind]}")
     table = Table(header_style="bold", pad_edge=False, box=None)
     for col in ("source key", "ftune key", "value", "note"):
         table.add_column(col, no_wrap=col != "note", overflow="fold", style="dim" if col == "note" else None)

@@ -23,7 +23,7 @@ from ftune.runtime.catalog import ModelInfo
 from ftune.runtime.errors import UserError
 from ftune.runtime.models import looks_local
 from ftune.runtime.rundir import RunDir
-from ftune.runtime.spec import Problem, RunSpec, SpecError, build_spec, iter_fields, shorthand
+from ftune.runtime.spec import Problem, RunSpec, SpecError, build_spec, shorthand
 from ftune.runtime.spec import io as spec_io
 from ftune.runtime.spec.edit import compact, del_path, get_path, schema_default, set_path
 

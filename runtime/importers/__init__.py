@@ -32,11 +32,12 @@ from ftune.runtime.spec import RunSpec, SpecError, build_spec
 from ftune.runtime.spec.edit import compact, numbers, parse_assignment, set_path
 from ftune.runtime.spec.io import read_yaml, run_file_text, write_run_file
 
-__all__ = ["GPU_ONLY", "KINDS", "NO_HOME", "NO_MEANING", "Carried", "Imported", "Left", "detect_kind",
+__all__ = ["CONFIG_KINDS", "GPU_ONLY", "NO_HOME", "NO_MEANING", "Carried", "Imported", "Left", "detect_kind",
            "import_config", "is_foreign", "read_source", "write_imported"]
 
-KINDS = {"lf": "LLaMA-Factory training YAML", "glm": "GLM-4 finetune_demo config",
-         "dodo": "hosted-platform parameter set (DoDo)"}
+# the kinds of config `ftune import` reads (data kinds are formats.KINDS): kind -> what it is
+CONFIG_KINDS = {"lf": "LLaMA-Factory training YAML", "glm": "GLM-4 finetune_demo config",
+                "dodo": "hosted-platform parameter set (DoDo)"}
 MAPPERS = {"lf": llamafactory, "glm": glm, "dodo": dodo}
 EXPECTED = ("a LLaMA-Factory training YAML (model_name_or_path, stage, dataset, ...), a GLM-4 finetune_demo config "
             "(data_config, training_args, peft_config) or a hosted-platform parameter set (lora_r, model_save_type, "
@@ -146,9 +147,9 @@ def import_config(path: str | Path, *, project: Path, kind: str | None = None, n
             rec.drop("data.dataset_dir")
     if require_all:
         if not rec.get("model.name_or_path"):
-            raise UserError(f"{path} ({KINDS[kind]}) names no model: pass --model PATH_OR_HUB_ID")
+            raise UserError(f"{path} ({CONFIG_KINDS[kind]}) names no model: pass --model PATH_OR_HUB_ID")
         if not rec.get("data.train"):
-            raise UserError(f"{path} ({KINDS[kind]}) names no training data: pass --data FILE",
+            raise UserError(f"{path} ({CONFIG_KINDS[kind]}) names no training data: pass --data FILE",
                             hint="; ".join(rec.warnings))
     rec.raw["name"] = name or _name_from(path)
 
@@ -186,7 +187,8 @@ def write_imported(root: Path, imported: Imported, overwrite: bool = False) -> R
         if run.is_locked():
             raise UserError(f"run '{run.name}' is training now: stop it first (`ftune stop {run.name}`)")
     stamp = time.strftime("%Y-%m-%d %H:%M")
-    lines = [f"ftune run file, imported by `ftune import` from {imported.source} ({KINDS[imported.kind]}) on {stamp}.",
+    lines = [f"ftune run file, imported by `ftune import` from {imported.source} ({CONFIG_KINDS[imported.kind]}) "
+             f"on {stamp}.",
              "Values not set here are ftune's defaults (docs/run-file.md; docs/import.md)."]
     if imported.left:
         lines.append("Not carried over:")

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from ftune.runtime.data.formats import DataError, Source, load_source, read_rows
+from ftune.runtime.data.formats import DataError, Source, load_source
 from ftune.runtime.data.load import check_messages, load_data, sources_for, split
 from ftune.runtime.data.tokenize import tokenize_conversation
 
