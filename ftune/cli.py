@@ -784,14 +784,18 @@ def _print_data_report(report) -> None:
                       f"{tokens.answer_cut_away} would lose their whole answer")
         for i, sample in enumerate(tokens.samples, 1):
             plain = not console.is_terminal or console.no_color  # a pipe or a log: no colours to tell them apart
-            console.print(f"  sample {i} " + ("(learnt tokens between [[ and ]]):" if plain
-                                              else "([green]learnt[/], [dim]not learnt[/]):"))
+            console.print(f"  sample {i} " + ("(learnt tokens between [[ and ]]; thinking [[think: ]], tool calls "
+                                              "[[call: ]]):" if plain else "([green]learnt[/], [magenta]thinking[/], "
+                                              "[cyan]tool calls[/], [dim]not learnt[/]):"))
             text = Text()
             for seg in sample:
+                kind = seg.get("kind", "text")
                 if plain:
-                    text.append(f"[[{seg['text']}]]" if seg["learnt"] else seg["text"])
+                    mark = {"thinking": "think: ", "tool_call": "call: "}.get(kind, "")
+                    text.append(f"[[{mark}{seg['text']}]]" if seg["learnt"] else seg["text"])
                 else:
-                    text.append(seg["text"], style="green" if seg["learnt"] else "dim")
+                    style = {"thinking": "magenta", "tool_call": "cyan"}.get(kind, "green")
+                    text.append(seg["text"], style=style if seg["learnt"] else "dim")
             console.print(text)
     for e in r.errors:
         console.print(f"  [red]error[/]    {e}")

@@ -18,8 +18,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|user|>", "<|observation|>",
-               "<|endoftext|>", "<｜end▁of▁sentence｜>", "</s>")
+from ftune.runtime.templates import END_OF_TURN
 
 
 @dataclass
