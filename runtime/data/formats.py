@@ -470,6 +470,10 @@ def _finish(row: dict, src: Source, turns: list[dict[str, str]], cols: dict | No
     kind = src.kind or "chat"
     ex = Example(messages=turns)
     _row_images(row, src, cols, turns, part_images or [], ex)
+    tools = agent.parse_tools(row.get(cols.get("tools", "tools")), cols.get("tools", "tools"))
+    ex.tools = tools or None
+    if tools or any(t.get("tool_calls") or t["role"] == "tool" for t in turns):
+        agent.check_calls(turns, tools)  # before the turn order: an orphan tool result is named as such
     if kind == "preference":
         _alternation(turns, final="user")
         ex.chosen = _answer(row.get(cols["chosen"]), "'chosen'", content_tag)
@@ -479,15 +483,11 @@ def _finish(row: dict, src: Source, turns: list[dict[str, str]], cols: dict | No
         if kind == "kto":
             tag = cols.get("kto_tag", "label")
             ex.label = _label(row.get(tag, row.get("label")))
-    tools = agent.parse_tools(row.get(cols.get("tools", "tools")), cols.get("tools", "tools"))
-    ex.tools = tools or None
     for t in turns:  # reasoning as a <think>…</think> prefix of the answer, or its own field
         if t["role"] == "assistant" and "reasoning_content" not in t and "<think>" in t["content"]:
             reasoning, answer = agent.split_think(t["content"])
             if reasoning is not None:
                 t["reasoning_content"], t["content"] = reasoning, answer
-    if tools or any(t.get("tool_calls") or t["role"] == "tool" for t in turns):
-        agent.check_calls(turns, tools)
     return ex
 
 
