@@ -895,9 +895,12 @@ def export(ctx: click.Context, name: str, checkpoint: int | None, fmt: str | Non
 @click.option("--image", "images", multiple=True, metavar="PATH",
               help="Show a vision-language run's model this picture with the first message (repeatable; /image "
                    "PATH inside the chat).")
+@click.option("--tools", metavar="FILE", help="A JSON file of functions the model may call: its calls are shown, "
+                                              "/tool RESULT answers one.")
 @click.pass_context
 def chat(ctx: click.Context, name: str, checkpoint: int | None, compare_base: bool, temperature: float,
-         top_p: float, max_new_tokens: int, system: str | None, seed: int | None, images: tuple[str, ...]) -> None:
+         top_p: float, max_new_tokens: int, system: str | None, seed: int | None, images: tuple[str, ...],
+         tools: str | None) -> None:
     """Chat with RUN's model in the terminal, answers streamed as they are written.
 
     Multi-turn, with the chat template the run trained with. Inside: /system TEXT, /image PATH, /reset,
@@ -906,7 +909,7 @@ def chat(ctx: click.Context, name: str, checkpoint: int | None, compare_base: bo
     from ftune.tui.chat import run_chat
 
     run_chat(_run(ctx, name), checkpoint, compare_base, temperature, top_p, max_new_tokens, system, seed,
-             images=images)
+             images=images, tools=tools)
 
 
 @main.command(context_settings=CONTEXT)

@@ -2,10 +2,7 @@
 
 import http.client
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -14,15 +11,9 @@ import openai
 import pytest
 
 from ftune.runtime.infer.serve import vllm_command
-from tests.runtime.trained import cli, copy_of_trained_run
+from tests.runtime.trained import cli, copy_of_trained_run, serving
 
 KEY = "test-key-123"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -33,28 +24,8 @@ def trained(tmp_path_factory, tiny_model):
 
 @pytest.fixture(scope="module")
 def server(trained):
-    port = free_port()
-    log = open(trained.path / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "ftune", "--runs-dir", str(trained.root), "serve", "run-01",
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "FTUNE_API_KEY": KEY})  # as the docs advise: not in argv
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                if json.load(r)["status"] == "ok":
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail("the server did not start:\n" + (trained.path / "serve.log").read_text()[-3000:])
-        time.sleep(0.3)
-    yield base
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+    with serving(trained, KEY) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
