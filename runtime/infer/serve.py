@@ -249,11 +249,15 @@ def _tools(req: ChatRequest, messages: list[dict[str, Any]]) -> list[dict[str, A
 
     try:
         tools = agent.parse_tools(req.tools or [])
-        if tools or any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
-            agent.check_calls(messages, tools or [{"type": "function", "function": {"name": c["function"]["name"]}}
-                                                  for m in messages for c in m.get("tool_calls") or []])
     except ValueError as e:
         raise APIError(400, str(e).replace("'tools'", "tools"), param="tools") from None
+    if tools or any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
+        called = [{"type": "function", "function": {"name": c["function"]["name"]}}
+                  for m in messages for c in m.get("tool_calls") or []]
+        try:
+            agent.check_calls(messages, tools + called)  # a call in the history may name a tool not offered now
+        except ValueError as e:
+            raise APIError(400, str(e).replace("turn ", "message "), param="messages") from None
     return tools if tools and req.tool_choice != "none" else None
 
 
@@ -363,9 +367,8 @@ def create_app(engine, model_id: str, api_key: str | None = None, owned_by: str 
         now = int(time.time())
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
-            chunks = _sse_tools(gen, cid, now, model_id, usage, tools) if tools else \
-                _sse(gen, cid, now, model_id, usage)
-            return StreamingResponse(_until_gone(gen, chunks), media_type="text/event-stream",
+            return StreamingResponse(_until_gone(gen, _sse(gen, cid, now, model_id, usage, tools)),
+                                     media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
             text = gen.result()
@@ -406,8 +409,11 @@ async def _until_gone(gen, chunks: Iterator[str]):
             logging.getLogger("uvicorn.error").info("the client went away after %d chunks: generation stopped", sent)
 
 
-def _sse(gen, cid: str, created: int, model_id: str, include_usage: bool) -> Iterator[str]:
-    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`."""
+def _sse(gen, cid: str, created: int, model_id: str, include_usage: bool,
+         tools: list[dict[str, Any]] | None = None) -> Iterator[str]:
+    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`. With tools the answer is sent when
+    it is complete, its calls parsed into tool_calls deltas, so a client's stream parser gets what a non-streamed
+    reply holds."""
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
         body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_id,
                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}
@@ -415,9 +421,15 @@ def _sse(gen, cid: str, created: int, model_id: str, include_usage: bool) -> Ite
 
     try:
         yield chunk({"role": "assistant", "content": ""})
-        for piece in gen:
-            yield chunk({"content": piece})
-        yield chunk({}, gen.finish_reason)
+        called = False
+        if tools:  # sent when whole: a call is never split between content and tool_calls
+            message, called = _reply(gen.result(), tools)
+            for delta in _tool_deltas(message):
+                yield chunk(delta)
+        else:
+            for piece in gen:
+                yield chunk({"content": piece})
+        yield chunk({}, "tool_calls" if called else gen.finish_reason)
         if include_usage:
             body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_id,
                     "choices": [], "usage": _usage(gen)}
@@ -429,38 +441,17 @@ def _sse(gen, cid: str, created: int, model_id: str, include_usage: bool) -> Ite
         gen.cancel()  # a client that went away stops the generation
 
 
-def _sse_tools(gen, cid: str, created: int, model_id: str, include_usage: bool,
-               tools: list[dict[str, Any]]) -> Iterator[str]:
-    """The stream of an answer that may call tools: the text is generated whole, then sent as tool-call deltas
-    (OpenAI's: index, id, type, function name and arguments) or as content, so a client's stream parser sees
-    exactly what a non-streamed reply holds."""
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
-        body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_id,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
-        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
-
-    try:
-        yield chunk({"role": "assistant", "content": ""})
-        text = gen.result()
-        message, called = _reply(text, tools)
-        if message.get("reasoning_content") is not None:
-            yield chunk({"reasoning_content": message["reasoning_content"]})
-        if message["content"]:
-            yield chunk({"content": message["content"]})
-        for k, call in enumerate(message.get("tool_calls") or []):
-            yield chunk({"tool_calls": [{"index": k, "id": call["id"], "type": "function",
-                                         "function": {"name": call["function"]["name"], "arguments": ""}}]})
-            yield chunk({"tool_calls": [{"index": k, "function": {"arguments": call["function"]["arguments"]}}]})
-        yield chunk({}, "tool_calls" if called else gen.finish_reason)
-        if include_usage:
-            body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_id,
-                    "choices": [], "usage": _usage(gen)}
-            yield f"data: {json.dumps(body)}\n\n"
-        yield "data: [DONE]\n\n"
-    except Exception as e:  # noqa: BLE001 - headers are sent: the error goes in the stream
-        yield f"data: {json.dumps(APIError(500, f'generation failed: {type(e).__name__}: {e}').body())}\n\n"
-    finally:
-        gen.cancel()
+def _tool_deltas(message: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A whole reply that may call tools as stream deltas: reasoning, content, then each call (OpenAI's: index, id,
+    type and name first, then its arguments)."""
+    if message.get("reasoning_content") is not None:
+        yield {"reasoning_content": message["reasoning_content"]}
+    if message["content"]:
+        yield {"content": message["content"]}
+    for k, call in enumerate(message.get("tool_calls") or []):
+        yield {"tool_calls": [{"index": k, "id": call["id"], "type": "function",
+                               "function": {"name": call["function"]["name"], "arguments": ""}}]}
+        yield {"tool_calls": [{"index": k, "function": {"arguments": call["function"]["arguments"]}}]}
 
 
 # --------------------------------------------------------------------------- vLLM

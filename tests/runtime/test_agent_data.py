@@ -9,6 +9,7 @@ import pytest
 
 from ftune.runtime.data.formats import Source, load_source, registry_sources
 from ftune.runtime.data.tokenize import example_texts, tokenize_examples
+from ftune.runtime.spec import load_spec
 from tests.conftest import SHARED_MLLM
 
 TEMPLATES = Path(__file__).parent / "chat_templates"
@@ -244,3 +245,21 @@ def test_glaive_demo_reads_and_renders_in_the_model_format(tiny_model, tmp_path)
     refused = CliRunner().invoke(main, ["data", "check", "glaive_toolcall_en_demo", "--dataset-dir", str(folder),
                                         "--model", str(tiny_model)])
     assert refused.exit_code != 0 and "cannot render tools" in refused.output and "chatml" in refused.output
+
+
+def test_a_template_without_tools_is_refused_before_anything_detaches(project, tiny_model):
+    from ftune.runtime import launch
+    from ftune.runtime.rundir import RunError
+    from tests.runtime.helpers import make_run
+
+    (project / "tools.jsonl").write_text(json.dumps(ROW_A) + "\n" + json.dumps(ROW_B) + "\n")
+    for template, label in (("auto", f"the chat template of {tiny_model}"), ("llama2", "model.template llama2")):
+        run = make_run(project, tiny_model, name=f"t-{template}", data={"train": "tools.jsonl"},
+                       model={"name_or_path": str(tiny_model), "template": template})
+        with pytest.raises(RunError) as info:
+            launch.start(run)
+        assert f"2 rows have tools or tool calls, but {label} cannot render tools" in str(info.value)
+        assert "model.template: chatml" in str(info.value) and not run.events_path.exists()
+    run = make_run(project, tiny_model, name="t-chatml", data={"train": "tools.jsonl"},
+                   model={"name_or_path": str(tiny_model), "template": "chatml"})
+    launch.preflight(load_spec(run.spec_path), run)  # chatml renders them: nothing to refuse

@@ -48,6 +48,7 @@ def local(trained):
 
 
 QUESTION = [{"role": "user", "content": "Where is my order?"}]
+TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
 CONVO = [{"role": "system", "content": "Be brief."}, *QUESTION, {"role": "assistant", "content": "Open Orders."},
          {"role": "user", "content": "Can I return a lamp?"}]
 
@@ -105,6 +106,12 @@ def test_stop_sequences_end_the_answer_before_them(client):
     ({"stream": "yes"}, "stream"),  # OpenAI refuses a string for a boolean; so does this server
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages"),
     ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
+    # tools: the tiny model's own ChatML cannot render them; a forced call; a call whose arguments are not JSON
+    ({"tools": TOOLS}, "tools"),
+    ({"tools": TOOLS, "tool_choice": "required"}, "tool_choice"),
+    ({"messages": [*QUESTION, {"role": "assistant", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{x"}}]}]}, "messages"),
+    ({"messages": [*QUESTION, {"role": "tool", "tool_call_id": "c", "content": "r"}]}, "messages"),
 ])
 def test_bad_requests_get_400_with_an_openai_error_body(client, kwargs, param):
     args = {"model": "run-01", "messages": QUESTION, **kwargs}

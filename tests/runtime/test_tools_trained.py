@@ -22,13 +22,13 @@ CALL_ROW = {"tools": TOOLS, "messages": [QUESTION, {"role": "assistant", "conten
 @pytest.fixture(scope="module")
 def tool_run(tmp_path_factory, tiny_model):
     """The tiny model with Qwen2.5's template as its own, trained on one tool call until it has it by heart (one
-    repeated row, full fine-tuning: 40 steps of one sequence)."""
+    repeated row, full fine-tuning: 60 steps of one sequence)."""
     project = tmp_path_factory.mktemp("tools")
     model = tool_model(tiny_model, project / "tiny-qwen25", "qwen2.5")
     (project / "train.jsonl").write_text(json.dumps(CALL_ROW) + "\n")
     (project / "runs").mkdir()
     run = make_run(project, model, method="full", data={"val_size": 0},
-                   training={"max_steps": 40, "learning_rate": 5e-3, "per_device_train_batch_size": 1,
+                   training={"max_steps": 60, "learning_rate": 5e-3, "per_device_train_batch_size": 1,
                              "lr_scheduler_type": "constant", "save_steps": 1000})
     events = train_to_end(run, timeout=400)
     assert events[-1]["type"] == "finished", run.log_path.read_text()[-3000:]
@@ -97,12 +97,12 @@ def write_tools(folder: Path) -> Path:
 
 @pytest.mark.parametrize("template", ["qwen3", "llama3.1", "hermes2pro"])
 def test_each_real_template_trains_on_tool_data(tiny_model, tmp_path, template):
-    """The worker's own recipe prepares the rows with the model's template and trains two steps on them."""
+    """The worker's own recipe prepares a tool row with the model's template and trains two steps on it."""
     model = tool_model(tiny_model, tmp_path / f"tiny-{template}", template)
-    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [ROW_A, CALL_ROW] * 2))
+    (tmp_path / "train.jsonl").write_text(json.dumps(ROW_A) + "\n")
     (tmp_path / "runs").mkdir()
     with recipe_builder(tmp_path, model, template.replace(".", "")) as build:
-        r = build(data={"val_size": 0}, training={"max_steps": 2, "per_device_train_batch_size": 2})
+        r = build(data={"val_size": 0}, training={"max_steps": 2, "per_device_train_batch_size": 1})
         row = r.data.train[0]
         learnt = r.tokenizer.decode([t for t, label in zip(row["input_ids"], row["labels"]) if label != -100])
         assert "get_weather" in learnt and "temp_c" not in learnt and "The weather in a city now" not in learnt
