@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ class EventsCallback(TrainerCallback):
         self._spikes = 0
         self._good: list[float] = []
         self._requested: int | None = None  # the step a requested checkpoint is saved at
+        self._request_file = str(run.checkpoint_request_path)
 
     def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
         self.stopper.in_loop = True
@@ -76,7 +78,7 @@ class EventsCallback(TrainerCallback):
         if self.max_time is not None and not self.stopper.requested \
                 and time.monotonic() - self.stopper.t0 > self.max_time:
             self.stopper.requested, self.stopper.reason = True, "max_time"
-        asked = state.is_world_process_zero and self.run.checkpoint_request_path.exists()  # `ftune checkpoint`
+        asked = state.is_world_process_zero and os.path.exists(self._request_file)  # `ftune checkpoint`: one stat
         if args.world_size > 1:  # `ftune stop` and `ftune checkpoint` reach rank 0 only: every rank acts at one step
             import torch
             import torch.distributed as dist
