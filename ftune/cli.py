@@ -127,6 +127,7 @@ def main(runs_dir: str | None) -> None:
     Or bring one:  ftune import FILE   LLaMA-Factory, GLM-4 or platform configs
     Train a run:   ftune train run-01  detached: survives closing the terminal
     Follow it:     ftune watch run-01  live monitor (also: logs -f, ls)
+    Save now:      ftune checkpoint run-01  at the next step end; it trains on
     Stop it:       ftune stop run-01   saves a checkpoint; resume with --resume
     Use it:        ftune chat run-01   also: export, serve, eval, plot
 
@@ -622,7 +623,7 @@ def watch(ctx: click.Context, name: str | None) -> None:
 
     \b
     Keys:  q leave (the run goes on)   s stop the run (asks first)   l train.log
-           p large loss plot           ? help
+           c save a checkpoint now (asks first)   p large loss plot   ? help
 
     It only reads the run's files: open it from any terminal or SSH session, during the run or
     after it. Without RUN: a list of runs to pick from (`ftune ls` prints the plain table).

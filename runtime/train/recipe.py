@@ -287,13 +287,13 @@ def train(r: Recipe) -> None:
     metrics = {**r.callback.metrics, **(result.metrics or {})}
     metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     step = r.trainer.state.global_step
-    if r.stopper.requested:
-        ckpt = run.checkpoints_dir() / f"checkpoint-{step}"
+    if r.stopper.requested:  # the checkpoint this step saved (none when the same step blew up: the one before it)
+        ckpt = (run.latest_checkpoint() or (step, run.checkpoints_dir() / f"checkpoint-{step}"))[1]
         reason = r.stopper.reason or "signal"
-        said = {"max_time": f"training.max_time ({spec.training.max_time:g} s) was reached",
-                "signal": f"{r.stopper.signal or 'a signal'} asked for a stop (ftune stop, Ctrl+C or a scheduler)"}
+        said = (f"training.max_time ({spec.training.max_time:g} s) was reached" if reason == "max_time" else
+                f"{r.stopper.signal or 'a signal'} asked for a stop (ftune stop, Ctrl+C or a scheduler)")
         events.emit("stopped", step=step, metrics=metrics, artifacts={"checkpoint": str(ckpt)}, reason=reason,
-                    message=said.get(reason, reason))
+                    message=said)
         status(state="stopped", step=step, ended_at=time.time())
         return
     if r.callback.rollbacks:
