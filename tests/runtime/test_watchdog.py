@@ -15,7 +15,7 @@ def watchdog(hang_after=None, on_hang="warn", log=None):
 
 
 def test_the_default_limit_is_the_larger_of_ten_minutes_and_twenty_median_steps():
-    dog, now, said = watchdog()
+    dog, now, _ = watchdog()
     assert dog.limit() == START_LIMIT_S  # before the first step: loading the data and the model
     for t in (30.0, 31.0, 32.0):  # the first step took 30 s (a compile, a warm-up); then 1 s each
         now[0] = t
@@ -29,7 +29,11 @@ def test_the_default_limit_is_the_larger_of_ten_minutes_and_twenty_median_steps(
 
 
 def test_one_warning_per_silence_and_on_hang_stop_a_limit_later(tmp_path):
-    log = open(tmp_path / "train.log", "w+")
+    with open(tmp_path / "train.log", "w+") as log:
+        check_one_warning_per_silence(log)
+
+
+def check_one_warning_per_silence(log):
     dog, now, said = watchdog(hang_after=10, on_hang="stop", log=log)
     dog.beat()
     now[0] = 9.0
@@ -43,10 +47,10 @@ def test_one_warning_per_silence_and_on_hang_stop_a_limit_later(tmp_path):
     fields = said[0][1]
     assert fields["message"] == "no step for 11 s" and fields["phase"] == "training" and fields["limit_s"] == 10
     # the training thread's innermost frames (here the test calls check itself, so they end in the watchdog)
-    assert fields["frames"][-4].startswith("test_one_warning_per_silence") and fields["frames"][-1].startswith(
+    assert fields["frames"][-4].startswith("check_one_warning_per_silence") and fields["frames"][-1].startswith(
         "innermost_frames (watchdog.py:")
     log.seek(0)
-    assert "in test_one_warning_per_silence_and_on_hang_stop_a_limit_later" in log.read()  # faulthandler, every thread
+    assert "in check_one_warning_per_silence" in log.read()  # faulthandler, every thread
     now[0] = 21.0
     dog.check()
     assert [k for k, _ in said] == ["warn", "fail"]  # on_hang: stop, 2 x hang_after into the silence
