@@ -115,3 +115,26 @@ def test_a_hang_ends_the_run_a_requeue_resumes_it_and_a_time_limit_stops_it(proj
     train_to_end(run)
     new = reader.read_new()
     assert of_type(new, "started")[0]["resumed_from"] == 3 and new[-1]["type"] == "finished"
+
+
+def test_a_spike_is_a_blowup_only_for_three_logged_steps_in_a_row(tmp_path):
+    """The rule without a run (a NaN is shown in a real one above): a loss above 3x its recent maximum for 3 logged
+    steps ends the loop for a rollback, without a checkpoint of those weights; a single spike does not."""
+    from types import SimpleNamespace
+
+    from ftune.runtime.events import EventWriter
+    from ftune.runtime.rundir import RunDir
+    from ftune.runtime.train.callbacks import EventsCallback
+    from ftune.runtime.train.stopper import Stopper
+
+    run = RunDir(tmp_path, "r")
+    cb = EventsCallback(EventWriter(tmp_path / "events.jsonl", enabled=False), run, {}, Stopper())
+    cb.rollback_on_blowup = True
+    control = SimpleNamespace(should_training_stop=False, should_save=True, should_evaluate=True)
+    for step, loss in enumerate([2.0, 1.9, 1.8, 1.7, 1.6, 9.0, 1.5, 9.0, 9.5], start=1):
+        cb._watch_for_blowup(step, loss, control)
+        assert cb.blowup is None and not control.should_training_stop, step
+    cb._watch_for_blowup(10, 10.0, control)  # the third in a row
+    assert cb.blowup == {"step": 10, "reason": "loss above 3x its recent maximum for 3 logged steps"}
+    assert control.should_training_stop and not control.should_save and not control.should_evaluate
+    assert cb.last_good_step == 7  # a rollback goes to a checkpoint at or before the last good step
