@@ -24,7 +24,7 @@ from ftune.runtime.files import write_atomic
 from ftune.runtime.names import check_run_name  # not the spec package: 0.16 s of pydantic
 
 RUNS_ENV = "FTUNE_RUNS_DIR"
-ACTIVE_STATES = ("starting", "running", "stopping")
+ACTIVE_STATES = ("queued", "starting", "running", "stopping")  # queued: a Slurm job waiting for its nodes
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 CHECKPOINT_MARKER = "ftune_checkpoint.json"  # written (atomically) after the trainer has saved everything else
 OWNER_MARKER = "ftune_owner.json"  # in an output.dir: the run whose checkpoints/ and export/ these are
@@ -187,20 +187,26 @@ class RunDir:
         return fd
 
     def state(self) -> str:
-        """new, starting, running, stopping, finished, stopped, failed, or crashed (died without a final event)."""
-        recorded = self.read_status().get("state")
+        """new, queued, starting, running, stopping, finished, stopped, failed, or crashed (died without a final
+        event)."""
+        status = self.read_status()
+        recorded = status.get("state")
         if recorded is None:
             return "new"
+        if recorded == "queued":  # submitted, and no worker has written since: Slurm says where the job is
+            from ftune.runtime import slurm
+
+            return slurm.shown_state(str(status.get("slurm_job")))
         if recorded in ACTIVE_STATES and not self.is_locked():
             return "crashed"
         return recorded
 
     # ------------------------------------------------------------------ lifecycle
-    def clear_history(self) -> None:
-        """Forget a previous attempt (for --restart): events, status, log, checkpoints and export."""
+    def clear_history(self, keep_log: bool = False) -> None:
+        """Forget a previous attempt (for --restart): events, status, log (unless keep_log), checkpoints and export."""
         for folder in (self.checkpoints_dir(), self.export_dir()):
             shutil.rmtree(folder, ignore_errors=True)
-        for f in (self.events_path, self.status_path, self.log_path):
+        for f in (self.events_path, self.status_path, *(() if keep_log else (self.log_path,))):
             f.unlink(missing_ok=True)
 
     def owns(self, folder: Path) -> bool | None:
