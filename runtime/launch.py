@@ -13,6 +13,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -262,8 +263,11 @@ def start(run: RunDir, *, resume: bool = False, restart: bool = False, say=None)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         log_path = run.log_path
         if multi:  # each node's own output; the worker links it as rank-logs/node-N.log once its node is known
-            log_path = run.path / "rank-logs" / f"launch-{socket.gethostname()}-{os.getpid()}.log"
-            log_path.parent.mkdir(parents=True, exist_ok=True)
+            (run.path / "rank-logs").mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f"launch-{socket.gethostname()}-{time.strftime('%Y%m%d-%H%M%S')}-",
+                                        suffix=".log", dir=run.path / "rank-logs")
+            os.close(fd)
+            log_path = Path(name)
         with open(log_path, "ab") as log:
             log.write(f"\n=== ftune train {run.name}{' --resume' if resume else ''} on {socket.gethostname()} "
                       f"at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
@@ -335,7 +339,8 @@ def stop_slurm_job(run: RunDir, job: str, reader: EventReader, state: str, wait:
     end = time.time() + wait
     while time.time() < end:
         final = next((e for e in reversed(reader.read_new()) if e["type"] in FINAL_TYPES), None) or final
-        if final and not run.is_locked():
+        if final and not run.is_locked():  # saved and said so: the job's processes are on their way out
+            slurm.wait_gone(job, max(1.0, end - time.time()), on_wait)
             return final
         if slurm.job_state(job) not in slurm.RUNNING | slurm.QUEUED:  # the job is over, with or without a word
             return final or next((e for e in reversed(reader.read_new()) if e["type"] in FINAL_TYPES), None)

@@ -106,9 +106,10 @@ def script(run_name: str, job: SlurmJob, *, output: str, workdir: str, command: 
               f"srun --ntasks-per-node=1 --kill-on-bad-exit=1 --output={shlex.quote(node_logs)} "
               + " ".join(parts) + " $RESUME &",
               "step=$!",
-              "# TERM (ftune stop, the time limit's warning, a preemption) goes on to srun, which gives it to every",
-              "# process: they agree a step, save a checkpoint there and leave",
-              "trap 'kill -TERM $step 2>/dev/null' TERM",
+              "# TERM (ftune stop, the time limit's warning, a preemption) goes on to every process of the step (this",
+              "# script's one srun: step 0), which agree a step, save a checkpoint there and leave. Not to srun itself:",
+              "# srun ends its step at once on TERM.",
+              "trap 'scancel --signal=TERM \"$SLURM_JOB_ID.0\"' TERM",
               "code=0",
               'while kill -0 "$step" 2>/dev/null; do wait "$step"; code=$?; done',
               'exit "$code"',

@@ -131,38 +131,21 @@ def start_nodes(run, **kwargs):
     return [launch.start(run, **kwargs) for _ in range(2)]
 
 
-def test_two_nodes_meet_on_the_rendezvous_and_train_like_one(project, tiny_model):
-    one = make_run(project, tiny_model, name="one", data={"shuffle": False, "val_size": 0},
-                   training={**SAME, "per_device_train_batch_size": 8})
-    run = two_node_run(project, tiny_model, "nodes")
-    procs = start_nodes(run)
-    e1 = train_to_end(one)
-    for p in procs:
-        assert p.wait(timeout=400) == 0, run.log_path.read_text()[-4000:]
-    events = read_all(run.events_path)
-    assert events[-1]["type"] == "finished", events[-3:]
-    assert [e["world_size"] for e in of_type(events, "started")] == [2]  # one writer: the rank-0 node
-    steps = of_type(events, "step")
-    assert [s["step"] for s in steps] == [1, 2, 3, 4]
-    l1 = [s["loss"] for s in of_type(e1, "step")]
-    assert all(math.isclose(a, s["loss"], rel_tol=0.02) for a, s in zip(l1, steps)), (l1, steps)
-    logs = run.path / "rank-logs"
-    for node in (0, 1):  # each node's own log, linked under the number the rendezvous gave it
-        text = (logs / f"node-{node}.log").read_text()
-        assert f"[rank{node}]:" in text and "=== ftune train nodes" in text
-    assert run.log_path.resolve() == (logs / "node-0.log").resolve()
-    cmd = (run.path / "launch.sh").read_text()
-    assert "--rdzv-backend c10d" in cmd and "--rdzv-id nodes" in cmd and "--node-rank" not in cmd
-
-
-def test_a_lost_node_is_named_and_the_run_resumes(project, tiny_model):
+def test_two_nodes_train_like_one_a_lost_node_is_named_and_the_run_resumes(project, tiny_model):
+    """Two "nodes" (one CPU process each, on loopback) join one run; killing one ends the run with an error event
+    naming it and the last step; `--resume` on both continues from the checkpoint. A constant learning rate, so the
+    first steps' losses compare with a one-process run of the same global batch."""
     import os
     import signal
 
-    run = two_node_run(project, tiny_model, "lost", max_steps=100000, save_steps=2)
+    constant = {"lr_scheduler_type": "constant", "save_steps": 2}
+    one = make_run(project, tiny_model, name="one", data={"shuffle": False, "val_size": 0},
+                   training={**SAME, **constant, "max_steps": 2, "per_device_train_batch_size": 8})
+    run = two_node_run(project, tiny_model, "nodes", **constant, max_steps=100000)
     first, second = start_nodes(run)
+    l1 = [s["loss"] for s in of_type(train_to_end(one), "step")]
     reader = EventReader(run.events_path)
-    wait_for(lambda: [e for e in reader.read_new() if e["type"] == "checkpoint"], 300)
+    wait_for(lambda: [e for e in reader.read_new() if e["type"] == "checkpoint"], 400)
     # the second node is killed outright (its torchrun and its worker); the first hosts the rendezvous store
     records = [yaml.safe_load(p.read_text()) for p in (run.path / "rank-logs").glob("rank-*.json")]
     lost = next(r for r in records if r["launcher_pid"] == second.pid)
@@ -170,11 +153,25 @@ def test_a_lost_node_is_named_and_the_run_resumes(project, tiny_model):
         os.kill(pid, signal.SIGKILL)
     second.wait(timeout=30)
     first.wait(timeout=180)
-    error = of_type(read_all(run.events_path), "error")
+    events = read_all(run.events_path)
+    assert [e["world_size"] for e in of_type(events, "started")] == [2]  # one writer: the rank-0 node
+    steps = of_type(events, "step")
+    assert [s["step"] for s in steps[:2]] == [1, 2]
+    assert all(math.isclose(a, s["loss"], rel_tol=0.02) for a, s in zip(l1, steps)), (l1, steps)
+    error = of_type(events, "error")
     assert error, run.log_path.read_text()[-3000:]
     message = error[-1]["message"]
     assert f"node {lost['node']} (" in message and "stopped answering after step" in message, message
     assert "--resume" in error[-1]["hint"]
+    logs = run.path / "rank-logs"
+    for node in (0, 1):  # each node's own log, linked under the number the rendezvous gave it
+        text = (logs / f"node-{node}.log").read_text()
+        assert f"[rank{node}]:" in text and "=== ftune train nodes" in text
+    assert (logs / "node-0.log").resolve() != (logs / "node-1.log").resolve()
+    assert run.log_path.resolve() == (logs / "node-0.log").resolve()
+    cmd = (run.path / "launch.sh").read_text()
+    assert "--rdzv-backend c10d" in cmd and "--rdzv-id nodes" in cmd and "--node-rank" not in cmd
+
     at = run.latest_checkpoint()[0]
     run.spec_path.write_text(run.spec_path.read_text().replace("max_steps: 100000", f"max_steps: {at + 2}"))
     for p in start_nodes(run, resume=True):
