@@ -98,8 +98,8 @@ def script(run_name: str, job: SlurmJob, *, output: str, workdir: str, command: 
               'export MASTER_PORT="${MASTER_PORT:-29500}"',
               f"RESUME={'--resume' if resume else ''}",
               "# a requeued job (preemption, node failure) goes on from the newest complete checkpoint",
-              'if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ] && '
-              f"ls {shlex.quote(checkpoints)}/checkpoint-*/ftune_checkpoint.json >/dev/null 2>&1; then",
+              ('if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ] && '
+               f"ls {shlex.quote(checkpoints)}/checkpoint-*/ftune_checkpoint.json >/dev/null 2>&1; then"),
               "  RESUME=--resume",
               "fi",
               "echo \"ftune: job $SLURM_JOB_ID on $SLURM_JOB_NODELIST, rendezvous $MASTER_ADDR:$MASTER_PORT $RESUME\"",

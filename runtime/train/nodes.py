@@ -21,7 +21,7 @@ from ftune.runtime.rundir import RunDir
 
 # how a lost peer shows in torch.distributed (gloo and NCCL) errors
 PEER_LOST = re.compile(r"connection (closed|reset) by peer|broken pipe|connection refused|socket timeout|"
-                       r"timed out|ncclRemoteError|remote process exited|DistNetworkError|DistBackendError", re.I)
+                       r"timed out|ncclRemoteError|remote process exited|DistNetworkError|DistBackendError", re.IGNORECASE)
 
 
 def where() -> dict[str, int]:

@@ -24,7 +24,7 @@ UP = Path(__file__).resolve().parents[2] / ".ci" / "slurm-up"
 def slurm_cluster() -> None:
     if not shutil.which("sbatch") or not shutil.which("slurmctld", path="/usr/sbin:/usr/bin"):
         pytest.skip("Slurm is not installed here (Debian: apt-get install slurm-wlm munge; .ci/run does it)")
-    done = subprocess.run([str(UP)], capture_output=True, text=True, timeout=90)
+    done = subprocess.run([str(UP)], capture_output=True, text=True, timeout=90, check=False)
     if done.returncode != 0:
         pytest.skip(f"a one-node Slurm could not be started ({UP.name}): {(done.stderr or done.stdout).strip()}")
 
