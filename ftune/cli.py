@@ -564,8 +564,11 @@ def stop(ctx: click.Context, name: str, wait: float) -> None:
 
     run = _run(ctx, name)
     click.echo(f"Stopping {name}: it finishes the current step and saves a checkpoint…")
+    job = run.read_status().get("slurm_job")
     final = launch.stop(run, wait=wait)
-    if final is None:
+    if final is None and job and run.read_status().get("state") == "stopped":
+        click.echo(f"Cancelled Slurm job {job} before it started; nothing was trained.")
+    elif final is None:
         click.echo(f"{name} ended without a final event; see `ftune logs {name}`.")
     elif final["type"] == "stopped":
         ckpt = (final.get("artifacts") or {}).get("checkpoint")

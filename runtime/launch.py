@@ -247,19 +247,25 @@ def prepare(run: RunDir, spec: RunSpec, resume: bool, restart: bool, say=None, *
 def start(run: RunDir, *, resume: bool = False, restart: bool = False, say=None) -> subprocess.Popen:
     """Validate, take the lock and start the worker detached. Raises RunError/SpecError for the user.
 
-    A run on several nodes is started the same way on each (torchrun's c10d rendezvous numbers them): no launcher
-    holds the run's lock (the rank-0 worker takes it), and a node that joins a run already under way leaves its
-    history alone."""
+    A run on several nodes is started the same way on each (torchrun's c10d rendezvous numbers them): the rank-0
+    worker takes the run's lock, each node's torchrun holds a shared one (so the run reads as starting while the
+    nodes meet), and a node that finds the run started by another leaves its history alone and resumes as it does."""
     run.require()
     spec = load_spec(run.spec_path)
+    if run.read_status().get("state") == "queued" and run.state() == "queued":
+        raise RunError(f"run '{run.name}' is queued as Slurm job {run.read_status().get('slurm_job')}: cancel it "
+                       f"first with `ftune stop {run.name}`")
     multi = multi_node(spec)
+    joining = multi and run.is_locked()  # another node has started it: this one joins, nothing to settle
     lock_fd = None if multi else run.acquire_lock()
     try:
-        if multi and run.is_locked():  # rank 0 is training: this node joins (elastic), nothing to settle
-            resume = False
+        if joining:  # as the node that settled it decided (a rank-0 worker restarted by torchrun resumes anyway)
+            resume = resume or bool(run.read_status().get("resumed"))
         else:
             resume = prepare(run, spec, resume, restart, say)
-        cmd = worker_command(spec, run, lock_fd, resume)
+        if multi:
+            lock_fd = run.hold_node_lock()
+        cmd = worker_command(spec, run, None if multi else lock_fd, resume)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         log_path = run.log_path
         if multi:  # each node's own output; the worker links it as rank-logs/node-N.log once its node is known
@@ -274,11 +280,11 @@ def start(run: RunDir, *, resume: bool = False, restart: bool = False, say=None)
             log.flush()
             return spawn(
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=run.project,
-                env=env, start_new_session=True, pass_fds=() if lock_fd is None else (lock_fd,),
+                env=env, start_new_session=True, pass_fds=(lock_fd,),
             )
     finally:
         if lock_fd is not None:
-            os.close(lock_fd)  # the worker holds its own copy of the locked descriptor
+            os.close(lock_fd)  # the worker (or torchrun) holds its own copy of the locked descriptor
 
 
 def request_stop(run: RunDir) -> int | None:

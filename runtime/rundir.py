@@ -159,17 +159,31 @@ class RunDir:
         write_atomic(self.status_path, json.dumps(status, indent=2, default=str) + "\n")
         return status
 
+    @property
+    def nodes_lock_path(self) -> Path:
+        """Shared-locked by each node's launcher of a multi-node run, from its start (before the rendezvous has made
+        a rank 0 to take the run's lock) until its torchrun ends."""
+        return self.path / ".lock-nodes"
+
     def is_locked(self) -> bool:
-        """True while a worker holds this run's lock (it is alive)."""
-        if not self.lock_path.exists():
-            return False
-        with open(self.lock_path, "a") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(f, fcntl.LOCK_UN)
-            return False
+        """True while a worker holds this run's lock (it is alive), or a node's launcher of a multi-node run lives."""
+        for path in (self.lock_path, self.nodes_lock_path):
+            if not path.exists():
+                continue
+            with open(path, "a") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return True
+                fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+    def hold_node_lock(self) -> int:
+        """A node launcher's shared hold on the run (see nodes_lock_path); the fd, inherited by its torchrun."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.nodes_lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        return fd
 
     def acquire_lock(self) -> int:
         """Take the run's lock and return its fd (inherited by the worker). Raises RunError if taken."""

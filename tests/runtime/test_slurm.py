@@ -14,7 +14,6 @@ import pytest
 from ftune.runtime import launch, slurm
 from ftune.runtime.events import EventReader, read_all
 from ftune.runtime.runs import run_rows
-from ftune.runtime.slurm import SlurmError
 from tests.runtime.helpers import make_run, of_type, wait_for
 
 UP = Path(__file__).resolve().parents[2] / ".ci" / "slurm-up"
@@ -67,14 +66,6 @@ def test_a_slurm_job_runs_stops_with_a_checkpoint_and_resumes(project, tiny_mode
     assert [s["step"] for s in of_type(events, "step")][-2:] == [at + 1, at + 2]
     assert status_of(run) == "finished"
     assert (run.path / "rank-logs" / "node-0.log").is_file()
-
-
-def test_submit_without_slurm_is_a_clear_error_and_writes_nothing(project, tiny_model, monkeypatch, tmp_path):
-    run = make_run(project, tiny_model, resources={"gpus_per_node": 1})
-    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no sbatch on this PATH
-    with pytest.raises(SlurmError, match="sbatch is not on this machine's PATH"):
-        launch.submit(run)
-    assert sorted(p.name for p in run.path.iterdir()) == ["run.yaml"]
 
 
 def test_the_batch_script_follows_the_options(project, tiny_model):
