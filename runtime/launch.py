@@ -262,7 +262,7 @@ def start(run: RunDir, *, resume: bool = False, restart: bool = False, say=None)
         if joining:  # as the node that settled it decided (a rank-0 worker restarted by torchrun resumes anyway)
             resume = resume or bool(run.read_status().get("resumed"))
         else:
-            resume = prepare(run, spec, resume, restart, say)
+            resume = prepare(run, spec, resume, restart, say, slurm_job=None)  # not a Slurm job (any more)
         if multi:
             lock_fd = run.hold_node_lock()
         cmd = worker_command(spec, run, None if multi else lock_fd, resume)

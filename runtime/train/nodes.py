@@ -123,7 +123,7 @@ def _address(host: str) -> str | None:
 def lost_node_error(run: RunDir, exc: BaseException, world: int, last_step: int | None) -> tuple[str, str] | None:
     """The error event's message and hint when a node was lost, naming it and the last step; None otherwise."""
     me = where()
-    if me["nodes"] < 2:
+    if me["nodes"] < 2 or run.read_status().get("state") == "failed":  # a rank that failed has said why already
         return None
     lost = lost_nodes(run, exc, world)
     if not lost:
