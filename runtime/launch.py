@@ -275,7 +275,8 @@ def start(run: RunDir, *, resume: bool = False, restart: bool = False, say=None)
             os.close(fd)
             log_path = Path(name)
         with open(log_path, "ab") as log:
-            log.write(f"\n=== ftune train {run.name}{' --resume' if resume else ''} on {socket.gethostname()} "
+            host = f" on {socket.gethostname()}" if multi else ""
+            log.write(f"\n=== ftune train {run.name}{' --resume' if resume else ''}{host} "
                       f"at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
             log.flush()
             return spawn(
