@@ -364,9 +364,9 @@ def presets() -> None:
 
 # --------------------------------------------------------------------------- import, schema
 def _kinds():
-    from ftune.runtime.importers import KINDS
+    from ftune.runtime.importers import CONFIG_KINDS
 
-    return KINDS
+    return CONFIG_KINDS
 
 
 @main.command(name="import", context_settings=CONTEXT)
@@ -415,11 +415,11 @@ def _print_import(imported) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from ftune.runtime.importers import KINDS
+    from ftune.runtime.importers import CONFIG_KINDS
     from ftune.wizard.runfile import fmt
 
     console = Console(highlight=False)
-    console.print(f"[bold]{escape(str(imported.source))}[/]: {KINDS[imported.kind]}")
+    console.print(f"[bold]{escape(str(imported.source))}[/]: {CONFIG_KINDS[imported.kind]}")
     table = Table(header_style="bold", pad_edge=False, box=None)
     for col in ("source key", "ftune key", "value", "note"):
         table.add_column(col, no_wrap=col != "note", overflow="fold", style="dim" if col == "note" else None)
@@ -825,14 +825,18 @@ def _print_data_report(report) -> None:
                       f"{tokens.answer_cut_away} would lose their whole answer")
         for i, sample in enumerate(tokens.samples, 1):
             plain = not console.is_terminal or console.no_color  # a pipe or a log: no colours to tell them apart
-            console.print(f"  sample {i} " + ("(learnt tokens between [[ and ]]):" if plain
-                                              else "([green]learnt[/], [dim]not learnt[/]):"))
+            console.print(f"  sample {i} " + ("(learnt tokens between [[ and ]]; thinking [[think: ]], tool calls "
+                                              "[[call: ]]):" if plain else "([green]learnt[/], [magenta]thinking[/], "
+                                              "[cyan]tool calls[/], [dim]not learnt[/]):"))
             text = Text()
             for seg in sample:
+                kind = seg.get("kind", "text")
                 if plain:
-                    text.append(f"[[{seg['text']}]]" if seg["learnt"] else seg["text"])
+                    mark = {"thinking": "think: ", "tool_call": "call: "}.get(kind, "")
+                    text.append(f"[[{mark}{seg['text']}]]" if seg["learnt"] else seg["text"])
                 else:
-                    text.append(seg["text"], style="green" if seg["learnt"] else "dim")
+                    style = {"thinking": "magenta", "tool_call": "cyan"}.get(kind, "green")
+                    text.append(seg["text"], style=style if seg["learnt"] else "dim")
             console.print(text)
     for e in r.errors:
         console.print(f"  [red]error[/]    {e}")
@@ -932,9 +936,12 @@ def export(ctx: click.Context, name: str, checkpoint: int | None, fmt: str | Non
 @click.option("--image", "images", multiple=True, metavar="PATH",
               help="Show a vision-language run's model this picture with the first message (repeatable; /image "
                    "PATH inside the chat).")
+@click.option("--tools", metavar="FILE", help="A JSON file of functions the model may call: its calls are shown, "
+                                              "/tool RESULT answers one.")
 @click.pass_context
 def chat(ctx: click.Context, name: str, checkpoint: int | None, compare_base: bool, temperature: float,
-         top_p: float, max_new_tokens: int, system: str | None, seed: int | None, images: tuple[str, ...]) -> None:
+         top_p: float, max_new_tokens: int, system: str | None, seed: int | None, images: tuple[str, ...],
+         tools: str | None) -> None:
     """Chat with RUN's model in the terminal, answers streamed as they are written.
 
     Multi-turn, with the chat template the run trained with. Inside: /system TEXT, /image PATH, /reset,
@@ -943,7 +950,7 @@ def chat(ctx: click.Context, name: str, checkpoint: int | None, compare_base: bo
     from ftune.tui.chat import run_chat
 
     run_chat(_run(ctx, name), checkpoint, compare_base, temperature, top_p, max_new_tokens, system, seed,
-             images=images)
+             images=images, tools=tools)
 
 
 @main.command(context_settings=CONTEXT)

@@ -147,10 +147,25 @@ def preflight(spec: RunSpec, run: RunDir, say=None, *, gpus_elsewhere: bool = Fa
             raise RunError(f"{problem} ({run.spec_path})")
     counts: dict[str, int] = {}
     check_run_data(spec, base, run, say, counts)
+    if counts.get("tool_rows") and spec.stage.type == "sft":
+        check_tool_template(spec, base, run, counts["tool_rows"])
     if counts.get("image_rows") and vision is False:
         raise RunError(f"{counts['image_rows']} rows of the data have images, but {spec.model.name_or_path} is a "
                        f"text model: choose a vision-language model (e.g. Qwen/Qwen2-VL-2B-Instruct) or data "
                        f"without images ({run.spec_path})")
+
+
+def check_tool_template(spec: RunSpec, base: Path, run: RunDir, tool_rows: int) -> None:
+    """Rows with tools train only through a template that renders them (probed with the template alone)."""
+    from ftune.runtime.data import agent
+
+    found = models.run_template(spec, base)
+    if found is None:  # a hub model not here yet: the worker checks with its tokenizer
+        return
+    label, text, tokens = found
+    ab = agent.abilities(agent.template_renderer(text, tokens))
+    if not ab.tools:
+        raise RunError(f"{agent.tools_refusal(label, ab, tool_rows)} ({run.spec_path}). {agent.TOOLS_HINT}")
 
 
 def is_vision_model(spec: RunSpec, base: Path) -> bool | None:

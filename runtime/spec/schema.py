@@ -120,6 +120,12 @@ class DataSpec(Section):
     max_length: int = Field(1024, gt=8, description="Tokens per example (cutoff length); longer rows are truncated.")
     train_on_prompt: bool = Field(False, description="Also compute the loss on system and user tokens.")
     mask_history: bool = Field(False, description="Learn only the last assistant turn of each conversation.")
+    reasoning: Literal["auto", "keep", "drop", "last_turn_only"] = Field(
+        "auto", description="Thinking in answers (reasoning_content, or a <think>…</think> prefix): auto learns what "
+        "the model's own template shows of it (Qwen3: the thinking after the last user turn); keep learns every "
+        "answer's thinking (an answer whose thinking the template would hide becomes its own example); drop learns "
+        "none; last_turn_only learns the final answer's only."
+    )
     combine: bool = Field(
         True, description="true: a conversation is one sequence, every answer learnt; false: each assistant "
         "turn becomes its own example with the turns before it as the prompt."
