@@ -244,26 +244,19 @@ def setup(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
 # --------------------------------------------------------------------------- training and what follows
 def export(spec: RunSpec, trainer, tokenizer, run: RunDir, processor=None) -> dict[str, Any]:
     """Write the final model to export/ (built aside and swapped in, so a half export never looks done)."""
-    import shutil
-
     model = trainer.model
     fmt = "full" if spec.method.type == "full" else spec.output.save_format
     if fmt == "gguf":  # export/ keeps the adapter; after.py writes the GGUF file from it into exports/
         fmt = "lora"
     with publish_dir(run.export_dir()) as tmp:
-        if fmt == "merged_16bit":  # the writers `ftune export` uses, so both give the same model
-            from ftune.runtime.infer.export import write_merged
+        if fmt in ("merged_16bit", "merged_4bit"):  # the writers `ftune export` uses, so both give the same model
+            from ftune.runtime.infer.export import unquantized, write_merged, write_merged_4bit
 
-            write_merged(model, tmp, tokenizer, adapter=True)
-        elif fmt == "merged_4bit":  # merged in 16 bits, then quantised by bitsandbytes
-            from ftune.runtime.infer.export import quantize_4bit, write_merged
-
-            staging = tmp.with_name(tmp.name + ".16bit")
-            write_merged(model, staging, tokenizer, adapter=True)
-            try:
-                quantize_4bit(staging, tmp, spec)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
+            model = unquantized(model, spec, run, tmp.with_name(tmp.name + ".adapter"))  # QLoRA: a 16-bit base
+            if fmt == "merged_16bit":
+                write_merged(model, tmp, tokenizer, adapter=True)
+            else:
+                write_merged_4bit(model, tmp, tokenizer, True, spec)
         else:
             model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
