@@ -218,6 +218,8 @@ def setup(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
         "attn_implementation": model.config._attn_implementation, "liger": kern.liger,
         "vision": processor is not None, "host_memory_kept": host_memory_kept,
         "resumed_from": resume_from[0] if resume_from else None,
+        **{f"{what}_bits": stages.quantized_bits(m) for what, m in (("ref_model", ref_model),
+                                                                     ("reward_model", reward_model)) if m is not None},
     }, stopper)
     phases.begin("building the trainer")
     tracking.apply_env(spec, run)  # the trackers' folders, before the trainer builds their integrations
