@@ -148,9 +148,9 @@ def fsdp(rec: Record, source: str, value: Any) -> None:
     if not words or words == [""]:
         rec.leave(source, value, NO_MEANING, "empty: no FSDP")
         return
-    rec.put(source, "resources.strategy", "fsdp", " ".join(words))  # FSDP runs over gloo on a CPU too
+    rec.put(source, "resources.strategy", "fsdp", " ".join(words), gpu=True)
     if "offload" in words:
-        rec.put(f"{source} offload", "resources.offload", True)
+        rec.put(f"{source} offload", "resources.offload", True, gpu=True)
 
 
 # --------------------------------------------------------------------------- paths and models

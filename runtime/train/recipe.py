@@ -119,7 +119,7 @@ def build_trainer(spec: RunSpec, model, tokenizer, data: PreparedData, run: RunD
             data_collator=VisionCollator(processor, spec.data.image_min_pixels, spec.data.image_max_pixels),
             callbacks=[callback], optimizers=(optimizer, None), compute_accuracy=spec.training.compute_accuracy)
 
-    batching = batching_plan(spec, model)
+    batching = batching_plan(spec, model, plan.cuda)
     callback.started_fields.update(batching)
     config = SFTConfig(
         **common,
@@ -136,9 +136,10 @@ def build_trainer(spec: RunSpec, model, tokenizer, data: PreparedData, run: RunD
     )
 
 
-def batching_plan(spec: RunSpec, model) -> dict[str, Any]:
-    """How sft/pt rows are batched, for the started event: packed, padding-free, or padded (with the reason)."""
-    from ftune.runtime.train.batching import attend_by_row, padding_free_blocker
+def batching_plan(spec: RunSpec, model, cuda: bool = False) -> dict[str, Any]:
+    """How sft/pt rows are batched, for the started event: packed, padding-free, or padded (with the reason); the
+    attention that keeps the rows apart is chosen here (batching.padding_free_attention, by device)."""
+    from ftune.runtime.train.batching import padding_free_attention, padding_free_blocker
 
     blocker = padding_free_blocker(model) if spec.data.packing or spec.data.padding_free else None
     if spec.data.packing or spec.data.padding_free:
@@ -147,7 +148,10 @@ def batching_plan(spec: RunSpec, model) -> dict[str, Any]:
                            hint="Set data.packing: false; the rows are then padded.")
         if blocker:
             return {"batching": "padded", "batching_note": f"padding-free is not possible: {blocker}"}
-        attend_by_row(model)  # sdpa one row at a time: no work across rows
+        blocker = padding_free_attention(model, cuda, spec.data.packing)
+        if blocker:
+            return {"batching": "padded", "batching_note": f"padding-free is not possible: {blocker}",
+                    "attn_implementation": model.config._attn_implementation}
         return {"batching": "packed" if spec.data.packing else "padding-free",
                 "attn_implementation": model.config._attn_implementation}
     return {"batching": "padded", "batching_note": "data.padding_free is off"}
