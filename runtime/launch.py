@@ -124,16 +124,12 @@ def precision_warning(spec: RunSpec) -> str | None:
     return None
 
 
-def fit_warning(spec: RunSpec, run: RunDir) -> str | None:
-    """One sentence when the run's memory estimate (per GPU, for its strategy) exceeds the free memory of
-    the GPUs here; None when it fits, or when there is no GPU or the model's size is unknown."""
+def run_estimate(spec: RunSpec, project: Path, gpus: list):
+    """(Estimate, Verdict) of the run's memory per GPU (for its strategy, over `gpus`: memory.Gpu), or None when
+    the model's size is unknown."""
     from ftune.runtime import catalog, memory
-    from ftune.runtime.sysmon import gpu_samples
 
-    gpus = memory.gpus_from_samples(gpu_samples())
-    if not gpus:
-        return None
-    info = catalog.resolve(spec.model.name_or_path, run.project)
+    info = catalog.resolve(spec.model.name_or_path, project)
     if not info.params_b:
         return None
     m = spec.method
@@ -142,10 +138,22 @@ def fit_warning(spec: RunSpec, run: RunDir) -> str | None:
     # a token budget is one long sequence at most (padding-free), an upper bound of what it holds
     seq_len, batch = (t.tokens_per_batch, 1) if t.tokens_per_batch else (spec.data.max_length,
                                                                           t.per_device_train_batch_size)
-    _, verdict = memory.check(info.params_b, key, gpus, seq_len=seq_len, batch=batch,
-                              gradient_checkpointing=spec.training.gradient_checkpointing,
-                              precision=spec.training.precision, **memory.sharding(spec, len(gpus)), **info.shape_for(spec))
-    return verdict.text if verdict.label == memory.EXCEEDS else None
+    return memory.check(info.params_b, key, gpus, seq_len=seq_len, batch=batch,
+                        gradient_checkpointing=spec.training.gradient_checkpointing,
+                        precision=spec.training.precision, **memory.sharding(spec, len(gpus)), **info.shape_for(spec))
+
+
+def fit_warning(spec: RunSpec, run: RunDir) -> str | None:
+    """One sentence when the run's memory estimate (per GPU, for its strategy) exceeds the free memory of
+    the GPUs here; None when it fits, or when there is no GPU or the model's size is unknown."""
+    from ftune.runtime import memory
+    from ftune.runtime.sysmon import gpu_samples
+
+    gpus = memory.gpus_from_samples(gpu_samples())
+    found = run_estimate(spec, run.project, gpus) if gpus else None
+    if found is None:
+        return None
+    return found[1].text if found[1].label == memory.EXCEEDS else None
 
 
 def preflight(spec: RunSpec, run: RunDir, say=None) -> None:
