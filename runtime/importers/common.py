@@ -134,10 +134,10 @@ def deepspeed(rec: Record, source: str, value: Any, look_in: list[Path]) -> None
         rec.put(source, "resources.strategy", "ddp", f"ZeRO-{stage}: plain data parallel ({how})")
         return
     strategy = f"deepspeed-zero{stage}"
-    rec.put(source, "resources.strategy", strategy, f"ZeRO-{stage} ({how})", gpu=True)
+    rec.put(source, "resources.strategy", strategy, f"ZeRO-{stage} ({how})")  # DeepSpeed trains on a CPU too
     if offload:
         if stage == 3:
-            rec.put(f"{source} offload", "resources.offload", True, "offload to the CPU", gpu=True)
+            rec.put(f"{source} offload", "resources.offload", True, "offload to the CPU")
         else:
             rec.leave(f"{source} offload", "cpu", NO_HOME, "ftune offloads with ZeRO-3 or FSDP only "
                                                            "(resources.offload)")

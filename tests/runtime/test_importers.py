@@ -73,7 +73,7 @@ EXPECT = {  # file -> dotted ftune paths of the validated spec and their values 
     "qwen3_lora_kto.yaml": {"stage.type": "kto", "data.train": ["kto_en_demo"]},
     "qwen3_lora_pretrain.yaml": {"stage.type": "pt", "data.packing": True, "model.template": "auto"},
     "qwen3_lora_reward.yaml": {"stage.type": "rm"},
-    "qwen3_lora_sft_ds3.yaml": {"resources.strategy": "auto"},  # deepspeed needs a GPU: listed, not written
+    "qwen3_lora_sft_ds3.yaml": {"resources.strategy": "deepspeed-zero3"},  # DeepSpeed trains on a CPU too
     "qwen3_lora_sft_otfq.yaml": {"method.quantization.bits": 4},  # bitsandbytes: on a CPU too
     "qwen3_full_sft.yaml": {"method.type": "full", "training.precision": "bf16"},
     "qwen2_full_sft.yaml": {"method.type": "full"},
@@ -157,14 +157,15 @@ def test_vision_language_settings(tmp_path, lf_info):
 
 def test_gpu_settings_are_kept_with_gpu_and_listed_without(tmp_path, lf_info):
     ds3 = LF / "train_lora/qwen3_lora_sft_ds3.yaml"
-    without = lf_import(ds3, tmp_path, lf_info)
-    assert left(without)["deepspeed"][0] == GPU_ONLY and without.spec.resources.strategy == "auto"
-    kept = lf_import(ds3, tmp_path, lf_info, gpu=True)
+    kept = lf_import(ds3, tmp_path, lf_info)  # DeepSpeed: on a CPU too
+    fsdp_file = LF / "extras/fp8/llama3_fp8_fsdp_sft.yaml"
+    without = lf_import(fsdp_file, tmp_path, lf_info)  # FSDP needs a GPU (accelerate): listed, not written
+    assert left(without)["fsdp"][0] == GPU_ONLY and without.spec.resources.strategy == "auto"
     assert kept.spec.resources.strategy == "deepspeed-zero3" and not kept.spec.resources.offload
     assert "ds_z3_config.json" in next(c.note for c in kept.carried if c.source == "deepspeed")  # read, not guessed
     fp8 = lf_import(LF / "extras/fp8/llama3_fp8_deepspeed_sft.yaml", tmp_path, lf_info, gpu=True).spec.resources
     assert (fp8.strategy, fp8.offload) == ("deepspeed-zero3", True)  # its config offloads the optimiser
-    fsdp = lf_import(LF / "extras/fp8/llama3_fp8_fsdp_sft.yaml", tmp_path, lf_info, gpu=True).spec
+    fsdp = lf_import(fsdp_file, tmp_path, lf_info, gpu=True).spec
     assert fsdp.resources.strategy == "fsdp"
     q = lf_import(LF / "train_qlora/qwen3_lora_sft_otfq.yaml", tmp_path, lf_info, gpu=True).spec.method.quantization
     assert (q.bits, q.method) == (4, "bnb")

@@ -71,9 +71,7 @@ def test_continue_from_an_adapter_and_stack_a_new_one(project, tiny_model):
 
 
 @pytest.mark.skipif(bool(gpu_samples()), reason="checks the refusal on a machine without a GPU")
-@pytest.mark.parametrize("change", [{"method": {"quantization": {"bits": 8, "method": "eetq"}}},
-                                    {"training": {"precision": "fp16"}}, {"model": {"acceleration": "liger"}},
-                                    {"resources": {"strategy": "deepspeed-zero3", "gpus_per_node": 2}}])
+@pytest.mark.parametrize("change", [{"training": {"precision": "fp16"}}, {"model": {"acceleration": "liger"}}])
 def test_cuda_only_choices_are_refused_clearly_without_a_gpu(project, tiny_model, change):
     run = make_run(project, tiny_model, **change)
     with pytest.raises(RunError, match="needs a CUDA GPU, and none is visible here"):
@@ -193,7 +191,6 @@ def test_method_combinations_that_cannot_work_are_refused(change, message):
 @pytest.mark.parametrize("change,instead", [
     ({"model": {"acceleration": "unsloth"}}, "model.acceleration: none"),
     ({"method": {"quantization": {"bits": 8, "method": "eetq"}}}, "method.quantization.method: bnb"),
-    ({"resources": {"strategy": "deepspeed-zero2", "gpus_per_node": 2}}, "resources.strategy: ddp"),
     ({"resources": {"strategy": "fsdp", "gpus_per_node": 2}}, "resources.strategy: ddp"),
 ])
 def test_more_cuda_only_choices_are_refused_with_what_to_do_instead(project, tiny_model, change, instead):
