@@ -60,7 +60,8 @@ def cuda_only(spec: RunSpec) -> list[tuple[str, str, str]]:
         out.append(("training.precision fp16", "torch's fp16 autocast and gradient scaler are CUDA's (transformers: "
                     "\"fp16 mixed precision requires a GPU (not 'cpu')\")", "training.precision: auto (fp32 on a CPU)"))
     if spec.model.acceleration == "liger":
-        out.append(("Liger kernels", "they are Triton kernels, which compile for a GPU only", "model.acceleration: none"))
+        out.append(("Liger kernels", "they are Triton kernels, which compile for a GPU only",
+                    "model.acceleration: none"))
     if spec.model.acceleration == "unsloth":
         out.append(("unsloth", "unsloth says \"Unsloth cannot find any torch accelerator? You need a GPU.\"",
                     "model.acceleration: none"))

@@ -105,8 +105,10 @@ def plan_for(tiny_model, monkeypatch):
     real_find = importlib.util.find_spec
 
     def plan(cuda: bool, kernels=False, attn: str = "sdpa", **data):
-        monkeypatch.setattr(importlib.util, "find_spec",
-                            lambda name, *a: (object() if kernels else None) if name == "kernels" else real_find(name, *a))
+        def find_spec(name, *a):
+            return (object() if kernels else None) if name == "kernels" else real_find(name, *a)
+
+        monkeypatch.setattr(importlib.util, "find_spec", find_spec)
         model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa")
         if attn != "sdpa":  # loaded with FlashAttention (train/model.py's choice on a GPU where it is installed)
             model.config._attn_implementation = attn
