@@ -34,6 +34,7 @@ from ftune.runtime.rundir import ACTIVE_STATES, RunDir, next_free_name, project_
 from ftune.runtime.spec import Problem, SpecError, apply_overrides, check_run_name
 from ftune.wizard import advanced
 from ftune.wizard.prompts import BACK, SEPARATOR, Option, Prompter
+from ftune.runtime.spec.edit import get_path
 from ftune.wizard.runfile import (
     METHODS,
     STAGES,
@@ -44,7 +45,6 @@ from ftune.wizard.runfile import (
     estimate_for,
     estimate_line,
     fmt,
-    get_path,
     is_not_yet,
     lora_trainable_for,
     matched_template,
@@ -505,6 +505,8 @@ class Wizard:
         suits = f"; suits {', '.join(s.stages)}" if s.stages else ""
         self.ui.note(f"{name}: {s.format} ({s.reason}); {s.total} rows, {valid}{suits}")
         self.show_images(s)
+        if s.placeholder_note():
+            self.ui.warn(f"{name}: {s.placeholder_note()}")
         for e in s.errors:
             self.ui.note(f"  {e}")
 
