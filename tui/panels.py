@@ -18,11 +18,11 @@ from ftune.runtime.history import Problem, View, finite
 from ftune.runtime.rundir import shown_state
 
 STATE_STYLE = {
-    "not started": "yellow", "starting": "yellow", "running": "bold green", "stalled": "bold red",
-    "stopping": "bold yellow", "stopped": "yellow",
+    "not started": "yellow", "queued": "yellow", "starting": "yellow", "running": "bold green",
+    "stalled": "bold red", "stopping": "bold yellow", "stopped": "yellow",
     "finished": "bold cyan", "failed": "bold red", "crashed": "bold red",
 }
-ACTIVE = ("not started", "starting", "running", "stalled", "stopping")  # polled quickly: watched until it starts
+ACTIVE = ("not started", "queued", "starting", "running", "stalled", "stopping")  # polled quickly: watched until it starts
 
 
 def display_state(recorded: str, stalled: bool = False) -> str:
