@@ -38,42 +38,61 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+BNB_OPTIMS = ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")  # training.optim values bitsandbytes runs
+
+
 def needs_bitsandbytes(spec: RunSpec) -> bool:
     """4- or 8-bit loading, the 8-bit optimiser or a merged_4bit export: what bitsandbytes does for a run."""
     q = spec.method.quantization
-    return bool((q.bits and q.method == "bnb") or spec.training.optim == "adamw_8bit"
+    return bool((q.bits and q.method == "bnb") or spec.training.optim in BNB_OPTIMS
                 or spec.output.save_format == "merged_4bit" or spec.stage.ref_model_quantization_bits
                 or spec.stage.reward_model_quantization_bits)
 
 
+def cuda_only(spec: RunSpec) -> list[tuple[str, str, str]]:
+    """The run's choices that need a CUDA GPU: (what, why, in the library's words, what to use on a CPU instead).
+    bitsandbytes 4- and 8-bit (QLoRA, the 8-bit and paged optimisers, merged_4bit, quantised reference and reward
+    models) and DeepSpeed ZeRO-2/3 (its CPU accelerator, over gloo) run on a CPU and are not here; the tests train
+    each of them."""
+    q, t = spec.method.quantization, spec.training
+    out = []
+    if spec.resources.strategy == "fsdp":
+        out.append(("strategy fsdp", FSDP_ON_CPU, "resources.strategy: ddp"))
+    if q.bits and q.method == "eetq":
+        out.append((f"QLoRA {q.bits}-bit (eetq)", "EETQ's int8 kernels are CUDA's (transformers: \"No GPU found. A GPU "
+                    "is needed for quantization.\")", "method.quantization.method: bnb"))
+    if t.precision == "fp16":
+        out.append(("training.precision fp16", "torch's fp16 autocast and gradient scaler are CUDA's (transformers: "
+                    "\"fp16 mixed precision requires a GPU (not 'cpu')\")", "training.precision: auto (fp32 on a CPU)"))
+    if spec.model.acceleration == "liger":
+        out.append(("Liger kernels", "they are Triton kernels, which compile for a GPU only",
+                    "model.acceleration: none"))
+    if spec.model.acceleration == "unsloth":
+        out.append(("unsloth", "unsloth says \"Unsloth cannot find any torch accelerator? You need a GPU.\"",
+                    "model.acceleration: none"))
+    return out
+
+
+# Why FSDP is refused on a CPU, from accelerate's own code (1.16, state.py), tried with two CPU processes through
+# the accelerate launch ftune writes: accelerate turns FSDP on only for a GPU-type process group; with CPU processes
+# (MULTI_CPU) it leaves the FSDP plugin unused and wraps the model in DDP (its log: "find_unused_parameters=True was
+# specified in DDP constructor"), so the run would train unsharded while saying fsdp. DeepSpeed ZeRO-2/3 do train
+# there (DeepSpeed's CPU accelerator): tests/runtime/test_distributed.py.
+FSDP_ON_CPU = ("accelerate uses FSDP only on GPU-type devices: with CPU processes it silently falls back to DDP "
+               "(unsharded)")
+
+
 def hardware_problem(spec: RunSpec, gpus_elsewhere: bool = False) -> str | None:
     """Choices that need a CUDA GPU or an optional package, checked before anything starts
-    (instead of failing deep inside bitsandbytes)."""
+    (instead of failing deep inside a library)."""
     from ftune.runtime.sysmon import gpu_samples
 
     q, t, m = spec.method.quantization, spec.training, spec.method
-    needs_gpu = []  # (what, what to do on this machine instead)
-    if spec.resources.strategy != "auto" and spec.resources.strategy != "ddp":
-        needs_gpu.append((f"strategy {spec.resources.strategy}", "resources.strategy: ddp"))
-    if q.bits and q.method in ("bnb", "eetq"):
-        needs_gpu.append((f"QLoRA {q.bits}-bit ({q.method})", "plain LoRA (remove method.quantization)"))
-    if t.optim == "adamw_8bit":
-        needs_gpu.append(("the 8-bit AdamW optimiser", "training.optim: adamw_torch"))
-    if t.precision == "fp16":  # torch's fp16 autocast and grad scaler are CUDA's
-        needs_gpu.append(("training.precision fp16", "training.precision: auto (fp32 on a CPU)"))
-    if spec.model.acceleration in ("liger", "unsloth"):
-        needs_gpu.append(({"liger": "Liger kernels", "unsloth": "unsloth"}[spec.model.acceleration],
-                          "model.acceleration: none"))
-    for key, what in (("ref_model", "reference"), ("reward_model", "reward")):
-        bits = getattr(spec.stage, f"{key}_quantization_bits")
-        if bits:
-            needs_gpu.append((f"a {bits}-bit {what} model", f"no stage.{key}_quantization_bits"))
-    if spec.output.save_format == "merged_4bit" and spec.method.type == "lora":
-        needs_gpu.append(("output.save_format merged_4bit", "output.save_format: merged_16bit (then `ftune export "
-                                                            "--format merged_4bit` on a GPU machine)"))
+    needs_gpu = cuda_only(spec)
     if needs_gpu and not gpus_elsewhere and not gpu_samples():
-        return (f"{' and '.join(w for w, _ in needs_gpu)} needs a CUDA GPU, and none is visible here (nvidia-ml-py "
-                f"found no GPU): on this machine use {'; '.join(i for _, i in needs_gpu)}")
+        return (f"{' and '.join(w for w, _, _ in needs_gpu)} needs a CUDA GPU, and none is visible here (nvidia-ml-py "
+                f"found no GPU): {'; '.join(why for _, why, _ in needs_gpu)}. On this machine use "
+                f"{'; '.join(i for _, _, i in needs_gpu)}")
     wanted = {"bitsandbytes": needs_bitsandbytes(spec), "unsloth": spec.model.acceleration == "unsloth",
               "badam": m.badam is not None, "adam_mini": t.optim == "adam_mini",
               "hqq": bool(q.bits and q.method == "hqq"), "eetq": bool(q.bits and q.method == "eetq"),
@@ -109,16 +128,12 @@ def precision_warning(spec: RunSpec) -> str | None:
     return None
 
 
-def fit_warning(spec: RunSpec, run: RunDir) -> str | None:
-    """One sentence when the run's memory estimate (per GPU, for its strategy) exceeds the free memory of
-    the GPUs here; None when it fits, or when there is no GPU or the model's size is unknown."""
+def run_estimate(spec: RunSpec, project: Path, gpus: list):
+    """(Estimate, Verdict) of the run's memory per GPU (for its strategy, over `gpus`: memory.Gpu), or None when
+    the model's size is unknown."""
     from ftune.runtime import catalog, memory
-    from ftune.runtime.sysmon import gpu_samples
 
-    gpus = memory.gpus_from_samples(gpu_samples())
-    if not gpus:
-        return None
-    info = catalog.resolve(spec.model.name_or_path, run.project)
+    info = catalog.resolve(spec.model.name_or_path, project)
     if not info.params_b:
         return None
     m = spec.method
@@ -127,10 +142,22 @@ def fit_warning(spec: RunSpec, run: RunDir) -> str | None:
     # a token budget is one long sequence at most (padding-free), an upper bound of what it holds
     seq_len, batch = (t.tokens_per_batch, 1) if t.tokens_per_batch else (spec.data.max_length,
                                                                           t.per_device_train_batch_size)
-    _, verdict = memory.check(info.params_b, key, gpus, seq_len=seq_len, batch=batch,
-                              gradient_checkpointing=spec.training.gradient_checkpointing,
-                              precision=spec.training.precision, **memory.sharding(spec, len(gpus)), **info.shape_for(spec))
-    return verdict.text if verdict.label == memory.EXCEEDS else None
+    return memory.check(info.params_b, key, gpus, seq_len=seq_len, batch=batch,
+                        gradient_checkpointing=spec.training.gradient_checkpointing,
+                        precision=spec.training.precision, **memory.sharding(spec, len(gpus)), **info.shape_for(spec))
+
+
+def fit_warning(spec: RunSpec, run: RunDir) -> str | None:
+    """One sentence when the run's memory estimate (per GPU, for its strategy) exceeds the free memory of
+    the GPUs here; None when it fits, or when there is no GPU or the model's size is unknown."""
+    from ftune.runtime import memory
+    from ftune.runtime.sysmon import gpu_samples
+
+    gpus = memory.gpus_from_samples(gpu_samples())
+    found = run_estimate(spec, run.project, gpus) if gpus else None
+    if found is None:
+        return None
+    return found[1].text if found[1].label == memory.EXCEEDS else None
 
 
 def preflight(spec: RunSpec, run: RunDir, say=None, *, gpus_elsewhere: bool = False) -> None:

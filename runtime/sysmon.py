@@ -30,8 +30,52 @@ def _nvml() -> Any | None:
         return None
 
 
-def gpu_samples() -> list[dict[str, Any]]:
-    """One dict per visible GPU: index, name, mem_used, mem_total (bytes), util (%), temp (C), power (W)."""
+def visible_devices(env: str | None = None) -> list[str] | None:
+    """CUDA_VISIBLE_DEVICES as CUDA reads it: None when unset (every GPU), else its entries up to the first one
+    that is not a device (CUDA stops there: `-1` or an empty value hides every GPU). Entries are indices or UUIDs
+    (GPU-..., MIG-...; a unique prefix is enough)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES") if env is None else env
+    if env is None:
+        return None
+    out = []
+    for entry in (e.strip() for e in env.split(",")):
+        if entry.isdigit() or entry.startswith(("GPU-", "MIG-")):
+            out.append(entry)
+        else:
+            break
+    return out
+
+
+def _chosen(nv, count: int, visible: list[str] | None) -> list[int]:
+    """The NVML indices of the GPUs a process sees, in CUDA's order. Indices count as NVML numbers them (PCI bus
+    order: set CUDA_DEVICE_ORDER=PCI_BUS_ID, as clusters do, for CUDA to agree); a UUID or its unique prefix names
+    one board. Like CUDA, the list stops at an entry that names no board, and a board named twice stops it too."""
+    if visible is None:
+        return list(range(count))
+    uuids: list[str] = []
+    if any(not e.isdigit() for e in visible):
+        for i in range(count):
+            try:
+                u = nv.nvmlDeviceGetUUID(nv.nvmlDeviceGetHandleByIndex(i))
+                uuids.append(u.decode() if isinstance(u, bytes) else str(u))
+            except Exception:
+                uuids.append("")
+    chosen: list[int] = []
+    for entry in visible:
+        if entry.isdigit():
+            i = int(entry)
+        else:
+            matches = [k for k, u in enumerate(uuids) if u and u.startswith(entry)]
+            i = matches[0] if len(matches) == 1 else -1
+        if not 0 <= i < count or i in chosen:
+            break
+        chosen.append(i)
+    return chosen
+
+
+def gpu_samples(visible: str | None = None) -> list[dict[str, Any]]:
+    """One dict per GPU this process sees (CUDA_VISIBLE_DEVICES, or `visible` given as its value, honoured):
+    index (NVML's, as nvidia-smi shows it), name, mem_used, mem_total (bytes), util (%), temp (C), power (W)."""
     nv = _nvml()
     if nv is None:
         return []
@@ -40,7 +84,7 @@ def gpu_samples() -> list[dict[str, Any]]:
         count = nv.nvmlDeviceGetCount()
     except Exception:
         return []
-    for i in range(count):
+    for i in _chosen(nv, count, visible_devices(visible)):
         try:
             h = nv.nvmlDeviceGetHandleByIndex(i)
             mem = nv.nvmlDeviceGetMemoryInfo(h)
@@ -68,10 +112,11 @@ def rss_bytes(pid: int | None = None) -> int | None:
         return None
 
 
-def system_sample(pid: int | None = None) -> dict[str, Any]:
-    """Fields of a `system` event: gpus when there are any, and the process RSS."""
+def system_sample(pid: int | None = None, visible: str | None = None) -> dict[str, Any]:
+    """Fields of a `system` event: gpus when there are any (those `visible` names: the worker's
+    CUDA_VISIBLE_DEVICES), and the process RSS."""
     sample: dict[str, Any] = {"rss": rss_bytes(pid)}
-    gpus = gpu_samples()
+    gpus = gpu_samples(visible)
     if gpus:
         sample["gpus"] = gpus
     return sample

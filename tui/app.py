@@ -249,7 +249,7 @@ class MonitorScreen(Screen):
             status = self.run.read_status()
             here = status.get("state") in ACTIVE_STATES and status.get("host") == host and status.get("pid")
             if here:
-                sample = system_sample(int(status["pid"]))
+                sample = system_sample(int(status["pid"]), status.get("cuda_visible_devices"))
                 self.post_message(SystemSampled(sample, time.time()))
             elif was_live:
                 self.post_message(SystemSampled(None, time.time()))

@@ -455,8 +455,8 @@ class Wizard:
                 desc += "\nModel size unknown: no memory estimate."
             elif est[1].label != memory.NO_GPU:
                 desc += f"\n{est[1].text}"
-            # bitsandbytes' 4/8-bit kernels need CUDA; pure bf16 without a bf16 GPU is slow and imprecise
-            gpu_only = (key.startswith("qlora") or key == "full-bf16") and not self.gpus
+            # pure bf16 without a bf16 GPU is slow and imprecise (QLoRA's bitsandbytes runs on a CPU too)
+            gpu_only = key == "full-bf16" and not self.gpus
             options.append(Option(title.rstrip() + ("  (not supported yet)" if is_not_yet(why) else ""), key, desc,
                                   disabled="needs a CUDA GPU; none found here" if gpu_only else None))
         while True:

@@ -20,7 +20,8 @@ SAME_IN_TRAINING = ("learning_rate", "num_train_epochs", "per_device_train_batch
                     "gradient_checkpointing", "neftune_noise_alpha", "predict_with_generate")
 OPTIM = {"adamw_torch": "adamw_torch", "adamw_hf": "adamw_torch", "adamw_torch_fused": "adamw_torch",
          "adamw": "adamw_torch", "adafactor": "adafactor", "sgd": "sgd", "adamw_8bit": "adamw_8bit",
-         "adamw_bnb_8bit": "adamw_8bit", "paged_adamw_8bit": "adamw_8bit"}
+         "adamw_bnb_8bit": "adamw_8bit", "paged_adamw_8bit": "paged_adamw_8bit",
+         "paged_adamw_32bit": "paged_adamw_32bit"}
 NOT_HERE = {  # TrainingArguments that a detached ftune run decides for itself
     "do_train": "ftune import writes a training run; `ftune train` trains it",
     "do_eval": "evaluation follows training.eval_strategy and the validation data",
@@ -52,8 +53,7 @@ def training_arg(rec: Record, source: str, key: str, value: Any) -> bool:
             rec.put(source, "training.max_steps", value)
     elif key == "optim":
         if value in OPTIM:
-            gpu = OPTIM[value] == "adamw_8bit"
-            rec.put(source, "training.optim", OPTIM[value], "not paged" if value.startswith("paged") else "", gpu=gpu)
+            rec.put(source, "training.optim", OPTIM[value])  # bitsandbytes' optimisers run on a CPU too
         else:
             rec.leave(source, value, NO_HOME, f"ftune's training.optim takes {', '.join(sorted(set(OPTIM.values())))}"
                       " (and adam_mini)")
@@ -134,10 +134,10 @@ def deepspeed(rec: Record, source: str, value: Any, look_in: list[Path]) -> None
         rec.put(source, "resources.strategy", "ddp", f"ZeRO-{stage}: plain data parallel ({how})")
         return
     strategy = f"deepspeed-zero{stage}"
-    rec.put(source, "resources.strategy", strategy, f"ZeRO-{stage} ({how})", gpu=True)
+    rec.put(source, "resources.strategy", strategy, f"ZeRO-{stage} ({how})")  # DeepSpeed trains on a CPU too
     if offload:
         if stage == 3:
-            rec.put(f"{source} offload", "resources.offload", True, "offload to the CPU", gpu=True)
+            rec.put(f"{source} offload", "resources.offload", True, "offload to the CPU")
         else:
             rec.leave(f"{source} offload", "cpu", NO_HOME, "ftune offloads with ZeRO-3 or FSDP only "
                                                            "(resources.offload)")

@@ -49,15 +49,15 @@ def map_config(src: dict[str, Any], ctx: Context) -> Record:
         if key in CODES:
             target, codes = CODES[key]
             if value in codes:
-                rec.put(key, target, codes[value], f"code {value}", gpu=codes[value] in ("adamw_8bit", "merged_4bit"))
+                rec.put(key, target, codes[value], f"code {value}", )
             elif value in codes.values():
-                rec.put(key, target, value, gpu=value in ("adamw_8bit", "merged_4bit"))
+                rec.put(key, target, value)
             else:
                 rec.leave(key, value, NO_HOME, f"the codes are {', '.join(f'{c}: {n}' for c, n in codes.items())}")
         elif key == "load_in_4bit":
             flag = _flag(value)
             if flag:
-                rec.put(key, "method.quantization.bits", 4, "1: 4-bit (QLoRA)", gpu=True)
+                rec.put(key, "method.quantization.bits", 4, "1: 4-bit (QLoRA)")
             elif flag is False:
                 rec.leave(key, value, NO_MEANING, "0: the base model is not quantised, as in ftune by default")
             else:

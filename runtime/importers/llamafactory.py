@@ -289,14 +289,14 @@ def map_config(src: dict[str, Any], ctx: Context) -> Record:
         if bits is None:
             rec.leave("quantization_bit", bits, NO_MEANING, "empty: not quantised")
         elif bits in (4, 8):
-            rec.put("quantization_bit", "method.quantization.bits", bits, gpu=qmethod in ("bnb", "eetq"))
+            rec.put("quantization_bit", "method.quantization.bits", bits, gpu=qmethod == "eetq")
         else:
             rec.leave("quantization_bit", bits, NO_HOME, "method.quantization.bits takes 4 or 8")
         take("quantization_bit")
     if "quantization_method" in src:
         qmethod = src["quantization_method"]
         if qmethod in ("bnb", "hqq", "eetq"):
-            rec.put("quantization_method", "method.quantization.method", qmethod, gpu=qmethod in ("bnb", "eetq"))
+            rec.put("quantization_method", "method.quantization.method", qmethod, gpu=qmethod == "eetq")
         else:
             rec.leave("quantization_method", qmethod, NO_MEANING, f"a {qmethod} model is quantised already: "
                                                                   "transformers reads that from its config")
@@ -425,7 +425,7 @@ def map_config(src: dict[str, Any], ctx: Context) -> Record:
             else:
                 rec.put(key, SIMPLE[key], value)
         elif key in GPU_SIMPLE:
-            rec.put(key, GPU_SIMPLE[key], value, gpu=True)
+            rec.put(key, GPU_SIMPLE[key], value)  # bitsandbytes: on a CPU too
         elif training_arg(rec, key, key, value):
             pass
         elif key in LEFT:

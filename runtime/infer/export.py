@@ -3,7 +3,7 @@
 Formats:
     lora          the adapter alone (small; needs the base model to load)
     merged_16bit  the adapter merged into the base, saved in bf16
-    merged_4bit   merged, then quantised to 4 bits with bitsandbytes (needs a CUDA GPU; merging into
+    merged_4bit   merged, then quantised to 4 bits with bitsandbytes (on a GPU or a CPU; merging into
                   4 bits loses accuracy, so keep the 16-bit export as the reference)
     gguf          merged, then one .gguf file for llama.cpp, Ollama and LM Studio, written by llama.cpp's own
                   converter (`--quant` f16, bf16, q8_0; q4_k_m, q5_k_m, q6_k through llama-quantize), with an Ollama
@@ -90,11 +90,6 @@ def four_bit_problem() -> str | None:
     """Why merged_4bit cannot be written here, or None."""
     import importlib.util
 
-    import torch
-
-    if not torch.cuda.is_available():
-        return ("merged_4bit needs bitsandbytes on a CUDA GPU, and no CUDA GPU is visible here: export "
-                "merged_16bit or lora on this machine, or run `ftune export --format merged_4bit` on a GPU machine")
     if importlib.util.find_spec("bitsandbytes") is None:
         return "merged_4bit needs bitsandbytes: pip install bitsandbytes"
     return None
@@ -232,6 +227,33 @@ def write_merged(model, path: Path, tokenizer, adapter: bool):
     return model, dtype
 
 
+def unquantized(model, spec, run: RunDir, staging: Path):
+    """A QLoRA model (its base in 4 or 8 bits) as the adapter on the base in full precision, ready to merge:
+    merging into 4/8-bit weights rounds the adapter away, and a quantised model cannot be cast to 16 bits. The
+    adapter goes through `staging` (deleted after). Any other model is returned as it is."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "is_quantized", False):
+        return model
+    model.save_pretrained(staging)
+    try:
+        return loading.load_weights(spec, run, loading.Target(staging, "export", None, True))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_merged_4bit(model, path: Path, tokenizer, adapter: bool, spec) -> None:
+    """merged_4bit: merged in 16 bits into a staging folder beside `path`, then quantised from there."""
+    staging = path.with_name(path.name + ".16bit")
+    shutil.rmtree(staging, ignore_errors=True)
+    write_merged(model, staging, tokenizer, adapter)
+    del model
+    _free()
+    try:
+        quantize_4bit(staging, path, spec)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def quantize_4bit(merged: Path, path: Path, spec) -> None:
     """Load a merged 16-bit model quantised by bitsandbytes (NF4, double quantisation) and save that:
     transformers serialises 4-bit bitsandbytes weights."""
@@ -307,6 +329,10 @@ def _export(run: RunDir, fmt: str | None, checkpoint: int | None, out: str | Pat
     tokenizer = vision.processor.tokenizer if vision else loading.load_tokenizer(spec, target, run, base)
     model = loading.load_weights(spec, run, target, dtype)
     model.eval()
+    if getattr(model, "is_quantized", False):  # a merged_4bit export: rounded once already, and fixed in 4 bits
+        steps = ", ".join(str(s) for s, _ in run.checkpoints()) or "none"
+        raise ExportError(f"the run's {target.label} is quantised to 4 bits (merged_4bit) and cannot be written "
+                          f"again as {fmt}: pass --checkpoint STEP to export from the adapter (checkpoints: {steps})")
     if fmt == "gguf":
         holder, model = [model], None  # _export_gguf lets go of it once it is merged and saved
         return _export_gguf(run, spec, target, holder, tokenizer, quant, out, say)
@@ -328,15 +354,9 @@ def _export(run: RunDir, fmt: str | None, checkpoint: int | None, out: str | Pat
             _, d = write_merged(model, tmp, tokenizer, target.adapter)
             saved_dtype = str(d).replace("torch.", "")
         else:  # merge to a 16-bit staging folder, free the model, quantise from there
-            staging = tmp.with_name(tmp.name + ".16bit")
-            shutil.rmtree(staging, ignore_errors=True)
-            write_merged(model, staging, tokenizer, target.adapter)
-            del model
-            _free()
-            try:
-                quantize_4bit(staging, tmp, spec)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
+            holder, model = model, None
+            write_merged_4bit(holder, tmp, tokenizer, target.adapter, spec)
+            del holder
             saved_dtype = "4-bit nf4 (bitsandbytes)"
         tokenizer.save_pretrained(tmp)
         if vision is not None:

@@ -235,11 +235,11 @@ class StageSpec(Section):
         "model — with LoRA, the adapter switched off)."
     )
     ref_model_quantization_bits: Literal[4, 8] | None = Field(
-        None, description="Load the reference model quantised to 4 or 8 bits (bitsandbytes; needs a CUDA GPU)."
+        None, description="Load the reference model quantised to 4 or 8 bits (bitsandbytes, nf4 at 4 bits)."
     )
     reward_model: str | None = Field(None, description="Reward model for rl: an rm run's name or a model folder.")
     reward_model_quantization_bits: Literal[4, 8] | None = Field(
-        None, description="Load the reward model quantised to 4 or 8 bits (bitsandbytes; needs a CUDA GPU)."
+        None, description="Load the reward model quantised to 4 or 8 bits (bitsandbytes, nf4 at 4 bits)."
     )
     rl_algorithm: Literal["grpo", "rloo"] = Field(
         "grpo", description="What rl runs (TRL 1.x has no PPO trainer): grpo (Group Relative Policy Optimization: "
@@ -301,7 +301,8 @@ class QuantizationSpec(Section):
     """Load the base model quantised (QLoRA)."""
 
     bits: Literal[4, 8] | None = Field(
-        None, description="4 or 8 to load the base model quantised (QLoRA); needs a CUDA GPU and the library."
+        None, description="4 or 8 to load the base model quantised (QLoRA); bitsandbytes and HQQ run on a CPU too, EETQ needs a "
+        "CUDA GPU."
     )
     method: Literal["bnb", "hqq", "eetq"] = Field("bnb", description="Quantisation library: bitsandbytes, HQQ or EETQ.")
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type (bitsandbytes).")
@@ -362,8 +363,10 @@ class TrainingSpec(Section):
     lr_scheduler_type: Literal[
         "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
     ] = Field("cosine", description="How the learning rate changes over training.")
-    optim: Literal["adamw_torch", "adafactor", "sgd", "adamw_8bit", "adam_mini"] = Field(
-        "adamw_torch", description="Optimiser."
+    optim: Literal["adamw_torch", "adafactor", "sgd", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit",
+                   "adam_mini"] = Field(
+        "adamw_torch", description="Optimiser. adamw_8bit keeps AdamW's state in 8 bits (bitsandbytes); the paged "
+        "ones keep it in memory that CUDA pages out to the host under pressure (on a CPU they are plain AdamW)."
     )
     weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay.")
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0 disables).")

@@ -19,8 +19,11 @@ from itertools import pairwise
 import torch
 
 BY_ROW = "sdpa_by_row"
+HUB_FLASH = "kernels-community/flash-attn2"  # FlashAttention-2 from the hub, through the `kernels` package
 # attention implementations whose masks come from position_ids when there is no attention_mask
-PACKED_ATTENTION = ("eager", "sdpa", BY_ROW, "flash_attention_2", "flash_attention_3", "flex_attention")
+PACKED_ATTENTION = ("eager", "sdpa", BY_ROW, "flash_attention_2", "flash_attention_3", "flex_attention", HUB_FLASH)
+# those that read the rows' bounds (cu_seq_lens) in a variable-length kernel: no work across rows
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", HUB_FLASH)
 MASK_BUILDERS = ("create_causal_mask", "create_sliding_window_causal_mask", "create_masks_for_generate")
 
 
@@ -76,6 +79,33 @@ def _row_bounds(cu_seq_lens: torch.Tensor) -> list[int]:
     if _last_bounds[0] is not cu_seq_lens:
         _last_bounds = (cu_seq_lens, cu_seq_lens.tolist())
     return _last_bounds[1]
+
+
+def padding_free_attention(model, cuda: bool, packing: bool = False) -> str | None:
+    """Make the model's attention keep a padding-free batch's rows apart without work across them; None when it
+    does, else why the rows should be padded. On a CPU: sdpa one row at a time (sdpa_by_row). On a GPU, a
+    variable-length kernel: FlashAttention-2 (or 3) as loaded (train/model.py picks it when installed), else
+    FlashAttention-2 from the hub through the `kernels` package when it can be had; never sdpa_by_row there (a
+    Python loop over rows and layers, measured on a CPU only). Packing (the rows fill max_length) keeps sdpa's
+    block-diagonal mask on a GPU without such a kernel: correct, and it was asked for."""
+    import importlib.util
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    impl = base.config._attn_implementation
+    if not cuda:
+        attend_by_row(model)
+        return None
+    if impl in VARLEN_ATTENTION:
+        return None
+    if importlib.util.find_spec("kernels") is None:
+        why = "FlashAttention-2 is not installed (pip install flash-attn, or 'ftune[gpu]' to fetch it with kernels)"
+    else:
+        try:
+            base.set_attn_implementation(HUB_FLASH)
+            return None
+        except Exception as e:  # offline, no build for this GPU, fp32 weights: pad instead
+            why = f"the kernels package could not load {HUB_FLASH} ({str(e).splitlines()[0][:200]})"
+    return None if packing else f"on a GPU it needs a variable-length attention kernel, and {why}"
 
 
 def attend_by_row(model) -> bool:

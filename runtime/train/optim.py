@@ -11,7 +11,7 @@ from ftune.runtime.spec import RunSpec
 def optimizer_args(spec: RunSpec) -> dict[str, Any]:
     """The optimiser by transformers' name; GaLore and APOLLO with their settings and target modules."""
     # adam_mini is built by custom_optimizer and handed to the trainer; its arguments name the AdamW it replaces
-    names = {"adamw_8bit": "adamw_bnb_8bit", "adam_mini": "adamw_torch"}
+    names = {"adamw_8bit": "adamw_bnb_8bit", "adam_mini": "adamw_torch"}  # paged_*: the same names
     m = spec.method
     for kind, settings in (("galore", m.galore), ("apollo", m.apollo)):
         if settings is not None:

@@ -120,7 +120,7 @@ def build_trainer(spec: RunSpec, model, tokenizer, data: PreparedData, run: RunD
             data_collator=VisionCollator(processor, spec.data.image_min_pixels, spec.data.image_max_pixels),
             callbacks=[callback], optimizers=(optimizer, None), compute_accuracy=spec.training.compute_accuracy)
 
-    batching = batching_plan(spec, model)
+    batching = batching_plan(spec, model, plan.cuda)
     callback.started_fields.update(batching)
     config = SFTConfig(
         **common,
@@ -137,9 +137,10 @@ def build_trainer(spec: RunSpec, model, tokenizer, data: PreparedData, run: RunD
     )
 
 
-def batching_plan(spec: RunSpec, model) -> dict[str, Any]:
-    """How sft/pt rows are batched, for the started event: packed, padding-free, or padded (with the reason)."""
-    from ftune.runtime.train.batching import attend_by_row, padding_free_blocker
+def batching_plan(spec: RunSpec, model, cuda: bool = False) -> dict[str, Any]:
+    """How sft/pt rows are batched, for the started event: packed, padding-free, or padded (with the reason); the
+    attention that keeps the rows apart is chosen here (batching.padding_free_attention, by device)."""
+    from ftune.runtime.train.batching import padding_free_attention, padding_free_blocker
 
     blocker = padding_free_blocker(model) if spec.data.packing or spec.data.padding_free else None
     if spec.data.packing or spec.data.padding_free:
@@ -148,7 +149,10 @@ def batching_plan(spec: RunSpec, model) -> dict[str, Any]:
                            hint="Set data.packing: false; the rows are then padded.")
         if blocker:
             return {"batching": "padded", "batching_note": f"padding-free is not possible: {blocker}"}
-        attend_by_row(model)  # sdpa one row at a time: no work across rows
+        blocker = padding_free_attention(model, cuda, spec.data.packing)
+        if blocker:
+            return {"batching": "padded", "batching_note": f"padding-free is not possible: {blocker}",
+                    "attn_implementation": model.config._attn_implementation}
         return {"batching": "packed" if spec.data.packing else "padding-free",
                 "attn_implementation": model.config._attn_implementation}
     return {"batching": "padded", "batching_note": "data.padding_free is off"}
@@ -220,6 +224,8 @@ def setup(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
         "attn_implementation": model.config._attn_implementation, "liger": kern.liger,
         "vision": processor is not None, "host_memory_kept": host_memory_kept,
         "resumed_from": resume_from[0] if resume_from else None,
+        **{f"{what}_bits": stages.quantized_bits(m) for what, m in (("ref_model", ref_model),
+                                                                     ("reward_model", reward_model)) if m is not None},
     }, stopper)
     phases.begin("building the trainer")
     tracking.apply_env(spec, run)  # the trackers' folders, before the trainer builds their integrations
@@ -250,26 +256,19 @@ def setup(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
 # --------------------------------------------------------------------------- training and what follows
 def export(spec: RunSpec, trainer, tokenizer, run: RunDir, processor=None) -> dict[str, Any]:
     """Write the final model to export/ (built aside and swapped in, so a half export never looks done)."""
-    import shutil
-
     model = trainer.model
     fmt = "full" if spec.method.type == "full" else spec.output.save_format
     if fmt == "gguf":  # export/ keeps the adapter; after.py writes the GGUF file from it into exports/
         fmt = "lora"
     with publish_dir(run.export_dir()) as tmp:
-        if fmt == "merged_16bit":  # the writers `ftune export` uses, so both give the same model
-            from ftune.runtime.infer.export import write_merged
+        if fmt in ("merged_16bit", "merged_4bit"):  # the writers `ftune export` uses, so both give the same model
+            from ftune.runtime.infer.export import unquantized, write_merged, write_merged_4bit
 
-            write_merged(model, tmp, tokenizer, adapter=True)
-        elif fmt == "merged_4bit":  # merged in 16 bits, then quantised by bitsandbytes
-            from ftune.runtime.infer.export import quantize_4bit, write_merged
-
-            staging = tmp.with_name(tmp.name + ".16bit")
-            write_merged(model, staging, tokenizer, adapter=True)
-            try:
-                quantize_4bit(staging, tmp, spec)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
+            model = unquantized(model, spec, run, tmp.with_name(tmp.name + ".adapter"))  # QLoRA: a 16-bit base
+            if fmt == "merged_16bit":
+                write_merged(model, tmp, tokenizer, adapter=True)
+            else:
+                write_merged_4bit(model, tmp, tokenizer, True, spec)
         else:
             model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

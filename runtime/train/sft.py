@@ -65,7 +65,10 @@ class PlainLossSFTTrainer(SFTTrainer):
 
     def _scores_learnt_tokens_only(self, model) -> bool:
         if self._learnt_only is None:  # no label smoothing or loss of its own, which need the whole logits
+            # Off on a GPU: the boolean mask costs a device sync per micro-batch, and the shortcut was measured on a
+            # CPU only (bench/gpu.py measures both ways on a GPU).
             self._learnt_only = (self.label_smoother is None and self.compute_loss_func is None
+                                 and self.args.device.type == "cpu"
                                  and takes_logits_mask(self.accelerator.unwrap_model(model)))
         return self._learnt_only
 

@@ -20,9 +20,26 @@ from typing import Any
 
 
 # --------------------------------------------------------------------------- models named by a stage
+def device() -> str:
+    """The device this process trains on: its rank's GPU (LOCAL_RANK), or the CPU."""
+    import os
+
+    import torch
+
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
+
+
+def quantized_bits(model) -> int | None:
+    """4 or 8 for a model loaded through bitsandbytes, else None (for the started event)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return 4 if getattr(base, "is_loaded_in_4bit", False) else 8 if getattr(base, "is_loaded_in_8bit", False) else None
+
+
 def _frozen(path: Path | str, auto_class: str, dtype, trust_remote_code: bool, bits: int | None, **extra):
-    """A frozen model of `auto_class` from a folder or hub id. An adapter export is merged into its base; a
-    quantised one (bits: 4 or 8, bitsandbytes) keeps the adapter on top, since a 4/8-bit base cannot take a merge."""
+    """A frozen model of `auto_class` from a folder or hub id. An adapter export is merged into its base, a
+    quantised one (bits: 4 or 8, bitsandbytes) too: peft dequantises each layer, adds the adapter and quantises it
+    again (it warns of the rounding), which is what a quantised frozen model is asked to be. Merged, it is a plain
+    transformers model, which TRL needs of a reward model (a PeftModel it would take for a reward function)."""
     import peft
     import transformers
 
@@ -30,10 +47,10 @@ def _frozen(path: Path | str, auto_class: str, dtype, trust_remote_code: bool, b
     if bits:
         kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
             load_in_4bit=bits == 4, load_in_8bit=bits == 8, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
-        kwargs["device_map"] = {"": 0}  # the GPU this process trains on
+        kwargs["device_map"] = {"": device()}  # the device this process trains on
     if Path(path, "adapter_config.json").is_file():
         model = getattr(peft, f"AutoPeft{auto_class}").from_pretrained(path, **kwargs)
-        return model if bits else model.merge_and_unload()
+        return model.merge_and_unload()
     return getattr(transformers, f"Auto{auto_class}").from_pretrained(path, trust_remote_code=trust_remote_code,
                                                                      **kwargs)
 

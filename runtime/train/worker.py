@@ -101,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if lead:  # the pid `ftune stop` signals (rank 0, which agrees the stopping step with the others); inside
             # the try: a stop that lands the moment the pid is written still ends the stream with `stopped`
-            run.update_status(state="starting", pid=os.getpid(), host=os.uname().nodename, world_size=world)
+            # the GPUs it sees, so the monitor's live panel shows those and not every board on the host
+            run.update_status(state="starting", pid=os.getpid(), host=os.uname().nodename, world_size=world,
+                              cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
         phases = Phases(events, lead, from_process_start=True)
         phases.begin("importing")
         spec = load_spec(run.spec_path)

@@ -86,3 +86,62 @@ def test_row_bounds_are_read_once_per_batch():
     assert _row_bounds(first) == [0, 5, 9] and _row_bounds(first) is _row_bounds(first)  # every layer, one read
     second = torch.tensor([0, 5, 9])  # the next batch: a new tensor, read again even with the same bounds
     assert _row_bounds(second) == [0, 5, 9] and _row_bounds(second) is not _row_bounds(first)
+
+
+@pytest.fixture
+def plan_for(tiny_model, monkeypatch):
+    """plan(cuda, kernels, **data) -> (batching plan, the attention the model then runs), for the tiny model on sdpa.
+    The device is faked (there is no GPU here): `cuda` is what batching_plan is told; `kernels` says whether the
+    kernels package is installed ("fails": installed, and the hub kernel cannot be had, as offline); loading the hub
+    kernel itself is faked too, since nothing can be fetched here."""
+    import importlib.util
+
+    from transformers import AutoModelForCausalLM
+
+    from ftune.runtime.spec import build_spec
+    from ftune.runtime.train import batching
+    from ftune.runtime.train.recipe import batching_plan
+
+    real_find = importlib.util.find_spec
+
+    def plan(cuda: bool, kernels=False, attn: str = "sdpa", **data):
+        def find_spec(name, *a):
+            return (object() if kernels else None) if name == "kernels" else real_find(name, *a)
+
+        monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa")
+        if attn != "sdpa":  # loaded with FlashAttention (train/model.py's choice on a GPU where it is installed)
+            model.config._attn_implementation = attn
+
+        real_set = model.set_attn_implementation
+
+        def hub_kernel(impl):
+            if impl != batching.HUB_FLASH:
+                return real_set(impl)
+            if kernels == "fails":
+                raise OSError("We couldn't connect to 'https://huggingface.co' to load the kernel")
+            model.config._attn_implementation = impl
+
+        monkeypatch.setattr(model, "set_attn_implementation", hub_kernel)
+        spec = build_spec({"name": "r", "model": {"name_or_path": "m"}, "data": {"train": "t.jsonl", **data}})
+        return batching_plan(spec, model, cuda=cuda), model.config._attn_implementation
+
+    return plan
+
+
+def test_padding_free_attention_by_device(plan_for):
+    from ftune.runtime.train.batching import HUB_FLASH
+
+    assert plan_for(cuda=False) == ({"batching": "padding-free", "attn_implementation": BY_ROW}, BY_ROW)
+    # on a GPU: never sdpa_by_row; a variable-length kernel, or padded with the reason
+    assert plan_for(cuda=True, attn="flash_attention_2")[0] == {"batching": "padding-free",
+                                                               "attn_implementation": "flash_attention_2"}
+    assert plan_for(cuda=True, kernels=True) == ({"batching": "padding-free", "attn_implementation": HUB_FLASH},
+                                                 HUB_FLASH)
+    padded, attn = plan_for(cuda=True)
+    assert padded["batching"] == "padded" and attn == "sdpa"
+    assert "variable-length attention kernel, and FlashAttention-2 is not installed" in padded["batching_note"]
+    offline, attn = plan_for(cuda=True, kernels="fails")
+    assert offline["batching"] == "padded" and attn == "sdpa" and "couldn't connect" in offline["batching_note"]
+    # packing keeps sdpa's block-diagonal mask without a varlen kernel (correct, if slower)
+    assert plan_for(cuda=True, packing=True) == ({"batching": "packed", "attn_implementation": "sdpa"}, "sdpa")

@@ -112,6 +112,34 @@ def test_fit_warning_accounts_for_gpus_and_strategy(project, tiny_model, monkeyp
                                          | {"model": {"name_or_path": "unknown-model"}}), run) is None
 
 
+def test_deepspeed_zero3_on_two_cpu_processes_trains_like_one_resumes_and_exports_whole(project, tiny_model):
+    """DeepSpeed ZeRO-3 (its CPU accelerator, over gloo) through the accelerate launch ftune writes for GPUs: the
+    losses of the one-process run, a checkpoint that --resume continues from, and an export holding the whole
+    adapter (gathered from the shards). Needs deepspeed (a heavy install, left out of ftune[dev]: skipped without)."""
+    pytest.importorskip("deepspeed")
+    from safetensors.torch import load_file
+
+    one = make_run(project, tiny_model, name="one", data={"shuffle": False, "val_size": 0},
+                   training={**SAME, "per_device_train_batch_size": 8})
+    zero3 = make_run(project, tiny_model, name="zero3", data={"shuffle": False, "val_size": 0},
+                     training={**SAME, "per_device_train_batch_size": 4},
+                     resources={"gpus_per_node": 2, "strategy": "deepspeed-zero3"})
+    e1, e3 = train_to_end(one), train_to_end(zero3, timeout=500)
+    assert e3[-1]["type"] == "finished", zero3.log_path.read_text()[-4000:]
+    assert yaml.safe_load((zero3.path / "accelerate.yaml").read_text())["distributed_type"] == "DEEPSPEED"
+    l1, l3 = [s["loss"] for s in of_type(e1, "step")], [s["loss"] for s in of_type(e3, "step")]
+    assert len(l3) == 4 and all(math.isclose(a, b, rel_tol=0.02) for a, b in zip(l1, l3)), (l1, l3)
+    assert (zero3.latest_checkpoint()[1] / "global_step4").is_dir()  # DeepSpeed's own sharded states
+    whole, sharded = (load_file(r.export_dir() / "adapter_model.safetensors") for r in (one, zero3))
+    assert whole.keys() == sharded.keys()
+    assert all(whole[k].shape == sharded[k].shape and sharded[k].numel() > 0 for k in whole)
+    zero3.spec_path.write_text(zero3.spec_path.read_text().replace("max_steps: 4", "max_steps: 6"))
+    again = train_to_end(zero3, timeout=500, resume=True)
+    assert again[-1]["type"] == "finished", zero3.log_path.read_text()[-4000:]
+    assert of_type(again, "started")[-1]["resumed_from"] == 4
+    assert [s["step"] for s in of_type(again, "step")][-2:] == [5, 6]
+
+
 # --------------------------------------------------------------------------- several nodes (c10d rendezvous)
 def _free_port() -> int:
     import socket

@@ -107,14 +107,6 @@ def test_export_of_a_checkpoint(trained, tiny_model):
     assert missing.exit_code == 2 and "no complete checkpoint at step 3 (checkpoints: 4, 8)" in missing.output
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
-def test_merged_4bit_says_it_needs_bitsandbytes_on_cuda(trained):
-    result = cli(trained, "export", "run-01", "--format", "merged_4bit")
-    assert result.exit_code == 2
-    assert "merged_4bit needs bitsandbytes on a CUDA GPU" in result.output
-    assert not (trained.path / "exports" / "merged_4bit").exists()
-
-
 def test_export_refuses_a_folder_it_did_not_write_and_the_run_own_folders(trained, tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -42,11 +42,17 @@ def test_pretraining_on_text(project, tiny_model):
     assert losses[-1] < losses[0]
 
 
-@pytest.mark.parametrize("variant", [{}, {"pref_loss": "ipo", "pref_ftx": 0.5}])
+@pytest.mark.parametrize("variant", [{}, {"pref_loss": "ipo", "pref_ftx": 0.5, "ref_model": "TINY",
+                                           "ref_model_quantization_bits": 4}])
 def test_dpo_learns_to_prefer_the_chosen_answer(project, tiny_model, variant):
+    variant = {k: str(tiny_model) if v == "TINY" else v for k, v in variant.items()}
     run, events, losses = run_stage(project, tiny_model, "dpo", preference_rows(), **variant)
+    started = of_type(events, "started")[0]
     if not variant:
         assert abs(losses[0] - math.log(2)) < 0.01  # the policy starts equal to the reference
+        assert "ref_model_bits" not in started  # the base with the adapter off, not a model of its own
+    else:  # a reference model of its own, in 4 bits (bitsandbytes on the CPU)
+        assert started["ref_model_bits"] == 4
     assert losses[-1] < losses[0]
 
 
@@ -69,11 +75,13 @@ def test_reward_model_then_rl_with_it(project, tiny_model):
     assert losses[-1] < losses[0]
     assert (rm.export_dir() / "adapter_config.json").is_file()
     prompts = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "x"}]} for q in QS * 4]
-    for algorithm, trainer in (("grpo", "GRPOTrainer"), ("rloo", "RLOOTrainer")):
+    for algorithm, trainer, bits in (("grpo", "GRPOTrainer", None), ("rloo", "RLOOTrainer", 8)):
         rl, events, losses = run_stage(project, tiny_model, "rl", prompts, name=f"rl-{algorithm}",
                                        reward_model="rm-01", rl_algorithm=algorithm, num_generations=2,
-                                       max_completion_length=8, training={"per_device_train_batch_size": 4})
-        assert of_type(events, "started")[0]["trainer"] == trainer
+                                       max_completion_length=8, training={"per_device_train_batch_size": 4},
+                                       reward_model_quantization_bits=bits)
+        started = of_type(events, "started")[0]
+        assert started["trainer"] == trainer and started["reward_model_bits"] == bits  # rloo's in 8 bits
         assert (rl.export_dir() / "adapter_config.json").is_file()
 
 
