@@ -144,6 +144,41 @@ class EventReader:
                 self.bad_lines += 1
 
 
+def cursor_word(inode: int | None, offset: int) -> str:
+    """Where a reader of an events file stands, as one opaque word for a client to pass back: the file's inode (a
+    run started over writes a new file) and the byte offset."""
+    return f"{inode or 0}-{offset}"
+
+
+def read_from(path: str | Path, cursor: str | None, limit: int = 100) -> tuple[list[dict[str, Any]], str, bool, bool]:
+    """(events after `cursor`, at most `limit`; the cursor after them; whether the file was started over since
+    `cursor`, so these are its whole history; whether more whole lines are waiting). A torn last line waits for
+    its end. A cursor that is not one of ours reads from the start."""
+    inode, _, offset = (cursor or "").partition("-")
+    try:
+        start, inode_was = int(offset), int(inode)
+    except ValueError:
+        start, inode_was = 0, 0
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            reset = bool(start) and (st.st_ino != inode_was or st.st_size < start)
+            if reset:
+                start = 0
+            f.seek(start)
+            data = f.read(max(limit * 8192, 1 << 20))  # a long history is read a slice at a time
+    except FileNotFoundError:
+        return [], cursor_word(None, 0), bool(start), False
+    reader, events, used = EventReader(path), [], 0
+    for line in data.split(b"\n")[:-1]:  # whole lines only: the last piece is a torn line or b""
+        if len(events) >= limit:
+            break
+        used += len(line) + 1
+        events.extend(reader.parse([line]))
+    more = b"\n" in data[used:]
+    return events, cursor_word(st.st_ino, start + used), reset, more
+
+
 def read_all(path: str | Path) -> list[dict[str, Any]]:
     return EventReader(path).read_new()
 
