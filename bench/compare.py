@@ -1138,11 +1138,12 @@ def main(argv=None) -> None:
     args = parse(argv)
     if args.from_json:
         return from_json(args)
-    data = find_data(args.data)
+    # the arguments first, then the data set: a typo is named even where the data is missing
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     unknown = [t for t in tools if t not in TOOLS]
     if unknown:
         sys.exit(f"bench/compare.py: --tools: unknown {', '.join(unknown)}; the tools are {', '.join(TOOLS)}")
+    data = find_data(args.data)
     job = job_from(args)
     started = time.time()
     model = given_model(args.model) if args.model else ensure_model(data)

@@ -772,6 +772,8 @@ def _print_data_report(report) -> None:
         res = r.resolutions
         console.print(f"  images   {r.images} in {r.image_rows} rows, every one found and opening; sizes "
                       f"{res['smallest']} (smallest), {res['median']} (median), {res['largest']} (largest)")
+    if r.placeholder_note():
+        console.print(f"  [yellow]warning[/]  {r.placeholder_note()}")
     tokens = report.tokens
     if tokens:
         t = tokens.tokens

@@ -60,11 +60,10 @@ def is_gguf(name: str | Path) -> bool:
 
 
 def cache_dir(path: Path) -> Path:
-    """Where the converted folder of this file lives: keyed by its contents, so a copy of the file, or the same
-    file in another checkout's environment, finds the folder that is already there."""
-    path = path.resolve()
-    key = hashlib.sha256(f"{RECIPE}|{_digest(path)}".encode()).hexdigest()[:16]
-    return cache_root() / "gguf" / f"{path.stem}-{key}"
+    """Where the converted folder of this file lives: keyed by its contents alone, so a copy of the file under any
+    name, or the same file in another checkout's environment, finds the folder that is already there."""
+    key = hashlib.sha256(f"{RECIPE}|{_digest(path.resolve())}".encode()).hexdigest()[:16]
+    return cache_root() / "gguf" / key
 
 
 _digests: dict[str, str] = {}  # (path, size, mtime) -> sha256 of the file, in this process

@@ -166,6 +166,8 @@ class History:
         self.final = None
         self.phase = None
         self._recent.clear()
+        if self.started_t is not None:  # the start is the rate's first point: an ETA from the first logged step on
+            self._recent.append((self.started_t, int(e["resumed_from"]) if finite(e.get("resumed_from")) else 0))
 
     def _on_phase(self, e: dict[str, Any], sampled: bool) -> None:
         same = self.phase is not None and self.phase.get("phase") == e.get("phase")  # progress within one phase

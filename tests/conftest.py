@@ -72,6 +72,13 @@ def built_once(root: Path, name: str, build) -> Path:
     return out
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_of_the_session(tmp_path_factory):
+    """The suite never writes into the user's own ~/.cache/ftune: converted GGUF files, demo models and the rest go
+    to a cache every test process of this session shares (workers and `ftune` subprocesses inherit it)."""
+    os.environ["FTUNE_CACHE"] = str(shared_root(tmp_path_factory) / "ftune-cache")
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A 2-layer, 64-wide Qwen2 with a BPE tokenizer trained on the test data (built once per session)."""

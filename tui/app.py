@@ -37,6 +37,12 @@ from ftune.tui.messages import HistoryUpdated, OverlayChoices, OverlaysLoaded, S
 from ftune.tui.widgets import Panel, StepLog
 
 
+def curve(values) -> list[float]:
+    """A sparkline's data: one point is no curve (a Sparkline draws it as a solid block), so it waits for two; the
+    caption beside it says the value meanwhile."""
+    return list(values) if len(values) > 1 else []
+
+
 def mean(values) -> float:  # a Sparkline bar's value (statistics.fmean, without importing statistics first)
     return sum(values) / len(values)
 
@@ -385,20 +391,19 @@ class MonitorScreen(Screen):
         last = v.last_step or {}
         caption = panels.loss_caption(v)
         self.query_one("#loss-caption", Panel).update(caption, same=caption)
-        self.query_one("#loss-spark", Sparkline).data = list(v.loss[1])
+        self.query_one("#loss-spark", Sparkline).data = curve(v.loss[1])
         has_eval = bool(v.eval_loss[1])
         self.query_one("#eval-row").set_class(has_eval, "-shown")
         if has_eval:
             self.query_one("#eval-caption", Panel).update(
                 panels.series_caption("eval", v.last_eval.get("eval_loss") if v.last_eval else None, ".4g"))
-            # one point is no curve (a Sparkline draws it as a full bar): the caption alone says it
-            self.query_one("#eval-spark", Sparkline).data = list(v.eval_loss[1]) if len(v.eval_loss[1]) > 1 else []
+            self.query_one("#eval-spark", Sparkline).data = curve(v.eval_loss[1])
         caption = panels.series_caption("lr", last.get("lr"), ".2e")
         self.query_one("#lr-caption", Panel).update(caption, same=caption)
-        self.query_one("#lr-spark", Sparkline).data = list(v.lr[1])
+        self.query_one("#lr-spark", Sparkline).data = curve(v.lr[1])
         caption = panels.series_caption("gn", last.get("grad_norm"), ".3g")
         self.query_one("#gn-caption", Panel).update(caption, same=caption)
-        self.query_one("#gn-spark", Sparkline).data = list(v.grad_norm[1])
+        self.query_one("#gn-spark", Sparkline).data = curve(v.grad_norm[1])
 
     def _gpu_sample(self) -> tuple[dict[str, Any] | None, str]:
         if self.live is not None:

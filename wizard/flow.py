@@ -505,6 +505,8 @@ class Wizard:
         suits = f"; suits {', '.join(s.stages)}" if s.stages else ""
         self.ui.note(f"{name}: {s.format} ({s.reason}); {s.total} rows, {valid}{suits}")
         self.show_images(s)
+        if s.placeholder_note():
+            self.ui.warn(f"{name}: {s.placeholder_note()}")
         for e in s.errors:
             self.ui.note(f"  {e}")
 

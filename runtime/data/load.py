@@ -6,6 +6,7 @@ Nothing here imports torch.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from ftune.runtime.data.formats import (
 )
 from ftune.runtime.models import local_path
 
+PLACEHOLDER = re.compile(r"\{\{\s*[A-Za-z_]\w*\s*\}\}")  # {{name}}: a template's blank, left unfilled
 STAGE_KIND = {stage: kind for kind, stages in KINDS.items() for stage in stages}
 
 
@@ -181,10 +183,21 @@ class FileSummary:
     image_rows: int = 0  # rows with at least one image
     images: int = 0  # images in the valid rows (each found and opening)
     resolutions: dict[str, str] = field(default_factory=dict)  # smallest, median, largest by area: "300x168"
+    placeholders: dict[str, int] = field(default_factory=dict)  # "{{name}}" -> rows holding it, left unfilled
 
     @property
     def invalid(self) -> int:
         return self.total - self.valid
+
+    def placeholder_note(self) -> str | None:
+        """One sentence when rows still hold template placeholders: LLaMA-Factory's identity.json ships with
+        {{name}} and {{author}} for the user to fill in, and a model trained on them answers "I am {{name}}"."""
+        if not self.placeholders:
+            return None
+        found = ", ".join(f"{p} ({n} {'row' if n == 1 else 'rows'})" for p, n in self.placeholders.items())
+        first = next(iter(self.placeholders))
+        return (f"placeholders left unfilled: {found}. Replace them before training, e.g. "
+                f"sed -i 's/{first}/YourName/g' {self.path}")
 
 
 def summarize_file(path: str | Path, max_errors: int = 5, source: Source | None = None) -> FileSummary:
@@ -203,6 +216,9 @@ def summarize_file(path: str | Path, max_errors: int = 5, source: Source | None 
                           KINDS.get(loaded.kind, []), loaded.kind if known else None, loaded.total,
                           len(loaded.examples), [str(p) for p in loaded.problems[:max_errors]])
     for ex in loaded.examples:
+        texts = [ex.text, ex.chosen, ex.rejected] + [m.get("content") for m in ex.messages]
+        for found in sorted({p for t in texts if isinstance(t, str) for p in PLACEHOLDER.findall(t)}):
+            summary.placeholders[found] = summary.placeholders.get(found, 0) + 1
         if ex.text is not None:
             continue
         pairs = sum(1 for m in ex.messages if m["role"] == "assistant") + (1 if ex.chosen is not None else 0)

@@ -85,3 +85,19 @@ def test_samples_mark_the_learnt_tokens_without_colours(tmp_path, tiny_model):
     assert "sample 1 (learnt tokens between [[ and ]]):" in result.output
     answer = json.loads(p.read_text().splitlines()[0])["messages"][-1]["content"]
     assert f"[[{answer}" in result.output and "[[<|im_start|>user" not in result.output
+
+
+def test_unfilled_placeholders_are_named_with_their_rows(tmp_path):
+    """LLaMA-Factory's identity.json ships with {{name}} and {{author}} to fill in; left as they are, the model
+    learns to call itself {{name}}. The check names them; a row without them is not counted."""
+    rows = [{"instruction": "Who are you?", "output": "I am {{name}}, made by {{ author }}."},
+            {"instruction": "hi", "output": "Hello! I am {{name}}."},
+            {"instruction": "2+2?", "output": "4"}]
+    data = tmp_path / "identity.json"
+    data.write_text(json.dumps(rows))
+    assert check(str(data)).summary.placeholders == {"{{ author }}": 1, "{{name}}": 2}
+    result = CliRunner().invoke(main, ["data", "check", str(data)])
+    assert result.exit_code == 0, result.output
+    assert "placeholders left unfilled: {{ author }} (1 row), {{name}} (2 rows)" in result.output
+    clean = write_messages(tmp_path / "clean.jsonl", 5)
+    assert "warning" not in CliRunner().invoke(main, ["data", "check", str(clean)]).output

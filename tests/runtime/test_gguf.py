@@ -89,8 +89,9 @@ def test_the_cache_is_keyed_by_the_contents_not_the_path(tmp_path, cache, monkey
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir(), (tmp_path / "c").mkdir()
     a = write_gguf(tmp_path / "a" / "m.gguf")
     b = Path(shutil.copy(a, tmp_path / "b" / "m.gguf"))  # e.g. the package in another checkout's environment
+    renamed = Path(shutil.copy(a, tmp_path / "b" / "smollm2-copy.gguf"))  # the same file under another name
     other = write_gguf(tmp_path / "c" / "m.gguf", tensors=3)
-    assert gguf.cache_dir(a) == gguf.cache_dir(b) != gguf.cache_dir(other)
+    assert gguf.cache_dir(a) == gguf.cache_dir(b) == gguf.cache_dir(renamed) != gguf.cache_dir(other)
     gguf._remember(b)  # a complete conversion remembers the file, so the next process need not read it
     assert list(json.loads((cache / "gguf" / "files.json").read_text())) == [gguf._stamp(b.resolve())]
     gguf._digests.clear(), gguf._indexed.clear()

@@ -55,6 +55,14 @@ def test_rate_gives_the_eta(tmp_path):
     assert v.rate == 0.5 and v.rate_t == T0 + 20
 
 
+def test_the_eta_is_known_from_the_first_logged_step():
+    h = History()
+    h.add({"type": "started", "t": T0, "max_steps": 100, "resumed_from": 40})
+    assert h.view().rate is None
+    h.add({"type": "step", "t": T0 + 50, "step": 50, "max_steps": 100, "loss": 1.0})  # logging_steps: 10
+    assert h.view().rate == 0.2  # ten steps in 50 s since the (resumed) start
+
+
 def test_warnings_that_differ_by_numbers_are_grouped():
     h = History()
     for s in range(1, 6):

@@ -468,3 +468,26 @@ def test_a_run_directory_removed_while_watching_is_said_plainly(tmp_path):
             assert screen.view.step == 0  # its events went with it
 
     run_async(go())
+
+
+def test_one_logged_step_gives_an_eta_and_no_solid_block(tmp_path):
+    """logging_steps 10: the first step event comes after minutes. Its time since the start gives the ETA, and
+    its one loss is a caption, not a sparkline drawn as a solid block."""
+    run = new_run(tmp_path)
+    ev = Events(run)
+    ev.started(t=NOW - 20)
+    ev.emit("step", NOW - 10, step=10, max_steps=100, loss=2.0, lr=1e-4, grad_norm=0.5)
+    status(run, "running")
+
+    async def go():
+        with hold_lock(run):
+            app = app_for(tmp_path)
+            async with app.run_test(size=(80, 24)) as pilot:
+                screen = await opened(pilot)
+                header = static(app, "#header")
+                assert "ETA 1:20" in header, header  # 90 steps to go at 1 step/s, the last one 10 s ago
+                for chart in ("#loss-spark", "#lr-spark", "#gn-spark"):
+                    assert screen.query_one(chart, Sparkline).data == [], chart
+                assert "2" in static(app, "#loss-caption")
+
+    run_async(go())

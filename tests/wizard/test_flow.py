@@ -447,3 +447,10 @@ def test_image_data_for_a_text_model_is_said(project, drive):
     write_colour_images(project / "imgs", 2)
     d = drive(QWEN25_7B, "imgs/colours.jsonl" + ENTER, CTRL_C, quick=True)
     assert "it has images, and Qwen/Qwen2.5-7B-Instruct reads text only: choose a vision-language model" in d.text
+
+
+def test_unfilled_placeholders_in_the_data_are_said(project, drive):
+    (project / "identity.json").write_text(json.dumps(
+        [{"instruction": "Who are you?", "output": f"I am {{{{name}}}}, number {i}."} for i in range(4)]))
+    d = drive(QWEN25_7B, "identity.json" + ENTER, CTRL_C, quick=True)
+    assert "placeholders left unfilled: {{name}} (4 rows)" in d.text, d.text
