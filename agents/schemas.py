@@ -14,7 +14,9 @@ class Answer(BaseModel):
     """Every answer: its fields, nothing unset."""
 
 
-class RunRow(Answer):
+class RunFacts(Answer):
+    """What a run is and where it stands: a row of list_runs, the head of show_run."""
+
     name: str
     status: str = Field(description="not started, starting, running, stopping, finished, stopped, failed, crashed")
     phase: str | None = Field(None, description="while starting: what the worker does ('tokenising 40%')")
@@ -23,8 +25,11 @@ class RunRow(Answer):
     model: str
     step: int = 0
     max_steps: int | None = None
-    last_loss: float | None = None
     best_eval_loss: float | None = None
+
+
+class RunRow(RunFacts):
+    last_loss: float | None = None
     error: str | None = None
 
 
@@ -46,19 +51,10 @@ class Checkpoint(Answer):
     path: str
 
 
-class RunSummary(Answer):
-    name: str
-    status: str
-    phase: str | None = None
-    stage: str
-    method: str | None = None
-    model: str
-    step: int = 0
-    max_steps: int | None = None
+class RunSummary(RunFacts):
     epoch: float | None = None
     loss: float | None = Field(None, description="the last training loss")
     first_loss: float | None = None
-    best_eval_loss: float | None = None
     eval: dict[str, float] | None = Field(None, description="the last evaluation's metrics")
     tokens_per_s: float | None = None
     elapsed_s: float | None = None

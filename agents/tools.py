@@ -167,11 +167,10 @@ class Tools:
 
         self.guard.writes("start runs")
         run = self.guard.run(name)
-        self.guard.spec_paths(_raw(run.spec_path))
-        if overrides:
-            from ftune.runtime.spec import apply_overrides
+        from ftune.runtime.spec import apply_overrides
 
-            self.guard.remote_code(apply_overrides({}, list(overrides)))
+        raw = _raw(run.spec_path)
+        self.guard.spec_paths(apply_overrides(raw, list(overrides)) if overrides else raw)  # as it will train
         warnings: list[str] = []
         before = run.events_path.stat() if run.events_path.exists() else None
         proc = launch.train(run, overrides=list(overrides or []), resume=resume, restart=restart,

@@ -83,8 +83,8 @@ def test_a_tiny_run_end_to_end_over_stdio(project, tiny_model, tmp_path_factory)
             data, _ = await call(s, "check_data", path="train.jsonl")
             assert data["format"] == "messages" and data["invalid"] == 0 and "sft" in data["stages"]
 
-            settings = ["training.max_steps=6", "training.learning_rate=3e-3", "training.logging_steps=1",
-                        "training.save_steps=3", "training.eval_steps=3"]
+            settings = ["training.max_steps=100000", "training.learning_rate=3e-3", "training.logging_steps=1",
+                        "training.save_steps=100000", "training.eval_steps=2"]  # long: it is stopped, then resumed
             created, _ = await call(s, "create_run", model=str(tiny_model), data="train.jsonl", preset="fast",
                                     overrides=settings)
             assert created["name"] == "run-01" and Path(created["run_file"]).is_file()
@@ -96,35 +96,51 @@ def test_a_tiny_run_end_to_end_over_stdio(project, tiny_model, tmp_path_factory)
                                                             "data": {"train": "train.jsonl"}})
             assert again == {"valid": True, "problems": [], "name": "x"}
 
+            async def follow(cursor: str, until) -> tuple[list[dict], str]:
+                seen, deadline = [], time.monotonic() + 240
+                while time.monotonic() < deadline:
+                    got, _ = await call(s, "read_events", name="run-01", cursor=cursor, wait_s=20)
+                    seen += got["events"]
+                    cursor = got["cursor"]
+                    if got["ended"] or until(seen):
+                        return seen, cursor
+                raise AssertionError((seen, (project / "runs" / "run-01" / "train.log").read_text()[-2000:]))
+
             started, _ = await call(s, "start_run", name="run-01")
-            cursor, seen = started["cursor"], []
-            deadline = time.monotonic() + 240
-            while time.monotonic() < deadline:
-                got, _ = await call(s, "read_events", name="run-01", cursor=cursor, wait_s=20)
-                seen += got["events"]
-                cursor = got["cursor"]
-                if got["ended"]:
-                    break
+            seen, cursor = await follow(started["cursor"], lambda seen: any(e["type"] == "eval" for e in seen))
+            assert seen[0]["type"] == "phase" and "step" in [e["type"] for e in seen]  # from this attempt's start
+            stopped, _ = await call(s, "stop_run", name="run-01")
+            at = stopped["step"]
+            assert stopped["ended"] == "stopped" and at >= 2 and Path(stopped["checkpoint"]).is_dir()
+            shown, _ = await call(s, "show_run", name="run-01")
+            assert shown["status"] == "stopped" and shown["checkpoint"]["step"] == at
+            _, refused = await call(s, "start_run", name="run-01")
+            assert "has checkpoints" in refused and "resume" in refused
+
+            resumed, _ = await call(s, "resume_run", name="run-01", overrides=[f"training.max_steps={at + 3}"])
+            assert resumed["resumed"] is True
+            seen, cursor = await follow(resumed["cursor"], lambda seen: False)
             types = [e["type"] for e in seen]
-            assert types[-1] == "finished", (types, (project / "runs" / "run-01" / "train.log").read_text()[-2000:])
-            assert types.count("step") == 6 and "eval" in types and "checkpoint" in types
+            assert types[-1] == "finished", types
+            assert next(e for e in seen if e["type"] == "started")["resumed_from"] == at
+            assert [e["step"] for e in seen if e["type"] == "step"] == [at + 1, at + 2, at + 3]
             tail, _ = await call(s, "read_events", name="run-01", cursor=cursor)
             assert tail["events"] == [] and tail["ended"] and tail["status"] == "finished"
-            evals, _ = await call(s, "read_events", name="run-01", types=["eval"], limit=500)
-            assert [e["type"] for e in evals["events"]] == ["eval"] * types.count("eval")
+            finals, _ = await call(s, "read_events", name="run-01", types=["stopped", "finished"], limit=500)
+            assert [e["type"] for e in finals["events"]] == ["stopped", "finished"]  # the whole history, filtered
 
             shown, _ = await call(s, "show_run", name="run-01")
             result = await s.call_tool("show_run", {"name": "run-01"})
             sizes["show_run"] = len(result.content[0].text.encode())
-            assert shown["status"] == "finished" and shown["ended"] == "finished" and shown["step"] == 6
-            assert shown["loss"] < shown["first_loss"] and shown["best_eval_loss"] > 0
-            assert shown["checkpoint"]["step"] == 6 and shown["settings"]["training.max_steps"] == 6
+            assert shown["status"] == "finished" and shown["ended"] == "finished" and shown["step"] == at + 3
+            assert shown["loss"] > 0 and shown["best_eval_loss"] > 0 and shown["eval"]["eval_loss"] > 0
+            assert shown["checkpoint"]["step"] == at + 3 and shown["settings"]["training.max_steps"] == at + 3
             assert shown["cursor"] == cursor
 
             loss = json.loads((await s.read_resource("ftune://runs/run-01/loss")).contents[0].text)
-            assert [x for x, _ in loss["loss"]] == list(range(1, 7)) and loss["eval_loss"]
+            assert [x for x, _ in loss["loss"]] == list(range(1, at + 4)) and loss["eval_loss"]
             run_yaml = (await s.read_resource("ftune://runs/run-01/files/run.yaml")).contents[0].text
-            assert "max_steps: 6" in run_yaml
+            assert f"max_steps: {at + 3}" in run_yaml
 
             await call(s, "create_run", model=str(tiny_model), data="train.jsonl", preset="fast", name="run-02",
                        overrides=["training.learning_rate=1e-3"])
