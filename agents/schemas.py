@@ -89,6 +89,7 @@ class Created(Answer):
 class DataCheck(Answer):
     path: str
     format: str | None = None
+    reason: str | None = Field(None, description="why this format was detected (or none was)")
     kind: str | None = None
     stages: list[str] = Field(default_factory=list, description="the stages this data suits")
     total: int = 0
@@ -96,6 +97,8 @@ class DataCheck(Answer):
     invalid: int = 0
     errors: list[str] = Field(default_factory=list, description="the first invalid rows, each with its line")
     fatal: str | None = Field(None, description="why the file cannot be read at all")
+    placeholders: dict[str, int] | None = Field(None, description="unfilled {{placeholders}} and the rows holding "
+                                                                   "each")
     tokens: dict[str, Any] | None = Field(None, description="with a model: token lengths, truncation, samples")
 
 

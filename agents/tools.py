@@ -28,10 +28,10 @@ class Tools:
     def list_runs(self) -> schemas.RunList:
         """Every run in the runs folder: status, phase while starting, stage/method, model, step of max_steps, the
         last training loss and the best eval loss (what `ftune ls` shows)."""
-        from ftune.runtime.runs import run_records
+        from ftune.runtime.runs import run_records, short_number
 
-        rows = [schemas.RunRow(**{k: v for k, v in r.items() if k in schemas.RunRow.model_fields})
-                for r in run_records(self.guard.root)]
+        rows = [schemas.RunRow(**{k: short_number(v) for k, v in r.items() if k in schemas.RunRow.model_fields and
+                                  v != ""}) for r in run_records(self.guard.root)]
         return schemas.RunList(runs_dir=str(self.guard.root), runs=rows)
 
     def show_run(self, name: str) -> schemas.RunSummary:
@@ -58,8 +58,8 @@ class Tools:
             if events or more or state not in ACTIVE_STATES or time.monotonic() >= deadline:
                 break
             time.sleep(FOLLOW_POLL_S)
-        ended = (not more and state not in ACTIVE_STATES and state != "new") or \
-            any(e.get("type") in FINAL_TYPES for e in events)
+        over = state not in (*ACTIVE_STATES, "new") or bool(events and events[-1].get("type") in FINAL_TYPES)
+        ended = over and not more  # an old attempt's `stopped` with a newer attempt after it is not the end
         if types:
             events = [e for e in events if e.get("type") in types]
         return schemas.Events(events=[{k: v for k, v in e.items() if k != "v"} for e in events], cursor=after,
@@ -123,7 +123,8 @@ class Tools:
         file = self.guard.path(path, "data file")
         report = check(str(file), self._model(model) if model else None, max_length, None,
                        max(0, min(int(show), 5))).to_dict()
-        return schemas.DataCheck(**{k: v for k, v in report.items() if k in schemas.DataCheck.model_fields})
+        return schemas.DataCheck(**{k: v for k, v in report.items() if k in schemas.DataCheck.model_fields and
+                                    v not in ({}, None)})
 
     def estimate_memory(self, name: str | None = None, spec: dict[str, Any] | None = None) -> schemas.MemoryEstimate:
         """The memory a run needs per GPU (weights, optimiser states, activations) against the GPUs here: for an

@@ -110,7 +110,7 @@ def deletable(run: RunDir) -> str:
     return state
 
 
-def _short(x: Any) -> Any:
+def short_number(x: Any) -> Any:
     """A figure in 4 significant digits (an agent pays per token), ints and the rest as they are."""
     return float(f"{x:.4g}") if isinstance(x, float) and math.isfinite(x) else x
 
@@ -123,7 +123,7 @@ def run_settings_as_written(run: RunDir) -> dict[str, Any]:
     except (OSError, yaml.YAMLError):
         return {}
     flat = shorthand.flatten(shorthand.expand(raw)) if isinstance(raw, dict) else {}
-    return {k: _short(v) for k, v in flat.items() if k != "name"}
+    return {k: short_number(v) for k, v in flat.items() if k != "name"}
 
 
 def run_summary(run: RunDir, problems: int = 5) -> dict[str, Any]:
@@ -142,21 +142,22 @@ def run_summary(run: RunDir, problems: int = 5) -> dict[str, Any]:
     last = view.last_step or {}
     final = view.final or {}
     latest = run.latest_checkpoint()
-    evals = {k: _short(v) for k, v in (view.last_eval or {}).items()
+    evals = {k: short_number(v) for k, v in (view.last_eval or {}).items()
              if k.startswith("eval_") and isinstance(v, (int, float)) and not k.endswith(("_runtime", "_per_second"))}
     return {
         "name": run.name, "status": shown, "phase": (phase_text(view.phase) or None) if shown == "starting" else None,
         "stage": stage, "method": method or None, "model": fields["model"],
-        "step": view.step, "max_steps": view.max_steps, "epoch": _short(view.epoch),
-        "loss": _short(view.loss[1][-1]) if view.loss[1] else None, "first_loss": _short(view.first_loss),
-        "best_eval_loss": _short(min(view.eval_loss[1])) if view.eval_loss[1] else None,
-        "eval": evals or None, "tokens_per_s": _short(last.get("tokens_per_s")),
+        "step": view.step, "max_steps": view.max_steps, "epoch": short_number(view.epoch),
+        "loss": short_number(view.loss[1][-1]) if view.loss[1] else None, "first_loss": short_number(view.first_loss),
+        "best_eval_loss": short_number(min(view.eval_loss[1])) if view.eval_loss[1] else None,
+        "eval": evals or None, "tokens_per_s": short_number(last.get("tokens_per_s")),
         "elapsed_s": round(elapsed) if elapsed is not None else None, "eta_s": round(eta) if eta is not None else None,
         "checkpoint": {"step": latest[0], "path": str(latest[1])} if latest else None,
         "problems": [{"kind": p.kind, "message": p.message, "hint": p.hint, "count": p.count, "step": p.step}
                      for p in view.problems[-problems:]],
         "ended": final.get("type"), "message": final.get("message"),
-        "settings": run_settings_as_written(run),
+        "settings": {k: v for k, v in run_settings_as_written(run).items()
+                     if k not in ("model.name_or_path", "stage.type", "method.type")},  # said above
         "cursor": cursor_word(tail.inode, tail.offset),
     }
 
@@ -171,6 +172,6 @@ def loss_series(run: RunDir, points: int = 100) -> dict[str, list]:
     def thin(xs: list[float], ys: list[float]) -> list[list[float]]:
         keep = range(len(ys)) if len(ys) <= points else sorted({round(i * (len(ys) - 1) / (points - 1))
                                                                  for i in range(points)})
-        return [[int(xs[i]) if float(xs[i]).is_integer() else xs[i], _short(ys[i])] for i in keep]
+        return [[int(xs[i]) if float(xs[i]).is_integer() else xs[i], short_number(ys[i])] for i in keep]
 
     return {"loss": thin(*view.loss), "eval_loss": thin(*view.eval_loss), "lr": thin(*view.lr)}
