@@ -203,13 +203,16 @@ def serve(root: Path, *, port: int | None = None, read_only: bool = False, trust
     server = build(guard)
     guard.log("serve", {"transport": "http" if port else "stdio", "port": port, "read_only": read_only,
                         "trust_remote_code": trust_remote_code, "allow": guard.where()}, "ok", 0.0)
-    if port is None:
-        server.run("stdio")
-        return
-    import uvicorn
+    try:
+        if port is None:
+            server.run("stdio")
+            return
+        import uvicorn
 
-    app = BearerToken(server.streamable_http_app(host="127.0.0.1"), token)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+        app = BearerToken(server.streamable_http_app(host="127.0.0.1"), token)
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    except KeyboardInterrupt:  # Ctrl+C where a person started it: the runs it started go on
+        pass
 
 
 class BearerToken:
