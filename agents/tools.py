@@ -164,24 +164,19 @@ class Tools:
 
     def _start(self, name: str, resume: bool, restart: bool, overrides: list[str] | None) -> schemas.Started:
         from ftune.runtime import launch
-        from ftune.runtime.events import cursor_word
+        from ftune.runtime.events import file_id
+        from ftune.runtime.spec import apply_overrides
 
         self.guard.writes("start runs")
         run = self.guard.run(name)
-        from ftune.runtime.spec import apply_overrides
-
         raw = _raw(run.spec_path)
         self.guard.spec_paths(apply_overrides(raw, list(overrides)) if overrides else raw)  # as it will train
         warnings: list[str] = []
-        before = run.events_path.stat() if run.events_path.exists() else None
+        before = (file_id(run.events_path), run.events_path.stat().st_size if run.events_path.exists() else 0)
         proc = launch.train(run, overrides=list(overrides or []), resume=resume, restart=restart,
                             warn=warnings.append)
-        try:  # this attempt's events start where the file ended (a restart: a new file)
-            st = run.events_path.stat()
-            same = before is not None and st.st_ino == before.st_ino
-            cursor = cursor_word(st.st_ino, before.st_size if same else 0)
-        except FileNotFoundError:
-            cursor = cursor_word(None, 0)
+        same = before[0] and file_id(run.events_path) == before[0]  # else started over: from the new file's start
+        cursor = f"{before[0]:x}-{before[1]}" if same else "0-0"
         return schemas.Started(name=run.name, pid=proc.pid, resumed=resume or run.read_status().get("resumed", False),
                                warnings=warnings, cursor=cursor)
 

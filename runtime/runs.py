@@ -158,7 +158,7 @@ def run_summary(run: RunDir, problems: int = 5) -> dict[str, Any]:
         "ended": final.get("type"), "message": final.get("message"),
         "settings": {k: v for k, v in run_settings_as_written(run).items()
                      if k not in ("model.name_or_path", "stage.type", "method.type")},  # said above
-        "cursor": cursor_word(tail.inode, tail.offset),
+        "cursor": cursor_word(run.events_path, tail.offset),
     }
 
 
