@@ -35,7 +35,8 @@ Typical session: list_runs; check_data on the training file; validate_spec or cr
 "fast" plus overrides like "training.max_steps=50"); estimate_memory; start_run; then read_events with the cursor
 start_run returned and wait_s=30 until ended is true (show_run for a one-look summary); compare_runs to judge;
 export_run and eval_run. Paths are relative to the project folder that holds the runs folder.
-Run settings and their meaning: resource ftune://schema. Loss history: ftune://runs/NAME/loss."""
+Run settings and their meaning: resource ftune://schema. Loss history: ftune://runs/NAME/loss.
+Messages are the CLI's: --data, --model, --name, --overwrite are the same-named arguments, --set is overrides."""
 
 # (tool, changes something, may destroy something): the hints MCP clients show their users
 TOOLS = (
