@@ -7,11 +7,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def _untitled(schema: dict[str, Any]) -> None:
+    """Property titles ('Best Eval Loss') repeat the names: left out of the schema an agent reads."""
+    for prop in schema.get("properties", {}).values():
+        prop.pop("title", None)
 
 
 class Answer(BaseModel):
     """Every answer: its fields, nothing unset."""
+
+    model_config = ConfigDict(json_schema_extra=_untitled)
 
 
 class RunFacts(Answer):
