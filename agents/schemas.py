@@ -26,7 +26,8 @@ class RunFacts(Answer):
     """What a run is and where it stands: a row of list_runs, the head of show_run."""
 
     name: str
-    status: str = Field(description="not started, starting, running, stopping, finished, stopped, failed, crashed")
+    status: str = Field(description="not started, starting, running, stalled, stopping, finished, stopped, failed, "
+                                    "crashed")
     phase: str | None = Field(None, description="while starting: what the worker does ('tokenising 40%')")
     stage: str
     method: str | None = None
@@ -38,6 +39,7 @@ class RunFacts(Answer):
 
 class RunRow(RunFacts):
     last_loss: float | None = None
+    checkpoint_step: int | None = Field(None, description="the newest checkpoint's step")
     error: str | None = None
 
 
@@ -130,6 +132,14 @@ class Stopped(Answer):
     ended: str | None = Field(None, description="stopped, or how it ended when it could not stop")
     step: int | None = None
     checkpoint: str | None = None
+    message: str | None = None
+
+
+class Checkpointed(Answer):
+    name: str
+    step: int | None = None
+    path: str | None = Field(None, description="the checkpoint saved; training goes on")
+    ended: str | None = Field(None, description="how the run ended when it ended before it saved")
     message: str | None = None
 
 

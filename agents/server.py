@@ -51,6 +51,7 @@ TOOLS = (
     ("start_run", True, True),  # restart deletes the run's checkpoints
     ("resume_run", True, False),
     ("stop_run", True, False),
+    ("checkpoint_run", True, False),
     ("export_run", True, False),
     ("eval_run", True, False),
     ("delete_run", True, True),

@@ -193,6 +193,21 @@ class Tools:
                                checkpoint=(final.get("artifacts") or {}).get("checkpoint"),
                                message=final.get("message"))
 
+    def checkpoint_run(self, name: str, wait_s: float = 600) -> schemas.Checkpointed:
+        """Save a checkpoint of a training run at the end of its current step; training goes on (`ftune
+        checkpoint`). Waits up to `wait_s` for it."""
+        from ftune.runtime import launch
+
+        self.guard.writes("ask runs for checkpoints")
+        event = launch.checkpoint(self.guard.run(name), wait=float(wait_s))
+        if event is None:
+            return schemas.Checkpointed(name=name, message=f"{name} ended without a final event before it saved; "
+                                                           f"see its train.log")
+        if event["type"] == "checkpoint":
+            return schemas.Checkpointed(name=name, step=event.get("step"), path=event.get("path"))
+        return schemas.Checkpointed(name=name, ended=event["type"], step=event.get("step"),
+                                    message=event.get("message"))
+
     def delete_run(self, name: str) -> schemas.Deleted:
         """Delete a run that is not training: its folder, checkpoints and export (`ftune rm --yes`)."""
         from ftune.runtime.runs import deletable

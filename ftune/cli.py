@@ -127,6 +127,7 @@ def main(runs_dir: str | None) -> None:
     Or bring one:  ftune import FILE   LLaMA-Factory, GLM-4 or platform configs
     Train a run:   ftune train run-01  detached: survives closing the terminal
     Follow it:     ftune watch run-01  live monitor (also: logs -f, ls)
+    Save now:      ftune checkpoint run-01  at the next step end; it trains on
     Stop it:       ftune stop run-01   saves a checkpoint; resume with --resume
     Use it:        ftune chat run-01   also: export, serve, eval, plot
     Agents:        ftune mcp           an MCP server for coding agents
@@ -365,9 +366,9 @@ def presets() -> None:
 
 # --------------------------------------------------------------------------- import, schema
 def _kinds():
-    from ftune.runtime.importers import KINDS
+    from ftune.runtime.importers import CONFIG_KINDS
 
-    return KINDS
+    return CONFIG_KINDS
 
 
 @main.command(name="import", context_settings=CONTEXT)
@@ -416,11 +417,11 @@ def _print_import(imported) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from ftune.runtime.importers import KINDS
+    from ftune.runtime.importers import CONFIG_KINDS
     from ftune.wizard.runfile import fmt
 
     console = Console(highlight=False)
-    console.print(f"[bold]{escape(str(imported.source))}[/]: {KINDS[imported.kind]}")
+    console.print(f"[bold]{escape(str(imported.source))}[/]: {CONFIG_KINDS[imported.kind]}")
     table = Table(header_style="bold", pad_edge=False, box=None)
     for col in ("source key", "ftune key", "value", "note"):
         table.add_column(col, no_wrap=col != "note", overflow="fold", style="dim" if col == "note" else None)
@@ -512,6 +513,26 @@ def stop(ctx: click.Context, name: str, wait: float) -> None:
         click.echo(f"{name} ended with '{final['type']}' before it could stop: {final.get('message', '')}".rstrip())
 
 
+# --------------------------------------------------------------------------- checkpoint
+@main.command(context_settings=CONTEXT)
+@run_argument
+@click.option("--wait", default=600.0, show_default=True, help="Seconds to wait for the checkpoint.")
+@click.pass_context
+def checkpoint(ctx: click.Context, name: str, wait: float) -> None:
+    """Save a checkpoint of RUN at its next step end; training goes on (every process agrees on the step)."""
+    from ftune.runtime import launch
+
+    run = _run(ctx, name)
+    click.echo(f"Asking {name} for a checkpoint at the end of its current step…")
+    event = launch.checkpoint(run, wait=wait)
+    if event is None:
+        click.echo(f"{name} ended without a final event before it saved; see `ftune logs {name}`.")
+    elif event["type"] == "checkpoint":
+        click.echo(f"Saved step {event.get('step')}: {event.get('path')}. Training goes on.")
+    else:
+        click.echo(f"{name} ended with '{event['type']}' before it saved: {event.get('message', '')}".rstrip())
+
+
 # --------------------------------------------------------------------------- ls
 
 @main.command(name="ls", context_settings=CONTEXT)
@@ -535,8 +556,9 @@ def ls_(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"No runs in {root}. Try `ftune demo`.")
         return
     console = Console()
-    cols = ("run", "status", "stage/method", "model", "step", "loss", "eval", "started")  # eval: the best eval loss
-    keys = ("name", "status", "stage_method", "model", "progress", "loss", "best_eval", "started")
+    # eval: the best eval loss; ckpt: the newest checkpoint's step
+    cols = ("run", "status", "stage/method", "model", "step", "ckpt", "loss", "eval", "started")
+    keys = ("name", "status", "stage_method", "model", "progress", "ckpt", "loss", "best_eval", "started")
 
     def room_for_model(rows) -> int:  # one line per run: the model column gives way, the others keep their width
         widths = {c: max(len(c), *(len(str(r[k])) for r in rows)) for c, k in zip(cols, keys)}
@@ -553,10 +575,11 @@ def ls_(ctx: click.Context, as_json: bool) -> None:
     room = max(8, room_for_model(rows))
     table = Table(box=None, header_style="bold", pad_edge=False)
     for col in cols:
-        table.add_column(col, justify="right" if col in ("step", "loss", "eval") else "left", no_wrap=True,
+        table.add_column(col, justify="right" if col in ("step", "ckpt", "loss", "eval") else "left", no_wrap=True,
                          min_width=widths[col] if col != "model" else None,
                          max_width=room if col == "model" else None, overflow="ellipsis")
-    colours = {"running": "green", "finished": "cyan", "failed": "red", "crashed": "red", "stopped": "yellow"}
+    colours = {"running": "green", "finished": "cyan", "failed": "red", "crashed": "red", "stopped": "yellow",
+               "stalled": "red"}
     for r in rows:
         status = f"[{colours.get(r['status'].split(':')[0], 'white')}]{r['status']}[/]"
         model = fit_model(r["model"], room)
@@ -580,8 +603,8 @@ def mcp_(ctx: click.Context, port: int | None, read_only: bool, trust_remote_cod
 
     \b
     Tools: list, show, validate, create, check data, estimate memory, start,
-    follow events, stop, resume, compare, export, eval, delete; every call
-    is logged to runs/mcp.log. Client setup and a session: docs/agents.md.
+    follow events, checkpoint, stop, resume, compare, export, eval, delete;
+    every call is logged to runs/mcp.log. Setup and a session: docs/agents.md.
     """
     from ftune.agents.server import serve
 
@@ -597,7 +620,7 @@ def watch(ctx: click.Context, name: str | None) -> None:
 
     \b
     Keys:  q leave (the run goes on)   s stop the run (asks first)   l train.log
-           p large loss plot           ? help
+           c save a checkpoint now (asks first)   p large loss plot   ? help
 
     It only reads the run's files: open it from any terminal or SSH session, during the run or
     after it. Without RUN: a list of runs to pick from (`ftune ls` prints the plain table).
@@ -783,14 +806,18 @@ def _print_data_report(report) -> None:
                       f"{tokens.answer_cut_away} would lose their whole answer")
         for i, sample in enumerate(tokens.samples, 1):
             plain = not console.is_terminal or console.no_color  # a pipe or a log: no colours to tell them apart
-            console.print(f"  sample {i} " + ("(learnt tokens between [[ and ]]):" if plain
-                                              else "([green]learnt[/], [dim]not learnt[/]):"))
+            console.print(f"  sample {i} " + ("(learnt tokens between [[ and ]]; thinking [[think: ]], tool calls "
+                                              "[[call: ]]):" if plain else "([green]learnt[/], [magenta]thinking[/], "
+                                              "[cyan]tool calls[/], [dim]not learnt[/]):"))
             text = Text()
             for seg in sample:
+                kind = seg.get("kind", "text")
                 if plain:
-                    text.append(f"[[{seg['text']}]]" if seg["learnt"] else seg["text"])
+                    mark = {"thinking": "think: ", "tool_call": "call: "}.get(kind, "")
+                    text.append(f"[[{mark}{seg['text']}]]" if seg["learnt"] else seg["text"])
                 else:
-                    text.append(seg["text"], style="green" if seg["learnt"] else "dim")
+                    style = {"thinking": "magenta", "tool_call": "cyan"}.get(kind, "green")
+                    text.append(seg["text"], style=style if seg["learnt"] else "dim")
             console.print(text)
     for e in r.errors:
         console.print(f"  [red]error[/]    {e}")
@@ -889,9 +916,12 @@ def export(ctx: click.Context, name: str, checkpoint: int | None, fmt: str | Non
 @click.option("--image", "images", multiple=True, metavar="PATH",
               help="Show a vision-language run's model this picture with the first message (repeatable; /image "
                    "PATH inside the chat).")
+@click.option("--tools", metavar="FILE", help="A JSON file of functions the model may call: its calls are shown, "
+                                              "/tool RESULT answers one.")
 @click.pass_context
 def chat(ctx: click.Context, name: str, checkpoint: int | None, compare_base: bool, temperature: float,
-         top_p: float, max_new_tokens: int, system: str | None, seed: int | None, images: tuple[str, ...]) -> None:
+         top_p: float, max_new_tokens: int, system: str | None, seed: int | None, images: tuple[str, ...],
+         tools: str | None) -> None:
     """Chat with RUN's model in the terminal, answers streamed as they are written.
 
     Multi-turn, with the chat template the run trained with. Inside: /system TEXT, /image PATH, /reset,
@@ -900,7 +930,7 @@ def chat(ctx: click.Context, name: str, checkpoint: int | None, compare_base: bo
     from ftune.tui.chat import run_chat
 
     run_chat(_run(ctx, name), checkpoint, compare_base, temperature, top_p, max_new_tokens, system, seed,
-             images=images)
+             images=images, tools=tools)
 
 
 @main.command(context_settings=CONTEXT)

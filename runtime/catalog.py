@@ -56,10 +56,6 @@ class Family:
         first, last = by_size[0].size.split()[0], by_size[-1].size.split()[0]
         return first if first == last else f"{first}-{last}"
 
-    @property
-    def needs_remote_code(self) -> bool:
-        return any(m.trust_remote_code for m in self.models)
-
 
 @lru_cache(maxsize=1)
 def families() -> tuple[Family, ...]:

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 VERSION = 1
-TYPES = ("started", "phase", "step", "eval", "checkpoint", "system", "warning", "error", "finished", "stopped")
+TYPES = ("started", "phase", "step", "eval", "checkpoint", "rollback", "system", "warning", "error", "finished",
+         "stopped")
 FINAL_TYPES = ("finished", "stopped", "error")
 
 
@@ -206,24 +207,29 @@ def read_all(path: str | Path) -> list[dict[str, Any]]:
 def summarize(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Fold a history into the few numbers a table or a header shows."""
     out: dict[str, Any] = {"step": 0, "max_steps": None, "loss": None, "final": None, "started_t": None,
-                           "best_eval_loss": None, "phase": ""}
+                           "best_eval_loss": None, "phase": "", "checkpoint": None, "stall": None}
     for e in events:
         kind = e.get("type")
-        if kind == "phase":  # the worker's start, step by step: the latest, until training begins
+        if kind == "checkpoint" and isinstance(e.get("step"), int):  # the newest checkpoint's step
+            out["checkpoint"] = e["step"]
+        elif kind == "warning" and e.get("stall"):  # the hang watchdog: stalled until the next step
+            out["stall"] = e
+        elif kind == "phase":  # the worker's start, step by step: the latest, until training begins
             out["phase"] = phase_text(e)
         elif kind == "eval":
             v, best = e.get("eval_loss"), out["best_eval_loss"]
             if isinstance(v, (int, float)) and math.isfinite(v) and (best is None or v < best):
                 out["best_eval_loss"] = v
         elif kind == "started":
-            out.update(started_t=e.get("t"), max_steps=e.get("max_steps"), final=None, phase="")
+            out.update(started_t=e.get("t"), max_steps=e.get("max_steps"), final=None, phase="", stall=None)
         elif kind == "step":
+            out["stall"] = None
             out["step"] = e.get("step", out["step"])
             out["max_steps"] = e.get("max_steps") or out["max_steps"]
             if e.get("loss") is not None:
                 out["loss"] = e["loss"]
         elif kind in FINAL_TYPES:
-            out["final"], out["phase"] = e, ""
+            out["final"], out["phase"], out["stall"] = e, "", None
             if e.get("step") is not None:
                 out["step"] = e["step"]
     return out

@@ -50,6 +50,28 @@ def write_atomic(path: str | Path, text: str) -> None:
         raise
 
 
+def fsync_tree(folder: str | Path) -> None:
+    """Every file under `folder`, and the folders themselves, on disk: what a marker written after it promises
+    must survive a power loss (the page cache may otherwise keep data that the marker's rename already made
+    durable). Files another process wrote are flushed too: fsync works on the file, not the descriptor."""
+    folder = Path(folder)
+    for p in sorted(folder.rglob("*"), reverse=True) + [folder]:  # files before the folders that hold them
+        if p.is_symlink():
+            continue
+        try:
+            fd = os.open(p, os.O_RDONLY | (os.O_DIRECTORY if p.is_dir() else 0))
+        except OSError:
+            continue  # removed meanwhile (a rotating save_total_limit): nothing of it to promise
+        try:
+            os.fsync(fd)
+        except OSError:
+            if not p.is_dir():  # a file's data that did not reach the disk: no marker may say it did
+                raise
+            # some file systems refuse fsync on a folder
+        finally:
+            os.close(fd)
+
+
 def _usual_modes(folder: Path) -> None:
     """mkdtemp makes the folder 0700, and writers that go through a temporary file (safetensors) leave 0600: give
     what has no group or other bits the usual mode, so an export reads like its neighbours."""

@@ -63,7 +63,7 @@ class Series:
 
 @dataclass
 class Problem:
-    kind: str  # "warning" or "error"
+    kind: str  # "warning", "error" or "rollback"
     message: str
     hint: str | None
     step: int | None
@@ -108,6 +108,8 @@ class View:
     unknown: int
     omitted_warnings: int
     stride: int
+    stall: dict[str, Any] | None = None  # the hang watchdog's warning, until the next step: the run is stalled
+    rollbacks: int = 0
 
 
 class History:
@@ -129,6 +131,8 @@ class History:
         self.final: dict[str, Any] | None = None
         self.system: dict[str, Any] | None = None
         self.phase: dict[str, Any] | None = None
+        self.stall: dict[str, Any] | None = None
+        self.rollbacks = 0
         self.log: deque[tuple[int, dict[str, Any]]] = deque(maxlen=LOG_KEEP)
         self.log_seq = 0
         self._recent: deque[tuple[float, int]] = deque(maxlen=4096)
@@ -165,6 +169,7 @@ class History:
             self.step = int(e["resumed_from"])
         self.final = None
         self.phase = None
+        self.stall = None
         self._recent.clear()
         if self.started_t is not None:  # the start is the rate's first point: an ETA from the first logged step on
             self._recent.append((self.started_t, int(e["resumed_from"]) if finite(e.get("resumed_from")) else 0))
@@ -181,6 +186,7 @@ class History:
             self.max_steps = int(e["max_steps"])
         if finite(e.get("epoch")):
             self.epoch = float(e["epoch"])
+        self.stall = None
         loss = e.get("loss")
         if self.first_loss is None and finite(loss):
             self.first_loss = float(loss)
@@ -206,15 +212,30 @@ class History:
     def _on_system(self, e: dict[str, Any], sampled: bool) -> None:
         self.system = e
 
+    def _on_rollback(self, e: dict[str, Any], sampled: bool) -> None:
+        self.rollbacks += 1
+        self._recent.clear()  # the steps count again from the checkpoint
+        to = e.get("to_step")
+        if finite(to):
+            self.step = int(to)
+        scale = e.get("lr_scale")
+        self._problem("rollback", f"rolled back from step {e.get('step', '?')} to checkpoint-{to if to is not None else '?'} "
+                                  f"({e.get('reason') or 'loss blew up'}): {e.get('skipped_batches', '?')} batches "
+                                  f"skipped", f"rollback {e.get('rollback', '?')} of {e.get('max_rollbacks', '?')}"
+                      + (f"; learning rate × {scale:.3g}" if finite(scale) and scale != 1 else ""), e.get("step"),
+                      e.get("t"))
+
     def _on_warning(self, e: dict[str, Any], sampled: bool) -> None:
+        if e.get("stall"):
+            self.stall = e
         self._problem("warning", str(e.get("message") or "warning"), e.get("hint"), e.get("step"), e.get("t"))
 
     def _on_error(self, e: dict[str, Any], sampled: bool) -> None:
-        self.final, self.phase = e, None
+        self.final, self.phase, self.stall = e, None, None
         self._problem("error", str(e.get("message") or "the run failed"), e.get("hint"), e.get("step"), e.get("t"))
 
     def _on_finished(self, e: dict[str, Any], sampled: bool) -> None:
-        self.final, self.phase = e, None
+        self.final, self.phase, self.stall = e, None, None
         if finite(e.get("step")):
             self.step = int(e["step"])
 
@@ -260,7 +281,7 @@ class History:
             log=list(self.log), log_seq=self.log_seq, generation=self.generation,
             rate=self.rate(), rate_t=self._recent[-1][0] if self._recent else None,
             events=self.events, unknown=self.unknown, omitted_warnings=self.omitted_warnings,
-            stride=self.loss.stride,
+            stride=self.loss.stride, stall=self.stall, rollbacks=self.rollbacks,
         )
 
 
@@ -275,7 +296,7 @@ def empty_view() -> View:
     return History().view()
 
 
-SHOWN_ACTIVE = ("not started", "starting", "running", "stopping")  # states (as shown) that may still change
+SHOWN_ACTIVE = ("not started", "starting", "running", "stalled", "stopping")  # states (as shown) that may still change
 
 
 def timing(state: str, view: View, status: dict[str, Any], now: float) -> tuple[float | None, float | None]:

@@ -8,6 +8,7 @@ never a moment where a second `ftune train` could slip in.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from ftune.runtime import gguf, models, trackers
 from ftune.runtime.data.load import check_data, sources_for
 from ftune.runtime.distributed import worker_command
 from ftune.runtime.events import FINAL_TYPES, EventReader
+from ftune.runtime.files import write_atomic
 from ftune.runtime.models import is_hub_id, local_path, looks_local
 from ftune.runtime.rundir import ACTIVE_STATES, RunDir, RunError
 from ftune.runtime.spec import RunSpec, load_spec
@@ -142,10 +144,25 @@ def preflight(spec: RunSpec, run: RunDir, say=None) -> None:
             raise RunError(f"{problem} ({run.spec_path})")
     counts: dict[str, int] = {}
     check_run_data(spec, base, run, say, counts)
+    if counts.get("tool_rows") and spec.stage.type == "sft":
+        check_tool_template(spec, base, run, counts["tool_rows"])
     if counts.get("image_rows") and vision is False:
         raise RunError(f"{counts['image_rows']} rows of the data have images, but {spec.model.name_or_path} is a "
                        f"text model: choose a vision-language model (e.g. Qwen/Qwen2-VL-2B-Instruct) or data "
                        f"without images ({run.spec_path})")
+
+
+def check_tool_template(spec: RunSpec, base: Path, run: RunDir, tool_rows: int) -> None:
+    """Rows with tools train only through a template that renders them (probed with the template alone)."""
+    from ftune.runtime.data import agent
+
+    found = models.run_template(spec, base)
+    if found is None:  # a hub model not here yet: the worker checks with its tokenizer
+        return
+    label, text, tokens = found
+    ab = agent.abilities(agent.template_renderer(text, tokens))
+    if not ab.tools:
+        raise RunError(f"{agent.tools_refusal(label, ab, tool_rows)} ({run.spec_path}). {agent.TOOLS_HINT}")
 
 
 def is_vision_model(spec: RunSpec, base: Path) -> bool | None:
@@ -267,6 +284,45 @@ def train(run: RunDir, *, overrides: list[str] | None = None, resume: bool = Fal
     if slow and warn:
         warn(slow)
     return start(run, resume=resume, restart=restart, node_rank=node_rank, say=say)
+
+
+def request_checkpoint(run: RunDir) -> float:
+    """Ask the running worker for a checkpoint at its next step end; training goes on. A file in the run directory,
+    not a signal: the worker's rank 0 finds it and every rank agrees on the step (train/callbacks.py). Returns the
+    time of the request. Raises RunError when the run is not running."""
+    run.require()
+    state = run.state()
+    if state not in ACTIVE_STATES:
+        raise RunError(f"run '{run.name}' is not running (state: {state}): its newest checkpoint is "
+                       f"{_newest(run)}")
+    t = time.time()
+    write_atomic(run.checkpoint_request_path, json.dumps({"t": t}) + "\n")
+    return t
+
+
+def _newest(run: RunDir) -> str:
+    latest = run.latest_checkpoint()
+    return f"step {latest[0]} ({latest[1]})" if latest else "none"
+
+
+def checkpoint(run: RunDir, wait: float = 600.0, on_wait=None) -> dict | None:
+    """`ftune checkpoint RUN`: ask for a checkpoint (request_checkpoint) and wait for its `checkpoint` event
+    (`requested: true`); the run's final event instead when it ended first, None when the worker died."""
+    reader = EventReader(run.events_path)
+    reader.read_new()  # only events from now on count
+    request_checkpoint(run)
+    end = time.time() + wait
+    while time.time() < end:
+        for event in reader.read_new():
+            if (event["type"] == "checkpoint" and event.get("requested")) or event["type"] in FINAL_TYPES:
+                return event
+        if not run.is_locked():
+            return next((e for e in reader.read_new() if e["type"] in FINAL_TYPES), None)
+        if on_wait:
+            on_wait()
+        time.sleep(0.2)
+    raise RunError(f"run '{run.name}' saved no checkpoint within {wait:.0f} s: its steps may be slow (it saves at "
+                   f"the next step end), or it may be stalled (`ftune watch {run.name}`); the request stands")
 
 
 def request_stop(run: RunDir) -> int | None:

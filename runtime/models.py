@@ -112,6 +112,35 @@ def prepare_tokenizer(tokenizer, template: str) -> bool:
     return fell_back
 
 
+def run_template(spec, base: Path) -> tuple[str, str, dict[str, str]] | None:
+    """(label, Jinja text, special tokens) of the chat template a run trains with, read without loading anything:
+    a named template, or a local model folder's own (chat_template.jinja or tokenizer_config.json; ChatML when it
+    has none). None when it cannot be known yet (a hub model not downloaded)."""
+    from ftune.runtime import templates
+
+    if spec.model.template != "auto":
+        return f"model.template {spec.model.template}", templates.get(spec.model.template), {}
+    folder = local_path(spec.model.name_or_path, base)
+    config = folder / "tokenizer_config.json"
+    if not config.is_file():
+        return None
+    try:
+        cfg = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    tokens = {k: v if isinstance(v, str) else (v or {}).get("content", "") for k, v in cfg.items()
+              if k in ("bos_token", "eos_token") and v}
+    text = cfg.get("chat_template")
+    if isinstance(text, list):  # named templates: the default one
+        text = next((t.get("template") for t in text if t.get("name") == "default"), None)
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        text = jinja.read_text(encoding="utf-8")
+    if not text:
+        return f"ChatML (used because {spec.model.name_or_path} has no chat template)", templates.CHATML_TEMPLATE, tokens
+    return f"the chat template of {spec.model.name_or_path}", text, tokens
+
+
 def load_tokenizer(spec, source: str, on_fallback: Callable[[], None] | None = None):
     """The base model's tokenizer, prepared with the run's template (see `prepare_tokenizer`)."""
     from transformers import AutoTokenizer

@@ -7,6 +7,7 @@
     checkpoints/   trainer checkpoints   } or under output.dir when the run file
     export/        the final model       } sends them elsewhere
     .lock          held (flock) by the one worker training this run
+    checkpoint.request   `ftune checkpoint`: asks the worker for a checkpoint at its next step end (it removes it)
 """
 
 from __future__ import annotations
@@ -32,14 +33,16 @@ WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "adapter_model.bin"
 
 
 def checkpoint_problem(folder: Path) -> str | None:
-    """Why a checkpoint folder cannot be resumed from, or None when it can. A folder with ftune's marker is complete;
-    one without it (the worker died while saving, or an older ftune wrote it) must have what a resume reads: a
-    trainer_state.json that parses, and weights."""
+    """Why a checkpoint folder cannot be resumed from, or None when it can. What a resume reads is read here: a
+    trainer_state.json that parses, and weights whose headers load. ftune's marker (written after the trainer saved
+    everything, and after those files were fsynced) says the save ended; a folder without it (the worker died while
+    saving, or an older ftune wrote it) must also have weights at its top. A marked folder whose files were damaged
+    afterwards (a power loss, a full disk, a hand) fails the same reading, so resume passes over it too."""
     try:
         json.loads((folder / CHECKPOINT_MARKER).read_text(encoding="utf-8"))
-        return None
+        marked = True
     except FileNotFoundError:
-        pass
+        marked = False
     except (OSError, ValueError):
         return f"its {CHECKPOINT_MARKER} is torn"
     try:
@@ -50,9 +53,37 @@ def checkpoint_problem(folder: Path) -> str | None:
         return "its trainer_state.json is empty or torn"
     if not isinstance(state, dict) or "global_step" not in state:
         return "its trainer_state.json holds no trainer state"
-    if not any((folder / n).is_file() and (folder / n).stat().st_size > 0 for n in WEIGHTS) and \
-            not any(folder.glob("model-*.safetensors")):
+    weights = [folder / n for n in WEIGHTS if (folder / n).is_file()] + sorted(folder.glob("model-*.safetensors"))
+    for f in weights:
+        problem = weights_problem(f)
+        if problem:
+            return f"its {f.name} {problem}"
+    if not weights and not marked:  # sharded trainers (FSDP, DeepSpeed) keep theirs in folders of their own
         return "it has no weights"
+    return None
+
+
+def weights_problem(path: Path) -> str | None:
+    """Whether a weights file's header loads without reading the weights: a safetensors header that parses and
+    accounts for the file's size, or a torch file that is a whole zip archive. None when it does."""
+    try:
+        size = path.stat().st_size
+        if path.suffix == ".bin":
+            import zipfile
+
+            return None if zipfile.is_zipfile(path) else "is not a whole torch file"
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            header = json.loads(f.read(n)) if 0 < n <= size - 8 else None
+    except (OSError, ValueError):
+        header = None
+    if not isinstance(header, dict):
+        return "is empty or torn (its header does not load)"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+            and isinstance(v.get("data_offsets"), list) and len(v["data_offsets"]) == 2]
+    if size != 8 + n + max(ends, default=0):
+        return "is cut short (its header names more bytes than it holds)"
     return None
 
 
@@ -100,6 +131,11 @@ class RunDir:
     @property
     def lock_path(self) -> Path:
         return self.path / ".lock"
+
+    @property
+    def checkpoint_request_path(self) -> Path:
+        """`ftune checkpoint` writes it; the worker's rank 0 looks for it at each step end (train/callbacks.py)."""
+        return self.path / "checkpoint.request"
 
     def exists(self) -> bool:
         return self.spec_path.is_file()
@@ -243,8 +279,11 @@ class RunDir:
         return None
 
 
-def shown_state(state: str) -> str:
-    """RunDir.state() in words, the same in `ftune ls` and the monitor: 'new' reads as 'not started'."""
+def shown_state(state: str, stalled: bool = False) -> str:
+    """RunDir.state() in words, the same in `ftune ls` and the monitor: 'new' reads as 'not started', and a running
+    run whose hang watchdog spoke after its last step (events.summarize's `stall`) as 'stalled'."""
+    if state == "running" and stalled:
+        return "stalled"
     return "not started" if state == "new" else state
 
 

@@ -30,7 +30,7 @@ def spec_fields(run: RunDir) -> dict[str, str]:
 def run_row(run: RunDir) -> dict[str, Any]:
     summary = summarize(read_all(run.events_path))
     final = summary["final"]
-    status = shown_state(run.state())
+    status = shown_state(run.state(), summary["stall"] is not None)
     loss = summary["loss"]
     started = run.read_status().get("started_at") or summary["started_t"]
     return {
@@ -40,6 +40,7 @@ def run_row(run: RunDir) -> dict[str, Any]:
         "step": summary["step"],
         "max_steps": summary["max_steps"],
         "progress": f"{summary['step']}/{summary['max_steps']}" if summary["max_steps"] else "–",
+        "ckpt": str(summary["checkpoint"]) if summary["checkpoint"] is not None else "–",  # the newest checkpoint
         "loss": f"{loss:.4g}" if isinstance(loss, (int, float)) else "–",
         "best_eval": f"{best:.4g}" if isinstance(best := summary["best_eval_loss"], (int, float)) else "–",
         "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)) if started else "–",
@@ -48,13 +49,14 @@ def run_row(run: RunDir) -> dict[str, Any]:
         # the same as numbers, for `ftune ls --json`
         "last_loss": loss if isinstance(loss, (int, float)) else None,
         "best_eval_loss": summary["best_eval_loss"],
+        "checkpoint_step": summary["checkpoint"],
         "started_at": started,
         "path": str(run.path),
     }
 
 
 JSON_KEYS = ("name", "status", "phase", "stage", "method", "model", "step", "max_steps", "last_loss",
-             "best_eval_loss", "started_at", "error", "path")
+             "best_eval_loss", "checkpoint_step", "started_at", "error", "path")
 
 
 def run_records(root: str | Path) -> list[dict[str, Any]]:
@@ -135,7 +137,7 @@ def run_summary(run: RunDir, problems: int = 5) -> dict[str, Any]:
     history, tail = load(run.events_path)
     view = history.view()
     status = run.read_status()
-    shown = shown_state(run.state())
+    shown = shown_state(run.state(), view.stall is not None)
     elapsed, eta = timing(shown, view, status, time.time())
     fields = spec_fields(run)
     stage, _, method = fields["stage_method"].partition("/")

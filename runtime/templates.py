@@ -34,9 +34,31 @@ def _simple(system: str, user: str, assistant: str, tool: str, generation: str, 
 
 _EOS = "{eos}"  # the tokenizer's end-of-sequence token
 
-CHATML = _simple("<|im_start|>system\n{c}<|im_end|>\n", "<|im_start|>user\n{c}<|im_end|>\n",
-                 "<|im_start|>assistant\n{c}<|im_end|>\n", "<|im_start|>tool\n{c}<|im_end|>\n",
-                 "<|im_start|>assistant\n")
+# ChatML that also renders tools the way Qwen2.5 does (its tool format, without its default system prompt): the
+# tool list in the system turn, calls as <tool_call>{"name", "arguments"}</tool_call>, results in tool turns. Without
+# tools it renders exactly as plain ChatML.
+CHATML = (
+    "{%- if tools %}{{ '<|im_start|>system\\n' }}"
+    "{%- if messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\\n\\n' }}{%- endif %}"
+    "{{ '# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided with "
+    "function signatures within <tools></tools> XML tags:\\n<tools>' }}"
+    "{%- for tool in tools %}{{ '\\n' + (tool | tojson) }}{%- endfor %}"
+    "{{ '\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within "
+    "<tool_call></tool_call> XML tags:\\n<tool_call>\\n{\"name\": <function-name>, \"arguments\": <args-json-object>}"
+    "\\n</tool_call><|im_end|>\\n' }}{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'system' and loop.first and tools %}"
+    "{%- elif message['role'] == 'assistant' %}{{ '<|im_start|>assistant\\n' + (message['content'] or '') }}"
+    "{%- for call in message['tool_calls'] or [] %}{%- if message['content'] or not loop.first %}{{ '\\n' }}{%- endif %}"
+    "{%- set fn = call['function'] if call['function'] is defined else call %}"
+    "{{ '<tool_call>\\n{\"name\": \"' + fn['name'] + '\", \"arguments\": ' }}"
+    "{%- if fn['arguments'] is string %}{{ fn['arguments'] }}{%- else %}{{ fn['arguments'] | tojson }}{%- endif %}"
+    "{{ '}\\n</tool_call>' }}{%- endfor %}{{ '<|im_end|>\\n' }}"
+    "{%- else %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+TOOL_TEMPLATES = ("chatml",)  # named templates that render tools (qwen and the other ChatML names alias chatml)
 
 # What a tokenizer without a chat template of its own gets under `template: auto` (a base model): ChatML, with
 # `{% generation %}` markers around the answers for tools that read them.
@@ -101,6 +123,11 @@ ALIASES = {"qwen": "chatml", "qwen3": "chatml", "yi": "chatml", "intern2": "chat
            "llama3.1": "llama3", "llama3.2": "llama3", "mixtral": "mistral", "gemma2": "gemma", "gemma3": "gemma",
            "phi3": "phi"}
 NAMES = sorted([*TEMPLATES, *ALIASES])
+
+# End-of-turn markers of the common templates: generation stops at those the vocabulary has as single tokens, and an
+# answer's learnt span ends with the first one it renders (Llama 3.1's <|eom_id|> ends a built-in tool call).
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>", "<|user|>", "<|observation|>",
+               "<|endoftext|>", "<｜end▁of▁sentence｜>", "</s>")
 
 
 def get(name: str) -> str:

@@ -105,8 +105,9 @@ class MonitorScreen(Screen):
 
     BINDINGS = [
         Binding("q", "leave", "leave (run goes on)"),
-        Binding("s", "stop", "stop run"),
-        Binding("l", "train_log", "train.log"),
+        Binding("s", "stop", "stop"),
+        Binding("c", "checkpoint", "checkpoint"),
+        Binding("l", "train_log", "log"),  # train.log: short, so that every key fits 80 columns
         Binding("p", "plot", "plot"),
         Binding("o", "overlay", "overlay"),
         Binding("question_mark", "help", "help", key_display="?"),
@@ -129,6 +130,7 @@ class MonitorScreen(Screen):
         self._shown_seq = 0
         self._alert_seq = 0
         self._stop_requested = False
+        self.checkpoint_asked = False  # `c`: a checkpoint was asked for from here
         self.stop_result: StopDone | None = None
         self.overlays: dict[str, Any] = {}  # other runs laid over the plot: name -> (loss, eval_loss) series
         self._first_shown: tuple | None = None  # (state, status, note) drawn from the first read, in on_mount
@@ -183,7 +185,7 @@ class MonitorScreen(Screen):
             recorded, status = self.run.state(), self.run.read_status()
         except Exception:  # noqa: BLE001 - the events thread reads it again and says what went wrong
             return False
-        state = panels.display_state(recorded)
+        state = panels.display_state(recorded, history.stall is not None)
         self.on_history_updated(HistoryUpdated(history.view(), state, status, None))
         self._first_shown = (state, status, None)  # the events thread goes on from this
         return True
@@ -227,8 +229,8 @@ class MonitorScreen(Screen):
                     note = f"{self.run.path} no longer exists"
             except Exception as exc:  # noqa: BLE001 - the monitor stays up and says what it could not read
                 note = f"could not read the run: {exc}"
-            state = panels.display_state(recorded)
-            if self._stop_requested and state in ("running", "starting"):
+            state = panels.display_state(recorded, history.stall is not None)
+            if self._stop_requested and state in ("running", "starting", "stalled"):
                 state = "stopping"
             if changed or (state, status, note) != last:
                 self.post_message(HistoryUpdated(history.view(), state, status, note))
@@ -289,6 +291,7 @@ class MonitorScreen(Screen):
     def on_stop_done(self, message: StopDone) -> None:
         self.stop_result = message
         self._stop_requested = False
+        self.checkpoint_asked = False  # `c`: a checkpoint was asked for from here
         name = self.run.name
         if message.error:
             self.notify(message.error, title="Stop", severity="error", timeout=10)
@@ -516,7 +519,7 @@ class MonitorScreen(Screen):
         if self._stop_requested or self.state == "stopping":
             self.notify(f"{self.run.name} is already stopping: it is saving a checkpoint")
             return
-        if self.status.get("state") not in ACTIVE_STATES or self.state not in ("running", "starting"):
+        if self.status.get("state") not in ACTIVE_STATES or self.state not in ("running", "starting", "stalled"):
             shown = self.state if self.status.get("state") else "not started"
             self.notify(f"{self.run.name} is not running ({shown})", severity="warning")
             return
@@ -532,6 +535,30 @@ class MonitorScreen(Screen):
         self._header()
         self.notify(f"Stopping {self.run.name}: it finishes this step and saves a checkpoint…", timeout=8)
         self.stop_run()
+
+    def action_checkpoint(self) -> None:
+        if self.status.get("state") not in ACTIVE_STATES or self.state not in ("running", "starting", "stalled"):
+            shown = self.state if self.status.get("state") else "not started"
+            self.notify(f"{self.run.name} is not running ({shown}): nothing to checkpoint", severity="warning")
+            return
+        from ftune.tui.screens import ConfirmCheckpoint  # a dialog: imported when first opened
+
+        self.app.push_screen(ConfirmCheckpoint(self.run.name), self._checkpoint_confirmed)
+
+    def _checkpoint_confirmed(self, yes: bool | None) -> None:
+        if not yes:
+            return
+        from ftune.runtime import launch
+        from ftune.runtime.errors import UserError
+
+        try:
+            launch.request_checkpoint(self.run)
+        except UserError as exc:
+            self.notify(str(exc), severity="warning")
+            return
+        self.checkpoint_asked = True
+        self.notify(f"Asked {self.run.name} for a checkpoint: it saves one at the end of this step and trains on "
+                    f"(marked 'asked' under Checkpoints)", timeout=8)
 
     def action_overlay(self) -> None:
         self.gather_runs()

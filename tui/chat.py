@@ -4,6 +4,7 @@ Multi-turn, with the chat template the run trained with (it travels with the tok
 
     /system TEXT   set the system prompt (empty: none); applies from the next answer
     /image PATH    show the model a picture with your next message (vision-language runs; --image too)
+    /tool RESULT   answer the model's last tool call with RESULT (with --tools FILE: the functions it may call)
     /reset         forget the conversation (the system prompt stays)
     /set KEY VALUE temperature, top_p or max_new_tokens (temperature 0: greedy, repeatable)
     /settings      show them
@@ -30,6 +31,7 @@ from rich.text import Text
 HELP = """commands:
   /system TEXT     set the system prompt (empty: none)
   /image PATH      attach a picture to your next message (vision-language runs)
+  /tool RESULT     answer the model's last tool call (runs started with --tools FILE)
   /reset           forget the conversation
   /set KEY VALUE   temperature (0 = greedy), top_p, max_new_tokens
   /settings        show the generation settings
@@ -47,8 +49,27 @@ class Conversation:
         head = [{"role": "system", "content": system}] if system else []
         return head + self.turns + [user_turn(prompt)]
 
-    def add(self, prompt: str | dict[str, Any], answer: str) -> None:
-        self.turns += [user_turn(prompt), {"role": "assistant", "content": answer}]
+    def add(self, prompt: str | dict[str, Any], answer: str, tools: list[dict[str, Any]] | None = None) -> None:
+        self.turns += [user_turn(prompt), assistant_turn(answer, tools)]
+
+    def open_call(self) -> dict[str, Any] | None:
+        """The last tool call of the last answer, when nothing answers it yet."""
+        if self.turns and self.turns[-1]["role"] == "assistant" and self.turns[-1].get("tool_calls"):
+            return self.turns[-1]["tool_calls"][-1]
+        return None
+
+
+def assistant_turn(answer: str, tools: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """An answer as the history keeps it: with tools, the calls it wrote as tool_calls (as training saw them)."""
+    if not tools:
+        return {"role": "assistant", "content": answer}
+    from ftune.runtime.data.agent import parse_answer, parse_call
+
+    content, calls, _ = parse_answer(answer)
+    if not calls:
+        return {"role": "assistant", "content": answer}
+    return {"role": "assistant", "content": content,
+            "tool_calls": [parse_call(c, "the answer", k) | {"id": c["id"]} for k, c in enumerate(calls)]}
 
 
 def user_turn(prompt: str | dict[str, Any]) -> dict[str, Any]:
@@ -60,8 +81,10 @@ class ChatSession:
     first, the base second with --compare-base. Input comes from `read` (input() by default)."""
 
     def __init__(self, models: list[tuple[str, Any, Any, bool]], settings, console: Console | None = None,
-                 read: Callable[[str], str] | None = None, system: str | None = None, vision: Any = None):
+                 read: Callable[[str], str] | None = None, system: str | None = None, vision: Any = None,
+                 tools: list[dict[str, Any]] | None = None):
         self.models = models
+        self.tools = tools  # functions the model may call (OpenAI's shape): rendered by its template
         self.vision = vision  # a vision-language run's processor and pixel limits (runtime.infer.generate.Vision)
         self.pending: list[str] = []  # images for the next message
         self.settings = settings
@@ -89,6 +112,8 @@ class ChatSession:
             self._set(arg)
         elif name == "image":
             self.attach(arg)
+        elif name == "tool":
+            self.tool_result(arg)
         elif name == "settings":
             s = self.settings
             say(f"[dim]temperature {s.temperature}, top_p {s.top_p}, max_new_tokens {s.max_new_tokens}; "
@@ -142,14 +167,36 @@ class ChatSession:
         self.console.print(f"[dim]{ref} ({width}x{height}) goes with your next message.[/]")
         return True
 
+    def tool_result(self, result: str) -> list[str] | None:
+        """Answer the model's last tool call with `result`, and let it go on."""
+        call = self.conversations[0].open_call()
+        if call is None or not result:
+            self.console.print("[yellow]usage: /tool RESULT, after an answer that calls a tool[/]")
+            return None
+        return self.answer({"role": "tool", "content": result, "tool_call_id": call["id"],
+                            "name": call["function"]["name"]})
+
+    def _show_calls(self, text: str) -> None:
+        """The tool calls an answer makes, one line each: name(arguments)."""
+        if not self.tools:
+            return
+        import json
+
+        for call in assistant_turn(text, self.tools).get("tool_calls") or []:
+            fn = call["function"]
+            line = Text("tool call ", style="bold magenta")
+            line.append(f"{fn['name']}({json.dumps(fn['arguments'], ensure_ascii=False)})")
+            self.console.print(line)
+            self.console.print("[dim]/tool RESULT gives it the result.[/]")
+
     # ------------------------------------------------------------------ answering
-    def answer(self, prompt: str) -> list[str] | None:
+    def answer(self, prompt: str | dict[str, Any]) -> list[str] | None:
         """Every model's answer to `prompt` (with the images attached since the last one), streamed to the
         terminal; each conversation grows by a turn. None when Ctrl+C stopped it (the conversations are left as
         they were; the images stay attached)."""
         from ftune.runtime.data.images import PLACEHOLDER
 
-        if self.pending:
+        if self.pending and isinstance(prompt, str):
             prompt = {"role": "user", "content": PLACEHOLDER * len(self.pending) + prompt,
                       "images": list(self.pending)}
         if len(self.models) == 1:
@@ -159,7 +206,7 @@ class ChatSession:
         if answers is not None:
             self.pending = []
             for conv, text in zip(self.conversations, answers):
-                conv.add(prompt, text)
+                conv.add(prompt, text, self.tools)
         return answers
 
     def _generation(self, i: int, prompt: str | dict[str, Any]):
@@ -167,7 +214,7 @@ class ChatSession:
 
         _, model, tok, adapter_off = self.models[i]
         return Generation(model, tok, self.conversations[i].messages(self.system, prompt), self.settings,
-                          disable_adapter=adapter_off, lock=self.lock, vision=self.vision)
+                          disable_adapter=adapter_off, lock=self.lock, vision=self.vision, tools=self.tools)
 
     def _stream_plain(self, prompt: str | dict[str, Any]) -> list[str] | None:
         gen = self._generation(0, prompt)
@@ -184,6 +231,7 @@ class ChatSession:
             return None
         out.write("\n")
         out.flush()
+        self._show_calls(gen.text)
         self._footer(gen)
         return [gen.text]
 
@@ -242,18 +290,34 @@ class ChatSession:
             self.answer(line)
 
 
+def read_tools(path: str) -> list[dict[str, Any]]:
+    """The functions in a JSON file (a list of OpenAI tool definitions, or the flat {"name", "parameters"})."""
+    import json
+    from pathlib import Path
+
+    from ftune.runtime.data.agent import parse_tools
+    from ftune.runtime.errors import UserError
+
+    try:
+        return parse_tools(json.loads(Path(path).read_text(encoding="utf-8")), path)
+    except (OSError, json.JSONDecodeError, ValueError) as e:
+        raise UserError(f"--tools {path}: {e}", hint="Give a JSON file holding a list of function definitions "
+                                                    "({\"name\", \"description\", \"parameters\"}).") from None
+
+
 def run_chat(run, checkpoint: int | None = None, compare_base: bool = False, temperature: float = 0.7,
              top_p: float = 0.9, max_new_tokens: int = 512, system: str | None = None, seed: int | None = None,
              console: Console | None = None, read: Callable[[str], str] | None = None,
-             images: tuple[str, ...] = ()) -> ChatSession:
+             images: tuple[str, ...] = (), tools: str | None = None) -> ChatSession:
     """Load the run's model (and the base) and chat until /exit or end of input. `images` go with the first
-    message (vision-language runs)."""
+    message (vision-language runs); `tools`: a JSON file of the functions the model may call."""
     from ftune.runtime.infer.generate import Settings
     from ftune.runtime.infer.loading import load_base_for_comparison, load_run_model
 
     console = console or Console(highlight=False)
     settings = Settings(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
     settings.check()
+    functions = read_tools(tools) if tools else None
     with console.status(f"Loading {run.name}…"):
         rm = load_run_model(run, checkpoint)
         models = [(f"{run.name} ({rm.target.label})", rm.model, rm.tokenizer, False)]
@@ -265,7 +329,17 @@ def run_chat(run, checkpoint: int | None = None, compare_base: bool = False, tem
     console.print(f"Chatting with [bold]{run.name}[/] ({rm.target.label}"
                   f"{', adapter on ' + rm.spec.model.name_or_path if rm.adapter else ''}); template: {template}."
                   f"{' The base answers too.' if compare_base else ''} /help for commands, /exit to leave.")
-    session = ChatSession(models, settings, console, read, system, rm.vision)
+    if functions:
+        from ftune.runtime.data.tokenize import template_abilities
+        from ftune.runtime.errors import UserError
+
+        ab = template_abilities(rm.tokenizer)
+        if not ab.tools:
+            raise UserError(f"--tools {tools}: {run.name}'s chat template cannot render tools ({ab.tools_problem})",
+                            hint="Train with model.template chatml, or a model whose template has tools.")
+        console.print(f"[dim]It may call {', '.join(t['function']['name'] for t in functions)}; /tool RESULT "
+                      f"answers a call.[/]")
+    session = ChatSession(models, settings, console, read, system, rm.vision, functions)
     if rm.vision is not None:
         console.print("[dim]It reads images: /image PATH attaches one to your next message.[/]")
     for path in images:

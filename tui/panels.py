@@ -18,15 +18,16 @@ from ftune.runtime.history import SHOWN_ACTIVE, Problem, View, finite, timing
 from ftune.runtime.rundir import shown_state
 
 STATE_STYLE = {
-    "not started": "yellow", "starting": "yellow", "running": "bold green", "stopping": "bold yellow", "stopped": "yellow",
+    "not started": "yellow", "starting": "yellow", "running": "bold green", "stalled": "bold red",
+    "stopping": "bold yellow", "stopped": "yellow",
     "finished": "bold cyan", "failed": "bold red", "crashed": "bold red",
 }
 ACTIVE = SHOWN_ACTIVE  # polled quickly: watched until it starts
 
 
-def display_state(recorded: str) -> str:
-    """RunDir.state() in the monitor: the words `ftune ls` uses (not started, starting, running, ...)."""
-    return shown_state(recorded)
+def display_state(recorded: str, stalled: bool = False) -> str:
+    """RunDir.state() in the monitor: the words `ftune ls` uses (not started, starting, running, stalled, ...)."""
+    return shown_state(recorded, stalled)
 
 
 # --------------------------------------------------------------------------- numbers
@@ -253,7 +254,8 @@ def checkpoints_panel(checkpoints: list[dict[str, Any]], run_path: Path, rows: i
     for c in checkpoints[-rows:] if rows > 0 else []:
         gone = str(c.get("path")) in removed
         line = Text.assemble((f"{c.get('step', '?'):>5}", "bold" if not gone else "dim"), f" {size(c.get('bytes')):>8}",
-                             f" {clock_time(c.get('t'))} ", (_near(c.get("path"), run_path), "dim strike" if gone else "dim"),
+                             f" {clock_time(c.get('t'))} ", ("asked " if c.get("requested") and not gone else "", "bold cyan"),
+                             (_near(c.get("path"), run_path), "dim strike" if gone else "dim"),
                              (" removed" if gone else "", "dim italic"), style="dim" if gone else "")
         line.no_wrap, line.overflow = True, "ellipsis"
         lines.append(line)
@@ -281,9 +283,10 @@ def problems_panel(problems: Iterable[Problem], state: str, name: str, status: d
         text.append(f"the worker (pid {status.get('pid', '?')}) ended without a final event\n")
         text.append(f"  see `ftune logs {name}` (or press l); resume with `ftune train {name} --resume`\n", "dim")
     for p in items:
-        mark, style = ("✖ ", "bold red") if p.kind == "error" else ("▲ ", "bold yellow")
-        text.append(mark + ("failed: " if p.kind == "error" else ""), style)
-        text.append(p.message, "red" if p.kind == "error" else "yellow")
+        mark, style, colour = {"error": ("✖ failed: ", "bold red", "red"), "rollback": ("↺ ", "bold magenta", "magenta")
+                               }.get(p.kind, ("▲ ", "bold yellow", "yellow"))
+        text.append(mark, style)
+        text.append(p.message, colour)
         if p.count > 1:
             text.append(f"  ×{p.count}", "bold")
         text.append("\n")

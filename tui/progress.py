@@ -98,7 +98,12 @@ def _show(e: dict[str, Any], progress: Progress, task, console: Console, losses:
     elif kind == "eval":
         console.print(f"  step {e.get('step')}: eval loss [cyan]{_fmt(e.get('eval_loss'))}")
     elif kind == "checkpoint":
-        console.print(f"  step {e.get('step')}: checkpoint saved ({size(e.get('bytes'))}) {e.get('path')}")
+        asked = " (asked for)" if e.get("requested") else ""
+        console.print(f"  step {e.get('step')}: checkpoint saved{asked} ({size(e.get('bytes'))}) {e.get('path')}")
+    elif kind == "rollback":
+        console.print(f"[magenta]rolled back[/] from step {e.get('step')} to step {e.get('to_step')} ({e.get('reason')}): "
+                      f"{e.get('skipped_batches')} batches skipped, rollback {e.get('rollback')} of "
+                      f"{e.get('max_rollbacks')}")
     elif kind == "warning":
         console.print(f"[yellow]warning:[/] {e.get('message')}" + (f"\n  [dim]{e['hint']}" if e.get("hint") else ""))
     elif kind in FINAL_TYPES:
@@ -122,7 +127,8 @@ def _summary(run: RunDir, final: dict[str, Any] | None, losses: list[float], sec
         console.print(f"loss {losses[0]:.4g} → {losses[-1]:.4g}  [cyan]{sparkline(losses)}")
     arts = final.get("artifacts") or {}
     if kind == "stopped":
-        console.print(f"[yellow]Stopped[/] at step {final.get('step')}; checkpoint: {arts.get('checkpoint', '–')}\n"
+        why = f" ({final['message']})" if final.get("reason") == "max_time" and final.get("message") else ""
+        console.print(f"[yellow]Stopped[/] at step {final.get('step')}{why}; checkpoint: {arts.get('checkpoint', '–')}\n"
                       f"Continue with: ftune train {run.name} --resume")
     else:
         console.print(f"[green]Finished[/] {final.get('step')} steps in {seconds:.0f} s; "

@@ -55,7 +55,7 @@ class RunRows:
         self._followed[run.name] = (history, tail)
         view, status = history.view(), run.read_status()
         recorded = run.state()
-        state = "not started" if recorded == "new" else panels.display_state(recorded)
+        state = "not started" if recorded == "new" else panels.display_state(recorded, view.stall is not None)
         loss = (view.last_step or {}).get("loss")
         evals = [y for y in view.eval_loss[1] if finite(y)]
         started = status.get("started_at") or view.started_t

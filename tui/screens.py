@@ -1,4 +1,4 @@
-"""The monitor's dialogs: confirm a stop, the tail of train.log, help."""
+"""The monitor's dialogs: confirm a stop or a checkpoint, the tail of train.log, help."""
 
 from __future__ import annotations
 
@@ -29,17 +29,30 @@ class ConfirmStop(ModalScreen[bool]):
         super().__init__()
         self.run_name = name
 
-    def compose(self) -> ComposeResult:
-        with Vertical(id="dialog"):
-            yield Static(
-                f"[b]Stop {self.run_name}?[/b]\n\n"
+    def question(self) -> str:
+        return (f"[b]Stop {self.run_name}?[/b]\n\n"
                 f"It finishes the current step, saves a checkpoint and ends.\n"
                 f"Continue it later with [b]ftune train {self.run_name} --resume[/b].\n\n"
-                f"[b]y[/b] stop it    [b]n[/b] / [b]esc[/b] keep training"
-            )
+                f"[b]y[/b] stop it    [b]n[/b] / [b]esc[/b] keep training")
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Static(self.question())
 
     def action_answer(self, yes: bool) -> None:
         self.dismiss(yes)
+
+
+class ConfirmCheckpoint(ConfirmStop):
+    """y asks the run for a checkpoint at its next step end (`ftune checkpoint`); training goes on either way."""
+
+    BINDINGS = [Binding("y", "answer(True)", "save one"), Binding("n,escape,q", "answer(False)", "not now")]
+
+    def question(self) -> str:
+        return (f"[b]Save a checkpoint of {self.run_name} now?[/b]\n\n"
+                f"It saves one at the end of the current step and trains on.\n"
+                f"Same as [b]ftune checkpoint {self.run_name}[/b].\n\n"
+                f"[b]y[/b] save one    [b]n[/b] / [b]esc[/b] not now")
 
 
 class LogScreen(ModalScreen[None]):
@@ -108,6 +121,7 @@ HELP = """\
 
 [b]q[/b]    leave the monitor: [b]the run goes on[/b] (back with ftune watch RUN)
 [b]s[/b]    stop the run gracefully: it saves a checkpoint first (asks)
+[b]c[/b]    save a checkpoint at the next step end and train on (asks)
 [b]l[/b]    the end of train.log, following it
 [b]p[/b]    a large loss plot (train and eval) instead of the sparklines
 [b]o[/b]    lay other runs over that plot (picked from the runs list)
@@ -115,13 +129,15 @@ HELP = """\
 [b]↑ ↓ PgUp PgDn Home End[/b]  scroll the step log; it follows the
      newest line while you are at the bottom, "+N new" when you are not
 
-[b]state[/b]     not started · starting · running · stopping ·
-          stopped · finished · failed · crashed (died without a final event)
+[b]state[/b]     not started · starting · running · stalled (no step for
+          training.hang_after) · stopping · stopped · finished · failed ·
+          crashed (died without a final event)
 [b]loss[/b]      training loss (and eval loss); [b]lr[/b] learning rate;
           [b]gn[/b] grad norm
 [b]GPU[/b]       live from this machine while the run runs here,
           else the run's own samples; no GPU: the worker's memory
-[b]Problems[/b]  NaN or inf, a loss stuck at 0 or jumping, the error + hint
+[b]Problems[/b]  NaN or inf, a loss stuck at 0 or jumping, a stall, a
+          rollback (↺), the error + hint
 
 [dim]esc closes[/dim]"""
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import yaml
 
 from ftune.runtime.spec import RunSpec
 from ftune.wizard.prompts import BACK, Option, Prompter
-from ftune.wizard.runfile import Answers, field_info, fmt, get_path, literal_values, preset_values, setting_refusal
+from ftune.runtime.spec.edit import field_info, get_path, literal_values, parse_value
+from ftune.wizard.runfile import Answers, fmt, preset_values, setting_refusal
 
 DONE, DEFAULT = "__done__", "__default__"
 
@@ -140,17 +140,10 @@ def _short_reason(why: str | None) -> str | None:
     return why if len(why) <= 60 else why[:59].rstrip() + "…"
 
 
-def _parse(text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
 def edit_knob(c: Context, path: str) -> Any:
     info = field_info(path)
     value, source = current(c, path)
-    values = literal_values(path)
+    values = literal_values(info.annotation)
     if values is None and info.annotation is bool:
         values = [True, False]
     if values is not None:
@@ -168,13 +161,13 @@ def edit_knob(c: Context, path: str) -> Any:
         def validate(text: str) -> bool | str:
             if not text.strip():
                 return True
-            return setting_refusal(c.answers, path, _parse(text)) or True
+            return setting_refusal(c.answers, path, parse_value(text)) or True
 
         answer = c.prompter.text(f"{_short_lora(path)} ({info.description})", "" if value is None else fmt(value), validate,
                           instruction="(empty: back to the default; Ctrl+B back)", validate_while_typing=False)
         if answer is BACK:
             return BACK
-        choice = DEFAULT if not answer.strip() else _parse(answer)
+        choice = DEFAULT if not answer.strip() else parse_value(answer)
     c.answers.settings.pop(path, None)
     if choice != DEFAULT and choice != current(c, path)[0]:  # the same as without it: nothing to write
         c.answers.settings[path] = choice

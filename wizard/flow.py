@@ -34,6 +34,7 @@ from ftune.runtime.rundir import ACTIVE_STATES, RunDir, next_free_name, project_
 from ftune.runtime.spec import Problem, SpecError, apply_overrides, check_run_name
 from ftune.wizard import advanced
 from ftune.wizard.prompts import BACK, SEPARATOR, Option, Prompter
+from ftune.runtime.spec.edit import get_path
 from ftune.wizard.runfile import (
     METHODS,
     STAGES,
@@ -44,7 +45,6 @@ from ftune.wizard.runfile import (
     estimate_for,
     estimate_line,
     fmt,
-    get_path,
     is_not_yet,
     lora_trainable_for,
     matched_template,

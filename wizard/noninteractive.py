@@ -16,6 +16,7 @@ from ftune.runtime.models import is_hub_id, local_path, looks_local
 from ftune.runtime.rundir import ACTIVE_STATES, RunDir, next_free_name, project_of
 from ftune.runtime.spec import Problem, SpecError, check_run_name
 from ftune.runtime.spec.io import read_yaml
+from ftune.runtime.spec.edit import get_path
 from ftune.wizard.runfile import (
     METHOD_SETTINGS,
     STAGES,
@@ -24,7 +25,6 @@ from ftune.wizard.runfile import (
     as_written,
     check,
     estimate_line,
-    get_path,
     matched_template,
     model_as_written,
     write_run,

@@ -11,21 +11,21 @@ from __future__ import annotations
 import copy
 import math
 import time
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ftune.presets import describe, load_preset
+from ftune.presets import load_preset
 from ftune.runtime import memory
 from ftune.runtime.catalog import ModelInfo
 from ftune.runtime.errors import UserError
 from ftune.runtime.models import looks_local
 from ftune.runtime.rundir import RunDir
-from ftune.runtime.spec import Problem, RunSpec, SpecError, build_spec, iter_fields, shorthand
+from ftune.runtime.spec import Problem, RunSpec, SpecError, build_spec, shorthand
 from ftune.runtime.spec import io as spec_io
+from ftune.runtime.spec.edit import compact, del_path, get_path, schema_default, set_path
 
 # --------------------------------------------------------------------------- the choices
 # stage: (label, what it is, when to use it)
@@ -71,80 +71,11 @@ METHOD_SETTINGS: dict[str, dict[str, Any]] = {
 _METHOD_PATHS = ("method.type", "method.quantization.bits", "method.lora.use_dora")
 
 PLACEHOLDERS = {"name": "run-01", "model.name_or_path": "model", "data.train": "train.jsonl"}
-ORDER = ("name", "preset", "model", "data", "stage", "method", "training", "output", "resources")
 NOT_YET = "not supported yet"
 
 
 class WizardError(UserError):
     """An answer that cannot be used, or one that is missing where nobody can be asked."""
-
-
-# --------------------------------------------------------------------------- dotted paths
-def get_path(data: dict[str, Any], dotted: str, default: Any = None) -> Any:
-    cur: Any = data
-    for part in dotted.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return default
-        cur = cur[part]
-    return cur
-
-
-def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    cur = data
-    for part in parts[:-1]:
-        if not isinstance(cur.get(part), dict):
-            cur[part] = {"type": cur[part]} if part in ("stage", "method") and isinstance(cur.get(part), str) else {}
-        cur = cur[part]
-    cur[parts[-1]] = value
-
-
-def del_path(data: dict[str, Any], dotted: str) -> None:
-    parts = dotted.split(".")
-    cur: Any = data
-    for part in parts[:-1]:
-        if not isinstance(cur, dict) or not isinstance(cur.get(part), dict):
-            return
-        cur = cur[part]
-    if isinstance(cur, dict):
-        cur.pop(parts[-1], None)
-
-
-def compact(raw: dict[str, Any]) -> dict[str, Any]:
-    """Sections in the usual order, empty ones dropped, `stage: sft` for `stage: {type: sft}`."""
-
-    def prune(value: Any, path: str = "") -> Any:
-        if isinstance(value, dict):
-            pruned = {k: prune(v, f"{path}{k}.") for k, v in value.items()}
-            return {k: v for k, v in pruned.items() if v != {} and (v is not None or _null_matters(f"{path}{k}"))}
-        return value
-
-    data = shorthand.collapse(prune(raw))
-    ordered = {k: data[k] for k in ORDER if k in data}
-    ordered.update({k: v for k, v in data.items() if k not in ordered})
-    return ordered
-
-
-def _null_matters(dotted: str) -> bool:
-    """`--set training.save_total_limit=null` (keep every checkpoint) differs from leaving it out (keep 3)."""
-    try:
-        return schema_default(dotted) is not None
-    except KeyError:
-        return False
-
-
-def schema_default(dotted: str) -> Any:
-    for path, info, _cls in iter_fields():
-        if path == dotted:
-            return info.get_default(call_default_factory=True)
-    raise KeyError(dotted)
-
-
-def field_info(dotted: str) -> Any:
-    for path, info, _cls in iter_fields():
-        if path == dotted:
-            return info
-    raise KeyError(dotted)
 
 
 def method_from_raw(raw: dict[str, Any]) -> str:
@@ -460,10 +391,6 @@ def preset_summary(name: str, skip: set[str] | frozenset[str] = frozenset()) -> 
     return " · ".join(f"{_SHORT.get(k, k)} {fmt(v)}" for k, v in preset_values(name).items() if k not in skip)
 
 
-def preset_line(name: str) -> str:
-    return f"{name}: {describe(name)}"
-
-
 # --------------------------------------------------------------------------- writing
 def as_written(path: str | Path, project: Path, cwd: Path | None = None) -> str:
     """A path as the run file should say it: relative to the project folder when inside it, else absolute."""
@@ -498,12 +425,3 @@ def write_run(root: Path, checked: Checked) -> RunDir:
     run = RunDir(root, checked.raw["name"])
     spec_io.write_run_file(run.spec_path, run_file_text(checked))
     return run
-
-
-def literal_values(dotted: str) -> list[Any] | None:
-    """The allowed values of a Literal field (None for other types)."""
-    ann = field_info(dotted).annotation
-    for candidate in (ann, *typing.get_args(ann)):
-        if typing.get_origin(candidate) is typing.Literal:
-            return list(typing.get_args(candidate))
-    return None

@@ -7,6 +7,7 @@ token lengths, what the cutoff would cut, and shows samples with the loss mask (
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,13 @@ from typing import Any
 from ftune.runtime import gguf
 from ftune.runtime.data.formats import Source, load_source, registry_sources
 from ftune.runtime.data.load import FileSummary, summarize_file
-from ftune.runtime.data.tokenize import VisionTokens, tokenize_conversation, tokenize_vision_examples, with_tools
+from ftune.runtime.data.tokenize import (
+    VisionTokens,
+    tokenize_conversation,
+    tokenize_examples,
+    tokenize_vision_examples,
+    with_tools,
+)
 
 
 @dataclass
@@ -81,14 +88,14 @@ def token_report(source: Source, model: str, max_length: int, show: int, trust_r
             lengths.append(len(ids))
             over += len(ids) > max_length
             continue
-        msgs = with_tools(ex)
-        if ex.chosen is not None:
-            msgs = msgs + [{"role": "assistant", "content": ex.chosen}]
         if vision is not None and ex.chosen is None:
             cols, _ = tokenize_vision_examples(vision, [ex], 10**9)
             full = {"input_ids": cols["input_ids"][0], "labels": cols["labels"][0]} if cols["input_ids"] else None
+        elif ex.chosen is None:  # tools and reasoning as the model's own template shows them (as training does)
+            cols, _ = tokenize_examples(tok, [ex], 10**9)
+            full = {"input_ids": cols["input_ids"][0], "labels": cols["labels"][0]} if cols["input_ids"] else None
         else:
-            full = tokenize_conversation(tok, msgs, 10**9)
+            full = tokenize_conversation(tok, with_tools(ex) + [{"role": "assistant", "content": ex.chosen}], 10**9)
         if full is None:
             continue
         n = len(full["input_ids"])
@@ -136,7 +143,26 @@ def _segments(tok, out: dict[str, list[int]], image_token_id: int | None = None)
         run.append(tid)
     if run:
         segs.append({"text": text(run), "learnt": learnt})
-    return segs
+    return [part for seg in segs for part in _kinds(seg)]
+
+
+LEARNT_KINDS = re.compile(r"(<think>.*?</think>)|(<tool_call>.*?</tool_call>|\{\s*\"name\":.*?\}(?=\s*(?:<|$)))", re.S)
+
+
+def _kinds(seg: dict[str, Any]) -> list[dict[str, Any]]:
+    """A learnt run split where it holds a thinking block or a tool call, each marked with its `kind` (thinking,
+    tool_call or text) so `data check --show` can tell them apart."""
+    if not seg["learnt"]:
+        return [seg]
+    out, pos = [], 0
+    for m in LEARNT_KINDS.finditer(seg["text"]):
+        if m.start() > pos:
+            out.append({"text": seg["text"][pos:m.start()], "learnt": True, "kind": "text"})
+        out.append({"text": m.group(0), "learnt": True, "kind": "thinking" if m.group(1) else "tool_call"})
+        pos = m.end()
+    if pos < len(seg["text"]):
+        out.append({"text": seg["text"][pos:], "learnt": True, "kind": "text"})
+    return out
 
 
 def check(path: str, model: str | None = None, max_length: int = 1024, dataset_dir: str | None = None,

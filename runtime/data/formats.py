@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from ftune.runtime.data import images
+from ftune.runtime.data import agent, images
 from ftune.runtime.errors import UserError
 
 KINDS = {"chat": ["sft", "rl"], "preference": ["dpo", "orpo", "simpo", "rm"], "kto": ["kto"], "text": ["pt"]}
@@ -38,14 +38,15 @@ class DataError(UserError):
 
 @dataclass
 class Example:
-    """One row in the shape training uses. `messages` roles: system, user, assistant, tool."""
+    """One row in the shape training uses. `messages` roles: system, user, assistant, tool; an assistant turn may
+    carry `tool_calls` and `reasoning_content`, a tool turn `tool_call_id` and `name` (data/agent.py)."""
 
     messages: list[dict[str, str]] = field(default_factory=list)
     chosen: str | None = None  # preference: the better final answer
     rejected: str | None = None  # preference: the worse one
     label: bool | None = None  # KTO: is the final answer desirable
     text: str | None = None  # pre-training text
-    tools: str | None = None  # JSON text of the tools the assistant may call
+    tools: list[dict[str, Any]] | None = None  # the functions the assistant may call, in OpenAI's shape
     images: list[str] = field(default_factory=list)  # absolute paths or data: URLs, one per <image> placeholder
     image_sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) of each, as stored
 
@@ -277,13 +278,17 @@ def _alternation(turns: list[dict[str, str]], final: str) -> None:
     if not body:
         raise ValueError("no conversation: add at least one user/assistant pair")
     for i, t in enumerate(body):  # an empty question or answer teaches nothing, or teaches silence
-        if t["role"] in ("user", "assistant") and not t["content"].strip():
+        if t["role"] in ("user", "assistant") and not t["content"].strip() and not t.get("tool_calls"):
             raise ValueError(f"turn {i + offset + 1} ({t['role']}) is empty")
+    k = 0  # position in the alternation: a run of tool results (answers to parallel calls) is one turn
     for i, t in enumerate(body):
-        want = ("user", "tool") if i % 2 == 0 else ("assistant",)
+        if i and t["role"] == "tool" and body[i - 1]["role"] == "tool":
+            continue
+        want = ("user", "tool") if k % 2 == 0 else ("assistant",)
         if t["role"] not in want:
             where = "the first turn after system" if i == 0 and offset else f"turn {i + offset + 1}"
             raise ValueError(f"{where} should be {want[0]} (user and assistant must alternate, starting with user)")
+        k += 1
     if body[0]["role"] != "user":
         raise ValueError("the conversation must start with a user turn")
     if final == "assistant" and body[-1]["role"] != "assistant":
@@ -316,11 +321,28 @@ def convert_messages(row: dict, src: Source) -> Example:
         raise ValueError("'messages' must be a non-empty array")
     turns, refs = [], []
     for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+        calls = m.get("tool_calls") if isinstance(m, dict) else None
+        if not isinstance(m, dict) or "role" not in m or ("content" not in m and not calls):
             raise ValueError(f"message {i + 1} must be an object with 'role' and 'content'")
         if m["role"] not in ROLES:
-            raise ValueError(f"message {i + 1} has role {m['role']!r}; use system, user or assistant")
-        turns.append({"role": m["role"], "content": _content(m["content"], f"message {i + 1}'s content", src, refs)})
+            raise ValueError(f"message {i + 1} has role {m['role']!r}; use system, user, assistant or tool")
+        content = m.get("content")
+        turn = {"role": m["role"], "content": "" if content is None and calls else
+                _content(content, f"message {i + 1}'s content", src, refs)}
+        if calls:
+            if m["role"] != "assistant":
+                raise ValueError(f"message {i + 1} has tool_calls, which only an assistant message can make")
+            if not isinstance(calls, list):
+                raise ValueError(f"message {i + 1}: tool_calls must be a list")
+            turn["tool_calls"] = [agent.parse_call(c, f"message {i + 1}", k) for k, c in enumerate(calls)]
+        if m["role"] == "tool":
+            for key in ("tool_call_id", "name"):
+                if m.get(key):
+                    turn[key] = str(m[key])
+        reasoning = m.get("reasoning_content", m.get("reasoning"))
+        if m["role"] == "assistant" and reasoning is not None:
+            turn["reasoning_content"] = _text(reasoning, f"message {i + 1}'s reasoning_content")
+        turns.append(turn)
     return _finish(row, src, turns, part_images=refs)
 
 
@@ -346,13 +368,22 @@ def convert_sharegpt(row: dict, src: Source) -> Example:
     names = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant", tags["observation_tag"]: "tool",
              tags["function_tag"]: "assistant", tags["system_tag"]: "system", "user": "user",
              "assistant": "assistant", "system": "system", "tool": "tool"}
-    turns = []
+    turns: list[dict[str, Any]] = []
+    calls = 0
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or role_tag not in m or content_tag not in m:
             raise ValueError(f"turn {i + 1} must be an object with '{role_tag}' and '{content_tag}'")
         if m[role_tag] not in names:
             raise ValueError(f"turn {i + 1} has {role_tag} {m[role_tag]!r}; use "
                              f"{', '.join(repr(t) for t in (tags['user_tag'], tags['assistant_tag'], tags['system_tag'], tags['function_tag'], tags['observation_tag']))}")
+        if m[role_tag] == tags["function_tag"]:  # the assistant's tool call(s), as JSON {"name", "arguments"}
+            new = agent.parse_calls(m[content_tag], f"turn {i + 1} ({tags['function_tag']})", calls)
+            calls += len(new)
+            if turns and turns[-1]["role"] == "assistant" and not turns[-1].get("tool_calls"):
+                turns[-1]["tool_calls"] = new  # text then a call: one assistant turn (LLaMA-Factory's reading)
+            else:
+                turns.append({"role": "assistant", "content": "", "tool_calls": new})
+            continue
         turns.append({"role": names[m[role_tag]],
                       "content": _content(m[content_tag], f"turn {i + 1}'s {content_tag}", src, refs)})
     system = row.get(cols["system"])
@@ -363,6 +394,11 @@ def convert_sharegpt(row: dict, src: Source) -> Example:
 
 def convert_alpaca(row: dict, src: Source) -> Example:
     cols = {**ALPACA_COLUMNS, **src.columns}
+    for key in ("tools", "tool_calls", "function_call"):
+        if row.get(src.columns.get(key, key)):
+            raise ValueError(f"an Alpaca row cannot carry tools or tool calls ('{key}'): an instruction and one "
+                             f"output have no place for a call and its result. Write the row as OpenAI messages "
+                             f"(tools, tool_calls, role tool) or ShareGPT (function_call and observation turns)")
     instruction = _nonempty(row.get(cols["prompt"]), f"'{cols['prompt']}'") if cols["prompt"] in row else None
     if instruction is None:
         raise ValueError(f"missing '{cols['prompt']}'")
@@ -434,6 +470,10 @@ def _finish(row: dict, src: Source, turns: list[dict[str, str]], cols: dict | No
     kind = src.kind or "chat"
     ex = Example(messages=turns)
     _row_images(row, src, cols, turns, part_images or [], ex)
+    tools = agent.parse_tools(row.get(cols.get("tools", "tools")), cols.get("tools", "tools"))
+    ex.tools = tools or None
+    if tools or any(t.get("tool_calls") or t["role"] == "tool" for t in turns):
+        agent.check_calls(turns, tools)  # before the turn order: an orphan tool result is named as such
     if kind == "preference":
         _alternation(turns, final="user")
         ex.chosen = _answer(row.get(cols["chosen"]), "'chosen'", content_tag)
@@ -443,9 +483,11 @@ def _finish(row: dict, src: Source, turns: list[dict[str, str]], cols: dict | No
         if kind == "kto":
             tag = cols.get("kto_tag", "label")
             ex.label = _label(row.get(tag, row.get("label")))
-    tools = row.get(cols.get("tools", "tools"))
-    if tools:
-        ex.tools = tools if isinstance(tools, str) else json.dumps(tools, ensure_ascii=False)
+    for t in turns:  # reasoning as a <think>…</think> prefix of the answer, or its own field
+        if t["role"] == "assistant" and "reasoning_content" not in t and "<think>" in t["content"]:
+            reasoning, answer = agent.split_think(t["content"])
+            if reasoning is not None:
+                t["reasoning_content"], t["content"] = reasoning, answer
     return ex
 
 

@@ -94,7 +94,7 @@ def check_data(sources: list[Source], stage: str, on_invalid: str,
     """One streaming pass that keeps only the first problems: what `ftune train` checks before it detaches, and
     the worker's pass over data larger than memory. Raises what load_data would raise; returns (rows, valid rows,
     the first problems). `limit`: rows per source, for a look at the head of a stream. `counts` gets
-    image_rows: the valid rows with images."""
+    image_rows: the valid rows with images, and tool_rows: those with tools or tool calls."""
     total, problems, valid = 0, [], 0
     for src in sources:
         checked = False
@@ -109,6 +109,8 @@ def check_data(sources: list[Source], stage: str, on_invalid: str,
             valid += 1
             if counts is not None and item.images:
                 counts["image_rows"] = counts.get("image_rows", 0) + 1
+            if counts is not None and (item.tools or any(m.get("tool_calls") for m in item.messages)):
+                counts["tool_rows"] = counts.get("tool_rows", 0) + 1
             if not checked:  # the kind is known from the first valid row
                 checked = True
                 wrong = _wrong_kind(src, src.kind, src.reason, stage)

@@ -11,10 +11,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ftune.runtime.data import columns
+from ftune.runtime.data import agent, columns
 from ftune.runtime.data.formats import DataError
 from ftune.runtime.data.load import check_data, load_data, sources_for, split
-from ftune.runtime.data.tokenize import VisionTokens, tokenize_examples, tokenize_vision_examples
+from ftune.runtime.data.tokenize import (
+    VisionTokens,
+    has_tools,
+    template_abilities,
+    tokenize_examples,
+    tokenize_vision_examples,
+)
 from ftune.runtime.events import EventWriter
 from ftune.runtime.files import publish_dir
 from ftune.runtime.rundir import RunDir
@@ -65,6 +71,17 @@ def check_images(spec: RunSpec, loaded_examples: list, processor) -> None:
                         hint="Set stage: sft.")
 
 
+def check_tool_rows(spec: RunSpec, tokenizer, rows: list) -> None:
+    """Rows with tools or tool calls need a template that renders them: refused, naming the template."""
+    n = sum(1 for ex in rows if has_tools(ex))
+    if n:
+        ab = template_abilities(tokenizer)
+        if not ab.tools:
+            label = (f"model.template {spec.model.template}" if spec.model.template != "auto"
+                     else f"the chat template of {spec.model.name_or_path}")
+            raise DataError(agent.tools_refusal(label, ab, n), hint=agent.TOOLS_HINT)
+
+
 def prepare_data(spec: RunSpec, tokenizer, base: Path, events: EventWriter, run: RunDir,
                  lead: bool = True, processor=None) -> PreparedData:
     """Load, check, split and tokenise; reuse the run's cache of it when nothing changed.
@@ -102,9 +119,10 @@ def prepare_data(spec: RunSpec, tokenizer, base: Path, events: EventWriter, run:
         train_cols, truncated = tokenize_vision_examples(vision, train_rows, **opts, progress=Progress(events))
         eval_cols, _ = tokenize_vision_examples(vision, eval_rows, **opts)
     elif stage == "sft":
+        check_tool_rows(spec, tokenizer, train_rows + eval_rows)
         opts = dict(max_length=d.max_length, train_on_prompt=d.train_on_prompt, mask_history=d.mask_history,
                     combine=d.combine, max_input_length=d.max_input_length, max_output_length=d.max_output_length,
-                    num_proc=processes(d.num_proc, events))
+                    num_proc=processes(d.num_proc, events), reasoning=d.reasoning)
         train_cols, truncated = tokenize_examples(tokenizer, train_rows, **opts, progress=Progress(events))
         eval_cols, _ = tokenize_examples(tokenizer, eval_rows, **opts)
     elif stage == "pt":
@@ -192,6 +210,8 @@ def stream_data(spec: RunSpec, tokenizer, sources: list, base: Path, events: Eve
 
     opts = {"max_length": d.max_length, "train_on_prompt": d.train_on_prompt, "mask_history": d.mask_history,
             "combine": d.combine, "max_input_length": d.max_input_length, "max_output_length": d.max_output_length}
+    if stage == "sft":
+        opts["reasoning"] = d.reasoning
     kwargs = {"sources": [(str(s.path), s.formatting, s.kind, s.columns, s.tags) for s in sources],
               "tokenizer_dir": tokenizer.name_or_path, "chat_template": tokenizer.chat_template, "stage": stage,
               "opts": opts}

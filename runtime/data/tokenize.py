@@ -5,21 +5,29 @@ needed). Takes any HF tokenizer object; nothing here imports torch.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
+from ftune.runtime.data import agent
+from ftune.runtime.data.agent import TemplateAbilities
 from ftune.runtime.data.formats import DataError, Example
+from ftune.runtime.templates import END_OF_TURN
 
 
 # --------------------------------------------------------------------------- tokenising chat examples
-def _render(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+def _render(tokenizer: Any, messages: list[dict[str, Any]], add_generation_prompt: bool = False,
+            tools: list[dict[str, Any]] | None = None) -> str:
+    extra = {"tools": tools} if tools else {}  # a processor's template may not take the keyword
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                         **extra)
 
 
-def with_tools(ex: Example) -> list[dict[str, str]]:
-    """Tools are described in the system prompt, the same way for every template."""
+def with_tools(ex: Example) -> list[dict[str, Any]]:
+    """The stages TRL tokenises (preference, KTO, RL) get the tools described in the system prompt as text: their
+    trainers render plain turns. SFT renders tools through the model's own template (`example_conversations`)."""
     if not ex.tools:
         return ex.messages
-    note = f"You can call these tools (answer with a JSON function call):\n{ex.tools}"
+    note = f"You can call these tools (answer with a JSON function call):\n{json.dumps(ex.tools, ensure_ascii=False)}"
     msgs = [dict(m) for m in ex.messages]
     if msgs and msgs[0]["role"] == "system":
         msgs[0]["content"] = f"{msgs[0]['content']}\n\n{note}"
@@ -33,27 +41,114 @@ def _plain(content: Any) -> str:
     return content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
 
 
-def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character span of each assistant turn (with its end-of-turn
-    marker). Spans come from rendering prefixes, so they are exact for any template that renders
-    history unchanged; otherwise the answer text is located in the rendering."""
-    full = _render(tokenizer, messages)
+def stop_strings(tokenizer: Any) -> tuple[str, ...]:
+    """The end-of-turn markers an answer can end with: the eos token and the known markers its template writes."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    template = template if isinstance(template, str) else ""
+    eos = getattr(tokenizer, "eos_token", None)
+    return tuple(dict.fromkeys([*([eos] if eos else []), *(t for t in END_OF_TURN if t in template)]))
+
+
+_ABILITIES: dict[tuple, TemplateAbilities] = {}
+
+
+def template_abilities(tokenizer: Any) -> TemplateAbilities:
+    """What the tokenizer's template renders of tools and reasoning (probed once per template)."""
+    key = (getattr(tokenizer, "chat_template", None), getattr(tokenizer, "bos_token", None),
+           getattr(tokenizer, "eos_token", None))
+    if key not in _ABILITIES:
+        _ABILITIES[key] = agent.abilities(lambda m, tools=None, add_generation_prompt=False:
+                                          _render(tokenizer, m, add_generation_prompt, tools))
+    return _ABILITIES[key]
+
+
+def _end_of_turn(text: str, start: int, stops: tuple[str, ...]) -> int | None:
+    """Where the first end-of-turn marker at or after `start` ends."""
+    found = [(i, len(s)) for s in stops if (i := text.find(s, start)) >= 0]
+    return min(i + n for i, n in found) if found else None
+
+
+def _trimmed(text: str, start: int, end: int, stops: tuple[str, ...]) -> int:
+    """An answer's span ends with its end-of-turn marker: what the template writes after it (a newline) is the
+    frame of the next turn, never generated."""
+    best = None
+    for s in stops:
+        i = text.rfind(s, start, end)
+        if i >= 0 and (best is None or i + len(s) > best):
+            best = i + len(s)
+    return best if best is not None else end
+
+
+def turn_spans(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+               ) -> tuple[str, list[tuple[int, int, int]]]:
+    """The rendered conversation and (message index, start, end) of each assistant turn: from the end of the
+    generation prompt to its end-of-turn marker, in the render of the whole conversation.
+
+    Starts come from rendering the prefix before each answer with the generation prompt. Ends come from rendering
+    up to the answer where the template renders history unchanged; where it does not (Qwen3 drops the thinking of
+    earlier answers and gives the last one an empty thinking block), the answer ends at its first end-of-turn
+    marker in the whole render, so what is learnt is what the whole render shows."""
+    full = _render(tokenizer, messages, tools=tools)
+    stops = stop_strings(tokenizer)
     spans, cursor = [], 0
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        before = _render(tokenizer, messages[:i], add_generation_prompt=True)
+        before = _render(tokenizer, messages[:i], add_generation_prompt=True, tools=tools)
         # the rendering up to the last message is the whole text: one render saved per row
-        upto = full if i == len(messages) - 1 else _render(tokenizer, messages[: i + 1])
-        if upto.startswith(before) and full.startswith(upto):
-            spans.append((len(before), len(upto)))
-        else:
-            start = full.find(_plain(m["content"]), cursor)
+        upto = full if i == len(messages) - 1 else _render(tokenizer, messages[: i + 1], tools=tools)
+        if full.startswith(before):
+            start = len(before)
+        else:  # the history before this answer renders differently now: find its header after the last answer
+            header = before[len(_render(tokenizer, messages[:i], tools=tools)):] if i else ""
+            at = full.find(header, cursor) if header else -1
+            start = at + len(header) if at >= 0 else -1
+        end = None
+        if start >= 0 and start == len(before) and upto.startswith(before) and full.startswith(upto):
+            end = _trimmed(full, start, len(upto), stops)
+        elif start >= 0:
+            end = _end_of_turn(full, start, stops)
+        if end is None:
+            text = _plain(m.get("content") or "")
+            start = full.find(text, cursor) if text else -1
             if start < 0:
                 raise DataError("the chat template drops an assistant answer; choose another template")
-            spans.append((start, start + len(_plain(m["content"]))))
-        cursor = spans[-1][1]
+            end = start + len(text)
+        spans.append((i, start, end))
+        cursor = end
     return full, spans
+
+
+def assistant_spans(tokenizer: Any, messages: list[dict[str, Any]],
+                    tools: list[dict[str, Any]] | None = None) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character span of each assistant turn (see `turn_spans`)."""
+    full, spans = turn_spans(tokenizer, messages, tools)
+    return full, [(a, b) for _, a, b in spans]
+
+
+def has_tools(ex: Example) -> bool:
+    return bool(ex.tools) or any(m.get("tool_calls") or m["role"] == "tool" for m in ex.messages)
+
+
+class ToolsNotRendered(DataError):
+    """Tool rows for a template that cannot show them."""
+
+
+def example_conversations(tokenizer: Any, ex: Example, reasoning: str = "auto"
+                          ) -> list[tuple[list[dict[str, Any]], set[int] | None]]:
+    """The conversations a chat row trains as, with the tools and reasoning given as the tokenizer's template reads
+    them, and which answers each learns (None: all). See `agent.conversations` for data.reasoning."""
+    ab = template_abilities(tokenizer)
+    if has_tools(ex) and not ab.tools:
+        raise ToolsNotRendered(f"the chat template cannot render tools: {ab.tools_problem}",
+                               hint=agent.TOOLS_HINT)
+    convs = agent.conversations(ex.messages, reasoning, ab)
+    if len(convs) == 1:
+        return [(convs[0], None)]
+    # keep, split: each earlier answer with thinking is learnt in its own example, the rest in the whole one
+    own = {len(c) - 1 for c in convs[:-1]}
+    whole = {i for i, m in enumerate(convs[-1]) if m["role"] == "assistant"} - own
+    return [(c, {len(c) - 1}) for c in convs[:-1]] + [(convs[-1], whole)]
 
 
 def _mask_and_cut(ids: list[int], offsets: list, spans: list[tuple[int, int]], max_length: int,
@@ -87,14 +182,15 @@ def _mask_and_cut(ids: list[int], offsets: list, spans: list[tuple[int, int]], m
 def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]], max_length: int,
                           train_on_prompt: bool = False, mask_history: bool = False,
                           max_input_length: int | None = None,
-                          max_output_length: int | None = None) -> dict[str, list[int]] | None:
+                          max_output_length: int | None = None,
+                          tools: list[dict[str, Any]] | None = None) -> dict[str, list[int]] | None:
     """input_ids and labels (-100 where there is no loss); None when truncation leaves nothing to learn.
 
     Cutting, in this order: max_input_length keeps the LAST N tokens of everything before the final
     answer (the question nearest the answer stays); max_output_length keeps the FIRST N tokens of the
     final answer; max_length (cutoff) keeps the start of the whole sequence. A row whose answers are
     all cut away returns None and is counted by the caller."""
-    text, spans = assistant_spans(tokenizer, messages)
+    text, spans = assistant_spans(tokenizer, messages, tools)
     if mask_history:
         spans = spans[-1:]
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -105,6 +201,20 @@ def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]], max_le
 def per_turn(messages: list[dict[str, str]]) -> list[list[dict[str, str]]]:
     """combine: false — each assistant turn its own example, with the turns before it as the prompt."""
     return [messages[: i + 1] for i, m in enumerate(messages) if m["role"] == "assistant"]
+
+
+def example_texts(tokenizer: Any, ex: Example, combine: bool = True, mask_history: bool = False,
+                  reasoning: str = "auto") -> list[tuple[str, list[tuple[int, int]]]]:
+    """A chat row's rendered sequences and the answer spans each learns: tools and reasoning through the model's
+    own template (`example_conversations`); combine: false and mask_history learn each sequence's last answer."""
+    out = []
+    for conv, learn in example_conversations(tokenizer, ex, reasoning):
+        for conversation in ([conv] if combine else per_turn(conv)):
+            text, spans = turn_spans(tokenizer, conversation, ex.tools or None)
+            spans = [(a, b) for i, a, b in spans if learn is None or i in learn or not combine]
+            # per-turn examples learn their last answer only: the earlier ones are prompt
+            out.append((text, spans[-1:] if mask_history or not combine else spans))
+    return out
 
 
 _worker_tokenizer: Any = None
@@ -123,12 +233,13 @@ def _tokenize_chunk(args: tuple) -> tuple[dict[str, list], int]:
 def tokenize_examples(tokenizer: Any, examples: list[Example], max_length: int, train_on_prompt: bool = False,
                       mask_history: bool = False, combine: bool = True, max_input_length: int | None = None,
                       max_output_length: int | None = None, num_proc: int | None = None,
-                      progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, list], int]:
+                      progress: Callable[[int, int], None] | None = None,
+                      reasoning: str = "auto") -> tuple[dict[str, list], int]:
     """Columns for a datasets.Dataset, and how many rows truncation emptied (reported, not hidden).
     With num_proc > 1 the rows are split into chunks tokenised in parallel processes, order kept.
     `progress(done, total)` is called after each batch of rows."""
     opts = dict(max_length=max_length, train_on_prompt=train_on_prompt, mask_history=mask_history, combine=combine,
-                max_input_length=max_input_length, max_output_length=max_output_length)
+                max_input_length=max_input_length, max_output_length=max_output_length, reasoning=reasoning)
     if num_proc and num_proc > 1 and len(examples) >= 2 * num_proc:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -150,11 +261,7 @@ def tokenize_examples(tokenizer: Any, examples: list[Example], max_length: int, 
     for start in range(0, len(examples), 1000):  # batches: the Rust tokenizer encodes them on all cores
         batch = []
         for ex in examples[start: start + 1000]:
-            msgs = with_tools(ex)
-            for conversation in ([msgs] if combine else per_turn(msgs)):
-                text, spans = assistant_spans(tokenizer, conversation)
-                # per-turn examples learn their last answer only: the earlier ones are prompt
-                batch.append((text, spans[-1:] if mask_history or not combine else spans))
+            batch += example_texts(tokenizer, ex, combine, mask_history, reasoning)
         enc = tokenizer([t for t, _ in batch], add_special_tokens=False, return_offsets_mapping=True)
         for (_, spans), ids, offsets in zip(batch, enc["input_ids"], enc["offset_mapping"]):
             out = _mask_and_cut(ids, offsets, spans, max_length, train_on_prompt, max_input_length,

@@ -28,20 +28,21 @@ from ftune.runtime.importers.common import as_written, module_names
 from ftune.runtime.importers.record import GPU_ONLY, NO_HOME, NO_MEANING, Carried, Context, Left
 from ftune.runtime.models import local_path, looks_local
 from ftune.runtime.rundir import RunDir
-from ftune.runtime.spec import RunSpec, SpecError, build_spec, shorthand
+from ftune.runtime.spec import RunSpec, SpecError, build_spec
+from ftune.runtime.spec.edit import compact, numbers, parse_assignment, set_path
 from ftune.runtime.spec.io import read_yaml, run_file_text, write_run_file
 
-__all__ = ["GPU_ONLY", "KINDS", "NO_HOME", "NO_MEANING", "Carried", "Imported", "Left", "detect_kind",
+__all__ = ["CONFIG_KINDS", "GPU_ONLY", "NO_HOME", "NO_MEANING", "Carried", "Imported", "Left", "detect_kind",
            "import_config", "is_foreign", "read_source", "write_imported"]
 
-KINDS = {"lf": "LLaMA-Factory training YAML", "glm": "GLM-4 finetune_demo config",
-         "dodo": "hosted-platform parameter set (DoDo)"}
+# the kinds of config `ftune import` reads (data kinds are formats.KINDS): kind -> what it is
+CONFIG_KINDS = {"lf": "LLaMA-Factory training YAML", "glm": "GLM-4 finetune_demo config",
+                "dodo": "hosted-platform parameter set (DoDo)"}
 MAPPERS = {"lf": llamafactory, "glm": glm, "dodo": dodo}
 EXPECTED = ("a LLaMA-Factory training YAML (model_name_or_path, stage, dataset, ...), a GLM-4 finetune_demo config "
             "(data_config, training_args, peft_config) or a hosted-platform parameter set (lora_r, model_save_type, "
             "...)")
 RUN_FILE_KEYS = {"name", "preset", "model", "data", "training", "output", "resources"}
-ORDER = ("name", "model", "data", "stage", "method", "training", "output", "resources")
 
 
 @dataclass
@@ -73,7 +74,7 @@ def read_source(path: str | Path) -> dict[str, Any]:
             raise UserError(f"{path}: not valid JSON ({e})") from None
     else:
         raw = read_yaml(text, str(path))[0]
-        raw = _numbers(raw)
+        raw = numbers(raw)
     if not isinstance(raw, dict):
         raise UserError(f"{path} is not a config ftune can import: expected {EXPECTED}, as a mapping of keys")
     return raw
@@ -95,18 +96,10 @@ def with_overrides(src: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """`key=value` as llamafactory-cli takes them (dotted keys reach into sections), applied to the source."""
     out = copy.deepcopy(src)
     for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
+        parsed = parse_assignment(item)
+        if parsed is None:
             raise UserError(f"override {item!r} is not KEY=VALUE (e.g. learning_rate=1e-5)")
-        try:
-            value = _numbers(yaml.safe_load(text))
-        except yaml.YAMLError:
-            value = text
-        cursor = out
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            cursor = cursor.setdefault(part, {})
-        cursor[parts[-1]] = value
+        set_path(out, *parsed)
     return out
 
 
@@ -154,9 +147,9 @@ def import_config(path: str | Path, *, project: Path, kind: str | None = None, n
             rec.drop("data.dataset_dir")
     if require_all:
         if not rec.get("model.name_or_path"):
-            raise UserError(f"{path} ({KINDS[kind]}) names no model: pass --model PATH_OR_HUB_ID")
+            raise UserError(f"{path} ({CONFIG_KINDS[kind]}) names no model: pass --model PATH_OR_HUB_ID")
         if not rec.get("data.train"):
-            raise UserError(f"{path} ({KINDS[kind]}) names no training data: pass --data FILE",
+            raise UserError(f"{path} ({CONFIG_KINDS[kind]}) names no training data: pass --data FILE",
                             hint="; ".join(rec.warnings))
     rec.raw["name"] = name or _name_from(path)
 
@@ -176,7 +169,7 @@ def import_config(path: str | Path, *, project: Path, kind: str | None = None, n
         rec.leave(c.source, c.value, NO_HOME, "training.predict_with_generate answers data.test, and no single test "
                                               "file was carried over")
     _check_targets(rec, project)
-    raw = ordered(rec.raw)
+    raw = compact(rec.raw)
     try:
         spec = build_spec(copy.deepcopy(raw), source=f"the run file imported from {path}")
     except SpecError as e:
@@ -194,7 +187,8 @@ def write_imported(root: Path, imported: Imported, overwrite: bool = False) -> R
         if run.is_locked():
             raise UserError(f"run '{run.name}' is training now: stop it first (`ftune stop {run.name}`)")
     stamp = time.strftime("%Y-%m-%d %H:%M")
-    lines = [f"ftune run file, imported by `ftune import` from {imported.source} ({KINDS[imported.kind]}) on {stamp}.",
+    lines = [f"ftune run file, imported by `ftune import` from {imported.source} ({CONFIG_KINDS[imported.kind]}) "
+             f"on {stamp}.",
              "Values not set here are ftune's defaults (docs/run-file.md; docs/import.md)."]
     if imported.left:
         lines.append("Not carried over:")
@@ -202,34 +196,6 @@ def write_imported(root: Path, imported: Imported, overwrite: bool = False) -> R
     lines += [f"warning: {w}" for w in imported.warnings]
     write_run_file(run.spec_path, run_file_text(imported.raw, lines))
     return run
-
-
-def ordered(raw: dict[str, Any]) -> dict[str, Any]:
-    """Sections in the usual order, empty ones left out, `stage: sft` for `stage: {type: sft}`."""
-
-    def prune(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: v for k, v in ((k, prune(v)) for k, v in value.items()) if v != {}}
-        return value
-
-    data = shorthand.collapse(prune(raw))
-    out = {k: data[k] for k in ORDER if k in data}
-    out.update({k: v for k, v in data.items() if k not in out})
-    return out
-
-
-_EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
-
-
-def _numbers(value: Any) -> Any:
-    """`5e-5` as the number YAML 1.2 reads (PyYAML's YAML 1.1 keeps it a string without a dot)."""
-    if isinstance(value, dict):
-        return {k: _numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_numbers(v) for v in value]
-    if isinstance(value, str) and _EXPONENT.match(value.strip()):
-        return float(value)
-    return value
 
 
 def _name_from(path: Path) -> str:

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
 from ftune.runtime.importers.record import NO_HOME, NO_MEANING, Context, Record
+from ftune.runtime.spec.edit import parse_value
 
 MARKERS = {"model_save_type", "lora_r", "random_state", "load_in_4bit", "use_rslora", "max_seq_length",
            "dataset_num_proc"}
@@ -31,18 +30,8 @@ FLAGS = {"use_rslora": "method.lora.use_rslora", "overwrite_output_dir": "traini
 
 def _value(v: Any) -> Any:
     """ "2048" -> 2048, "2e-4" -> 0.0002: forms send numbers as text."""
-    if isinstance(v, str):
-        try:
-            parsed = yaml.safe_load(v)
-        except yaml.YAMLError:
-            return v
-        if isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
-            return parsed
-        try:
-            return float(v)
-        except ValueError:
-            return v
-    return v
+    parsed = parse_value(v) if isinstance(v, str) else v
+    return parsed if isinstance(parsed, (int, float)) and not isinstance(parsed, bool) else v
 
 
 def _flag(v: Any) -> bool | None:

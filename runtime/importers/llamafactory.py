@@ -60,9 +60,7 @@ LEFT = {  # key -> (reason, why)
     "tokenized_path": (NO_HOME, "ftune keeps the tokenised data in runs/<name>/tokenized/ (data.cache)"),
     "eval_num_beams": (NO_HOME, "ftune's predictions are greedy"),
     "eval_on_each_dataset": (NO_HOME, "ftune evaluates on one validation set"),
-    "tool_format": (NO_HOME, "ftune formats tool calls with the chat template"),
     "default_system": (NO_HOME, "put the system prompt in the data's system turns"),
-    "preserve_thinking": (NO_HOME, "ftune keeps every answer's text as written"),
     "early_stopping_steps": (NO_HOME, "ftune has no early stopping; `ftune stop RUN` saves and stops"),
     "include_effective_tokens_per_second": (NO_MEANING, "every step event carries tokens_per_s"),
     "disable_gradient_checkpointing": (NO_MEANING, "read with gradient checkpointing: see training.gradient_checkpointing"),
@@ -84,7 +82,6 @@ LEFT = {  # key -> (reason, why)
     "data_shared_file_system": (NO_MEANING, "each node prepares the data in its own run folder"),
     "media_dir": (NO_MEANING, "ftune looks for images beside the data file, then in data.dataset_dir"),
     "moe_aux_loss_coef": (NO_HOME, "ftune trains MoE models with their own router loss settings"),
-    "enable_thinking": (NO_HOME, "ftune's templates keep the answers as written (no thought blocks added)"),
     "freeze_language_model": (NO_HOME, "ftune always trains a vision-language model's language model"),
 }
 REPORTS = "ftune reports to runs/<name>/events.jsonl only"
@@ -142,6 +139,39 @@ def template_for(name: str) -> tuple[str | None, str]:
     return None, f"ftune has no template '{name}': the tokenizer's own chat template is used (auto)"
 
 
+CHATML_NAMES = {n for n in templates.NAMES if templates.get(n) == templates.CHATML}
+
+
+def agent_settings(src: dict[str, Any], rec: Record) -> None:
+    """tool_format, enable_thinking and preserve_thinking onto the model's template and data.reasoning. Rows with
+    tools are rendered by the chat template itself: LLaMA-Factory's qwen tool format is ftune's chatml template;
+    its default (ReAct-style Action / Action Input) and glm4 formats give way to the model's own template, the
+    format the model meets at inference."""
+    fmt = src.get("tool_format")
+    if fmt is not None:
+        template = src.get("template")
+        if fmt == "qwen" and (template is None or str(template) in CHATML_NAMES):
+            rec.put("tool_format", "model.template", "chatml",
+                    "ChatML with Qwen2.5's tool format (tools in the system turn, <tool_call> JSON)")
+        elif fmt in ("default", "glm4", "qwen", "llama3", "mistral"):
+            rec.leave("tool_format", fmt, NO_HOME,
+                      "ftune renders tools and tool calls with the chat template (data/agent rows): the model's own "
+                      "template has its own tool format, the one it is served with; model.template chatml is "
+                      "Qwen2.5's")
+        else:
+            rec.leave("tool_format", fmt, NO_HOME, "not a tool format LLaMA-Factory has")
+    thinking = src.get("enable_thinking")
+    if thinking is False:
+        rec.put("enable_thinking", "data.reasoning", "drop", "no thinking is learnt")
+    elif thinking is not None:
+        rec.leave("enable_thinking", thinking, NO_MEANING, "data.reasoning auto learns what the template shows")
+    if src.get("preserve_thinking"):
+        rec.put("preserve_thinking", "data.reasoning", "keep", "every answer's thinking is learnt")
+    elif "preserve_thinking" in src:
+        rec.leave("preserve_thinking", src["preserve_thinking"], NO_MEANING,
+                  "data.reasoning auto learns the thinking the template shows")
+
+
 def find_dataset_dir(src: dict[str, Any], ctx: Context, rec: Record) -> Path | None:
     """LLaMA-Factory's dataset_dir: --dataset-dir, the file's dataset_dir, or `data/` beside the file (its
     default, from where llamafactory-cli runs)."""
@@ -176,6 +206,8 @@ def map_config(src: dict[str, Any], ctx: Context) -> Record:
         else:
             rec.leave("template", src["template"], NO_HOME, note)
         take("template")
+    agent_settings(src, rec)
+    take("tool_format", "enable_thinking", "preserve_thinking")
     if "rope_scaling" in src:
         value = src["rope_scaling"]
         if value in ("linear", "dynamic", "yarn"):

@@ -3,7 +3,6 @@ and why. An importer only ever adds to this record, so nothing it read goes unme
 
 from __future__ import annotations
 
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,6 +10,7 @@ from typing import Annotated, Any
 from pydantic import TypeAdapter, ValidationError
 
 from ftune.runtime.spec import RunSpec
+from ftune.runtime.spec.edit import del_path, get_path, literal_values, set_path
 from ftune.runtime.spec.schema import class_at
 
 # Why a key is not carried over (the three kinds `ftune import` names).
@@ -57,11 +57,7 @@ class Record:
             self.carried.remove(earlier)
             self.leave(earlier.source, earlier.value, NO_MEANING, f"{target} is set from {source} instead")
         self.carried.append(Carried(source, target, value, note, gpu))
-        cursor = self.raw
-        parts = target.split(".")
-        for part in parts[:-1]:
-            cursor = cursor.setdefault(part, {})
-        cursor[parts[-1]] = value
+        set_path(self.raw, target, value)
         return True
 
     def leave(self, source: str, value: Any, reason: str, why: str) -> None:
@@ -74,20 +70,11 @@ class Record:
         return any(c.target == target for c in self.carried)
 
     def get(self, target: str, default: Any = None) -> Any:
-        cursor: Any = self.raw
-        for part in target.split("."):
-            if not isinstance(cursor, dict) or part not in cursor:
-                return default
-            cursor = cursor[part]
-        return cursor
+        return get_path(self.raw, target, default)
 
     def drop(self, target: str) -> None:
         """Take a carried value back out of the run file (it stays listed, as left)."""
-        parts = target.split(".")
-        cursor: Any = self.raw
-        for part in parts[:-1]:
-            cursor = cursor.get(part, {})
-        cursor.pop(parts[-1], None)
+        del_path(self.raw, target)
         self.carried = [c for c in self.carried if c.target != target]
 
 
@@ -105,13 +92,6 @@ def field_problem(target: str, value: Any) -> str | None:
         if allowed:
             return f"takes {', '.join(map(str, allowed))}"
         return e.errors()[0]["msg"].lower()
-    return None
-
-
-def literal_values(annotation: Any) -> list[Any] | None:
-    for candidate in (annotation, *typing.get_args(annotation)):
-        if typing.get_origin(candidate) is typing.Literal:
-            return list(typing.get_args(candidate))
     return None
 
 

@@ -18,8 +18,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|user|>", "<|observation|>",
-               "<|endoftext|>", "<｜end▁of▁sentence｜>", "</s>")
+from ftune.runtime.templates import END_OF_TURN
 
 
 @dataclass
@@ -75,8 +74,9 @@ class Vision:
                               padding=padding, return_tensors="pt")
 
 
-def render(tokenizer, messages: list[dict[str, str]]) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def render(tokenizer, messages: list[dict[str, str]], tools: list[dict[str, Any]] | None = None) -> str:
+    extra = {"tools": tools} if tools else {}
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
 
 
 def text_only(messages: list[dict[str, Any]]) -> None:
@@ -84,12 +84,13 @@ def text_only(messages: list[dict[str, Any]]) -> None:
         raise ValueError("this model reads text only: images need a run of a vision-language model")
 
 
-def prompt_inputs(tokenizer, messages: list[dict[str, str]], device, vision: Vision | None = None) -> dict[str, Any]:
+def prompt_inputs(tokenizer, messages: list[dict[str, str]], device, vision: Vision | None = None,
+                  tools: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     if vision is not None:
         enc = vision.inputs([messages])
     else:
         text_only(messages)
-        enc = tokenizer(render(tokenizer, messages), add_special_tokens=False, return_tensors="pt")
+        enc = tokenizer(render(tokenizer, messages, tools), add_special_tokens=False, return_tensors="pt")
     return {k: v.to(device) for k, v in enc.items()}
 
 
@@ -116,13 +117,14 @@ class Generation:
     is held for the whole generation (one model, one generation at a time)."""
 
     def __init__(self, model, tokenizer, messages: list[dict[str, str]], settings: Settings,
-                 disable_adapter: bool = False, lock: threading.Lock | None = None, vision: Vision | None = None):
+                 disable_adapter: bool = False, lock: threading.Lock | None = None, vision: Vision | None = None,
+                 tools: list[dict[str, Any]] | None = None):
         from transformers import TextIteratorStreamer
 
         settings.check()
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
         self.disable_adapter, self.lock = disable_adapter, lock
-        self.inputs = prompt_inputs(tokenizer, messages, _device(model), vision)
+        self.inputs = prompt_inputs(tokenizer, messages, _device(model), vision, tools)
         self.prompt_tokens = int(self.inputs["input_ids"].shape[1])
         self.streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         self._cancel = threading.Event()

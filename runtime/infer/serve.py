@@ -4,7 +4,10 @@
     GET  /v1/models/{id}
     POST /v1/chat/completions    with or without `stream: true` (server-sent events); a vision-language run
                                  reads image_url content parts: data: URLs, and local files only under the
-                                 folder named at start-up (`--image-dir`)
+                                 folder named at start-up (`--image-dir`). `tools` (tool_choice auto or none)
+                                 are rendered through the run's chat template and the calls the model writes
+                                 come back parsed as `tool_calls` (finish_reason tool_calls); tool turns and
+                                 assistant tool_calls in the history are read
     GET  /health                 no key needed: for load balancers and scripts
 
 Errors use OpenAI's body, `{"error": {"message", "type", "param", "code"}}`, with its status codes:
@@ -62,8 +65,9 @@ class Message(BaseModel):
                                         f"text only", param="messages")
             return "".join(p.text or "" for p in self.content)
         if self.content is None:
-            raise APIError(400, f"a {self.role} message needs text content (tool calls are not supported)",
-                           param="messages")
+            if self.role == "assistant" and getattr(self, "tool_calls", None):
+                return ""
+            raise APIError(400, f"a {self.role} message needs text content", param="messages")
         return self.content
 
 
@@ -92,6 +96,8 @@ class ChatRequest(BaseModel):
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     logprobs: StrictBool | None = None
     tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: StrictBool | None = None
     response_format: dict[str, Any] | None = None
 
     @field_validator("stop")
@@ -110,8 +116,9 @@ class ChatRequest(BaseModel):
                     "presence and frequency penalties are not supported")
         if self.logprobs:
             return "logprobs", "logprobs are not supported"
-        if self.tools:
-            return "tools", "tool calling is not supported by this server"
+        if isinstance(self.tool_choice, dict) or self.tool_choice not in (None, "auto", "none"):
+            return ("tool_choice", "this server cannot force a tool call: tool_choice may be 'auto' (the model "
+                                   "decides) or 'none'")
         if self.response_format and self.response_format.get("type", "text") != "text":
             return "response_format", "only the text response format is supported"
         return None
@@ -143,10 +150,18 @@ class TransformersEngine:
         self.default_temperature = float(gen.temperature) if sampled and gen.temperature is not None else 1.0
         self.default_top_p = float(gen.top_p) if sampled and gen.top_p is not None else 1.0
 
-    def start(self, messages: list[dict[str, str]], req: ChatRequest):
+    def start(self, messages: list[dict[str, str]], req: ChatRequest, tools: list[dict[str, Any]] | None = None):
         from ftune.runtime.infer.generate import Generation, Settings, prompt_inputs
 
-        n_prompt = int(prompt_inputs(self.rm.tokenizer, messages, "cpu", self.vision)["input_ids"].shape[1])
+        if tools:
+            from ftune.runtime.data.tokenize import template_abilities
+
+            ab = template_abilities(self.rm.tokenizer)
+            if not ab.tools:
+                raise APIError(400, f"this model's chat template cannot render tools ({ab.tools_problem}): train "
+                                    f"the run with model.template chatml, or a model whose template has tools",
+                               param="tools")
+        n_prompt = int(prompt_inputs(self.rm.tokenizer, messages, "cpu", self.vision, tools)["input_ids"].shape[1])
         if self.context and n_prompt >= self.context:
             raise APIError(400, f"the messages are {n_prompt} tokens; this model's context is {self.context} tokens",
                            param="messages", code="context_length_exceeded")
@@ -159,7 +174,8 @@ class TransformersEngine:
         settings = Settings(temperature=self.default_temperature if req.temperature is None else req.temperature,
                             top_p=self.default_top_p if req.top_p is None else req.top_p,
                             max_new_tokens=wanted or min(1024, room), seed=req.seed, stop=stop)
-        return Generation(self.rm.model, self.rm.tokenizer, messages, settings, lock=self.lock, vision=self.vision)
+        return Generation(self.rm.model, self.rm.tokenizer, messages, settings, lock=self.lock, vision=self.vision,
+                          tools=tools)
 
 
 # --------------------------------------------------------------------------- the app
@@ -193,7 +209,19 @@ def image_ref(url: Any, image_dir) -> str:
 def _turn(m: Message, vision: bool, image_dir) -> dict[str, Any]:
     role = "system" if m.role == "developer" else m.role
     if not (vision and isinstance(m.content, list)):
-        return {"role": role, "content": m.text()}
+        turn: dict[str, Any] = {"role": role, "content": m.text()}
+        calls = getattr(m, "tool_calls", None)
+        if calls and role == "assistant":
+            from ftune.runtime.data.agent import parse_call
+
+            try:
+                turn["tool_calls"] = [parse_call(c, "an assistant message's tool_calls", k) for k, c in enumerate(calls)]
+            except ValueError as e:
+                raise APIError(400, str(e), param="messages") from None
+        for key in ("tool_call_id", "name"):
+            if role == "tool" and isinstance(getattr(m, key, None), str):
+                turn[key] = getattr(m, key)
+        return turn
     from ftune.runtime.data.images import PLACEHOLDER
 
     text, refs = [], []
@@ -212,6 +240,42 @@ def _turn(m: Message, vision: bool, image_dir) -> dict[str, Any]:
 
 def _messages(req: ChatRequest, vision: bool = False, image_dir=None) -> list[dict[str, Any]]:
     return [_turn(m, vision, image_dir) for m in req.messages]
+
+
+def _tools(req: ChatRequest, messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The request's tools in the shape templates read (None with tool_choice none), and the tool turns linked to
+    the calls they answer (a template such as Hermes names the function in each result)."""
+    from ftune.runtime.data import agent
+
+    try:
+        tools = agent.parse_tools(req.tools or [])
+    except ValueError as e:
+        raise APIError(400, str(e).replace("'tools'", "tools"), param="tools") from None
+    if tools or any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
+        called = [{"type": "function", "function": {"name": c["function"]["name"]}}
+                  for m in messages for c in m.get("tool_calls") or []]
+        try:
+            agent.check_calls(messages, tools + called)  # a call in the history may name a tool not offered now
+        except ValueError as e:
+            raise APIError(400, str(e).replace("turn ", "message "), param="messages") from None
+    return tools if tools and req.tool_choice != "none" else None
+
+
+def _reply(text: str, tools: list[dict[str, Any]] | None) -> tuple[dict[str, Any], bool]:
+    """The assistant message for a generated text: with tools, calls the model wrote become `tool_calls` and a
+    leading <think>…</think> becomes `reasoning_content`; without, the text as it is. Returns (message, whether it
+    calls tools)."""
+    from ftune.runtime.data.agent import parse_answer
+
+    if not tools:
+        return {"role": "assistant", "content": text}, False
+    content, calls, reasoning = parse_answer(text)
+    message: dict[str, Any] = {"role": "assistant", "content": content if (content or not calls) else None}
+    if reasoning is not None:
+        message["reasoning_content"] = reasoning
+    if calls:
+        message["tool_calls"] = calls
+    return message, bool(calls)
 
 
 def _validation_message(exc) -> tuple[str, str | None]:
@@ -294,25 +358,27 @@ def create_app(engine, model_id: str, api_key: str | None = None, owned_by: str 
         if problem:
             raise APIError(400, problem[1], param=problem[0])
         messages = _messages(req, getattr(engine, "vision", None) is not None, image_dir)
+        tools = _tools(req, messages)
         try:
-            gen = engine.start(messages, req)
+            gen = engine.start(messages, req, tools) if tools else engine.start(messages, req)
         except ValueError as e:  # settings out of range
             raise APIError(400, str(e)) from None
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         now = int(time.time())
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(_until_gone(gen, _sse(gen, cid, now, model_id, usage)),
+            return StreamingResponse(_until_gone(gen, _sse(gen, cid, now, model_id, usage, tools)),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
             text = gen.result()
         except Exception as e:  # noqa: BLE001 - the client gets a 500 with the reason
             raise APIError(500, f"generation failed: {type(e).__name__}: {e}") from None
+        message, called = _reply(text, tools)
         return {
             "id": cid, "object": "chat.completion", "created": now, "model": model_id,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                         "finish_reason": gen.finish_reason}],
+            "choices": [{"index": 0, "message": message, "logprobs": None,
+                         "finish_reason": "tool_calls" if called else gen.finish_reason}],
             "usage": _usage(gen),
         }
 
@@ -343,8 +409,11 @@ async def _until_gone(gen, chunks: Iterator[str]):
             logging.getLogger("uvicorn.error").info("the client went away after %d chunks: generation stopped", sent)
 
 
-def _sse(gen, cid: str, created: int, model_id: str, include_usage: bool) -> Iterator[str]:
-    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`."""
+def _sse(gen, cid: str, created: int, model_id: str, include_usage: bool,
+         tools: list[dict[str, Any]] | None = None) -> Iterator[str]:
+    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`. With tools the answer is sent when
+    it is complete, its calls parsed into tool_calls deltas, so a client's stream parser gets what a non-streamed
+    reply holds."""
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
         body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_id,
                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}
@@ -352,9 +421,15 @@ def _sse(gen, cid: str, created: int, model_id: str, include_usage: bool) -> Ite
 
     try:
         yield chunk({"role": "assistant", "content": ""})
-        for piece in gen:
-            yield chunk({"content": piece})
-        yield chunk({}, gen.finish_reason)
+        called = False
+        if tools:  # sent when whole: a call is never split between content and tool_calls
+            message, called = _reply(gen.result(), tools)
+            for delta in _tool_deltas(message):
+                yield chunk(delta)
+        else:
+            for piece in gen:
+                yield chunk({"content": piece})
+        yield chunk({}, "tool_calls" if called else gen.finish_reason)
         if include_usage:
             body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_id,
                     "choices": [], "usage": _usage(gen)}
@@ -364,6 +439,19 @@ def _sse(gen, cid: str, created: int, model_id: str, include_usage: bool) -> Ite
         yield f"data: {json.dumps(APIError(500, f'generation failed: {type(e).__name__}: {e}').body())}\n\n"
     finally:
         gen.cancel()  # a client that went away stops the generation
+
+
+def _tool_deltas(message: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A whole reply that may call tools as stream deltas: reasoning, content, then each call (OpenAI's: index, id,
+    type and name first, then its arguments)."""
+    if message.get("reasoning_content") is not None:
+        yield {"reasoning_content": message["reasoning_content"]}
+    if message["content"]:
+        yield {"content": message["content"]}
+    for k, call in enumerate(message.get("tool_calls") or []):
+        yield {"tool_calls": [{"index": k, "id": call["id"], "type": "function",
+                               "function": {"name": call["function"]["name"], "arguments": ""}}]}
+        yield {"tool_calls": [{"index": k, "function": {"arguments": call["function"]["arguments"]}}]}
 
 
 # --------------------------------------------------------------------------- vLLM

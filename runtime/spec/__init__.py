@@ -4,6 +4,7 @@
     keys.py       names from other tools (cutoff_len, lora_r, ...) and their ftune homes
     problems.py   every mistake at once, with its field, line and a did-you-mean
     shorthand.py  `stage: sft` / `method: lora`, dotted paths
+    edit.py       get/set/delete by path, KEY=VALUE values, key order, compact: every face edits through it
     overrides.py  `--set` and the merge order: defaults < preset < run file < --set
     io.py         load, build, save
     editors.py    the JSON Schema for editors (`ftune schema`) and the line that points run files at it

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-import yaml
-
 from ftune.runtime.spec import shorthand
+from ftune.runtime.spec.edit import parse_assignment
 from ftune.runtime.spec.problems import Problem, SpecError
 
 
@@ -30,23 +28,14 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
-_SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
-
-
 def _parse(overrides: list[str]) -> list[tuple[str, Any]]:
     problems, out = [], []
     for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
+        parsed = parse_assignment(item)
+        if parsed is None:
             problems.append(Problem(item, "an override must look like section.key=value, e.g. training.learning_rate=3e-4"))
             continue
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
-            value = text
-        if isinstance(value, str) and _SCIENTIFIC.match(value.strip()):
-            value = float(value)  # YAML 1.1 reads 3e-4 (no dot) as text; everyone means the number
-        out.append((key.strip(), value))
+        out.append(parsed)
     if problems:
         raise SpecError(problems, "--set")
     return out

@@ -120,6 +120,12 @@ class DataSpec(Section):
     max_length: int = Field(1024, gt=8, description="Tokens per example (cutoff length); longer rows are truncated.")
     train_on_prompt: bool = Field(False, description="Also compute the loss on system and user tokens.")
     mask_history: bool = Field(False, description="Learn only the last assistant turn of each conversation.")
+    reasoning: Literal["auto", "keep", "drop", "last_turn_only"] = Field(
+        "auto", description="Thinking in answers (reasoning_content, or a <think>…</think> prefix): auto learns what "
+        "the model's own template shows of it (Qwen3: the thinking after the last user turn); keep learns every "
+        "answer's thinking (an answer whose thinking the template would hide becomes its own example); drop learns "
+        "none; last_turn_only learns the final answer's only."
+    )
     combine: bool = Field(
         True, description="true: a conversation is one sequence, every answer learnt; false: each assistant "
         "turn becomes its own example with the turns before it as the prompt."
@@ -369,9 +375,38 @@ class TrainingSpec(Section):
     )
     dataloader_num_workers: int = Field(0, ge=0, description="Worker processes feeding batches.")
     auto_resume: bool = Field(
-        False, description="Resume from the newest checkpoint when the run is started again (like --resume)."
+        False, description="Resume from the newest complete checkpoint when the run is started again (like --resume), "
+        "so a job a scheduler requeues after a preemption or a time limit goes on by itself."
     )
     system_interval_s: float = Field(10.0, gt=0, description="Seconds between system (memory) events.")
+    max_time: float | None = Field(
+        None, gt=0, description="Seconds this attempt may run, from the worker's start (loading included): at the "
+        "first step end past it, it saves a checkpoint and ends `stopped` (reason max_time). Set it under a "
+        "scheduler's time limit, leaving room to save; `ftune train RUN --resume` (or auto_resume) goes on from there."
+    )
+    hang_after: float | None = Field(
+        None, gt=0, description="Seconds without an optimiser step (or an evaluation batch) before the watchdog writes "
+        "a warning with every rank's Python stack (in train.log; the event carries the innermost frames) and the run "
+        "shows as stalled. Default: the larger of 10 minutes and 20 times the median step. Before the first step "
+        "(loading the data and the model) the limit is the larger of this and 30 minutes."
+    )
+    on_hang: Literal["warn", "stop"] = Field(
+        "warn", description="warn: the warning only. stop: also end the process after a second hang_after, with an "
+        "error event, so a scheduler can requeue it (`ftune train RUN --resume`)."
+    )
+    on_blowup: Literal["warn", "rollback"] = Field(
+        "warn", description="When the loss turns NaN or infinite, or stays above 3 times its recent maximum for 3 "
+        "logged steps: warn (a warning event), or rollback: restore the newest checkpoint saved before it, skip the "
+        "batches trained since, scale the learning rate by rollback_lr_scale, and go on (a rollback event each time)."
+    )
+    max_rollbacks: int = Field(
+        3, ge=1, description="on_blowup rollback: how many rollbacks one attempt may make; the next blow-up ends it "
+        "with an error."
+    )
+    rollback_lr_scale: float = Field(
+        1.0, gt=0, le=1, description="on_blowup rollback: multiply the learning rate by this at each rollback (e.g. "
+        "0.5)."
+    )
     report_to: list[Literal["tensorboard", "wandb", "swanlab", "mlflow", "trackio"]] = Field(
         default_factory=list, description="Experiment trackers that get the same figures as events.jsonl, through "
         "transformers' own integrations (each an extra: pip install 'ftune[wandb]' ...). Offline modes are honoured "

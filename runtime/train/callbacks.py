@@ -1,9 +1,11 @@
-"""TrainerCallbacks that turn the HF training loop into ftune events and honour `ftune stop`."""
+"""TrainerCallbacks that turn the HF training loop into ftune events and honour `ftune stop`, `ftune checkpoint`,
+training.max_time, the hang watchdog's beat and training.on_blowup."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from ftune.runtime.events import EventWriter
-from ftune.runtime.files import write_atomic
+from ftune.runtime.files import fsync_tree, write_atomic
 from ftune.runtime.rundir import CHECKPOINT_MARKER, RunDir
 from ftune.runtime.train.stopper import Stopper
 
@@ -22,6 +24,11 @@ def _finite(x: Any) -> bool:
 
 def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+SPIKE_TIMES = 3  # a loss above this many times its recent maximum ...
+SPIKE_STEPS = 3  # ... for this many logged steps in a row is a blow-up (training.on_blowup)
+STOP_CODES = {"signal": 1, "max_time": 2}  # a stop's reason, agreed across ranks (the largest wins)
 
 
 class EventsCallback(TrainerCallback):
@@ -38,10 +45,27 @@ class EventsCallback(TrainerCallback):
         self.metrics: dict[str, Any] = {}
         self.phases: Any = None  # train/phases.Phases: its timeline goes into the started event
         self.trackers: list[Any] = []  # train/tracking.Guarded: they begin before this callback, so they can say
+        self.watchdog: Any = None  # train/watchdog.Watchdog: beats at each step end
+        self.max_time: float | None = None  # training.max_time, from the worker's start (stopper.t0)
+        self.rollback_on_blowup = False  # training.on_blowup: rollback
+        self.blowup: dict[str, Any] | None = None  # the blow-up that stopped the loop for a rollback
+        self.last_good_step = 0  # the last logged step whose loss was fine: a rollback goes to a checkpoint at or before
+        self.rollbacks = 0
+        self.lr_scale = 1.0  # rollback_lr_scale ** rollbacks, applied as each loop after a rollback begins
+        self._spikes = 0
+        self._good: list[float] = []
+        self._requested: int | None = None  # the step a requested checkpoint is saved at
+        self._request_file = str(run.checkpoint_request_path)
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
         self.stopper.in_loop = True
         self._last_t, self._last_tokens, self._last_step = time.time(), state.num_input_tokens_seen, state.global_step
+        self.blowup, self._spikes = None, 0
+        if self.watchdog is not None:
+            self.watchdog.pause(False)
+        if self.rollbacks:  # the loop again, from a rollback's checkpoint: its event was written; no `started`
+            scale_learning_rate(optimizer, lr_scheduler, self.lr_scale)
+            return
         if state.is_world_process_zero:
             trackers = {"trackers": [t.describe() for t in self.trackers]} if self.trackers else {}
             timeline = {"phases": self.phases.timeline()} if self.phases is not None else {}
@@ -49,14 +73,29 @@ class EventsCallback(TrainerCallback):
             self.run.update_status(state="running", step=state.global_step, max_steps=state.max_steps)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if args.world_size > 1:  # `ftune stop` reaches rank 0 only: every rank stops at the same step
+        if self.watchdog is not None:
+            self.watchdog.beat()
+        if self.max_time is not None and not self.stopper.requested \
+                and time.monotonic() - self.stopper.t0 > self.max_time:
+            self.stopper.requested, self.stopper.reason = True, "max_time"
+        asked = state.is_world_process_zero and os.path.exists(self._request_file)  # `ftune checkpoint`: one stat
+        if args.world_size > 1:  # `ftune stop` and `ftune checkpoint` reach rank 0 only: every rank acts at one step
             import torch
             import torch.distributed as dist
 
-            flag = torch.tensor([1.0 if self.stopper.requested else 0.0], device=args.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            self.stopper.requested = bool(flag.item())
-        if self.stopper.requested:  # `ftune stop`: checkpoint this step, then leave the loop
+            code = STOP_CODES.get(self.stopper.reason or "signal", 1) if self.stopper.requested else 0
+            flags = torch.tensor([float(code), 1.0 if asked else 0.0], device=args.device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            code, asked = int(flags[0].item()), bool(flags[1].item())
+            if code and not self.stopper.requested:
+                self.stopper.requested = True
+                self.stopper.reason = next(k for k, v in STOP_CODES.items() if v == code)
+        if asked:
+            control.should_save = True
+            self._requested = state.global_step
+            if state.is_world_process_zero:
+                self.run.checkpoint_request_path.unlink(missing_ok=True)
+        if self.stopper.requested:  # `ftune stop`, a scheduler's SIGTERM or max_time: checkpoint this step, then leave
             if state.is_world_process_zero and not control.should_training_stop:
                 self.run.update_status(state="stopping")
             control.should_save = True
@@ -64,7 +103,21 @@ class EventsCallback(TrainerCallback):
             control.should_training_stop = True
         return control
 
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.watchdog is not None:  # export and after-training are not steps
+            self.watchdog.pause()
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        if self.watchdog is not None:  # an evaluation's batches are progress too
+            self.watchdog.beat(step=False)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.watchdog is not None:
+            self.watchdog.beat(step=False)
+
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs and self.rollback_on_blowup:  # every rank: the logged loss is the same on all
+            self._watch_for_blowup(state.global_step, logs["loss"], control)
         if not state.is_world_process_zero or not logs:
             return
         if "loss" in logs:
@@ -120,11 +173,46 @@ class EventsCallback(TrainerCallback):
         if _finite(loss):
             self._recent = (self._recent + [loss])[-20:]
 
+    def _watch_for_blowup(self, step: int, loss: Any, control) -> None:
+        """training.on_blowup rollback: a NaN/inf loss, or SPIKE_STEPS logged losses in a row above SPIKE_TIMES their
+        recent maximum, ends this loop without saving (recipe.train rolls back and starts it again)."""
+        if _finite(loss) and len(self._good) >= 5 and loss > SPIKE_TIMES * max(self._good):
+            self._spikes += 1
+            reason = f"loss above {SPIKE_TIMES}x its recent maximum for {self._spikes} logged steps"
+        elif _finite(loss):
+            self._spikes, reason = 0, None
+            self._good = (self._good + [loss])[-20:]
+            self.last_good_step = step
+        else:
+            reason = f"loss is {loss}"
+        if reason and (not _finite(loss) or self._spikes >= SPIKE_STEPS):
+            self.blowup = {"step": step, "reason": reason}
+            control.should_training_stop = True
+            control.should_save = control.should_evaluate = False  # never a checkpoint of the blown-up weights
+
     def on_save(self, args, state, control, **kwargs):
+        if self.watchdog is not None:  # a long save is progress, not a hang
+            self.watchdog.beat(step=False)
         if not state.is_world_process_zero:
             return
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if path.is_dir():  # the trainer has written everything: mark it complete, atomically and last
+        if path.is_dir():  # the trainer has written everything: on disk first, then the marker, atomically and last
+            fsync_tree(path)
             write_atomic(path / CHECKPOINT_MARKER, json.dumps({"step": state.global_step, "run": self.run.name}) + "\n")
+        requested = {"requested": True} if self._requested == state.global_step else {}
         self.events.emit("checkpoint", step=state.global_step, path=str(path),
-                         bytes=_dir_bytes(path) if path.is_dir() else None)
+                         bytes=_dir_bytes(path) if path.is_dir() else None, **requested)
+
+
+def scale_learning_rate(optimizer, lr_scheduler, scale: float) -> None:
+    """After a rollback: the restored schedule, scaled (its base rates and the rates in force now)."""
+    if scale == 1.0 or optimizer is None:
+        return
+    for group in optimizer.param_groups:
+        group["lr"] *= scale
+        if "initial_lr" in group:
+            group["initial_lr"] *= scale
+    if lr_scheduler is not None and hasattr(lr_scheduler, "base_lrs"):
+        lr_scheduler.base_lrs = [lr * scale for lr in lr_scheduler.base_lrs]
+    if isinstance(getattr(lr_scheduler, "_last_lr", None), list):  # what get_last_lr() (the step event's lr) says
+        lr_scheduler._last_lr = [lr * scale for lr in lr_scheduler._last_lr]

@@ -22,7 +22,7 @@ from ftune.runtime.events import EventWriter
 from ftune.runtime.files import publish_dir
 from ftune.runtime.rundir import RunDir, RunError
 from ftune.runtime.spec import RunSpec
-from ftune.runtime.train import stages, tracking
+from ftune.runtime.train import faults, stages, tracking
 from ftune.runtime.train.args import common_args
 from ftune.runtime.train.callbacks import EventsCallback
 from ftune.runtime.train.host_memory import keep_freed_memory
@@ -225,6 +225,10 @@ def setup(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
                             processor)
     if hasattr(trainer, "rows_seen"):
         callback.rows_seen = lambda: trainer.rows_seen
+    t = spec.training
+    callback.max_time, callback.rollback_on_blowup = t.max_time, t.on_blowup == "rollback"
+    for fault in faults.callbacks():  # FTUNE_FAULTS: the long-run tests' deterministic hang and blow-up
+        trainer.add_callback(fault)
     callback.trackers = tracking.guard(trainer, spec, events)  # a failing tracker is a warning, not the end
     if spec.method.badam is not None:
         adapt_to_badam(trainer)
@@ -273,18 +277,27 @@ def export(spec: RunSpec, trainer, tokenizer, run: RunDir, processor=None) -> di
 
 
 def train(r: Recipe) -> None:
-    """Train; then end the stream with `stopped`, or export and end it with `finished`."""
+    """Train (rolling back a blow-up where training.on_blowup asks); then end the stream with `stopped`, or export
+    and end it with `finished`."""
     spec, run, events = r.spec, r.run, r.events
     status = run.update_status if r.lead else (lambda **fields: None)
     result = r.trainer.train(resume_from_checkpoint=str(r.resume_from[1]) if r.resume_from else None)
+    while r.callback.blowup is not None and not r.stopper.requested:
+        result = r.trainer.train(resume_from_checkpoint=str(roll_back(r)))
     metrics = {**r.callback.metrics, **(result.metrics or {})}
     metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     step = r.trainer.state.global_step
-    if r.stopper.requested:
-        ckpt = run.checkpoints_dir() / f"checkpoint-{step}"
-        events.emit("stopped", step=step, metrics=metrics, artifacts={"checkpoint": str(ckpt)})
+    if r.stopper.requested:  # the checkpoint this step saved (none when the same step blew up: the one before it)
+        ckpt = (run.latest_checkpoint() or (step, run.checkpoints_dir() / f"checkpoint-{step}"))[1]
+        reason = r.stopper.reason or "signal"
+        said = (f"training.max_time ({spec.training.max_time:g} s) was reached" if reason == "max_time" else
+                f"{r.stopper.signal or 'a signal'} asked for a stop (ftune stop, Ctrl+C or a scheduler)")
+        events.emit("stopped", step=step, metrics=metrics, artifacts={"checkpoint": str(ckpt)}, reason=reason,
+                    message=said)
         status(state="stopped", step=step, ended_at=time.time())
         return
+    if r.callback.rollbacks:
+        metrics["rollbacks"] = r.callback.rollbacks
     if not r.lead:  # the export is written once
         return
     artifacts = export(spec, r.trainer, r.tokenizer, run, r.processor)
@@ -295,3 +308,48 @@ def train(r: Recipe) -> None:
                                     r.processor))
     events.emit("finished", step=step, metrics=metrics, artifacts=artifacts)
     status(state="finished", step=step, ended_at=time.time(), export=artifacts["export"])
+
+
+def roll_back(r: Recipe) -> Path:
+    """training.on_blowup rollback, after the loop stopped on a blow-up: the newest complete checkpoint at or before
+    the last good logged step, the batches trained since it skipped, the learning rate scaled; a `rollback` event.
+    Raises RunError when the rollbacks are spent or no checkpoint comes before the blow-up."""
+    cb, t = r.callback, r.spec.training
+    bad = cb.blowup
+    good = [(s, p) for s, p in r.run.checkpoints() if s <= cb.last_good_step and s < bad["step"]]
+    if cb.rollbacks >= t.max_rollbacks:
+        raise RunError(f"the loss blew up at step {bad['step']} ({bad['reason']}) after {cb.rollbacks} rollbacks "
+                       f"(training.max_rollbacks: {t.max_rollbacks})",
+                       hint="Lower the learning rate, or look at the data around these steps; resume from a "
+                            "checkpoint with `ftune train RUN --resume`.")
+    if not good:
+        raise RunError(f"the loss blew up at step {bad['step']} ({bad['reason']}) and no checkpoint was saved before "
+                       f"it to roll back to", hint="Save more often (training.save_steps), or lower the learning rate.")
+    step, path = good[-1]
+    skip = bad["step"] - step  # optimiser steps trained since the checkpoint: their batches are not trained again
+    cb.rollbacks += 1
+    cb.lr_scale *= t.rollback_lr_scale
+    skip_batches(r.trainer, skip * t.gradient_accumulation_steps)
+    if r.lead:
+        r.events.emit("rollback", step=bad["step"], to_step=step, path=str(path), reason=bad["reason"],
+                      skipped_batches=skip * r.trainer.args.world_size * t.gradient_accumulation_steps,
+                      lr_scale=cb.lr_scale, rollback=cb.rollbacks, max_rollbacks=t.max_rollbacks)
+        r.run.update_status(step=step)
+    cb.blowup = None
+    return path
+
+
+def skip_batches(trainer, batches: int) -> None:
+    """The next resume also skips `batches` more batches of the epoch it resumes in (within that epoch), on top of
+    those the checkpoint's own step skips: transformers works out its skip in _init_training_state, wrapped here
+    for one call."""
+    original = trainer._init_training_state
+
+    def once(*args, **kwargs):
+        trainer._init_training_state = original
+        epochs, done = original(*args, **kwargs)
+        per_epoch = args[1] if len(args) > 1 else kwargs.get("num_update_steps_per_epoch")
+        room = (per_epoch * trainer.args.gradient_accumulation_steps - done) if isinstance(per_epoch, int) else batches
+        return epochs, done + max(0, min(batches, room - trainer.args.gradient_accumulation_steps))
+
+    trainer._init_training_state = once

@@ -4,6 +4,7 @@ the worker installs it before its heavy imports, so a stop in the first second s
 from __future__ import annotations
 
 import signal
+import time
 from typing import Any
 
 
@@ -18,8 +19,11 @@ class Stopper:
 
     def __init__(self, world_size: int = 1) -> None:
         self.requested = False
+        self.reason: str | None = None  # "signal" (ftune stop, Ctrl+C, a scheduler's SIGTERM) or "max_time"
+        self.signal: str | None = None  # SIGTERM or SIGINT
         self.in_loop = False
         self.world_size = world_size
+        self.t0 = time.monotonic()  # the worker's start: training.max_time counts from here
 
     def install(self) -> "Stopper":
         signal.signal(signal.SIGTERM, self._handle)
@@ -30,6 +34,8 @@ class Stopper:
     def _handle(self, signum: int, frame: Any) -> None:
         already = self.requested
         self.requested = True
+        if not already:
+            self.reason, self.signal = "signal", signal.Signals(signum).name
         # before the loop a single process can just leave; several must reach step 1 and agree there
         if not self.in_loop and not already and self.world_size == 1:
             raise StopRequested()

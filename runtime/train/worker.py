@@ -22,6 +22,7 @@ from ftune.runtime.sysmon import Sampler
 from ftune.runtime.train import hints
 from ftune.runtime.train.phases import Phases
 from ftune.runtime.train.stopper import Stopper, StopRequested
+from ftune.runtime.train.watchdog import Watchdog
 
 
 def skip_unused_imports(spec: RunSpec) -> None:
@@ -37,6 +38,38 @@ def skip_unused_imports(spec: RunSpec) -> None:
         unused.append("bitsandbytes")
     for name in unused:
         sys.modules.setdefault(name, None)
+
+
+def hang_watchdog(spec: RunSpec, run: RunDir, events: EventWriter, rank: int, phases: Phases) -> Watchdog:
+    """The hang watchdog of this rank (train/watchdog.py): each rank writes its own `warning` (its stack differs);
+    the lead keeps status.json and, with training.on_hang: stop, ends the run with one `error` (torchrun then ends
+    the other ranks)."""
+    lead = rank == 0
+
+    def writer() -> EventWriter:
+        return events if lead else EventWriter(run.events_path)
+
+    def warn(fields: dict) -> None:
+        w = writer()
+        message = fields.pop("message")
+        w.emit("warning", message=message if lead else f"rank {rank}: {message}", stall=True, rank=rank, **fields)
+        if w is not events:
+            w.close()
+
+    def fail(fields: dict) -> None:
+        if not lead:
+            return
+        message = f"stalled: {fields.pop('message')}; ended by training.on_hang: stop"
+        fields.pop("hint", None)
+        events.emit("error", message=message, kind="Stalled", rank=rank, stall=True,
+                    hint=f"The stacks are in train.log (`ftune logs {run.name}`). Resume with `ftune train {run.name} "
+                         f"--resume` (a scheduler can requeue it: training.auto_resume).", **fields)
+        run.update_status(state="failed", ended_at=time.time(), error=message)
+        sys.stderr.flush()
+        os._exit(3)  # the training thread is stuck: nothing can unwind it
+
+    return Watchdog(spec.training.hang_after, spec.training.on_hang, warn, fail,
+                    lambda: phases.current or "training")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,16 +103,21 @@ def main(argv: list[str] | None = None) -> int:
         sampler = Sampler(lambda s: events.emit("system", **s), spec.training.system_interval_s)
         if lead:
             sampler.start()
+        watchdog = hang_watchdog(spec, run, events, rank, phases).start()
         try:
             from ftune.runtime.train import recipe  # the heavy imports, after the pid and the stop handler
 
-            recipe.train(recipe.setup(spec, run, events, stopper, args.resume, lead, phases))
+            r = recipe.setup(spec, run, events, stopper, args.resume, lead, phases)
+            r.callback.watchdog = watchdog
+            recipe.train(r)
         finally:
+            watchdog.stop()
             sampler.stop()
         return 0
     except StopRequested:
         step = (run.latest_checkpoint() or (0, None))[0]
-        events.emit("stopped", step=step, metrics={}, artifacts={}, message="stopped before training began")
+        events.emit("stopped", step=step, metrics={}, artifacts={}, message="stopped before training began",
+                    reason=stopper.reason or "signal")
         run.update_status(state="stopped", ended_at=time.time())
         return 0
     except BaseException as exc:  # noqa: BLE001 - every failure must end the stream with an error event

@@ -50,8 +50,8 @@ def test_a_tiny_run_end_to_end_over_stdio(project, tiny_model, tmp_path_factory)
             await s.initialize()
             tools = {t.name: t for t in (await s.list_tools()).tools}
             assert {"list_runs", "show_run", "validate_spec", "create_run", "check_data", "estimate_memory",
-                    "start_run", "stop_run", "resume_run", "read_events", "compare_runs", "export_run", "eval_run",
-                    "delete_run"} <= set(tools)
+                    "start_run", "checkpoint_run", "stop_run", "resume_run", "read_events", "compare_runs",
+                    "export_run", "eval_run", "delete_run"} <= set(tools)
             assert tools["show_run"].output_schema["properties"]["cursor"]["type"] == "string"  # typed answers
             assert tools["list_runs"].annotations.read_only_hint and tools["delete_run"].annotations.destructive_hint
 
@@ -109,9 +109,11 @@ def test_a_tiny_run_end_to_end_over_stdio(project, tiny_model, tmp_path_factory)
             started, _ = await call(s, "start_run", name="run-01")
             seen, cursor = await follow(started["cursor"], lambda seen: any(e["type"] == "eval" for e in seen))
             assert seen[0]["type"] == "phase" and "step" in [e["type"] for e in seen]  # from this attempt's start
+            saved, _ = await call(s, "checkpoint_run", name="run-01")  # at the step's end; training goes on
+            assert saved["step"] >= 2 and Path(saved["path"]).is_dir() and "ended" not in saved
             stopped, _ = await call(s, "stop_run", name="run-01")
             at = stopped["step"]
-            assert stopped["ended"] == "stopped" and at >= 2 and Path(stopped["checkpoint"]).is_dir()
+            assert stopped["ended"] == "stopped" and at >= saved["step"] and Path(stopped["checkpoint"]).is_dir()
             shown, _ = await call(s, "show_run", name="run-01")
             assert shown["status"] == "stopped" and shown["checkpoint"]["step"] == at
             _, refused = await call(s, "start_run", name="run-01")

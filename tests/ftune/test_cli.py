@@ -38,9 +38,9 @@ def test_ls_empty_and_with_runs(project, tiny_model, monkeypatch):
     result = invoke("ls")
     assert result.exit_code == 0
     lines = result.output.splitlines()
-    assert lines[0].split() == ["run", "status", "stage/method", "model", "step", "loss", "eval", "started"]
+    assert lines[0].split() == ["run", "status", "stage/method", "model", "step", "ckpt", "loss", "eval", "started"]
     row1 = lines[1].split()
-    assert row1[:3] == ["run-01", "finished", "sft/lora"] and row1[4] == "3/3"
+    assert row1[:3] == ["run-01", "finished", "sft/lora"] and row1[4:6] == ["3/3", "3"]  # ckpt: the newest one's step
     assert lines[2].split()[:2] == ["run-02", "not"]
 
 

@@ -67,10 +67,12 @@ def hf_generate(model, tokenizer, messages, max_new_tokens, seed=None):
 def test_generation_streams_pieces_that_add_up_to_plain_greedy_decoding(rm):
     messages = [{"role": "user", "content": "Where is my order?"}]
     gen = Generation(rm.model, rm.tokenizer, messages, Settings(temperature=0, max_new_tokens=16))
-    pieces = list(gen)
-    assert len(pieces) > 1
-    assert "".join(pieces) == gen.text == hf_generate(rm.model, rm.tokenizer, messages, 16)
+    assert "".join(gen) == gen.text == hf_generate(rm.model, rm.tokenizer, messages, 16)
     assert gen.completion_tokens == 16 and gen.finish_reason == "length"
+    # sampled (words, not one run of punctuation the streamer sends whole): several pieces, the same text
+    sampled = Generation(rm.model, rm.tokenizer, messages, Settings(temperature=1, top_p=1, max_new_tokens=16, seed=3))
+    pieces = list(sampled)
+    assert len(pieces) > 1 and "".join(pieces) == hf_generate(rm.model, rm.tokenizer, messages, 16, seed=3)
 
 
 def test_chat_session_streams_keeps_turns_and_obeys_commands(rm):

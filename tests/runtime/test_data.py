@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from ftune.runtime.data.formats import DataError, Source, load_source, read_rows
+from ftune.runtime.data.formats import DataError, Source, load_source
 from ftune.runtime.data.load import check_messages, load_data, sources_for, split
 from ftune.runtime.data.tokenize import tokenize_conversation
 
@@ -18,7 +18,7 @@ def m(role, content):
     ({"msgs": []}, "missing the 'messages' key"),
     ({"messages": []}, "'messages' must be a non-empty array"),
     ({"messages": [{"role": "user"}]}, "message 1 must be an object with 'role' and 'content'"),
-    ({"messages": [m("bot", "x"), m("assistant", "y")]}, "message 1 has role 'bot'; use system, user or assistant"),
+    ({"messages": [m("bot", "x"), m("assistant", "y")]}, "message 1 has role 'bot'; use system, user, assistant or tool"),
     ({"messages": [m("user", "x"), m("system", "s"), m("assistant", "y")]},
      "turn 2 is a system message; it may only come first"),
     ({"messages": [m("system", "s")]}, "no conversation: add at least one user/assistant pair"),
@@ -79,7 +79,7 @@ def test_mask_covers_exactly_the_assistant_turns(tiny_model):
             m("assistant", "Open Orders."), m("user", "退款多久到账？"), m("assistant", "三到五个工作日。")]
     out = tokenize_conversation(tok, msgs, max_length=1024)
     learnt = tok.decode([i for i, l in zip(out["input_ids"], out["labels"]) if l != -100])
-    assert learnt == "Open Orders.<|im_end|>\n三到五个工作日。<|im_end|>\n"
+    assert learnt == "Open Orders.<|im_end|>三到五个工作日。<|im_end|>"  # up to the end-of-turn marker, not the \n after
     full = tok.decode(out["input_ids"])
     assert full == tok.apply_chat_template(msgs, tokenize=False)
     everything = tokenize_conversation(tok, msgs, max_length=1024, train_on_prompt=True)
@@ -108,23 +108,30 @@ def test_mask_history_learns_only_the_last_answer(tiny_model):
     tok = tok_of(tiny_model)
     msgs = [m("user", "a?"), m("assistant", "First."), m("user", "b?"), m("assistant", "Second.")]
     out = tokenize_conversation(tok, msgs, max_length=1024, mask_history=True)
-    assert learnt(tok, out) == "Second.<|im_end|>\n"
+    assert learnt(tok, out) == "Second.<|im_end|>"
 
 
 def test_tool_turns_are_context_and_calls_are_learnt(tiny_model):
+    from ftune.runtime import templates
     from ftune.runtime.data.formats import Example
-    from ftune.runtime.data.tokenize import tokenize_examples
+    from ftune.runtime.data.tokenize import ToolsNotRendered, tokenize_examples
 
     tok = tok_of(tiny_model)
-    ex = Example(messages=[m("user", "Weather in Oslo?"), m("assistant", '{"name": "weather", "arguments": {}}'),
-                           m("tool", '{"temp": 3}'), m("assistant", "It is 3 degrees.")],
-                 tools='[{"name": "weather"}]')
+    call = {"id": "call_0", "type": "function", "function": {"name": "weather", "arguments": {"city": "Oslo"}}}
+    tools = [{"type": "function", "function": {"name": "weather", "description": "Now", "parameters": {}}}]
+    ex = Example(messages=[m("user", "Weather in Oslo?"), {"role": "assistant", "content": "", "tool_calls": [call]},
+                           {"role": "tool", "content": '{"temp": 3}', "tool_call_id": "call_0"},
+                           m("assistant", "It is 3 degrees.")], tools=tools)
+    with pytest.raises(ToolsNotRendered, match="cannot render tools: it does not show tool definitions"):
+        tokenize_examples(tok, [ex], max_length=1024)  # the tiny model's own ChatML has no place for tools
+    tok.chat_template = templates.get("chatml")  # ChatML with Qwen2.5's tool format
     cols, dropped = tokenize_examples(tok, [ex], max_length=1024)
     out = {"input_ids": cols["input_ids"][0], "labels": cols["labels"][0]}
     assert dropped == 0
-    assert learnt(tok, out) == '{"name": "weather", "arguments": {}}<|im_end|>\nIt is 3 degrees.<|im_end|>\n'
+    assert learnt(tok, out) == ('<tool_call>\n{"name": "weather", "arguments": {"city": "Oslo"}}\n</tool_call><|im_end|>'
+                                'It is 3 degrees.<|im_end|>')
     text = tok.decode(out["input_ids"])
-    assert text.startswith("<|im_start|>system\nYou can call these tools") and '[{"name": "weather"}]' in text
+    assert text.startswith("<|im_start|>system\n# Tools\n") and '"name": "weather", "description": "Now"' in text
     assert "<|im_start|>tool\n{\"temp\": 3}<|im_end|>" in text
 
 
@@ -138,7 +145,7 @@ def test_combine_false_makes_one_example_per_answer(tiny_model):
     cols, _ = tokenize_examples(tok, [ex], max_length=1024, combine=False)
     assert len(cols["input_ids"]) == 2
     assert [learnt(tok, {"input_ids": i, "labels": l}) for i, l in zip(cols["input_ids"], cols["labels"])] == \
-        ["First.<|im_end|>\n", "Second.<|im_end|>\n"]
+        ["First.<|im_end|>", "Second.<|im_end|>"]
     combined, _ = tokenize_examples(tok, [ex], max_length=1024, combine=True)
     assert len(combined["input_ids"]) == 1
 

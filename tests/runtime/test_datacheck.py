@@ -82,7 +82,7 @@ def test_samples_mark_the_learnt_tokens_without_colours(tmp_path, tiny_model):
     p = write_messages(tmp_path / "d.jsonl", 3)
     result = CliRunner().invoke(main, ["data", "check", str(p), "--model", str(tiny_model), "--show", "1"])
     assert result.exit_code == 0, result.output  # CliRunner is no terminal: as in a pipe or a log
-    assert "sample 1 (learnt tokens between [[ and ]]):" in result.output
+    assert "sample 1 (learnt tokens between [[ and ]]" in result.output
     answer = json.loads(p.read_text().splitlines()[0])["messages"][-1]["content"]
     assert f"[[{answer}" in result.output and "[[<|im_start|>user" not in result.output
 

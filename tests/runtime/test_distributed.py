@@ -44,10 +44,13 @@ def test_stop_and_resume_a_two_process_run(project, tiny_model):
     proc = launch.start(run)
     reader = EventReader(run.events_path)
     wait_for(lambda: [e for e in reader.read_new() if e["type"] == "step"], 300)
+    asked = launch.checkpoint(run, wait=180)  # `ftune checkpoint`: rank 0 finds the request, both ranks save at one step
+    assert asked["type"] == "checkpoint" and asked["requested"] and run.latest_checkpoint()[0] == asked["step"]
     final = launch.stop(run, wait=180)
     proc.wait(timeout=120)
-    assert final["type"] == "stopped"
+    assert final["type"] == "stopped" and final["reason"] == "signal"
     at = final["step"]
+    assert at > asked["step"]  # it trained on after the checkpoint asked for
     assert run.latest_checkpoint()[0] == at
     run.spec_path.write_text(run.spec_path.read_text().replace("max_steps: 100000", f"max_steps: {at + 2}"))
     events = train_to_end(run, timeout=400, resume=True)

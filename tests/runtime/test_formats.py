@@ -59,16 +59,19 @@ def test_alpaca_rules(tmp_path, row, problem):
 
 
 def test_sharegpt_roles_tools_and_rules(tmp_path):
-    good = {"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "{}"},
+    good = {"conversations": [{"from": "human", "value": "q"},
+                              {"from": "function_call", "value": '{"name": "f", "arguments": {"x": 1}}'},
                               {"from": "observation", "value": "r"}, {"from": "gpt", "value": "a"}],
-            "system": "S", "tools": "[]"}
+            "system": "S", "tools": '[{"name": "f", "description": "d", "parameters": {"type": "object"}}]'}
     bad = {"conversations": [{"from": "gpt", "value": "a"}]}
     weird = {"conversations": [{"from": "bot", "value": "a"}]}
     p = tmp_path / "s.json"
     p.write_text("[\n" + ",\n".join(json.dumps(r) for r in (good, bad, weird)) + "\n]\n")
     loaded = load_source(Source(p))
     assert [mm["role"] for mm in loaded.examples[0].messages] == ["system", "user", "assistant", "tool", "assistant"]
-    assert loaded.examples[0].tools == "[]"
+    assert loaded.examples[0].tools[0]["function"]["name"] == "f"  # LLaMA-Factory's flat tools, in OpenAI's shape
+    assert loaded.examples[0].messages[2]["tool_calls"][0]["function"] == {"name": "f", "arguments": {"x": 1}}
+    assert loaded.examples[0].messages[3]["tool_call_id"] == loaded.examples[0].messages[2]["tool_calls"][0]["id"]
     assert [str(x) for x in loaded.problems] == [
         f"{p}:3: item 1: turn 1 should be user (user and assistant must alternate, starting with user)",
         f"{p}:4: item 2: turn 1 has from 'bot'; use 'human', 'gpt', 'system', 'function_call', 'observation'",

@@ -335,3 +335,23 @@ def test_report_to_trackers_carry_over_and_others_are_left(tmp_path, lf_info):
                          overrides=["report_to=wandb,comet_ml"])
     assert imported.spec.training.report_to == ["wandb"]
     assert [left.value for left in imported.left if left.source == "report_to"] == ["comet_ml"]
+
+
+def test_tool_formats_and_thinking_map_onto_templates_and_reasoning(tmp_path, lf_info):
+    base = {"model_name_or_path": "Qwen/Qwen2.5-0.5B-Instruct", "stage": "sft", "do_train": True,
+            "finetuning_type": "lora", "dataset": "identity", "output_dir": "saves/x"}
+
+    def imported(**extra):
+        p = tmp_path / "c.yaml"
+        p.write_text(yaml.safe_dump({**base, **extra}))
+        return lf_import(p, tmp_path, lf_info)
+
+    qwen = imported(template="qwen", tool_format="qwen")
+    assert qwen.spec.model.template == "chatml"  # ChatML with Qwen2.5's tool format
+    for fmt in ("default", "glm4"):
+        other = imported(tool_format=fmt)
+        assert other.spec.model.template == "auto" and left(other)["tool_format"][0] == NO_HOME
+        assert "the model's own template has its own tool format" in left(other)["tool_format"][1]
+    assert imported(enable_thinking=False).spec.data.reasoning == "drop"
+    assert imported(preserve_thinking=True).spec.data.reasoning == "keep"
+    assert imported(enable_thinking=True).spec.data.reasoning == "auto"

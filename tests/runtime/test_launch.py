@@ -39,7 +39,7 @@ def test_stop_saves_a_checkpoint_and_resume_continues_from_it(project, tiny_mode
 
     final = launch.stop(run, wait=120)
     assert proc.wait(timeout=60) == 0
-    assert final["type"] == "stopped"
+    assert final["type"] == "stopped" and final["reason"] == "signal" and final["message"].startswith("SIGTERM asked")
     stopped_at = final["step"]
     ckpt = final["artifacts"]["checkpoint"]
     assert os.path.isfile(os.path.join(ckpt, "trainer_state.json"))

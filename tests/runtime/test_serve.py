@@ -2,10 +2,7 @@
 
 import http.client
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -14,15 +11,9 @@ import openai
 import pytest
 
 from ftune.runtime.infer.serve import vllm_command
-from tests.runtime.trained import cli, copy_of_trained_run
+from tests.runtime.trained import cli, copy_of_trained_run, serving
 
 KEY = "test-key-123"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -33,28 +24,8 @@ def trained(tmp_path_factory, tiny_model):
 
 @pytest.fixture(scope="module")
 def server(trained):
-    port = free_port()
-    log = open(trained.path / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "ftune", "--runs-dir", str(trained.root), "serve", "run-01",
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "FTUNE_API_KEY": KEY})  # as the docs advise: not in argv
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                if json.load(r)["status"] == "ok":
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail("the server did not start:\n" + (trained.path / "serve.log").read_text()[-3000:])
-        time.sleep(0.3)
-    yield base
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+    with serving(trained, KEY) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +48,7 @@ def local(trained):
 
 
 QUESTION = [{"role": "user", "content": "Where is my order?"}]
+TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
 CONVO = [{"role": "system", "content": "Be brief."}, *QUESTION, {"role": "assistant", "content": "Open Orders."},
          {"role": "user", "content": "Can I return a lamp?"}]
 
@@ -134,6 +106,12 @@ def test_stop_sequences_end_the_answer_before_them(client):
     ({"stream": "yes"}, "stream"),  # OpenAI refuses a string for a boolean; so does this server
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages"),
     ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
+    # tools: the tiny model's own ChatML cannot render them; a forced call; a call whose arguments are not JSON
+    ({"tools": TOOLS}, "tools"),
+    ({"tools": TOOLS, "tool_choice": "required"}, "tool_choice"),
+    ({"messages": [*QUESTION, {"role": "assistant", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{x"}}]}]}, "messages"),
+    ({"messages": [*QUESTION, {"role": "tool", "tool_call_id": "c", "content": "r"}]}, "messages"),
 ])
 def test_bad_requests_get_400_with_an_openai_error_body(client, kwargs, param):
     args = {"model": "run-01", "messages": QUESTION, **kwargs}

@@ -3,9 +3,18 @@ per test session and copied into each module that uses it, or a run of its own w
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from ftune.cli import main
@@ -44,3 +53,39 @@ def copy_of_trained_run(tmp_path_factory, tiny_model: Path) -> tuple[RunDir, lis
     for f in (run.events_path, run.status_path):
         f.write_text(f.read_text().replace(str(template), str(project)))
     return run, read_all(run.events_path)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(run: RunDir, api_key: str):
+    """`ftune serve RUN` started as a subprocess on a free loopback port (its key in FTUNE_API_KEY, as the docs
+    advise); yields the base URL once /health answers."""
+    port = free_port()
+    log = open(run.path / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "ftune", "--runs-dir", str(run.root), "serve", run.name,
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "FTUNE_API_KEY": api_key})
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                    if json.load(r)["status"] == "ok":
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail("the server did not start:\n" + (run.path / "serve.log").read_text()[-3000:])
+            time.sleep(0.3)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()

@@ -110,6 +110,37 @@ def scenario(root: Path, kind: str, name: str = "run-01") -> RunDir:
     return run
 
 
+def long_run(root: Path, name: str = "run-01") -> RunDir:
+    """A running run that looked after itself: a checkpoint at step 10, one asked for at step 14, a NaN at step 18
+    rolled back to it (batches skipped, learning rate halved), then no step after step 26 for 10 minutes: the hang
+    watchdog's warning, with the stuck frames."""
+    run = new_run(root, name)
+    ev = Events(run)
+    ev.started(max_steps=100)
+    ev.emit("system", T0 + 1, rss=3 * 1024**3, gpus=[GPU])
+    ev.steps(1, 17)
+    (run.path / "checkpoints").mkdir()
+    for s, asked in ((10, False), (14, True)):
+        (run.path / "checkpoints" / f"checkpoint-{s}").mkdir()
+        ev.emit("checkpoint", T0 + 2 * s + 1, step=s, path=str(run.path / "checkpoints" / f"checkpoint-{s}"),
+                bytes=12_345_678, **({"requested": True} if asked else {}))
+    ev.emit("step", T0 + 36, step=18, max_steps=100, epoch=0.54, loss=float("nan"), lr=2e-4, grad_norm=float("nan"),
+            tokens_per_s=12345.6, samples_per_s=3.2)
+    ev.emit("warning", T0 + 36, step=18, message="loss is nan at step 18",
+            hint="Lower the learning rate, use bf16 instead of fp16, or check the data for empty answers.")
+    ev.emit("rollback", T0 + 38, step=18, to_step=14, path=str(run.path / "checkpoints" / "checkpoint-14"),
+            reason="loss is nan", skipped_batches=32, lr_scale=0.5, rollback=1, max_rollbacks=3)
+    ev.steps(15, 26, t0=T0 + 10, seed=2)
+    ev.emit("warning", T0 + 62 + 600, message="no step for 10 min (median step 2.0 s)", stall=True, rank=0,
+            phase="training", silent_s=600.0, limit_s=600.0, median_step_s=2.0,
+            frames=["_run_epoch (trainer.py:1954)", "training_step (trainer.py:2212)", "all_reduce (distributed_c10d.py:2806)"],
+            hint="Stuck in all_reduce; every thread's stack is in train.log. training.on_hang: stop ends a stalled run "
+                 "by itself.")
+    status(run, "running")
+    ev.close()
+    return run
+
+
 async def wait_until(pilot, predicate, timeout: float = 10.0, what: str = "condition") -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:

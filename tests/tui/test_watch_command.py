@@ -37,7 +37,8 @@ def test_without_a_terminal_it_says_what_to_use_instead(project):
 def test_help_names_the_keys():
     result = CliRunner().invoke(main, ["watch", "--help"])
     assert result.exit_code == 0
-    for key in ("q leave (the run goes on)", "s stop the run", "l train.log", "p large loss plot", "? help"):
+    for key in ("q leave (the run goes on)", "s stop the run", "c save a checkpoint now", "l train.log",
+                "p large loss plot", "? help"):
         assert key in " ".join(result.output.split())
 
 
