@@ -471,24 +471,60 @@ def schema(ctx: click.Context, write: bool, out: str | None) -> None:
 @click.option("--restart", is_flag=True, help="Start over: delete this run's checkpoints, export and history.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", shell_complete=_complete_key,
               help="Change a run-file value before starting (written to run.yaml), e.g. --set training.max_steps=100.")
-@click.option("--node-rank", default=0, show_default=True, help="This machine's rank in a multi-node run (0 on node 0).")
 @click.pass_context
 def train(ctx: click.Context, name: str, foreground: bool, resume: bool, restart: bool,
-          overrides: tuple[str, ...], node_rank: int) -> None:
+          overrides: tuple[str, ...]) -> None:
     """Train RUN from runs/RUN/run.yaml in a detached process.
 
     The worker runs in its own session: closing the terminal or losing SSH does not stop it.
     Its output goes to runs/RUN/train.log and its progress to runs/RUN/events.jsonl.
+    On several nodes (resources.nodes), run the same command on each: they meet on torchrun's
+    c10d rendezvous, which numbers them (docs/multi-gpu.md).
     """
     from ftune.runtime import launch
 
     if resume and restart:
         raise click.UsageError("--resume and --restart exclude each other")
     run = _run(ctx, name)
-    proc = launch.train(run, overrides=list(overrides), resume=resume, restart=restart, node_rank=node_rank,
+    proc = launch.train(run, overrides=list(overrides), resume=resume, restart=restart,
                         say=lambda s: click.echo(s, err=True),
                         warn=lambda s: click.secho(f"warning: {s}", fg="yellow", err=True))
     _after_start(run, proc, foreground)
+
+
+# --------------------------------------------------------------------------- submit
+@main.command(context_settings=CONTEXT)
+@run_argument
+@click.option("--slurm", is_flag=True, help="Submit to Slurm with sbatch (the one scheduler so far).")
+@click.option("--nodes", type=click.IntRange(1), help="Machines (default: the run file's resources.nodes).")
+@click.option("--gpus-per-node", type=click.IntRange(0), metavar="N",
+              help="GPUs, one process each (default: resources.gpus_per_node); 0: a CPU job with "
+                   "resources.gpus_per_node processes.")
+@click.option("--partition", "-p", metavar="NAME", help="Slurm partition.")
+@click.option("--time", "-t", "time_limit", metavar="LIMIT", help="Time limit, e.g. 1-00:00:00 or 4:00:00.")
+@click.option("--account", "-A", metavar="NAME", help="Account to charge.")
+@click.option("--sbatch", "extras", multiple=True, metavar="OPTIONS",
+              help="More sbatch options, as written, e.g. --sbatch '--qos=high --constraint=h100' (repeatable).")
+@click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint.")
+@click.option("--restart", is_flag=True, help="Start over: delete this run's checkpoints, export and history.")
+@click.pass_context
+def submit(ctx: click.Context, name: str, slurm: bool, resume: bool, restart: bool, **job) -> None:
+    """Train RUN as a cluster job: writes runs/RUN/slurm.sbatch, submits it and records the job.
+
+    The job runs torchrun on every node (c10d rendezvous on the first), asks for TERM 120 s
+    before its time limit and is requeued after a preemption; either way it saves a checkpoint
+    and a requeued job resumes from it. `ftune ls`, `watch` and `stop` then work as for a local run.
+    """
+    from ftune.runtime import launch
+
+    if not slurm:
+        raise click.UsageError("say where to submit: --slurm")
+    if resume and restart:
+        raise click.UsageError("--resume and --restart exclude each other")
+    run = _run(ctx, name)
+    job_id = launch.submit(run, resume=resume, restart=restart, say=lambda s: click.echo(s, err=True), **job)
+    click.echo(f"Submitted {name} to Slurm: job {job_id} (script: {run.path / 'slurm.sbatch'}).")
+    click.echo(f"  watch:   ftune watch {name}       ·  all runs: ftune ls  ·  stop: ftune stop {name}")
 
 
 # --------------------------------------------------------------------------- stop
@@ -502,8 +538,11 @@ def stop(ctx: click.Context, name: str, wait: float) -> None:
 
     run = _run(ctx, name)
     click.echo(f"Stopping {name}: it finishes the current step and saves a checkpoint…")
+    job = run.read_status().get("slurm_job")
     final = launch.stop(run, wait=wait)
-    if final is None:
+    if final is None and job and run.read_status().get("state") == "stopped":
+        click.echo(f"Cancelled Slurm job {job} before it started; nothing was trained.")
+    elif final is None:
         click.echo(f"{name} ended without a final event; see `ftune logs {name}`.")
     elif final["type"] == "stopped":
         ckpt = (final.get("artifacts") or {}).get("checkpoint")

@@ -8,6 +8,7 @@ reuse exactly what ran. Light: no torch import here.
 
 from __future__ import annotations
 
+import os
 import shlex
 import socket
 import sys
@@ -44,7 +45,7 @@ def mixed_precision(spec: RunSpec) -> str:
     return {"bf16": "bf16", "fp16": "fp16"}.get(p, "no")
 
 
-def accelerate_config(spec: RunSpec, node_rank: int, port: int) -> dict[str, Any]:
+def accelerate_config(spec: RunSpec, node_rank: int, port: int, host: str | None = None) -> dict[str, Any]:
     """An `accelerate launch` config for the run's strategy (what `accelerate config` would write)."""
     r, t = spec.resources, spec.training
     n = processes_per_node(spec)
@@ -53,10 +54,10 @@ def accelerate_config(spec: RunSpec, node_rank: int, port: int) -> dict[str, Any
         "num_machines": r.nodes,
         "num_processes": n * r.nodes,
         "machine_rank": node_rank,
-        "main_process_ip": r.master_addr or "127.0.0.1",
+        "main_process_ip": host or r.master_addr or "127.0.0.1",
         "main_process_port": port,
         "mixed_precision": mixed_precision(spec),
-        "rdzv_backend": "static",
+        "rdzv_backend": "c10d" if r.nodes > 1 else "static",  # several nodes: ranks from the rendezvous
         "same_network": True,
         "use_cpu": False,
     }
@@ -88,25 +89,71 @@ def accelerate_config(spec: RunSpec, node_rank: int, port: int) -> dict[str, Any
     return config
 
 
-def worker_command(spec: RunSpec, run: RunDir, lock_fd: int, resume: bool, node_rank: int = 0) -> list[str]:
+def multi_node(spec: RunSpec) -> bool:
+    """Several machines: each runs the same command and torchrun's c10d rendezvous numbers them."""
+    return spec.resources.nodes > 1
+
+
+def rendezvous_endpoint(spec: RunSpec, env: dict[str, str] | None = None) -> str:
+    """HOST:PORT of the c10d rendezvous: the run file, else MASTER_ADDR/MASTER_PORT, else the Slurm job's first node.
+    Raises RunError naming the setting when none says."""
+    from ftune.runtime import slurm
+    from ftune.runtime.rundir import RunError
+
+    env = os.environ if env is None else env
+    r = spec.resources
+    host = r.master_addr or env.get("MASTER_ADDR") or slurm.first_node(env.get("SLURM_JOB_NODELIST"))
+    if not host:
+        raise RunError(f"run '{spec.name}' runs on {r.nodes} nodes and no rendezvous host is known: set "
+                       f"resources.master_addr (one machine's address, reachable from the others) or MASTER_ADDR, "
+                       f"or start it under Slurm (`ftune submit {spec.name} --slurm`)")
+    return f"{host}:{r.master_port or env.get('MASTER_PORT') or 29500}"
+
+
+def nnodes(spec: RunSpec) -> str:
+    """torchrun's --nnodes: N, or MIN:MAX for an elastic run."""
+    r = spec.resources
+    low = r.min_nodes or r.nodes
+    return str(r.nodes) if low == r.nodes else f"{low}:{r.nodes}"
+
+
+def rendezvous_command(spec: RunSpec, run: RunDir, endpoint: str, worker: list[str]) -> list[str]:
+    """torchrun on the c10d rendezvous, the same on every node: the rendezvous hands out the node ranks, the run's
+    name is the rendezvous id. The worker is told so (`--rendezvous`): rank 0 takes the run's lock, each node
+    links its log as rank-logs/node-N.log."""
+    r = spec.resources
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", nnodes(spec),
+            "--nproc-per-node", str(processes_per_node(spec)), "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
+            "--rdzv-id", spec.name, "--max-restarts", str(r.max_restarts), "--role", "rank", "--tee", "3",
+            "--log-dir", str(run.path / "rank-logs"), *worker, "--rendezvous"]
+
+
+def worker_args(run: RunDir, lock_fd: int | None, resume: bool) -> list[str]:
+    worker = ["-m", "ftune.runtime.train", str(run.path.resolve())]
+    if lock_fd is not None:
+        worker += ["--lock-fd", str(lock_fd)]
+    return worker + (["--resume"] if resume else [])
+
+
+def worker_command(spec: RunSpec, run: RunDir, lock_fd: int | None, resume: bool, node_rank: int = 0) -> list[str]:
     """The command that starts the worker(s); writes accelerate.yaml and launch.sh for multi-process runs."""
-    worker = ["-m", "ftune.runtime.train", str(run.path.resolve()), "--lock-fd", str(lock_fd)]
-    if resume:
-        worker.append("--resume")
+    worker = worker_args(run, lock_fd, resume)
     r = spec.resources
     n = processes_per_node(spec)
     if n * r.nodes == 1 and r.strategy in ("auto", "ddp"):
         return [sys.executable, *worker]
-    port = r.master_port or (29500 if r.nodes > 1 else _free_port())
+    endpoint = rendezvous_endpoint(spec) if multi_node(spec) else f"127.0.0.1:{r.master_port or _free_port()}"
+    host, _, port = endpoint.rpartition(":")
     config_path = run.path / "accelerate.yaml"
-    write_atomic(config_path, yaml.safe_dump(accelerate_config(spec, node_rank, port), sort_keys=False))
-    if r.strategy in ("auto", "ddp"):  # torchrun: one process per GPU (or CPU process over gloo)
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n), "--nnodes", str(r.nodes),
-               "--node-rank", str(node_rank), "--master-addr", r.master_addr or "127.0.0.1",
-               "--master-port", str(port), "--role", "rank", "--tee", "3",  # every line prefixed [rankN]:
+    write_atomic(config_path, yaml.safe_dump(accelerate_config(spec, node_rank, int(port), host), sort_keys=False))
+    if r.strategy in ("auto", "ddp") and multi_node(spec):
+        cmd = rendezvous_command(spec, run, endpoint, worker)
+    elif r.strategy in ("auto", "ddp"):  # torchrun: one process per GPU (or CPU process over gloo)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n), "--nnodes", "1",
+               "--master-addr", host, "--master-port", port, "--role", "rank", "--tee", "3",  # lines: [rankN]:
                "--log-dir", str(run.path / "rank-logs"), *worker]
     else:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_path), *worker]
-    write_atomic(run.path / "launch.sh", "#!/bin/sh\n# how ftune started this run (node "
-                 f"{node_rank}); the lock fd is ftune's own\n" + shlex.join(cmd) + "\n")
+    write_atomic(run.path / "launch.sh", "#!/bin/sh\n# how ftune started this run on "
+                 f"{socket.gethostname()}; the lock fd is ftune's own\n" + shlex.join(cmd) + "\n")
     return cmd

@@ -296,7 +296,7 @@ def empty_view() -> View:
     return History().view()
 
 
-SHOWN_ACTIVE = ("not started", "starting", "running", "stalled", "stopping")  # states (as shown) that may still change
+SHOWN_ACTIVE = ("not started", "queued", "starting", "running", "stalled", "stopping")  # states (as shown) that may still change
 
 
 def timing(state: str, view: View, status: dict[str, Any], now: float) -> tuple[float | None, float | None]:

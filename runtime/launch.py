@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
+import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
-from ftune.runtime import gguf, models, trackers
+from ftune.runtime import gguf, models, slurm, trackers
 from ftune.runtime.data.load import check_data, sources_for
-from ftune.runtime.distributed import worker_command
+from ftune.runtime.distributed import multi_node, rendezvous_command, worker_args, worker_command
 from ftune.runtime.events import FINAL_TYPES, EventReader
 from ftune.runtime.files import write_atomic
 from ftune.runtime.models import is_hub_id, local_path, looks_local
@@ -43,7 +46,7 @@ def needs_bitsandbytes(spec: RunSpec) -> bool:
                 or spec.stage.reward_model_quantization_bits)
 
 
-def hardware_problem(spec: RunSpec) -> str | None:
+def hardware_problem(spec: RunSpec, gpus_elsewhere: bool = False) -> str | None:
     """Choices that need a CUDA GPU or an optional package, checked before anything starts
     (instead of failing deep inside bitsandbytes)."""
     from ftune.runtime.sysmon import gpu_samples
@@ -68,7 +71,7 @@ def hardware_problem(spec: RunSpec) -> str | None:
     if spec.output.save_format == "merged_4bit" and spec.method.type == "lora":
         needs_gpu.append(("output.save_format merged_4bit", "output.save_format: merged_16bit (then `ftune export "
                                                             "--format merged_4bit` on a GPU machine)"))
-    if needs_gpu and not gpu_samples():
+    if needs_gpu and not gpus_elsewhere and not gpu_samples():
         return (f"{' and '.join(w for w, _ in needs_gpu)} needs a CUDA GPU, and none is visible here (nvidia-ml-py "
                 f"found no GPU): on this machine use {'; '.join(i for _, i in needs_gpu)}")
     wanted = {"bitsandbytes": needs_bitsandbytes(spec), "unsloth": spec.model.acceleration == "unsloth",
@@ -130,9 +133,10 @@ def fit_warning(spec: RunSpec, run: RunDir) -> str | None:
     return verdict.text if verdict.label == memory.EXCEEDS else None
 
 
-def preflight(spec: RunSpec, run: RunDir, say=None) -> None:
-    """Checks that need no heavy imports; each failure is one clear sentence."""
-    problem = hardware_problem(spec)
+def preflight(spec: RunSpec, run: RunDir, say=None, *, gpus_elsewhere: bool = False) -> None:
+    """Checks that need no heavy imports; each failure is one clear sentence. gpus_elsewhere: the run trains on other
+    machines' GPUs (a Slurm job), so none need be seen here."""
+    problem = hardware_problem(spec, gpus_elsewhere)
     if problem:
         raise RunError(problem)
     base = run.project
@@ -213,43 +217,82 @@ def check_run_data(spec: RunSpec, base: Path, run: RunDir, say=None, counts: dic
         say(f"Checked {rows:,} rows of data in {took:.1f} s.")
 
 
-def start(run: RunDir, *, resume: bool = False, restart: bool = False, node_rank: int = 0,
-          say=None) -> subprocess.Popen:
-    """Validate, take the lock and start the worker detached. Raises RunError/SpecError for the user."""
+def plan_history(run: RunDir, spec: RunSpec, resume: bool, restart: bool) -> tuple[bool, bool]:
+    """(resume, clear): whether this start continues from the newest checkpoint, and whether an earlier attempt's
+    history is cleared first. RunError for a finished run, or checkpoints with neither --resume nor --restart."""
+    if restart:
+        return False, True
+    clear = False
+    if not resume:
+        latest = run.latest_checkpoint()
+        if run.read_status().get("state") == "finished":
+            raise RunError(f"run '{run.name}' has finished: use --restart to train it again from scratch "
+                           f"(this deletes its checkpoints, export and history)")
+        if latest and spec.training.auto_resume:
+            resume = True
+        elif latest:
+            raise RunError(f"run '{run.name}' has checkpoints (newest: step {latest[0]}): use --resume to "
+                           f"continue from it, or --restart to start over")
+        else:  # an earlier attempt that never checkpointed (e.g. bad data): start clean
+            clear = True
+    if resume and run.latest_checkpoint() is None:
+        raise RunError(f"run '{run.name}' has no complete checkpoint to resume from")
+    return resume, clear
+
+
+def prepare(run: RunDir, spec: RunSpec, resume: bool, restart: bool, say=None, *, gpus_elsewhere: bool = False,
+            checked: bool = False, **status) -> bool:
+    """What every start does before a worker exists: check the run (its name, preflight, output.dir), settle resume
+    or restart, and record the start in status.json (with `status`'s extra fields). Returns resume."""
+    if spec.name != run.name:  # e.g. a copied run folder: events, ls and the export would disagree on its name
+        raise RunError(f"{run.spec_path} says name: {spec.name}, but it lies in the folder of run '{run.name}': "
+                       f"set name: {run.name} there (a run's name is its folder's)")
+    if not checked:
+        preflight(spec, run, say, gpus_elsewhere=gpus_elsewhere)
+    if spec.output.dir:  # before anything is cleared: the folder may be another run's
+        run.claim_output(local_path(spec.output.dir, run.project))
+    resume, clear = plan_history(run, spec, resume, restart)
+    if clear:
+        run.clear_history(keep_log=multi_node(spec))  # other nodes may be writing their launch logs already
+    out_dir = str(local_path(spec.output.dir, run.project).resolve()) if spec.output.dir else None
+    run.update_status(state=status.pop("state", "starting"), pid=None, started_at=time.time(), ended_at=None,
+                      error=None, output_dir=out_dir, resumed=resume, **status)
+    return resume
+
+
+def start(run: RunDir, *, resume: bool = False, restart: bool = False, say=None) -> subprocess.Popen:
+    """Validate, take the lock and start the worker detached. Raises RunError/SpecError for the user.
+
+    A run on several nodes is started the same way on each (torchrun's c10d rendezvous numbers them): the rank-0
+    worker takes the run's lock, each node's torchrun holds a shared one (so the run reads as starting while the
+    nodes meet), and a node that finds the run started by another leaves its history alone and resumes as it does."""
     run.require()
-    lock_fd = run.acquire_lock()
+    spec = load_spec(run.spec_path)
+    if run.read_status().get("state") == "queued" and run.state() == "queued":
+        raise RunError(f"run '{run.name}' is queued as Slurm job {run.read_status().get('slurm_job')}: cancel it "
+                       f"first with `ftune stop {run.name}`")
+    multi = multi_node(spec)
+    joining = multi and run.is_locked()  # another node has started it: this one joins, nothing to settle
+    lock_fd = None if multi else run.acquire_lock()
     try:
-        spec = load_spec(run.spec_path)
-        if spec.name != run.name:  # e.g. a copied run folder: events, ls and the export would disagree on its name
-            raise RunError(f"{run.spec_path} says name: {spec.name}, but it lies in the folder of run '{run.name}': "
-                           f"set name: {run.name} there (a run's name is its folder's)")
-        preflight(spec, run, say)
-        if spec.output.dir:  # before anything is cleared: the folder may be another run's
-            run.claim_output(local_path(spec.output.dir, run.project))
-        previous = run.read_status().get("state")
-        if restart:
-            run.clear_history()
-        elif not resume:
-            latest = run.latest_checkpoint()
-            if previous == "finished":
-                raise RunError(f"run '{run.name}' has finished: use --restart to train it again from scratch "
-                               f"(this deletes its checkpoints, export and history)")
-            if latest and spec.training.auto_resume:
-                resume = True
-            elif latest:
-                raise RunError(f"run '{run.name}' has checkpoints (newest: step {latest[0]}): use --resume to "
-                               f"continue from it, or --restart to start over")
-            else:  # an earlier attempt that never checkpointed (e.g. bad data): start clean
-                run.clear_history()
-        if resume and run.latest_checkpoint() is None:
-            raise RunError(f"run '{run.name}' has no complete checkpoint to resume from")
-        out_dir = str(local_path(spec.output.dir, run.project).resolve()) if spec.output.dir else None
-        run.update_status(state="starting", pid=None, started_at=time.time(), ended_at=None, error=None,
-                          output_dir=out_dir, resumed=resume)
-        cmd = worker_command(spec, run, lock_fd, resume, node_rank)
+        if joining:  # as the node that settled it decided (a rank-0 worker restarted by torchrun resumes anyway)
+            resume = resume or bool(run.read_status().get("resumed"))
+        else:
+            resume = prepare(run, spec, resume, restart, say, slurm_job=None)  # not a Slurm job (any more)
+        if multi:
+            lock_fd = run.hold_node_lock()
+        cmd = worker_command(spec, run, None if multi else lock_fd, resume)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        with open(run.log_path, "ab") as log:
-            log.write(f"\n=== ftune train {run.name}{' --resume' if resume else ''} "
+        log_path = run.log_path
+        if multi:  # each node's own output; the worker links it as rank-logs/node-N.log once its node is known
+            (run.path / "rank-logs").mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f"launch-{socket.gethostname()}-{time.strftime('%Y%m%d-%H%M%S')}-",
+                                        suffix=".log", dir=run.path / "rank-logs")
+            os.close(fd)
+            log_path = Path(name)
+        with open(log_path, "ab") as log:
+            host = f" on {socket.gethostname()}" if multi else ""
+            log.write(f"\n=== ftune train {run.name}{' --resume' if resume else ''}{host} "
                       f"at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
             log.flush()
             return spawn(
@@ -257,11 +300,12 @@ def start(run: RunDir, *, resume: bool = False, restart: bool = False, node_rank
                 env=env, start_new_session=True, pass_fds=(lock_fd,),
             )
     finally:
-        os.close(lock_fd)  # the worker holds its own copy of the locked descriptor
+        if lock_fd is not None:
+            os.close(lock_fd)  # the worker (or torchrun) holds its own copy of the locked descriptor
 
 
 def train(run: RunDir, *, overrides: list[str] | None = None, resume: bool = False, restart: bool = False,
-          node_rank: int = 0, say=None, warn=None) -> subprocess.Popen:
+          say=None, warn=None) -> subprocess.Popen:
     """`ftune train RUN` (and the agents' start and resume): apply `--set` to the run file, warn of a run that
     will not fit or will be slow here, then `start` it. `say` hears progress, `warn` the warnings (one sentence)."""
     from ftune.runtime.spec.io import set_in_run_file
@@ -283,7 +327,7 @@ def train(run: RunDir, *, overrides: list[str] | None = None, resume: bool = Fal
     slow = precision_warning(spec)
     if slow and warn:
         warn(slow)
-    return start(run, resume=resume, restart=restart, node_rank=node_rank, say=say)
+    return start(run, resume=resume, restart=restart, say=say)
 
 
 def request_checkpoint(run: RunDir) -> float:
@@ -327,9 +371,13 @@ def checkpoint(run: RunDir, wait: float = 600.0, on_wait=None) -> dict | None:
 
 def request_stop(run: RunDir) -> int | None:
     """SIGTERM to the rank-0 worker (it agrees the stopping step with the other ranks); its pid or None."""
-    pid = run.read_status().get("pid")
+    status = run.read_status()
+    pid = status.get("pid")
     if pid is None or not run.is_locked():
         return None
+    if status.get("host") and status["host"] != os.uname().nodename:  # a pid means nothing on another machine
+        raise RunError(f"run '{run.name}''s rank 0 runs on {status['host']}: stop it there (`ftune stop {run.name}` "
+                       f"on {status['host']})")
     os.kill(int(pid), signal.SIGTERM)
     return int(pid)
 
@@ -342,6 +390,9 @@ def stop(run: RunDir, wait: float = 600.0, on_wait=None) -> dict | None:
         raise RunError(f"run '{run.name}' is not running (state: {state})")
     reader = EventReader(run.events_path)
     reader.read_new()  # only events from now on count
+    job = run.read_status().get("slurm_job")
+    if job:
+        return stop_slurm_job(run, str(job), reader, state, wait, on_wait)
     pid = None
     deadline = time.time() + 10
     while pid is None and time.time() < deadline:  # a worker that is just starting has not written its pid
@@ -362,3 +413,83 @@ def stop(run: RunDir, wait: float = 600.0, on_wait=None) -> dict | None:
             on_wait()
         time.sleep(0.3)
     raise RunError(f"run '{run.name}' did not stop within {wait:.0f} s; it may still be saving (pid {pid})")
+
+
+def stop_slurm_job(run: RunDir, job: str, reader: EventReader, state: str, wait: float, on_wait=None) -> dict | None:
+    """A submitted run: a queued job is cancelled (nothing to save); a running one gets TERM through its batch shell
+    (`scancel --signal=TERM --batch`), which hands it to every process, and they save a checkpoint and leave."""
+    if state == "queued":
+        slurm.cancel(job, graceful=False)
+        run.update_status(state="stopped", ended_at=time.time())
+        return None
+    slurm.cancel(job, graceful=True)
+    final = None
+    end = time.time() + wait
+    while time.time() < end:
+        final = next((e for e in reversed(reader.read_new()) if e["type"] in FINAL_TYPES), None) or final
+        if final and not run.is_locked():  # saved and said so: the job's processes are on their way out
+            slurm.wait_gone(job, max(1.0, end - time.time()), on_wait)
+            return final
+        if slurm.job_state(job) not in slurm.RUNNING | slurm.QUEUED:  # the job is over, with or without a word
+            return final or next((e for e in reversed(reader.read_new()) if e["type"] in FINAL_TYPES), None)
+        if on_wait:
+            on_wait()
+        time.sleep(0.3)
+    raise RunError(f"run '{run.name}' (Slurm job {job}) did not stop within {wait:.0f} s; it may still be saving")
+
+
+def slurm_job(spec: RunSpec, nodes: int | None = None, gpus_per_node: int | None = None, partition: str | None = None,
+              time_limit: str | None = None, account: str | None = None, extras: tuple[str, ...] = ()) -> slurm.SlurmJob:
+    """`ftune submit`'s options over the run file's resources."""
+    per_node = spec.resources.gpus_per_node
+    if gpus_per_node is None:
+        if per_node == "auto":
+            raise RunError(f"how many GPUs per node? The run file says gpus_per_node: auto, which a login node cannot "
+                           f"tell: pass --gpus-per-node N (0 for a CPU job), or set resources.gpus_per_node in "
+                           f"{spec.name}'s run file")
+        gpus_per_node = per_node
+    processes = gpus_per_node or (per_node if isinstance(per_node, int) else 1)
+    return slurm.SlurmJob(nodes=nodes or spec.resources.nodes, gpus_per_node=gpus_per_node,
+                          processes_per_node=processes, partition=partition, time=time_limit, account=account,
+                          extras=[x for line in extras for x in shlex.split(line)])
+
+
+def submit(run: RunDir, *, resume: bool = False, restart: bool = False, say=None, **options) -> str:
+    """`ftune submit RUN --slurm`: check the run as `ftune train` does, write runs/RUN/slurm.sbatch and submit it held
+    (`sbatch --parsable --hold`), settle the run's history, then release the job; returns its id. Nothing is
+    written before Slurm is known to be here, and a refused job leaves the run as it was. `options`: slurm_job's."""
+    slurm.require()
+    run.require()
+    spec = load_spec(run.spec_path)
+    job = slurm_job(spec, **options)
+    if run.state() in ACTIVE_STATES:
+        raise RunError(f"run '{run.name}' is {run.state()} already: stop it first with `ftune stop {run.name}`")
+    preflight(spec, run, say, gpus_elsewhere=job.gpus_per_node > 0)
+    plan_history(run, spec, resume, restart)  # its errors before anything is written
+    r = spec.resources.model_copy(update={"nodes": job.nodes, "gpus_per_node": job.processes_per_node})
+    shaped = spec.model_copy(update={"resources": r})
+    endpoint = "$MASTER_ADDR:$MASTER_PORT"
+    command = rendezvous_command(shaped, run, endpoint, worker_args(run, None, resume=False))
+    logs = run.path.resolve() / "rank-logs"
+    text = slurm.script(run.name, job, output=str(logs / "slurm-%j.out"), workdir=str(run.project),
+                        command=command, endpoint_at=command.index(endpoint), resume=resume,
+                        checkpoints=str(run.checkpoints_dir(spec.output.dir)), node_logs=str(logs / "launch-%N-%j.log"))
+    path = run.path / "slurm.sbatch"
+    before = path.read_text(encoding="utf-8") if path.is_file() else None
+    write_atomic(path, text)
+    try:
+        job_id = slurm.submit(str(path), hold=True)
+    except slurm.SlurmError:
+        if before is None:
+            path.unlink(missing_ok=True)
+        else:
+            write_atomic(path, before)
+        raise
+    try:
+        logs.mkdir(exist_ok=True)
+        prepare(run, spec, resume, restart, say, checked=True, state="queued", slurm_job=job_id, host=None)
+        slurm.release(job_id)
+    except BaseException:
+        slurm.cancel(job_id, graceful=False)
+        raise
+    return job_id

@@ -25,7 +25,7 @@ from ftune.runtime.files import write_atomic
 from ftune.runtime.names import check_run_name  # not the spec package: 0.16 s of pydantic
 
 RUNS_ENV = "FTUNE_RUNS_DIR"
-ACTIVE_STATES = ("starting", "running", "stopping")
+ACTIVE_STATES = ("queued", "starting", "running", "stopping")  # queued: a Slurm job waiting for its nodes
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 CHECKPOINT_MARKER = "ftune_checkpoint.json"  # written (atomically) after the trainer has saved everything else
 OWNER_MARKER = "ftune_owner.json"  # in an output.dir: the run whose checkpoints/ and export/ these are
@@ -195,17 +195,31 @@ class RunDir:
         write_atomic(self.status_path, json.dumps(status, indent=2, default=str) + "\n")
         return status
 
+    @property
+    def nodes_lock_path(self) -> Path:
+        """Shared-locked by each node's launcher of a multi-node run, from its start (before the rendezvous has made
+        a rank 0 to take the run's lock) until its torchrun ends."""
+        return self.path / ".lock-nodes"
+
     def is_locked(self) -> bool:
-        """True while a worker holds this run's lock (it is alive)."""
-        if not self.lock_path.exists():
-            return False
-        with open(self.lock_path, "a") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(f, fcntl.LOCK_UN)
-            return False
+        """True while a worker holds this run's lock (it is alive), or a node's launcher of a multi-node run lives."""
+        for path in (self.lock_path, self.nodes_lock_path):
+            if not path.exists():
+                continue
+            with open(path, "a") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return True
+                fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+    def hold_node_lock(self) -> int:
+        """A node launcher's shared hold on the run (see nodes_lock_path); the fd, inherited by its torchrun."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.nodes_lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        return fd
 
     def acquire_lock(self) -> int:
         """Take the run's lock and return its fd (inherited by the worker). Raises RunError if taken."""
@@ -223,20 +237,26 @@ class RunDir:
         return fd
 
     def state(self) -> str:
-        """new, starting, running, stopping, finished, stopped, failed, or crashed (died without a final event)."""
-        recorded = self.read_status().get("state")
+        """new, queued, starting, running, stopping, finished, stopped, failed, or crashed (died without a final
+        event)."""
+        status = self.read_status()
+        recorded = status.get("state")
         if recorded is None:
             return "new"
+        if recorded == "queued":  # submitted, and no worker has written since: Slurm says where the job is
+            from ftune.runtime import slurm
+
+            return slurm.shown_state(str(status.get("slurm_job")))
         if recorded in ACTIVE_STATES and not self.is_locked():
             return "crashed"
         return recorded
 
     # ------------------------------------------------------------------ lifecycle
-    def clear_history(self) -> None:
-        """Forget a previous attempt (for --restart): events, status, log, checkpoints and export."""
+    def clear_history(self, keep_log: bool = False) -> None:
+        """Forget a previous attempt (for --restart): events, status, log (unless keep_log), checkpoints and export."""
         for folder in (self.checkpoints_dir(), self.export_dir()):
             shutil.rmtree(folder, ignore_errors=True)
-        for f in (self.events_path, self.status_path, self.log_path):
+        for f in (self.events_path, self.status_path, *(() if keep_log else (self.log_path,))):
             f.unlink(missing_ok=True)
 
     def owns(self, folder: Path) -> bool | None:

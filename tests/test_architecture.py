@@ -26,7 +26,7 @@ LAYERS = [
     ("core", ["ftune.runtime.models", "ftune.runtime.gguf", "ftune.runtime.events", "ftune.runtime.rundir", "ftune.runtime.runs",
               "ftune.runtime.sysmon", "ftune.runtime.catalog", "ftune.runtime.memory", "ftune.runtime.history",
               "ftune.runtime.tail", "ftune.runtime.tinymodel", "ftune.runtime.demo", "ftune.runtime.trackers",
-              "ftune.runtime.comparison"]),
+              "ftune.runtime.comparison", "ftune.runtime.slurm"]),
     ("data", ["ftune.runtime.data"]),
     ("import", ["ftune.runtime.importers"]),
     ("launch", ["ftune.runtime.launch", "ftune.runtime.distributed"]),

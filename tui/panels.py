@@ -18,8 +18,8 @@ from ftune.runtime.history import SHOWN_ACTIVE, Problem, View, finite, timing
 from ftune.runtime.rundir import shown_state
 
 STATE_STYLE = {
-    "not started": "yellow", "starting": "yellow", "running": "bold green", "stalled": "bold red",
-    "stopping": "bold yellow", "stopped": "yellow",
+    "not started": "yellow", "queued": "yellow", "starting": "yellow", "running": "bold green",
+    "stalled": "bold red", "stopping": "bold yellow", "stopped": "yellow",
     "finished": "bold cyan", "failed": "bold red", "crashed": "bold red",
 }
 ACTIVE = SHOWN_ACTIVE  # polled quickly: watched until it starts

@@ -470,15 +470,23 @@ class ResourcesSpec(Section):
         "auto", description="Processes (GPUs) per machine; auto: every GPU nvidia-ml-py sees, or 1 on a CPU. "
         "On a machine without GPUs, N > 1 with ddp runs N CPU processes over gloo."
     )
-    nodes: int = Field(1, ge=1, description="Machines taking part; start `ftune train RUN --node-rank K` on each.")
+    nodes: int = Field(1, ge=1, description="Machines taking part (the most, for an elastic run): run the same "
+                       "`ftune train RUN` on each, or `ftune submit RUN --slurm`; they meet on torchrun's c10d "
+                       "rendezvous, which numbers them. See docs/multi-gpu.md.")
+    min_nodes: int | None = Field(None, ge=1, description="Elastic: training starts (and goes on after a node is lost, "
+                                  "with max_restarts) once this many machines have joined. Default: nodes.")
+    max_restarts: int = Field(0, ge=0, description="Times torchrun restarts every process after one fails or a node "
+                              "is lost (each restart resumes from the newest checkpoint); 0: the run ends with an "
+                              "error event naming the node.")
     strategy: Literal["auto", "ddp", "deepspeed-zero2", "deepspeed-zero3", "fsdp"] = Field(
         "auto", description="Multi-process strategy: ddp replicates the model; ZeRO-2 shards optimiser state and "
         "gradients; ZeRO-3 and FSDP also shard the parameters. auto: ddp."
     )
     offload: bool = Field(False, description="Offload parameters and optimiser state to CPU (ZeRO-3 / FSDP).")
-    master_addr: str | None = Field(None, description="Address of node 0 (multi-node).")
-    master_port: int | None = Field(None, ge=1, le=65535, description="Port on node 0 (default 29500; a free one "
-                                                                      "on a single machine).")
+    master_addr: str | None = Field(None, description="Several nodes: the rendezvous host, one of the machines. "
+                                    "Default: $MASTER_ADDR, else the first node of the Slurm job.")
+    master_port: int | None = Field(None, ge=1, le=65535, description="The rendezvous port (default: $MASTER_PORT, "
+                                    "else 29500; a free one on a single machine).")
 
     @field_validator("gpus_per_node")
     @classmethod
@@ -491,8 +499,8 @@ class ResourcesSpec(Section):
     def _coherent(self) -> "ResourcesSpec":
         if self.offload and self.strategy not in ("deepspeed-zero3", "fsdp"):
             raise ValueError("offload works with strategy deepspeed-zero3 or fsdp")
-        if self.nodes > 1 and not self.master_addr:
-            raise ValueError("several nodes need master_addr: the address of node 0")
+        if self.min_nodes is not None and self.min_nodes > self.nodes:
+            raise ValueError(f"min_nodes ({self.min_nodes}) is more than nodes ({self.nodes}): nodes is the most")
         return self
 
 

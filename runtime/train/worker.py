@@ -19,7 +19,7 @@ from ftune.runtime.events import EventWriter
 from ftune.runtime.rundir import RunDir, RunError
 from ftune.runtime.spec import RunSpec, load_spec
 from ftune.runtime.sysmon import Sampler
-from ftune.runtime.train import hints
+from ftune.runtime.train import hints, nodes
 from ftune.runtime.train.phases import Phases
 from ftune.runtime.train.stopper import Stopper, StopRequested
 from ftune.runtime.train.watchdog import Watchdog
@@ -77,17 +77,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--lock-fd", type=int, default=None, help="inherited fd holding the run's lock")
+    parser.add_argument("--rendezvous", action="store_true",
+                        help="started by torchrun's c10d rendezvous on each node: rank 0 takes the run's lock")
     args = parser.parse_args(argv)
 
     path = Path(args.run_dir).resolve()
     run = RunDir(path.parent, path.name)
-    if args.lock_fd is None:  # started by hand: take the lock ourselves
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if args.rendezvous:  # no launcher holds the lock: each node's `ftune train` (or srun) only started torchrun
+        place = nodes.join(run)
+        # torchrun restarted the group (a process failed, a node was lost or joined): on from the newest checkpoint
+        args.resume = args.resume or bool(place["restart"] and run.latest_checkpoint())
+    if args.lock_fd is None and (rank == 0 or not args.rendezvous):  # started by hand, or rank 0 of a rendezvous
         try:
             args.lock_fd = run.acquire_lock()
         except RunError as e:
             print(f"ftune: {e}", file=sys.stderr)
             return 2
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     lead = rank == 0
     stopper = Stopper(world).install()
     events = EventWriter.for_rank(run.events_path, rank)
@@ -122,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except BaseException as exc:  # noqa: BLE001 - every failure must end the stream with an error event
         traceback.print_exc()
-        message, hint = hints.explain(exc, spec, run)
+        message, hint = nodes.lost_node_error(run, exc, world, run.read_status().get("step")) \
+            or hints.explain(exc, spec, run)
         if not lead:  # any rank's failure ends the run with an error event naming it
             events = EventWriter(run.events_path)
             message = f"rank {rank}: {message}"

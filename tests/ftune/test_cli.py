@@ -277,3 +277,14 @@ def test_run_names_are_cut_in_their_middles_only_when_short_of_room():
     cut = fit_names(names, 10)  # 25 columns down to 15
     assert cut[:2] == ["a-long-…name-01", "a-long-…name-02"] and cut[2] == "short"
     assert fit_names(names, 40)[0] == "a-lon…ame-01"  # never below 12
+
+
+def test_submit_needs_a_scheduler_and_sbatch_and_writes_nothing_without(project, tiny_model, monkeypatch, tmp_path):
+    run = make_run(project, tiny_model, resources={"gpus_per_node": 1})
+    result = invoke("submit", "run-01")
+    assert result.exit_code == 2 and "say where to submit: --slurm" in result.output
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no sbatch here
+    result = invoke("submit", "run-01", "--slurm", "--nodes", "2")
+    assert result.exit_code == 2 and "ftune: sbatch is not on this machine's PATH" in result.output, result.output
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in run.path.iterdir()) == ["run.yaml"]

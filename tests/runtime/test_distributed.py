@@ -7,7 +7,7 @@ import yaml
 
 from ftune.runtime import launch
 from ftune.runtime.distributed import accelerate_config, worker_command
-from ftune.runtime.events import EventReader
+from ftune.runtime.events import EventReader, read_all
 from ftune.runtime.rundir import RunDir
 from ftune.runtime.spec import build_spec
 from tests.runtime.helpers import make_run, of_type, train_to_end, wait_for
@@ -110,3 +110,76 @@ def test_fit_warning_accounts_for_gpus_and_strategy(project, tiny_model, monkeyp
     assert launch.fit_warning(build_spec(yaml.safe_load(run.spec_path.read_text())), run) is None
     assert launch.fit_warning(build_spec(yaml.safe_load(run.spec_path.read_text())
                                          | {"model": {"name_or_path": "unknown-model"}}), run) is None
+
+
+# --------------------------------------------------------------------------- several nodes (c10d rendezvous)
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_node_run(project, tiny_model, name: str, **training):
+    """A run on two "nodes", each one CPU process over gloo, meeting on loopback."""
+    return make_run(project, tiny_model, name=name, data={"shuffle": False, "val_size": 0},
+                    training={**SAME, "per_device_train_batch_size": 4, **training},
+                    resources={"gpus_per_node": 1, "nodes": 2, "master_addr": "127.0.0.1",
+                               "master_port": _free_port()})
+
+
+def start_nodes(run, **kwargs):
+    """The same `ftune train RUN` on both nodes (here: twice on one machine): the rendezvous numbers them."""
+    return [launch.start(run, **kwargs) for _ in range(2)]
+
+
+def test_two_nodes_train_like_one_a_lost_node_is_named_and_the_run_resumes(project, tiny_model):
+    """Two "nodes" (one CPU process each, on loopback) join one run; killing one ends the run with an error event
+    naming it and the last step; `--resume` on both continues from the checkpoint. A constant learning rate, so the
+    first steps' losses compare with a one-process run of the same global batch."""
+    import os
+    import signal
+
+    constant = {"lr_scheduler_type": "constant", "save_steps": 2}
+    one = make_run(project, tiny_model, name="one", data={"shuffle": False, "val_size": 0},
+                   training={**SAME, **constant, "max_steps": 2, "per_device_train_batch_size": 8})
+    run = two_node_run(project, tiny_model, "nodes", **constant, max_steps=100000)
+    first, second = start_nodes(run)
+    l1 = [s["loss"] for s in of_type(train_to_end(one), "step")]
+    reader = EventReader(run.events_path)
+    wait_for(lambda: [e for e in reader.read_new() if e["type"] == "checkpoint"], 400)
+    # the second node is killed outright (its torchrun and its worker); the first hosts the rendezvous store
+    records = [yaml.safe_load(p.read_text()) for p in (run.path / "rank-logs").glob("rank-*.json")]
+    lost = next(r for r in records if r["launcher_pid"] == second.pid)
+    for pid in (second.pid, lost["pid"]):
+        os.kill(pid, signal.SIGKILL)
+    second.wait(timeout=30)
+    first.wait(timeout=180)
+    events = read_all(run.events_path)
+    assert [e["world_size"] for e in of_type(events, "started")] == [2]  # one writer: the rank-0 node
+    steps = of_type(events, "step")
+    assert [s["step"] for s in steps[:2]] == [1, 2]
+    assert all(math.isclose(a, s["loss"], rel_tol=0.02) for a, s in zip(l1, steps)), (l1, steps)
+    error = of_type(events, "error")
+    assert error, run.log_path.read_text()[-3000:]
+    message = error[-1]["message"]
+    assert f"node {lost['node']} (" in message and "stopped answering after step" in message, message
+    assert "--resume" in error[-1]["hint"]
+    logs = run.path / "rank-logs"
+    for node in (0, 1):  # each node's own log, linked under the number the rendezvous gave it
+        text = (logs / f"node-{node}.log").read_text()
+        assert f"[rank{node}]:" in text and "=== ftune train nodes" in text
+    assert (logs / "node-0.log").resolve() != (logs / "node-1.log").resolve()
+    assert run.log_path.resolve() == (logs / "node-0.log").resolve()
+    cmd = (run.path / "launch.sh").read_text()
+    assert "--rdzv-backend c10d" in cmd and "--rdzv-id nodes" in cmd and "--node-rank" not in cmd
+
+    at = run.latest_checkpoint()[0]
+    run.spec_path.write_text(run.spec_path.read_text().replace("max_steps: 100000", f"max_steps: {at + 2}"))
+    for p in start_nodes(run, resume=True):
+        assert p.wait(timeout=400) == 0, run.log_path.read_text()[-3000:]
+    events = read_all(run.events_path)
+    assert events[-1]["type"] == "finished", events[-3:]
+    assert of_type(events, "started")[-1]["resumed_from"] == at
+    assert [s["step"] for s in of_type(events, "step")][-2:] == [at + 1, at + 2]
