@@ -130,6 +130,7 @@ def main(runs_dir: str | None) -> None:
     Save now:      ftune checkpoint run-01  at the next step end; it trains on
     Stop it:       ftune stop run-01   saves a checkpoint; resume with --resume
     Use it:        ftune chat run-01   also: export, serve, eval, plot
+    Agents:        ftune mcp           an MCP server for coding agents
 
     Shell completion: eval "$(_FTUNE_COMPLETE=bash_source ftune)" (zsh_source,
     fish_source).
@@ -485,23 +486,9 @@ def train(ctx: click.Context, name: str, foreground: bool, resume: bool, restart
     if resume and restart:
         raise click.UsageError("--resume and --restart exclude each other")
     run = _run(ctx, name)
-    if overrides:
-        if run.is_locked():  # refused before the file changes: it must keep saying what the worker trains
-            from ftune.runtime.rundir import RunError
-
-            raise RunError(f"run '{name}' is training now: --set would change its run file under it; stop it "
-                           f"first (`ftune stop {name}`), then train it with --set and --resume or --restart")
-        _apply_overrides(run, list(overrides))
-    from ftune.runtime.spec import load_spec
-
-    spec = load_spec(run.spec_path)
-    too_big = launch.fit_warning(spec, run)
-    if too_big:  # an estimate, so a warning: the user may know better (e.g. shorter real sequences)
-        click.secho(f"warning: this run {too_big} (estimate; starting anyway)", fg="yellow", err=True)
-    slow = launch.precision_warning(spec)
-    if slow:
-        click.secho(f"warning: {slow}", fg="yellow", err=True)
-    proc = launch.start(run, resume=resume, restart=restart, say=lambda s: click.echo(s, err=True))
+    proc = launch.train(run, overrides=list(overrides), resume=resume, restart=restart,
+                        say=lambda s: click.echo(s, err=True),
+                        warn=lambda s: click.secho(f"warning: {s}", fg="yellow", err=True))
     _after_start(run, proc, foreground)
 
 
@@ -538,20 +525,6 @@ def submit(ctx: click.Context, name: str, slurm: bool, resume: bool, restart: bo
     job_id = launch.submit(run, resume=resume, restart=restart, say=lambda s: click.echo(s, err=True), **job)
     click.echo(f"Submitted {name} to Slurm: job {job_id} (script: {run.path / 'slurm.sbatch'}).")
     click.echo(f"  watch:   ftune watch {name}       ·  all runs: ftune ls  ·  stop: ftune stop {name}")
-
-
-def _apply_overrides(run, overrides: list[str]) -> None:
-    from ftune.runtime.spec import build_spec
-    from ftune.runtime.spec.io import read_yaml, write_run_file
-    from ftune.runtime.spec.overrides import edit_in_place
-
-    text = run.spec_path.read_text(encoding="utf-8")
-    read_yaml(text, str(run.spec_path))  # the file's own mistakes (bad YAML, keys twice) name its lines
-    edited = edit_in_place(text, overrides)  # the user's file: comments, order and shorthand kept
-    raw, root = read_yaml(edited, f"{run.spec_path} with --set")
-    build_spec(raw or {}, source=f"{run.spec_path} with --set", yaml_root=root)  # validated before it is written
-    write_run_file(run.spec_path, edited)
-    click.echo(f"Updated {run.spec_path}: {', '.join(overrides)}")
 
 
 # --------------------------------------------------------------------------- stop
@@ -651,6 +624,30 @@ def ls_(ctx: click.Context, as_json: bool) -> None:
         model = fit_model(r["model"], room)
         table.add_row(*({"status": status, "model": model}.get(k, r[k]) for k in keys))
     console.print(table)
+
+
+# --------------------------------------------------------------------------- mcp
+@main.command(name="mcp", context_settings=CONTEXT)
+@click.option("--http", "port", type=click.IntRange(1, 65535), metavar="PORT",
+              help="Streamable HTTP on 127.0.0.1:PORT instead of stdio; requests need 'Authorization: Bearer "
+                   "$FTUNE_MCP_TOKEN'.")
+@click.option("--read-only", is_flag=True, help="Look only: no creating, starting, stopping, exporting or deleting.")
+@click.option("--trust-remote-code", is_flag=True, help="Let runs load models that ship their own code.")
+@click.option("--allow", multiple=True, type=click.Path(file_okay=False, exists=True), metavar="DIR",
+              help="Another folder the agent may name (data, models); default: the project folder that holds the "
+                   "runs folder (repeatable).")
+@click.pass_context
+def mcp_(ctx: click.Context, port: int | None, read_only: bool, trust_remote_code: bool, allow: tuple[str, ...]) -> None:
+    """Serve the runs folder to a coding agent over the Model Context Protocol (pip install 'ftune[agents]').
+
+    \b
+    Tools: list, show, validate, create, check data, estimate memory, start,
+    follow events, checkpoint, stop, resume, compare, export, eval, delete;
+    every call is logged to runs/mcp.log. Setup and a session: docs/agents.md.
+    """
+    from ftune.agents.server import serve
+
+    serve(_runs_root(ctx), port=port, read_only=read_only, trust_remote_code=trust_remote_code, allow=list(allow))
 
 
 # --------------------------------------------------------------------------- watch
@@ -874,12 +871,11 @@ def _print_data_report(report) -> None:
 @click.pass_context
 def rm(ctx: click.Context, name: str, yes: bool) -> None:
     """Delete RUN: its folder, checkpoints and export (asks first; refuses a running run)."""
-    from ftune.runtime.rundir import ACTIVE_STATES, RunError
+    from ftune.runtime.rundir import RunError
+    from ftune.runtime.runs import deletable
 
     run = _run(ctx, name)
-    state = run.state()
-    if state in ACTIVE_STATES:
-        raise RunError(f"run '{name}' is {state}: stop it first with `ftune stop {name}`")
+    state = deletable(run)
     where = run.output_base()
     extra = f" and its outputs in {where}" if where != run.path else ""
     if not yes:
@@ -1089,14 +1085,9 @@ def compare(ctx: click.Context, names: tuple[str, ...], plot_out: str | None, x_
     """
     from ftune.runtime.comparison import as_json as comparison_json
     from ftune.runtime.comparison import compare as compare_runs
-    from ftune.runtime.comparison import table_rows
-    from ftune.runtime.rundir import RunError
+    from ftune.runtime.comparison import runs_named, table_rows
 
-    if len(names) < 2:
-        raise RunError("ftune compare needs at least two runs, e.g. ftune compare run-01 run-02")
-    if len(set(names)) < len(names):
-        raise RunError(f"a run is named twice: {' '.join(names)}")
-    runs = [_run(ctx, n) for n in names]
+    runs = runs_named(_runs_root(ctx), names)
     differ, results = compare_runs(runs)
     path = None
     if plot_out:

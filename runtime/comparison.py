@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from ftune.runtime.events import FINAL_TYPES, read_all, summarize
-from ftune.runtime.rundir import RunDir
+from ftune.runtime.rundir import RunDir, RunError
 from ftune.runtime.spec import shorthand
 
 SKIP_SETTINGS = ("name",)  # differs by definition
@@ -75,6 +75,15 @@ def figures(events: list[dict[str, Any]], status: dict[str, Any]) -> dict[str, A
         "wall_s": round(ended - started, 1) if started and ended and ended >= started else None,
         "ended": final.get("type") if final.get("type") in FINAL_TYPES else None,
     }
+
+
+def runs_named(root, names: list[str] | tuple[str, ...]) -> list[RunDir]:
+    """The runs to compare: two at least, none twice, each one that exists."""
+    if len(names) < 2:
+        raise RunError("ftune compare needs at least two runs, e.g. ftune compare run-01 run-02")
+    if len(set(names)) < len(names):
+        raise RunError(f"a run is named twice: {' '.join(names)}")
+    return [RunDir(root, n).require() for n in names]
 
 
 def compare(runs: list[RunDir]) -> tuple[list[str], list[RunResult]]:

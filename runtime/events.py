@@ -13,6 +13,7 @@ import math
 import os
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -187,6 +188,60 @@ class EventReader:
                 yield event  # unknown types pass through; consumers skip what they do not know
             else:
                 self.bad_lines += 1
+
+
+def file_id(path: str | Path) -> int:
+    """Which events file this is: a checksum of its first whole line (0 when it has none), whose time tells one
+    attempt's file from the next (a run started over writes a new file, which may even get the old one's inode)."""
+    try:
+        with open(path, "rb") as f:
+            return _first_line_id(f)
+    except FileNotFoundError:
+        return 0
+
+
+def _first_line_id(f) -> int:
+    f.seek(0)
+    first = f.readline(1 << 16)
+    return zlib.crc32(first) if first.endswith(b"\n") else 0
+
+
+def cursor_word(path: str | Path, offset: int) -> str:
+    """Where a reader of an events file stands, as one opaque word for a client to pass back: which file (file_id)
+    and the byte offset."""
+    return f"{file_id(path) if offset else 0:x}-{offset}"
+
+
+def read_from(path: str | Path, cursor: str | None, limit: int = 100) -> tuple[list[dict[str, Any]], str, bool, bool]:
+    """(events after `cursor`, at most `limit`; the cursor after them; whether the file was started over since
+    `cursor`, so these are its whole history; whether more whole lines are waiting). A torn last line waits for
+    its end. A cursor that is not one of ours reads from the start."""
+    which, _, offset = (cursor or "").partition("-")
+    try:
+        start, which_was = int(offset), int(which, 16)
+    except ValueError:
+        start, which_was = 0, 0
+    try:
+        with open(path, "rb") as f:
+            which = _first_line_id(f)
+            reset = bool(start) and (which != which_was or os.fstat(f.fileno()).st_size < start)
+            if reset:
+                start = 0
+            f.seek(start)
+            data = f.read(max(limit * 8192, 1 << 20))  # a long history is read a slice at a time
+    except FileNotFoundError:
+        return [], "0-0", bool(start), False
+    reader, events, used = EventReader(path), [], 0
+    for line in data.split(b"\n")[:-1]:  # whole lines only: the last piece is a torn line or b""
+        if len(events) >= limit:
+            break
+        used += len(line) + 1
+        events.extend(reader.parse([line]))
+    more = b"\n" in data[used:]
+    end = start + used
+    if end and not which:  # the first line has just been read whole
+        which = file_id(path)
+    return events, f"{which if end else 0:x}-{end}", reset, more
 
 
 def read_all(path: str | Path) -> list[dict[str, Any]]:

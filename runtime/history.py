@@ -294,3 +294,22 @@ def _num(x: Any) -> float | None:
 
 def empty_view() -> View:
     return History().view()
+
+
+SHOWN_ACTIVE = ("not started", "queued", "starting", "running", "stalled", "stopping")  # states (as shown) that may still change
+
+
+def timing(state: str, view: View, status: dict[str, Any], now: float) -> tuple[float | None, float | None]:
+    """(elapsed, eta) in seconds, for a run in `state` as shown (rundir.shown_state). Elapsed counts this attempt:
+    from its launch (loading included; the `started` event when status.json does not say) to now, or to the final
+    event once there is one. The monitor's header and the agents' run summary."""
+    begun = _num(status.get("started_at")) or view.started_t
+    if begun is None:
+        return None, None
+    final_t = _num((view.final or {}).get("t")) or (_num(status.get("ended_at")) if state not in SHOWN_ACTIVE else None)
+    end = final_t if final_t is not None else now
+    elapsed = max(0.0, end - begun)
+    eta = None
+    if state in ("running", "stopping") and view.rate and view.max_steps and view.rate_t is not None:
+        eta = max(0.0, view.rate_t + (view.max_steps - view.step) / view.rate - now)
+    return elapsed, eta

@@ -337,6 +337,32 @@ def start(run: RunDir, *, resume: bool = False, restart: bool = False, say=None)
             os.close(lock_fd)  # the worker (or torchrun) holds its own copy of the locked descriptor
 
 
+def train(run: RunDir, *, overrides: list[str] | None = None, resume: bool = False, restart: bool = False,
+          say=None, warn=None) -> subprocess.Popen:
+    """`ftune train RUN` (and the agents' start and resume): apply `--set` to the run file, warn of a run that
+    will not fit or will be slow here, then `start` it. `say` hears progress, `warn` the warnings (one sentence)."""
+    from ftune.runtime.spec.io import set_in_run_file
+
+    if resume and restart:
+        raise RunError("resume and restart exclude each other: --resume continues, --restart starts over")
+    run.require()
+    if overrides:
+        if run.is_locked():  # refused before the file changes: it must keep saying what the worker trains
+            raise RunError(f"run '{run.name}' is training now: --set would change its run file under it; stop it "
+                           f"first (`ftune stop {run.name}`), then train it with --set and --resume or --restart")
+        set_in_run_file(run.spec_path, overrides)
+        if say:
+            say(f"Updated {run.spec_path}: {', '.join(overrides)}")
+    spec = load_spec(run.spec_path)
+    too_big = fit_warning(spec, run)
+    if too_big and warn:  # an estimate, so a warning: the user may know better (e.g. shorter real sequences)
+        warn(f"this run {too_big} (estimate; starting anyway)")
+    slow = precision_warning(spec)
+    if slow and warn:
+        warn(slow)
+    return start(run, resume=resume, restart=restart, say=say)
+
+
 def request_checkpoint(run: RunDir) -> float:
     """Ask the running worker for a checkpoint at its next step end; training goes on. A file in the run directory,
     not a signal: the worker's rank 0 finds it and every rank agrees on the step (train/callbacks.py). Returns the

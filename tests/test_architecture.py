@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 ROOTS = {"ftune": "ftune", "ftune.runtime": "runtime", "ftune.wizard": "wizard", "ftune.tui": "tui",
-         "ftune.presets": "presets"}
+         "ftune.presets": "presets", "ftune.agents": "agents"}
 
 # Bottom to top: a module may import its own layer and those below it, never one above.
 LAYERS = [
@@ -32,7 +32,7 @@ LAYERS = [
     ("launch", ["ftune.runtime.launch", "ftune.runtime.distributed"]),
     ("infer", ["ftune.runtime.infer"]),
     ("train", ["ftune.runtime.train"]),
-    ("faces", ["ftune.wizard", "ftune.tui"]),
+    ("faces", ["ftune.wizard", "ftune.tui", "ftune.agents"]),
     ("cli", ["ftune.cli", "ftune.__main__"]),
 ]
 EXACT = {"ftune", "ftune.runtime"}  # these name the package modules alone, not everything under them
@@ -149,7 +149,7 @@ def test_layers_import_only_downwards():
     assert upward == []
 
 
-@pytest.mark.parametrize("face", ["ftune.wizard", "ftune.tui"])
+@pytest.mark.parametrize("face", ["ftune.wizard", "ftune.tui", "ftune.agents"])
 def test_faces_never_import_torch_at_module_level(face):
     heavy = [f"{name}: {mod}" for name in MODULES if name.startswith(face) for mod, _, top in imports(name)
              if top and mod.split(".")[0] in HEAVY]
@@ -158,5 +158,6 @@ def test_faces_never_import_torch_at_module_level(face):
 
 def test_the_runtime_never_imports_the_faces():
     faces = [f"{name}: {mod}" for name in MODULES if name.startswith("ftune.runtime") for mod, _, _ in imports(name)
-             if mod.startswith(("ftune.wizard", "ftune.tui")) or mod.split(".")[0] in ("textual", "questionary")]
+             if mod.startswith(("ftune.wizard", "ftune.tui", "ftune.agents"))
+             or mod.split(".")[0] in ("textual", "questionary", "mcp")]
     assert faces == []

@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ftune.runtime.events import duration, phase_share, phase_text, size
-from ftune.runtime.history import Problem, View, finite
+from ftune.runtime.history import SHOWN_ACTIVE, Problem, View, finite, timing
 from ftune.runtime.rundir import shown_state
 
 STATE_STYLE = {
@@ -22,7 +22,7 @@ STATE_STYLE = {
     "stalled": "bold red", "stopping": "bold yellow", "stopped": "yellow",
     "finished": "bold cyan", "failed": "bold red", "crashed": "bold red",
 }
-ACTIVE = ("not started", "queued", "starting", "running", "stalled", "stopping")  # polled quickly: watched until it starts
+ACTIVE = SHOWN_ACTIVE  # polled quickly: watched until it starts
 
 
 def display_state(recorded: str, stalled: bool = False) -> str:
@@ -59,21 +59,6 @@ def short_model(name: Any) -> str:
 
 
 # --------------------------------------------------------------------------- header
-def timing(state: str, view: View, status: dict[str, Any], now: float) -> tuple[float | None, float | None]:
-    """(elapsed, eta) in seconds. Elapsed counts this attempt: from its launch (loading included; the
-    `started` event when status.json does not say) to now, or to the final event once there is one."""
-    begun = _num(status.get("started_at")) or view.started_t
-    if begun is None:
-        return None, None
-    final_t = _num((view.final or {}).get("t")) or (_num(status.get("ended_at")) if state not in ACTIVE else None)
-    end = final_t if final_t is not None else now
-    elapsed = max(0.0, end - begun)
-    eta = None
-    if state in ("running", "stopping") and view.rate and view.max_steps and view.rate_t is not None:
-        eta = max(0.0, view.rate_t + (view.max_steps - view.step) / view.rate - now)
-    return elapsed, eta
-
-
 def header(name: str, state: str, view: View, status: dict[str, Any], now: float) -> RenderableType:
     meta = view.meta
     elapsed, eta = timing(state, view, status, now)

@@ -77,11 +77,16 @@ def read_partial(path: str, project: Path | None = None, on_import=None) -> dict
     return raw
 
 
-def answers_from(flags: Flags, cwd: Path | None = None, project: Path | None = None, on_import=None) -> Answers:
-    """Answers from --from (if any) with the flags on top. Paths given as flags are relative to the current
-    folder and written relative to the project folder."""
+def answers_from(flags: Flags, cwd: Path | None = None, project: Path | None = None, on_import=None,
+                 partial: dict[str, Any] | None = None) -> Answers:
+    """Answers from --from (if any; or a `partial` run file given as data) with the flags on top. Paths given as
+    flags are relative to the current folder and written relative to the project folder."""
     cwd = cwd or Path.cwd()
-    a = Answers.from_raw(read_partial(flags.from_file, project, on_import)) if flags.from_file else Answers()
+    if partial is not None and not isinstance(partial, dict):
+        raise SpecError([Problem("", "a run file is a mapping of sections (name:, model:, data: ...)")], "the spec")
+    if flags.from_file:
+        partial = read_partial(flags.from_file, project, on_import)
+    a = Answers.from_raw(partial) if partial else Answers()
     if flags.name:
         a.name = flags.name
     if flags.model:

@@ -151,5 +151,19 @@ def spec_to_yaml(spec: RunSpec) -> str:
     return run_file_text(spec_to_dict(spec), [comment])
 
 
+def set_in_run_file(path: str | Path, overrides: list[str]) -> None:
+    """`--set KEY=VALUE` written into a run file: its comments, order and shorthand kept, and the result validated
+    before anything is written (the file's own mistakes, bad YAML or keys twice, name its lines)."""
+    from ftune.runtime.spec.overrides import edit_in_place
+
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    read_yaml(text, str(path))
+    edited = edit_in_place(text, overrides)
+    raw, root = read_yaml(edited, f"{path} with --set")
+    build_spec(raw or {}, source=f"{path} with --set", yaml_root=root)
+    write_run_file(path, edited)
+
+
 def save_spec(spec: RunSpec, path: str | Path) -> None:
     write_run_file(path, spec_to_yaml(spec))

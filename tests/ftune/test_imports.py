@@ -24,9 +24,9 @@ def test_help_does_not_import_heavy_libraries():
         "import sys\nfrom ftune.cli import main\n"
         "try:\n    main(['--help'], prog_name='ftune')\nexcept SystemExit:\n    pass\n"
         "for cmd in ('train', 'demo', 'ls', 'stop', 'logs', 'rm', 'new', 'presets', 'watch',\n"
-        "            'export', 'chat', 'serve', 'eval', 'plot'):\n"
+        "            'export', 'chat', 'serve', 'eval', 'plot', 'mcp'):\n"
         "    try:\n        main([cmd, '--help'], prog_name='ftune')\n    except SystemExit:\n        pass\n"
-        f"print('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules))"
+        f"print('HEAVY=' + ','.join(m for m in {HEAVY + ('mcp',)!r} if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith("HEAVY=")

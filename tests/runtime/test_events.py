@@ -2,7 +2,7 @@ import json
 import math
 import os
 
-from ftune.runtime.events import EventReader, EventWriter, make_event, read_all, summarize
+from ftune.runtime.events import EventReader, EventWriter, make_event, read_all, read_from, summarize
 
 
 def test_writer_lines_are_whole_and_versioned(tmp_path):
@@ -121,3 +121,32 @@ def test_the_latest_phase_until_training_begins(tmp_path):
     assert summarize(events)["phase"] == "" and history.phase is None
     assert [phase_text(e) for e in ({"phase": "loading the model"}, {"phase": 3}, None, {"phase": "x", "total": 0})] \
         == ["loading the model", "", "", "x"]
+
+
+def test_read_from_a_cursor_pages_waits_for_a_torn_line_and_starts_over_on_a_new_file(tmp_path):
+    """`ftune mcp`'s read_events: a client passes back the cursor it was given."""
+    path = tmp_path / "events.jsonl"
+    assert read_from(path, None) == ([], "0-0", False, False)
+    w = EventWriter(path)
+    for step in range(1, 6):
+        w.emit("step", step=step, loss=1.0)
+    with open(path, "ab") as f:
+        f.write(b'{"v": 1, "type": "eval", "ste')  # a torn last line: not read until it ends
+    events, cursor, reset, more = read_from(path, None, limit=3)
+    assert [e["step"] for e in events] == [1, 2, 3] and more and not reset
+    events, cursor, reset, more = read_from(path, cursor, limit=3)
+    assert [e["step"] for e in events] == [4, 5] and not more
+    assert read_from(path, cursor)[:2] == ([], cursor)
+    with open(path, "ab") as f:
+        f.write(b'p": 5, "eval_loss": 0.5}\n')
+    events, cursor, _, _ = read_from(path, cursor)
+    assert events == [{"v": 1, "type": "eval", "step": 5, "eval_loss": 0.5}]
+
+    w.close()
+    path.unlink()  # a restart: a new file, longer than where the cursor stood
+    w = EventWriter(path)
+    for step in range(1, 30):
+        w.emit("step", step=step, loss=1.0)
+    events, _, reset, _ = read_from(path, cursor, limit=500)
+    assert reset and [e["step"] for e in events] == list(range(1, 30))
+    assert read_from(path, "not-a-cursor", limit=1)[0][0]["step"] == 1
