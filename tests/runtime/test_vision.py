@@ -37,7 +37,8 @@ def test_the_mask_learns_answers_only_and_matches_the_processor(processor):
         own = processor(text=[text], images=[open_image(r, MIN_PX, MAX_PX) for r in refs])["input_ids"][0]
         assert ids == list(own) and refs == ex.images
         learnt = tok.decode([t for t, label in zip(ids, labels) if label != -100])
-        assert learnt == "".join(m["content"] + "<|im_end|>\n" for m in ex.messages if m["role"] == "assistant")
+        # each answer up to its end-of-turn marker; the newline after it is the template's, not the answer's
+        assert learnt == "".join(m["content"] + "<|im_end|>" for m in ex.messages if m["role"] == "assistant")
     # train_on_prompt learns the prompt too, but never an image token
     cols, _ = tokenize_vision_examples(vision, examples, 1024, train_on_prompt=True)
     image_ids = vision.never_learnt
@@ -146,4 +147,4 @@ def test_data_check_with_a_vision_language_model_counts_image_tokens(tiny_vl_mod
     sample = report.tokens.samples[0]
     assert "<|vision_start|><|image_pad|>×66<|vision_end|>Who are they?" in "".join(s["text"] for s in sample)
     assert [s["text"] for s in sample if s["learnt"]] == [
-        "They're Kane and Gretzka from Bayern Munich.<|im_end|>\n", "They are celebrating on the soccer field.<|im_end|>\n"]
+        "They're Kane and Gretzka from Bayern Munich.<|im_end|>", "They are celebrating on the soccer field.<|im_end|>"]
