@@ -79,6 +79,7 @@ class EventsCallback(TrainerCallback):
                 and time.monotonic() - self.stopper.t0 > self.max_time:
             self.stopper.requested, self.stopper.reason = True, "max_time"
         asked = state.is_world_process_zero and os.path.exists(self._request_file)  # `ftune checkpoint`: one stat
+        stop = self.stopper.requested
         if args.world_size > 1:  # `ftune stop` and `ftune checkpoint` reach rank 0 only: every rank acts at one step
             import torch
             import torch.distributed as dist
@@ -87,6 +88,9 @@ class EventsCallback(TrainerCallback):
             flags = torch.tensor([float(code), 1.0 if asked else 0.0], device=args.device)
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
             code, asked = int(flags[0].item()), bool(flags[1].item())
+            # act on what every rank agreed, never on the local flag: torchrun passes SIGTERM to every worker, and one
+            # landing between the all_reduce and here would stop this rank alone while the others wait for it
+            stop = code != 0
             if code and not self.stopper.requested:
                 self.stopper.requested = True
                 self.stopper.reason = next(k for k, v in STOP_CODES.items() if v == code)
@@ -95,7 +99,7 @@ class EventsCallback(TrainerCallback):
             self._requested = state.global_step
             if state.is_world_process_zero:
                 self.run.checkpoint_request_path.unlink(missing_ok=True)
-        if self.stopper.requested:  # `ftune stop`, a scheduler's SIGTERM or max_time: checkpoint this step, then leave
+        if stop:  # `ftune stop`, a scheduler's SIGTERM or max_time: checkpoint this step, then leave
             if state.is_world_process_zero and not control.should_training_stop:
                 self.run.update_status(state="stopping")
             control.should_save = True
