@@ -58,6 +58,7 @@ class EventsCallback(TrainerCallback):
         self._request_file = str(run.checkpoint_request_path)
 
     def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        self.stopper.check()  # a stop before the loop whose exception was swallowed on the way: end it here
         self.stopper.in_loop = True
         self._last_t, self._last_tokens, self._last_step = time.time(), state.num_input_tokens_seen, state.global_step
         self.blowup, self._spikes = None, 0

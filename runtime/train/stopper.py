@@ -39,3 +39,10 @@ class Stopper:
         # before the loop a single process can just leave; several must reach step 1 and agree there
         if not self.in_loop and not already and self.world_size == 1:
             raise StopRequested()
+
+    def check(self) -> None:
+        """Raise again a stop that came before the loop but never surfaced: the handler's exception is lost where it
+        lands inside a finaliser (`Exception ignored in ...`) or a library's `except BaseException` (CI saw a stop in
+        the first second train one step and end `stopped` at step 1). The trainer calls this as its loop begins."""
+        if self.requested and self.reason == "signal" and not self.in_loop and self.world_size == 1:
+            raise StopRequested()

@@ -138,3 +138,29 @@ def test_a_spike_is_a_blowup_only_for_three_logged_steps_in_a_row(tmp_path):
     assert cb.blowup == {"step": 10, "reason": "loss above 3x its recent maximum for 3 logged steps"}
     assert control.should_training_stop and not control.should_save and not control.should_evaluate
     assert cb.last_good_step == 7  # a rollback goes to a checkpoint at or before the last good step
+
+
+def test_a_stop_before_the_loop_whose_exception_was_swallowed_still_stops_before_training(tmp_path):
+    """The signal handler raises StopRequested wherever the main thread is; inside a finaliser or a library's
+    `except BaseException` it is lost. The loop's first callback raises it again, so the run ends "stopped before
+    training began" and not after a step (seen once in CI)."""
+    import signal
+
+    import pytest
+
+    from ftune.runtime.events import EventWriter
+    from ftune.runtime.rundir import RunDir
+    from ftune.runtime.train.callbacks import EventsCallback
+    from ftune.runtime.train.stopper import Stopper, StopRequested
+
+    stopper = Stopper()
+    try:
+        stopper._handle(signal.SIGTERM, None)
+    except BaseException:  # noqa: BLE001 - what the library that swallowed it did
+        pass
+    cb = EventsCallback(EventWriter(tmp_path / "events.jsonl", enabled=False), RunDir(tmp_path, "r"), {}, stopper)
+    with pytest.raises(StopRequested):
+        cb.on_train_begin(None, None, None)
+    assert not stopper.in_loop
+    stopper.in_loop = True  # once in the loop a stop is agreed at a step boundary, not raised
+    stopper.check()
