@@ -14,6 +14,7 @@ from typing import Any
 from ftune.agents import schemas
 from ftune.agents.guard import Guard
 from ftune.runtime.errors import UserError
+from ftune.runtime.present import no_final_event
 from ftune.runtime.rundir import ACTIVE_STATES, RunError
 
 FOLLOW_POLL_S = 0.5
@@ -68,7 +69,7 @@ class Tools:
     def compare_runs(self, names: list[str]) -> schemas.Comparison:
         """Two runs or more side by side: the settings that differ (defaults filled in) and each run's figures
         (last and best eval loss, eval metrics, steps, tokens/s, wall time): `ftune compare --json`."""
-        from ftune.runtime.comparison import as_json, compare, runs_named
+        from ftune.runtime.run_diff import as_json, compare, runs_named
 
         differ, results = compare(runs_named(self.guard.root, names))
         return schemas.Comparison(**as_json(differ, results))
@@ -129,7 +130,7 @@ class Tools:
     def estimate_memory(self, name: str | None = None, spec: dict[str, Any] | None = None) -> schemas.MemoryEstimate:
         """The memory a run needs per GPU (weights, optimiser states, activations) against the GPUs here: for an
         existing run (`name`) or a spec not written yet."""
-        from ftune.runtime import catalog, memory
+        from ftune.runtime import catalog, memory_estimate
         from ftune.runtime.spec import build_spec, load_spec
         from ftune.runtime.sysmon import gpu_samples
         from ftune.wizard.runfile import estimate_for, estimate_line
@@ -142,7 +143,7 @@ class Tools:
             self.guard.spec_paths(spec)
             built = build_spec(spec, source="the spec")
         self._model(built.model.name_or_path)
-        gpus = memory.gpus_from_samples(gpu_samples())
+        gpus = memory_estimate.gpus_from_samples(gpu_samples())
         info = catalog.resolve(built.model.name_or_path, self.guard.project)
         result = estimate_for(info, built, gpus)
         return schemas.MemoryEstimate(
@@ -188,7 +189,7 @@ class Tools:
         self.guard.writes("stop runs")
         final = launch.stop(self.guard.run(name), wait=float(wait_s))
         if final is None:
-            return schemas.Stopped(name=name, message=f"{name} ended without a final event; see its train.log")
+            return schemas.Stopped(name=name, message=no_final_event(name, "see its train.log"))
         return schemas.Stopped(name=name, ended=final.get("type"), step=final.get("step"),
                                checkpoint=(final.get("artifacts") or {}).get("checkpoint"),
                                message=final.get("message"))
@@ -201,8 +202,8 @@ class Tools:
         self.guard.writes("ask runs for checkpoints")
         event = launch.checkpoint(self.guard.run(name), wait=float(wait_s))
         if event is None:
-            return schemas.Checkpointed(name=name, message=f"{name} ended without a final event before it saved; "
-                                                           f"see its train.log")
+            return schemas.Checkpointed(name=name, message=no_final_event(name, "see its train.log",
+                                                                          when=" before it saved"))
         if event["type"] == "checkpoint":
             return schemas.Checkpointed(name=name, step=event.get("step"), path=event.get("path"))
         return schemas.Checkpointed(name=name, ended=event["type"], step=event.get("step"),

@@ -87,7 +87,7 @@ def steady(values: list[float], skip: int = 2) -> float | None:
 
 def train_figures(b: Bench, run, events: list[dict]) -> dict[str, Any]:
     """tokens/s, MFU, loss, peak memory and ftune's estimate for a finished run."""
-    from ftune.runtime import memory
+    from ftune.runtime import memory_estimate
     from ftune.runtime.launch import run_estimate
     from ftune.runtime.spec import load_spec
     from ftune.runtime.sysmon import gpu_samples
@@ -105,7 +105,7 @@ def train_figures(b: Bench, run, events: list[dict]) -> dict[str, Any]:
     if b.cuda:
         used = [g["mem_used"] for e in system for g in e.get("gpus") or [] if g.get("index") == 0]
         out["peak_gb"] = max(used) / 2**30 if used else None
-        gpus = memory.gpus_from_samples(gpu_samples())
+        gpus = memory_estimate.gpus_from_samples(gpu_samples())
     else:
         rss = [e["rss"] for e in system if e.get("rss")]
         out["peak_gb"] = max(rss) / 2**30 if rss else None

@@ -217,7 +217,7 @@ def _show_before_and_after(run, questions: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ftune.runtime.infer.compare import answer_both
+    from ftune.runtime.infer.before_after import answer_both
 
     click.echo("Asking the base model and the fine-tuned one the same new questions…")
     table = Table(show_lines=True, header_style="bold", expand=True)
@@ -418,7 +418,7 @@ def _print_import(imported) -> None:
     from rich.table import Table
 
     from ftune.runtime.importers import CONFIG_KINDS
-    from ftune.wizard.runfile import fmt
+    from ftune.runtime.present import value_text
 
     console = Console(highlight=False)
     console.print(f"[bold]{escape(str(imported.source))}[/]: {CONFIG_KINDS[imported.kind]}")
@@ -426,7 +426,7 @@ def _print_import(imported) -> None:
     for col in ("source key", "ftune key", "value", "note"):
         table.add_column(col, no_wrap=col != "note", overflow="fold", style="dim" if col == "note" else None)
     for c in imported.carried:
-        table.add_row(escape(c.source), c.target, escape(fmt(c.value)), escape(c.note))
+        table.add_row(escape(c.source), c.target, escape(value_text(c.value)), escape(c.note))
     console.print(table)
     if imported.left:
         console.print(f"\n[bold]Not carried over[/] ({len(imported.left)}):")
@@ -434,7 +434,7 @@ def _print_import(imported) -> None:
         for col in ("source key", "value", "why"):
             left.add_column(col, no_wrap=col == "source key", overflow="fold")
         for x in imported.left:
-            left.add_row(escape(x.source), escape(fmt(x.value)), f"[yellow]{x.reason}[/]: {escape(x.why)}")
+            left.add_row(escape(x.source), escape(value_text(x.value)), f"[yellow]{x.reason}[/]: {escape(x.why)}")
         console.print(left)
     for w in imported.warnings:
         console.print(f"[yellow]warning[/]: {escape(w)}")
@@ -535,21 +535,15 @@ def submit(ctx: click.Context, name: str, slurm: bool, resume: bool, restart: bo
 def stop(ctx: click.Context, name: str, wait: float) -> None:
     """Stop RUN gracefully: it saves a checkpoint at the current step, then ends."""
     from ftune.runtime import launch
+    from ftune.runtime.present import stop_outcome
 
     run = _run(ctx, name)
     click.echo(f"Stopping {name}: it finishes the current step and saves a checkpoint…")
     job = run.read_status().get("slurm_job")
     final = launch.stop(run, wait=wait)
-    if final is None and job and run.read_status().get("state") == "stopped":
-        click.echo(f"Cancelled Slurm job {job} before it started; nothing was trained.")
-    elif final is None:
-        click.echo(f"{name} ended without a final event; see `ftune logs {name}`.")
-    elif final["type"] == "stopped":
-        ckpt = (final.get("artifacts") or {}).get("checkpoint")
-        click.echo(f"Stopped at step {final.get('step')}." + (f" Checkpoint: {ckpt}" if ckpt else ""))
-        click.echo(f"Continue with: ftune train {name} --resume")
-    else:
-        click.echo(f"{name} ended with '{final['type']}' before it could stop: {final.get('message', '')}".rstrip())
+    cancelled = job if final is None and run.read_status().get("state") == "stopped" else None
+    for line in stop_outcome(name, final, f"see `ftune logs {name}`.", cancelled_job=cancelled):
+        click.echo(line)
 
 
 # --------------------------------------------------------------------------- checkpoint
@@ -560,16 +554,11 @@ def stop(ctx: click.Context, name: str, wait: float) -> None:
 def checkpoint(ctx: click.Context, name: str, wait: float) -> None:
     """Save a checkpoint of RUN at its next step end; training goes on (every process agrees on the step)."""
     from ftune.runtime import launch
+    from ftune.runtime.present import checkpoint_outcome
 
     run = _run(ctx, name)
     click.echo(f"Asking {name} for a checkpoint at the end of its current step…")
-    event = launch.checkpoint(run, wait=wait)
-    if event is None:
-        click.echo(f"{name} ended without a final event before it saved; see `ftune logs {name}`.")
-    elif event["type"] == "checkpoint":
-        click.echo(f"Saved step {event.get('step')}: {event.get('path')}. Training goes on.")
-    else:
-        click.echo(f"{name} ended with '{event['type']}' before it saved: {event.get('message', '')}".rstrip())
+    click.echo(checkpoint_outcome(name, launch.checkpoint(run, wait=wait), f"see `ftune logs {name}`."))
 
 
 # --------------------------------------------------------------------------- ls
@@ -582,7 +571,8 @@ def ls_(ctx: click.Context, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ftune.runtime.runs import fit_model, fit_names, run_records, run_rows
+    from ftune.runtime.present import fit_ls, fit_model
+    from ftune.runtime.runs import run_records, run_rows
 
     root = _runs_root(ctx)
     if as_json:
@@ -596,22 +586,7 @@ def ls_(ctx: click.Context, as_json: bool) -> None:
         return
     console = Console()
     # eval: the best eval loss; ckpt: the newest checkpoint's step
-    cols = ("run", "status", "stage/method", "model", "step", "ckpt", "loss", "eval", "started")
-    keys = ("name", "status", "stage_method", "model", "progress", "ckpt", "loss", "best_eval", "started")
-
-    def room_for_model(rows) -> int:  # one line per run: the model column gives way, the others keep their width
-        widths = {c: max(len(c), *(len(str(r[k])) for r in rows)) for c, k in zip(cols, keys)}
-        return console.width - sum(w for c, w in widths.items() if c != "model") - 2 * (len(cols) - 1)
-
-    phased = [{**r, "status": f"{r['status']}: {r['phase']}"} if r.get("phase") else r for r in rows]
-    if room_for_model(phased) >= 8:  # a starting run's phase, where it fits: "starting: tokenising 40%"
-        rows = phased
-    if room_for_model(rows) < 8:  # a long run name: the start time gives way, then the names' middles
-        cols, keys = cols[:-1], keys[:-1]
-    names = fit_names([r["name"] for r in rows], 8 - room_for_model(rows))
-    rows = [{**r, "name": n} for r, n in zip(rows, names)]
-    widths = {c: max(len(c), *(len(str(r[k])) for r in rows)) for c, k in zip(cols, keys)}
-    room = max(8, room_for_model(rows))
+    cols, keys, rows, widths, room = fit_ls(rows, console.width)
     table = Table(box=None, header_style="bold", pad_edge=False)
     for col in cols:
         table.add_column(col, justify="right" if col in ("step", "ckpt", "loss", "eval") else "left", no_wrap=True,
@@ -698,39 +673,18 @@ def logs(ctx: click.Context, name: str, follow: bool, tail: int | None) -> None:
     """Print RUN's train.log (the worker's output, tracebacks included).
 
     A progress bar's redraws (carriage returns) are shown as their last state, one line each."""
-    from ftune.runtime.rundir import readable_log
+    from ftune.runtime.train_log import print_log
 
     run = _run(ctx, name)
     if not run.log_path.exists():
         click.echo(f"{name} has no log yet: start it with `ftune train {name}`.")
         return
-    with open(run.log_path, "rb") as f:
-        data = f.read()
-        cut = data.rfind(b"\n") + 1 if follow else len(data)  # following: a line still being drawn waits
-        lines = readable_log(data[:cut].decode("utf-8", "replace")).splitlines(keepends=True)
-        sys.stdout.write("".join(lines[-tail:] if tail else lines))
-        sys.stdout.flush()
-        if not follow:
-            return
-        pending = data[cut:]
-        try:
-            while True:
-                chunk = f.read()
-                if chunk:
-                    pending += chunk
-                    cut = pending.rfind(b"\n") + 1
-                    if cut:
-                        sys.stdout.write(readable_log(pending[:cut].decode("utf-8", "replace")))
-                        sys.stdout.flush()
-                        pending = pending[cut:]
-                elif not run.is_locked() and run.state() not in ("starting",):
-                    if pending:  # the worker is gone: its last line, finished or not
-                        sys.stdout.write(readable_log(pending.decode("utf-8", "replace")) + "\n")
-                    break  # everything it wrote is printed
-                else:
-                    time.sleep(0.3)
-        except KeyboardInterrupt:
-            pass
+    try:
+        for text in print_log(run, tail, follow):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
 
 
 # --------------------------------------------------------------------------- data
@@ -779,6 +733,7 @@ def _check_registry(info_path: Path, as_json: bool) -> None:
     from rich.console import Console
 
     from ftune.runtime.data.check import check_registry
+    from ftune.runtime.present import registry_report
 
     entries = check_registry(info_path)
     reports = [r for _, r, _ in entries if r is not None]
@@ -788,25 +743,8 @@ def _check_registry(info_path: Path, as_json: bool) -> None:
                               ensure_ascii=False, indent=2))
         sys.exit(code)
     console = Console(highlight=False, soft_wrap=True)
-    console.print(f"[bold]{info_path}[/]: {len(entries)} data sets (dataset_info.json)")
-    width = max((len(n) for n, r, _ in entries if r is not None), default=0)
-    elsewhere = [name for name, r, _ in entries if r is None]  # LLaMA-Factory's file lists ~90 hub data sets
-    for name, r, note in entries:
-        if r is None:
-            continue
-        s = r.summary
-        if s.fatal:
-            console.print(f"  {name:<{width}}  [red]{s.fatal.splitlines()[0]}[/]")
-            continue
-        valid = f"all {s.total} valid" if not s.invalid else f"[red]{s.invalid} of {s.total} invalid[/]"
-        console.print(f"  {name:<{width}}  {s.format}, {s.kind} data; {valid}; suits {', '.join(s.stages)}")
-        for e in s.errors:
-            console.print(f"  {'':<{width}}    [red]error[/] {e}")
-    if elsewhere:
-        shown = ", ".join(elsewhere[:4]) + (", ..." if len(elsewhere) > 4 else "")
-        console.print(f"  [dim]{len(elsewhere)} more are on a hub or made by a script ({shown}): not checked "
-                      f"offline (--json lists them)[/]")
-    console.print(f"Check one with its tokens: ftune data check NAME --dataset-dir {info_path.parent} --model MODEL")
+    for line in registry_report(info_path, entries):
+        console.print(line)
     sys.exit(code)
 
 
@@ -814,54 +752,12 @@ def _print_data_report(report) -> None:
     from rich.console import Console
     from rich.text import Text
 
-    r = report.summary
+    from ftune.runtime.present import data_report
+
     console = Console(highlight=False, soft_wrap=True)  # paths and errors stay whole lines (grep, copy)
-    console.print(f"[bold]{r.path}")
-    if r.fatal:
-        return
-    if not r.format:
-        console.print(f"  format   [red]not recognised[/]: {r.reason}")
-    else:
-        console.print(f"  format   {r.format}, {r.kind} data ({r.reason}); suits: {', '.join(r.stages)}")
-    colour = "red" if r.invalid else "green"
-    console.print(f"  rows     {r.total}: [green]{r.valid} valid[/], [{colour}]{r.invalid} invalid[/]")
-    if r.turns:
-        turns = "; ".join(f"{v} {'row' if v == 1 else 'rows'} with {k} {'answer' if k == 1 else 'answers'}"
-                          for k, v in sorted(r.turns.items()))
-        console.print(f"  answers  {turns}")
-        console.print(f"  roles    {', '.join(f'{k} {v}' for k, v in r.roles.items())}")
-    if r.images:
-        res = r.resolutions
-        console.print(f"  images   {r.images} in {r.image_rows} rows, every one found and opening; sizes "
-                      f"{res['smallest']} (smallest), {res['median']} (median), {res['largest']} (largest)")
-    if r.placeholder_note():
-        console.print(f"  [yellow]warning[/]  {r.placeholder_note()}")
-    tokens = report.tokens
-    if tokens:
-        t = tokens.tokens
-        console.print(f"  tokens   min {t['min']}, p50 {t['p50']}, p90 {t['p90']}, p99 {t['p99']}, max {t['max']} "
-                      f"({tokens.tokenizer})")
-        console.print(f"  cutoff   {tokens.over_max_length} rows longer than {tokens.max_length} tokens; "
-                      f"{tokens.answer_cut_away} would lose their whole answer")
-        for i, sample in enumerate(tokens.samples, 1):
-            plain = not console.is_terminal or console.no_color  # a pipe or a log: no colours to tell them apart
-            console.print(f"  sample {i} " + ("(learnt tokens between [[ and ]]; thinking [[think: ]], tool calls "
-                                              "[[call: ]]):" if plain else "([green]learnt[/], [magenta]thinking[/], "
-                                              "[cyan]tool calls[/], [dim]not learnt[/]):"))
-            text = Text()
-            for seg in sample:
-                kind = seg.get("kind", "text")
-                if plain:
-                    mark = {"thinking": "think: ", "tool_call": "call: "}.get(kind, "")
-                    text.append(f"[[{mark}{seg['text']}]]" if seg["learnt"] else seg["text"])
-                else:
-                    style = {"thinking": "magenta", "tool_call": "cyan"}.get(kind, "green")
-                    text.append(seg["text"], style=style if seg["learnt"] else "dim")
-            console.print(text)
-    for e in r.errors:
-        console.print(f"  [red]error[/]    {e}")
-    if r.invalid > len(r.errors):
-        console.print(f"  ... and {r.invalid - len(r.errors)} more invalid rows")
+    plain = not console.is_terminal or console.no_color  # a pipe or a log: no colours to tell them apart
+    for line in data_report(report, plain):
+        console.print(line if isinstance(line, str) else Text.assemble(*line))
 
 
 # --------------------------------------------------------------------------- rm
@@ -1083,9 +979,9 @@ def compare(ctx: click.Context, names: tuple[str, ...], plot_out: str | None, x_
     steps, tokens/s, wall time.
     ftune compare run-01 run-02 run-03 --plot loss.png --x tokens
     """
-    from ftune.runtime.comparison import as_json as comparison_json
-    from ftune.runtime.comparison import compare as compare_runs
-    from ftune.runtime.comparison import runs_named, table_rows
+    from ftune.runtime.run_diff import as_json as comparison_json
+    from ftune.runtime.run_diff import compare as compare_runs
+    from ftune.runtime.run_diff import runs_named, table_rows
 
     runs = runs_named(_runs_root(ctx), names)
     differ, results = compare_runs(runs)

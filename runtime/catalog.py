@@ -219,7 +219,7 @@ class ModelInfo:
     def shape_for(self, spec: Any) -> dict[str, Any]:
         """memory.estimate's keyword arguments for this model and a run spec: a vision-language model's tower
         and the images of a step (one per row, at data.image_max_pixels) too."""
-        from ftune.runtime.memory import Vision
+        from ftune.runtime.memory_estimate import Vision
 
         if self.vision is None:
             return self.shape

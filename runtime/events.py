@@ -17,34 +17,12 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterable
 
+from ftune.runtime.present import duration, size
+
 VERSION = 1
 TYPES = ("started", "phase", "step", "eval", "checkpoint", "rollback", "system", "warning", "error", "finished",
          "stopped")
 FINAL_TYPES = ("finished", "stopped", "error")
-
-
-def duration(seconds: float | None) -> str:
-    """1:05, 2:03:04, 1d 2h03m; '–' for none."""
-    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
-        return "–"
-    s = int(seconds)
-    d, s = divmod(s, 86400)
-    h, s = divmod(s, 3600)
-    m, s = divmod(s, 60)
-    if d:
-        return f"{d}d {h}h{m:02d}m"
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def size(n: Any) -> str:
-    """512 B, 1.5 KB, 2.3 GB; '–' for none."""
-    if not isinstance(n, (int, float)) or not math.isfinite(n):
-        return "–"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return "–"
 
 
 def phase_share(event: dict[str, Any] | None) -> tuple[float, float] | None:

@@ -9,13 +9,13 @@ thread can keep while the reader goes on folding.
 
 from __future__ import annotations
 
-import math
 import re
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
 from ftune.runtime.events import TYPES
+from ftune.runtime.present import finite
 
 MAX_POINTS = 2048  # per chart series
 LOG_KEEP = 1000  # step events kept for the step log
@@ -25,10 +25,6 @@ RATE_WINDOW_S = 300.0  # the ETA's rate: steps over the last five minutes of ste
 RATE_MIN_EVENTS = 30  # ... and never fewer than this many events (an eval or a checkpoint barely moves it)
 
 _NUMBERS = re.compile(r"[-+]?(\d+\.?\d*(e[-+]?\d+)?|nan|inf(inity)?|none)", re.IGNORECASE)
-
-
-def finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 class Series:

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ftune.runtime import gguf, hub, models, slurm, trackers
+from ftune.runtime import gguf, hub, models, slurm, tracker_registry
 from ftune.runtime.data.load import check_data, hub_sets, sources_for
 from ftune.runtime.distributed import multi_node, rendezvous_command, worker_args, worker_command
 from ftune.runtime.events import FINAL_TYPES, EventReader
@@ -110,11 +110,11 @@ def hardware_problem(spec: RunSpec, gpus_elsewhere: bool = False) -> str | None:
 
 def tracker_problem(spec: RunSpec) -> str | None:
     """training.report_to names a tracker whose package is not installed: the extra that installs it."""
-    missing = [n for n in spec.training.report_to if not _has(trackers.PACKAGES[n][0])]
+    missing = [n for n in spec.training.report_to if not _has(tracker_registry.PACKAGES[n][0])]
     if not missing:
         return None
     return (f"training.report_to names {', '.join(missing)}, which is not installed: "
-            f"{trackers.install_command(missing)} (or take it out of training.report_to)")
+            f"{tracker_registry.install_command(missing)} (or take it out of training.report_to)")
 
 
 def precision_warning(spec: RunSpec) -> str | None:
@@ -129,35 +129,35 @@ def precision_warning(spec: RunSpec) -> str | None:
 
 
 def run_estimate(spec: RunSpec, project: Path, gpus: list):
-    """(Estimate, Verdict) of the run's memory per GPU (for its strategy, over `gpus`: memory.Gpu), or None when
+    """(Estimate, Verdict) of the run's memory per GPU (for its strategy, over `gpus`: memory_estimate.Gpu), or None when
     the model's size is unknown."""
-    from ftune.runtime import catalog, memory
+    from ftune.runtime import catalog, memory_estimate
 
     info = catalog.resolve(spec.model.name_or_path, project)
     if not info.params_b:
         return None
     m = spec.method
-    key = memory.method_key(m.type, m.quantization.bits, m.lora.use_dora, spec.training.precision)
+    key = memory_estimate.method_key(m.type, m.quantization.bits, m.lora.use_dora, spec.training.precision)
     t = spec.training
     # a token budget is one long sequence at most (padding-free), an upper bound of what it holds
     seq_len, batch = (t.tokens_per_batch, 1) if t.tokens_per_batch else (spec.data.max_length,
                                                                           t.per_device_train_batch_size)
-    return memory.check(info.params_b, key, gpus, seq_len=seq_len, batch=batch,
+    return memory_estimate.check(info.params_b, key, gpus, seq_len=seq_len, batch=batch,
                         gradient_checkpointing=spec.training.gradient_checkpointing,
-                        precision=spec.training.precision, **memory.sharding(spec, len(gpus)), **info.shape_for(spec))
+                        precision=spec.training.precision, **memory_estimate.sharding(spec, len(gpus)), **info.shape_for(spec))
 
 
 def fit_warning(spec: RunSpec, run: RunDir) -> str | None:
     """One sentence when the run's memory estimate (per GPU, for its strategy) exceeds the free memory of
     the GPUs here; None when it fits, or when there is no GPU or the model's size is unknown."""
-    from ftune.runtime import memory
+    from ftune.runtime import memory_estimate
     from ftune.runtime.sysmon import gpu_samples
 
-    gpus = memory.gpus_from_samples(gpu_samples())
+    gpus = memory_estimate.gpus_from_samples(gpu_samples())
     found = run_estimate(spec, run.project, gpus) if gpus else None
     if found is None:
         return None
-    return found[1].text if found[1].label == memory.EXCEEDS else None
+    return found[1].text if found[1].label == memory_estimate.EXCEEDS else None
 
 
 def preflight(spec: RunSpec, run: RunDir, say=None, *, gpus_elsewhere: bool = False) -> None:

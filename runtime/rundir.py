@@ -320,17 +320,3 @@ def next_free_name(root: str | Path, stem: str = "run") -> str:
     while f"{stem}-{n:02d}" in taken:
         n += 1
     return f"{stem}-{n:02d}"
-
-
-def readable_log(text: str) -> str:
-    """train.log as lines: a progress bar (tqdm) redraws its line with carriage returns, which a file keeps as one
-    long line of every redraw; each line keeps only its last redraw. Newlines are kept as they are."""
-    if "\r" not in text:
-        return text
-    out = []
-    for line in text.split("\n"):
-        if "\r" in line:
-            redraws = [part for part in line.split("\r") if part.strip()]
-            line = redraws[-1] if redraws else ""
-        out.append(line)
-    return "\n".join(out)

@@ -72,38 +72,6 @@ def run_rows(root: str | Path) -> list[dict[str, Any]]:
     return [run_row(RunDir(root, name)) for name in list_run_names(root)]
 
 
-def fit_names(names: list[str], short: int) -> list[str]:
-    """Run names `short` columns narrower (the longest sets the width, 12 at least), each cut by fit_name.
-    `ftune ls` and the monitor's runs list."""
-    if short <= 0 or not names:
-        return names
-    keep = max(12, max(map(len, names)) - short)
-    return [fit_name(n, keep) for n in names]
-
-
-def fit_name(name: str, room: int) -> str:
-    """A run's name in `room` columns, its middle cut where a long name would push the table past the screen: names
-    often differ at their ends (run-01, run-02)."""
-    if len(name) <= room:
-        return name
-    head = (room - 1) // 2
-    return name[:head] + "…" + name[len(name) - (room - 1 - head):]
-
-
-def fit_model(name: str, room: int) -> str:
-    """A model path or hub id in `room` columns: its last parts whole ('…/models/tiny-qwen2', 'Qwen2.5-7B'),
-    never a cut name ('…y-model') while the last part fits. `ftune ls` and the monitor's runs list."""
-    if len(name) <= room:
-        return name
-    parts = [x for x in name.split("/") if x]
-    for keep in range(len(parts) - 1, 0, -1):
-        tail = "…/" + "/".join(parts[-keep:])
-        if len(tail) <= room:
-            return tail
-    last = parts[-1] if parts else name
-    return last if len(last) <= room else last[: room - 1] + "…"
-
-
 def deletable(run: RunDir) -> str:
     """The state of a run that may be deleted (`ftune rm`, the agents' delete); a RunError for one that trains."""
     state = run.require().state()

@@ -30,6 +30,7 @@ from textual.widgets import Footer, Sparkline
 from textual.worker import get_current_worker
 
 from ftune.runtime.history import History, View, empty_view
+from ftune.runtime.present import duration, stop_outcome
 from ftune.runtime.rundir import ACTIVE_STATES, RunDir
 from ftune.runtime.tail import ChildScan, Tail, load
 from ftune.tui import panels
@@ -295,14 +296,11 @@ class MonitorScreen(Screen):
         name = self.run.name
         if message.error:
             self.notify(message.error, title="Stop", severity="error", timeout=10)
-        elif message.final is None:
-            self.notify(f"{name} ended without a final event: press l for train.log", severity="error", timeout=10)
-        elif message.final.get("type") == "stopped":
-            ckpt = (message.final.get("artifacts") or {}).get("checkpoint")
-            self.notify(f"Stopped at step {message.final.get('step')}" + (f"; checkpoint {ckpt}" if ckpt else "")
-                        + f". Continue with: ftune train {name} --resume", title="Stopped", timeout=15)
-        else:
-            self.notify(f"{name} ended with '{message.final.get('type')}' before it could stop", timeout=10)
+        else:  # the same sentences as `ftune stop`
+            said = " ".join(stop_outcome(name, message.final, "press l for train.log"))
+            stopped = (message.final or {}).get("type") == "stopped"
+            self.notify(said, title="Stopped" if stopped else "Stop", severity="error" if message.final is None
+                        else "information", timeout=15 if stopped else 10)
 
     @work(thread=True, exit_on_error=False, group="overlay")
     def gather_runs(self) -> None:
@@ -415,7 +413,7 @@ class MonitorScreen(Screen):
         if not sample:
             return None, ""
         t = sample.get("t")
-        return sample, (f"{panels.duration(self.clock() - t)} ago" if isinstance(t, (int, float)) else "recorded")
+        return sample, (f"{duration(self.clock() - t)} ago" if isinstance(t, (int, float)) else "recorded")
 
     def _gpu_title(self) -> None:
         sample, source = self._gpu_sample()

@@ -13,8 +13,9 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from ftune.runtime.events import duration, phase_share, phase_text, size
-from ftune.runtime.history import SHOWN_ACTIVE, Problem, View, finite, timing
+from ftune.runtime.events import phase_share, phase_text
+from ftune.runtime.history import SHOWN_ACTIVE, Problem, View, timing
+from ftune.runtime.present import duration, finite, gib_figure, num, size
 from ftune.runtime.rundir import shown_state
 
 STATE_STYLE = {
@@ -31,10 +32,6 @@ def display_state(recorded: str, stalled: bool = False) -> str:
 
 
 # --------------------------------------------------------------------------- numbers
-def num(x: Any, spec: str = ".4g") -> str:
-    return format(x, spec) if finite(x) else "–"
-
-
 def si(x: Any) -> str:
     """12.3k, 1.2M: throughput at a glance."""
     if not finite(x):
@@ -193,7 +190,7 @@ def gpu_panel(sample: dict[str, Any] | None, width: int) -> RenderableType:
     for g in gpus:
         used, total = g.get("mem_used"), g.get("mem_total")
         frac = used / total if finite(used) and finite(total) and total > 0 else 0.0
-        figures = f" {gb(used)}/{gb(total)} GB" if finite(total) else " –"
+        figures = f" {gib_figure(used)}/{gib_figure(total)} GB" if finite(total) else " –"
         extra = " ".join(x for x in (
             f"{g['util']:.0f}%" if finite(g.get("util")) else "",
             f"{g['temp']:.0f}°C" if finite(g.get("temp")) else "",
@@ -212,13 +209,6 @@ def gpu_panel(sample: dict[str, Any] | None, width: int) -> RenderableType:
     for line in lines:
         line.no_wrap, line.overflow = True, "ellipsis"
     return Group(*lines)
-
-
-def gb(n: Any) -> str:
-    if not finite(n):
-        return "–"
-    g = n / 1024**3
-    return f"{g:.0f}" if g >= 10 else f"{g:.1f}"
 
 
 def meter(frac: float, width: int) -> Text:

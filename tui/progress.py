@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ftune.runtime.events import FINAL_TYPES, EventReader, phase_text
 from ftune.runtime.rundir import RunDir
-from ftune.tui.panels import size
+from ftune.runtime.present import no_final_event, num, resume_hint, size
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 
@@ -29,10 +29,6 @@ def sparkline(values: list[float], width: int = 40) -> str:
     lo, hi = min(vals), max(vals)
     span = (hi - lo) or 1.0
     return "".join(BLOCKS[min(7, int((v - lo) / span * 7.999))] for v in vals)
-
-
-def _fmt(x: Any, spec: str = ".4g") -> str:
-    return "–" if x is None else format(x, spec)
 
 
 def follow(run: RunDir, proc: subprocess.Popen, console: Console | None = None) -> dict[str, Any] | None:
@@ -94,9 +90,9 @@ def _show(e: dict[str, Any], progress: Progress, task, console: Console, losses:
         if e.get("loss") is not None:
             losses.append(e["loss"])
         progress.update(task, completed=e.get("step", 0), total=e.get("max_steps"),
-                        loss=_fmt(e.get("loss")), lr=_fmt(e.get("lr"), ".2e"))
+                        loss=num(e.get("loss")), lr=num(e.get("lr"), ".2e"))
     elif kind == "eval":
-        console.print(f"  step {e.get('step')}: eval loss [cyan]{_fmt(e.get('eval_loss'))}")
+        console.print(f"  step {e.get('step')}: eval loss [cyan]{num(e.get('eval_loss'))}")
     elif kind == "checkpoint":
         asked = " (asked for)" if e.get("requested") else ""
         console.print(f"  step {e.get('step')}: checkpoint saved{asked} ({size(e.get('bytes'))}) {e.get('path')}")
@@ -115,7 +111,7 @@ def _show(e: dict[str, Any], progress: Progress, task, console: Console, losses:
 
 def _summary(run: RunDir, final: dict[str, Any] | None, losses: list[float], seconds: float, console: Console) -> None:
     if final is None:
-        console.print(f"[red]The worker ended without a final event; see `ftune logs {run.name}`.")
+        console.print(f"[red]{no_final_event(run.name, f'see `ftune logs {run.name}`.')}")
         return
     kind = final["type"]
     if kind == "error":
@@ -129,7 +125,7 @@ def _summary(run: RunDir, final: dict[str, Any] | None, losses: list[float], sec
     if kind == "stopped":
         why = f" ({final['message']})" if final.get("reason") == "max_time" and final.get("message") else ""
         console.print(f"[yellow]Stopped[/] at step {final.get('step')}{why}; checkpoint: {arts.get('checkpoint', '–')}\n"
-                      f"Continue with: ftune train {run.name} --resume")
+                      f"{resume_hint(run.name)}")
     else:
         console.print(f"[green]Finished[/] {final.get('step')} steps in {seconds:.0f} s; "
                       f"model ({arts.get('format')}): {arts.get('export')}")

@@ -20,9 +20,10 @@ from textual.widgets import DataTable, Footer, Static
 from textual.worker import get_current_worker
 
 from ftune.runtime.events import phase_text
-from ftune.runtime.history import History, finite
+from ftune.runtime.history import History
+from ftune.runtime.present import finite, fit_model, fit_names, num
 from ftune.runtime.rundir import RunDir, list_run_names
-from ftune.runtime.runs import fit_model, fit_names, spec_fields  # the loose run.yaml reading `ftune ls` uses
+from ftune.runtime.runs import spec_fields  # the loose run.yaml reading `ftune ls` uses
 from ftune.runtime.tail import Tail, load
 from ftune.tui import panels
 
@@ -63,8 +64,8 @@ class RunRows:
             "name": run.name, "status": state, **spec_fields(run),
             "phase": phase_text(view.phase, short=True) if state == "starting" else "",
             "progress": f"{view.step}/{view.max_steps}" if view.max_steps else "–",
-            "loss": panels.num(loss),
-            "best_eval": panels.num(min(evals)) if evals else "–",
+            "loss": num(loss),
+            "best_eval": num(min(evals)) if evals else "–",
             "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)) if started else "–",
         }
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from textual import work
@@ -15,7 +14,7 @@ from textual.widgets import Log, SelectionList, Static
 from textual.widgets.selection_list import Selection
 from textual.worker import get_current_worker
 
-from ftune.runtime.rundir import readable_log
+from ftune.runtime.train_log import LogFollower
 
 LOG_TAIL_BYTES = 256 << 10
 
@@ -81,31 +80,15 @@ class LogScreen(ModalScreen[None]):
     @work(thread=True, exit_on_error=False)
     def follow(self) -> None:
         worker = get_current_worker()
-        offset, inode = None, None
+        log = LogFollower(self.path, tail_bytes=LOG_TAIL_BYTES)
+        first = True
         while True:
-            try:
-                st = os.stat(self.path)
-                if offset is None or st.st_ino != inode or st.st_size < offset:  # first look, or a new file
-                    offset, inode = (max(0, st.st_size - LOG_TAIL_BYTES) if offset is None else 0), st.st_ino
-                    mid_line = offset > 0
-                else:
-                    mid_line = False
-                if st.st_size > offset:
-                    with open(self.path, "rb") as f:
-                        f.seek(offset)
-                        chunk = f.read()
-                    if mid_line:  # started inside the file: drop the partial first line
-                        skip = chunk.find(b"\n") + 1
-                        offset, chunk = offset + skip, chunk[skip:]
-                    cut = chunk.rfind(b"\n") + 1  # whole lines only; the rest next time
-                    offset += cut
-                    if cut:
-                        lines = readable_log(chunk[:cut].decode("utf-8", "replace")).splitlines()
-                        self.post_message(self.Lines(lines))
-            except FileNotFoundError:
-                if offset is None:
-                    offset = 0
-                    self.post_message(self.Lines(["(no train.log yet)"]))
+            text = log.read()
+            if text is None and first:
+                self.post_message(self.Lines(["(no train.log yet)"]))
+            elif text:
+                self.post_message(self.Lines(text.splitlines()))
+            first = False
             if worker.cancelled_event.wait(self.poll):
                 return
 

@@ -10,7 +10,8 @@ from typing import Any, Callable
 from ftune.runtime.spec import RunSpec
 from ftune.wizard.prompts import BACK, Option, Prompter
 from ftune.runtime.spec.edit import field_info, get_path, literal_values, parse_value
-from ftune.wizard.runfile import Answers, fmt, preset_values, setting_refusal
+from ftune.runtime.present import value_text
+from ftune.wizard.runfile import Answers, preset_values, setting_refusal
 
 DONE, DEFAULT = "__done__", "__default__"
 
@@ -108,7 +109,7 @@ def edit_group(c: Context, group: str) -> None:
         for path in knobs(group):
             value, source = current(c, path)
             mark = "*" if source == "yours" else " "
-            shown, whole = _fit(fmt(value), room), fmt(value)
+            shown, whole = _fit(value_text(value), room), value_text(value)
             description = field_info(path).description + ("" if shown == whole else f"\nNow: {whole}")
             options.append(Option(f"{mark}{_short_lora(path):<28} {source:<8} {shown}", path, description))
         options.append(Option("Back to the groups", DONE))
@@ -150,7 +151,7 @@ def edit_knob(c: Context, path: str) -> Any:
         options = []
         for v in values:
             why = setting_refusal(c.answers, path, v)
-            options.append(Option(fmt(v) + ("  (current)" if v == value else ""), v, info.description,
+            options.append(Option(value_text(v) + ("  (current)" if v == value else ""), v, info.description,
                                   disabled=_short_reason(why)))
         if path in c.answers.settings:
             options.append(Option("back to the default", DEFAULT))
@@ -163,7 +164,7 @@ def edit_knob(c: Context, path: str) -> Any:
                 return True
             return setting_refusal(c.answers, path, parse_value(text)) or True
 
-        answer = c.prompter.text(f"{_short_lora(path)} ({info.description})", "" if value is None else fmt(value), validate,
+        answer = c.prompter.text(f"{_short_lora(path)} ({info.description})", "" if value is None else value_text(value), validate,
                           instruction="(empty: back to the default; Ctrl+B back)", validate_while_typing=False)
         if answer is BACK:
             return BACK

@@ -26,10 +26,12 @@ from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.text import Text
 
-from ftune.runtime import memory
+from ftune.runtime import memory_estimate as memory  # one name in the steps below
 from ftune.runtime.catalog import ModelInfo, family, from_catalog, groups, inspect_local, local_problem, resolve
 from ftune.runtime.catalog import templates as catalog_templates
 from ftune.runtime.models import is_hub_id, local_path
+from ftune.runtime.present import data_summary, gb, images_line
+from ftune.runtime.present import value_text as fmt
 from ftune.runtime.rundir import ACTIVE_STATES, RunDir, next_free_name, project_of
 from ftune.runtime.spec import Problem, SpecError, apply_overrides, check_run_name
 from ftune.wizard import advanced
@@ -44,7 +46,6 @@ from ftune.wizard.runfile import (
     check,
     estimate_for,
     estimate_line,
-    fmt,
     is_not_yet,
     lora_trainable_for,
     matched_template,
@@ -248,7 +249,7 @@ class Wizard:
         options = []
         for m in fam.models:
             est = estimate_for(from_catalog(m), spec, self.gpus, "lora")
-            lora = f" · LoRA ~{memory.gb(est[0].total_gb)}" if est else ""
+            lora = f" · LoRA ~{gb(est[0].total_gb)}" if est else ""
             options.append(Option(f"{m.size:<16} {m.id}", m.id,
                                   description=f"{m.params_b:g}B parameters · context {m.context} · "
                                               f"template {m.template}{lora}"
@@ -448,7 +449,7 @@ class Wizard:
             est = estimate_for(self.info, spec, self.gpus, key)
             title = f"{memory.LABELS[key]:<17}"
             if est:
-                title += f"{'~' + memory.gb(est[0].total_gb):>8}"
+                title += f"{'~' + gb(est[0].total_gb):>8}"
                 title += f"  {est[1].label:<7}" if est[1].label != memory.NO_GPU else " " * 9
             desc = sentence
             if not est:
@@ -481,40 +482,19 @@ class Wizard:
                 self.a.accepted |= {"method", "training.precision"}
             est = estimate_for(self.info, self.spec_now(), self.gpus, choice)
             if est:
-                self.ui.note(f"{memory.LABELS[choice]}: ~{memory.gb(est[0].total_gb)}, {est[1].text}")
+                self.ui.note(f"{memory.LABELS[choice]}: ~{gb(est[0].total_gb)}, {est[1].text}")
             return None
 
     # ------------------------------------------------------------------ 6. data
     def show_summary(self, s: Any) -> None:
         name = self.ui.t(os.path.relpath(s.path, self.cwd) if not os.path.relpath(s.path, self.cwd).startswith("..")
                          else s.path)
-        if s.fatal:
-            self.ui.warn(f"{name}: cannot be read")
-            for line in str(s.fatal).splitlines():
-                self.ui.note(line)
-            return
-        if not s.valid:  # e.g. every line of a JSON-lines file is broken: each is a row error
-            self.ui.warn(f"{name}: cannot be read: none of its {s.total} rows is valid")
-            for e in s.errors:
-                self.ui.note(f"  {e}")
-            return
-        if s.format is None:
-            self.ui.warn(f"{name}: format not recognised ({s.reason})")
-            return
-        valid = f"all {s.total} valid" if s.valid == s.total else f"{s.valid} valid, {s.invalid} invalid"
-        suits = f"; suits {', '.join(s.stages)}" if s.stages else ""
-        self.ui.note(f"{name}: {s.format} ({s.reason}); {s.total} rows, {valid}{suits}")
-        self.show_images(s)
-        if s.placeholder_note():
-            self.ui.warn(f"{name}: {s.placeholder_note()}")
-        for e in s.errors:
-            self.ui.note(f"  {e}")
+        for level, line in data_summary(s, name):
+            (self.ui.warn if level == "warn" else self.ui.note)(line)
 
     def show_images(self, s: Any) -> None:
-        if s.images:
-            res = s.resolutions
-            self.ui.note(f"  images: {s.images} in {s.image_rows} rows, sizes {res['smallest']} to {res['largest']}: "
-                         f"image data, for a vision-language model (Qwen2-VL, Qwen2.5-VL)")
+        if images_line(s):
+            self.ui.note(images_line(s))
 
     def data_issues(self, s: Any) -> list[str]:
         issues = []

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftune.runtime import memory
+from ftune.runtime import memory_estimate
 from ftune.runtime.catalog import local_problem, resolve
 from ftune.runtime.models import is_hub_id, local_path, looks_local
 from ftune.runtime.rundir import ACTIVE_STATES, RunDir, next_free_name, project_of
@@ -121,7 +121,7 @@ class Written:
 
 
 def run_noninteractive(flags: Flags, answers: Answers, root: Path, *, tty: bool,
-                       gpus: list[memory.Gpu] | None = None) -> Written:
+                       gpus: list[memory_estimate.Gpu] | None = None) -> Written:
     """Check every answer, then write the run file. Raises WizardError / SpecError (the CLI prints them)."""
     project = project_of(root)
     a = answers
@@ -173,7 +173,7 @@ def run_noninteractive(flags: Flags, answers: Answers, root: Path, *, tty: bool,
     if gpus is None:
         from ftune.runtime.sysmon import gpu_samples
 
-        gpus = memory.gpus_from_samples(gpu_samples())
+        gpus = memory_estimate.gpus_from_samples(gpu_samples())
     written = write_run(root, checked)
     return Written(written, estimate_line(info, checked.spec, gpus, a.method))
 

@@ -18,10 +18,11 @@ from typing import Any
 import yaml
 
 from ftune.presets import load_preset
-from ftune.runtime import memory
+from ftune.runtime import memory_estimate
 from ftune.runtime.catalog import ModelInfo
 from ftune.runtime.errors import UserError
 from ftune.runtime.models import looks_local
+from ftune.runtime.present import gb, value_text
 from ftune.runtime.rundir import RunDir
 from ftune.runtime.spec import Problem, RunSpec, SpecError, build_spec, shorthand
 from ftune.runtime.spec import io as spec_io
@@ -80,7 +81,7 @@ class WizardError(UserError):
 
 def method_from_raw(raw: dict[str, Any]) -> str:
     raw = shorthand.expand(raw)
-    return memory.method_key(get_path(raw, "method.type", "lora"), get_path(raw, "method.quantization.bits"),
+    return memory_estimate.method_key(get_path(raw, "method.type", "lora"), get_path(raw, "method.quantization.bits"),
                              bool(get_path(raw, "method.lora.use_dora", False)),
                              get_path(raw, "training.precision", "auto"))
 
@@ -249,17 +250,17 @@ def check(answers: Answers, placeholders: bool = False, allow_refused: bool = Tr
 # --------------------------------------------------------------------------- memory
 def method_of(spec: RunSpec, key: str | None = None) -> str:
     m = spec.method
-    return key or memory.method_key(m.type, m.quantization.bits, m.lora.use_dora, spec.training.precision)
+    return key or memory_estimate.method_key(m.type, m.quantization.bits, m.lora.use_dora, spec.training.precision)
 
 
-def estimate_for(info: ModelInfo | None, spec: RunSpec, gpus: list[memory.Gpu], method: str | None = None):
+def estimate_for(info: ModelInfo | None, spec: RunSpec, gpus: list[memory_estimate.Gpu], method: str | None = None):
     """(Estimate, Verdict) for the model and the spec's batch and length, or None when the size is unknown."""
     if info is None or not info.params_b:
         return None
-    return memory.check(info.params_b, method_of(spec, method), gpus, seq_len=spec.data.max_length,
+    return memory_estimate.check(info.params_b, method_of(spec, method), gpus, seq_len=spec.data.max_length,
                         batch=spec.training.per_device_train_batch_size,
                         gradient_checkpointing=spec.training.gradient_checkpointing,
-                        precision=spec.training.precision, **memory.sharding(spec, len(gpus)), **info.shape_for(spec))
+                        precision=spec.training.precision, **memory_estimate.sharding(spec, len(gpus)), **info.shape_for(spec))
 
 
 def planned_steps(spec: RunSpec, valid_rows: int) -> tuple[int, int, int]:
@@ -302,7 +303,7 @@ def pace_here(root: Path, model: str | None) -> tuple[str, float] | None:
     return max(found)[1:] if found else None
 
 
-def plan_line(spec: RunSpec, valid_rows: int, root: Path, model: str | None, gpus: list[memory.Gpu]) -> str:
+def plan_line(spec: RunSpec, valid_rows: int, root: Path, model: str | None, gpus: list[memory_estimate.Gpu]) -> str:
     """'58 training rows (+6 to evaluate) → 24 steps on the CPU (no NVIDIA GPU found): about 3 minutes at the pace
     of run-02 here (4.0 rows/s)'."""
     rows, held, steps = planned_steps(spec, valid_rows)
@@ -332,17 +333,17 @@ def lora_trainable_for(info: ModelInfo | None, spec: RunSpec) -> int | None:
     if info is None or info.config is None or spec.method.type != "lora" or (lora.adapter and not
                                                                             lora.create_new_adapter):
         return None
-    return memory.lora_trainable(info.config, lora.rank, lora.target_modules, dora=lora.use_dora,
+    return memory_estimate.lora_trainable(info.config, lora.rank, lora.target_modules, dora=lora.use_dora,
                                  modules_to_save=lora.modules_to_save, reward=spec.stage.type == "rm")
 
 
-def estimate_line(info: ModelInfo | None, spec: RunSpec, gpus: list[memory.Gpu], method: str | None = None) -> str:
+def estimate_line(info: ModelInfo | None, spec: RunSpec, gpus: list[memory_estimate.Gpu], method: str | None = None) -> str:
     result = estimate_for(info, spec, gpus, method)
     if result is None:
         return "memory: model size unknown, no estimate"
     est, verdict = result
     gc = ", gradient checkpointing" if spec.training.gradient_checkpointing else ""
-    return (f"memory: ~{memory.gb(est.total_gb)} ({memory.LABELS[est.method]} on "
+    return (f"memory: ~{gb(est.total_gb)} ({memory_estimate.LABELS[est.method]} on "
             f"a {params_text(info.params_b)}-parameter model, "
             f"{spec.data.max_length} tokens × batch {spec.training.per_device_train_batch_size}{gc}"
             f"{f', vision tower and one image a row: {est.image_tokens} tokens each' if est.image_tokens else ''}): "
@@ -366,29 +367,13 @@ def params_text(params_b: float) -> str:
     return f"{params_b * 1e6:.3g}K"
 
 
-def fmt(value: Any) -> str:
-    """A value as a person writes it: 1e-4, 0.05, 3, true."""
-    if isinstance(value, float):
-        if value and abs(value) < 1e-3:
-            mantissa, exponent = f"{value:.3e}".split("e")
-            return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-        return f"{value:g}"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "none"
-    if isinstance(value, (dict, list)):  # as the run file writes it: {mode: layer, switch_every: 20}
-        return yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
-    return str(value)
-
-
 def preset_values(name: str) -> dict[str, Any]:
     return shorthand.flatten(load_preset(name))
 
 
 def preset_summary(name: str, skip: set[str] | frozenset[str] = frozenset()) -> str:
     """'lr 1e-4 · epochs 2 · batch 8 · LoRA r 4 · α 16 · dropout 0.05' (without the keys in `skip`)."""
-    return " · ".join(f"{_SHORT.get(k, k)} {fmt(v)}" for k, v in preset_values(name).items() if k not in skip)
+    return " · ".join(f"{_SHORT.get(k, k)} {value_text(v)}" for k, v in preset_values(name).items() if k not in skip)
 
 
 # --------------------------------------------------------------------------- writing

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ftune.runtime.importers.record import NO_HOME, NO_MEANING, Record
-from ftune.runtime.trackers import PACKAGES
+from ftune.runtime.tracker_registry import PACKAGES
 
 # TrainingArguments names that mean the same in the run file's training section.
 SAME_IN_TRAINING = ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",

@@ -11,6 +11,7 @@ from typing import Any
 
 from ftune import __version__
 from ftune.runtime.events import read_all
+from ftune.runtime.present import cell
 from ftune.runtime.rundir import RunDir
 from ftune.runtime.spec import RunSpec
 
@@ -43,12 +44,6 @@ def _data_rows(run: RunDir) -> dict[str, Any]:
         return {}
     s = started[-1]
     return {k: s.get(k) for k in ("num_train_rows", "num_eval_rows", "skipped_rows", "format") if s.get(k) is not None}
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
 
 
 def card_data(spec: RunSpec, fmt: str, metrics: dict[str, Any], gguf: bool = False):
@@ -112,12 +107,12 @@ def render(spec: RunSpec, run: RunDir, fmt: str, source_label: str, metrics: dic
                          "lora targets": m.lora.target_modules})
     if m.quantization.bits:
         settings["quantization"] = f"{m.quantization.bits}-bit {m.quantization.method}"
-    lines += [f"| {k} | {_fmt(v)} |" for k, v in settings.items() if v is not None]
+    lines += [f"| {k} | {cell(v)} |" for k, v in settings.items() if v is not None]
     shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
              and (k in CARD_METRICS or k.startswith("predict_"))}
     if shown:
         lines += ["", "## Final metrics", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in shown.items()]
+        lines += [f"| {k} | {cell(v)} |" for k, v in shown.items()]
     reward = spec.stage.type == "rm"
     if check:
         did = "it generated {} tokens".format(check["generated_tokens"]) if not reward else "it scores"

@@ -7,7 +7,7 @@ from typing import Any
 
 from ftune.runtime.rundir import RunDir
 from ftune.runtime.spec import RunSpec
-from ftune.runtime.trackers import PROJECT
+from ftune.runtime.tracker_registry import PROJECT
 from ftune.runtime.train.model import Kernels, Precision
 from ftune.runtime.train.optim import optimizer_args
 

@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 from ftune.runtime.events import EventWriter
 from ftune.runtime.rundir import RunDir
 from ftune.runtime.spec import RunSpec
-from ftune.runtime.trackers import redact_url, scrub, tracker_env
+from ftune.runtime.tracker_registry import redact_url, scrub, tracker_env
 
 _EVENTS = [name for name in vars(TrainerCallback) if name.startswith("on_")]
 

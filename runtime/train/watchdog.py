@@ -23,21 +23,12 @@ import traceback
 from collections import deque
 from typing import Any, Callable
 
+from ftune.runtime.present import span
+
 MIN_LIMIT_S = 600.0  # the default: the larger of this and MEDIAN_TIMES x the median step
 MEDIAN_TIMES = 20
 START_LIMIT_S = 1800.0  # before the first step (data, model, the trainer's preparations): at least this
 FRAMES = 6  # innermost frames of the training thread in the event
-
-
-def duration(seconds: float) -> str:
-    """'14 min', '21 s', '1.5 s', '2 h 5 min': a stall in words."""
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
 
 
 def innermost_frames(thread_id: int, keep: int = FRAMES) -> list[str]:
@@ -111,9 +102,9 @@ class Watchdog:
         except (OSError, ValueError, AttributeError):  # a log without a file descriptor: the event still says it
             pass
         median = statistics.median(self.durations) if self.durations else None
-        what = f"no step for {duration(silent)}" if self.steps else f"no first step after {duration(silent)}"
+        what = f"no step for {span(silent)}" if self.steps else f"no first step after {span(silent)}"
         frames = innermost_frames(self.thread_id)
-        return {"message": what + (f" (median step {duration(median)})" if median is not None else ""),
+        return {"message": what + (f" (median step {span(median)})" if median is not None else ""),
                 "phase": self.phase(), "frames": frames, "silent_s": round(silent, 1),
                 "limit_s": round(self.limit(), 1), "median_step_s": round(median, 3) if median is not None else None,
                 "hint": f"Stuck in {frames[-1].split(' ')[0] if frames else 'an unknown place'}; every thread's stack "

@@ -261,7 +261,7 @@ def test_every_help_fits_80_columns():
 
 
 def test_ls_shortens_a_model_to_its_last_whole_parts():
-    from ftune.runtime.runs import fit_model as _short_model
+    from ftune.runtime.present import fit_model as _short_model
 
     assert _short_model("/tmp/pytest-of-root/pytest-84/tiny-model/tiny-qwen2", 24) == "…/tiny-model/tiny-qwen2"
     assert _short_model("/tmp/pytest-of-root/pytest-84/tiny-model/tiny-qwen2", 16) == "…/tiny-qwen2"
@@ -270,7 +270,7 @@ def test_ls_shortens_a_model_to_its_last_whole_parts():
 
 
 def test_run_names_are_cut_in_their_middles_only_when_short_of_room():
-    from ftune.runtime.runs import fit_names
+    from ftune.runtime.present import fit_names
 
     names = ["a-long-experiment-name-01", "a-long-experiment-name-02", "short"]
     assert fit_names(names, 0) == names and fit_names([], 5) == []

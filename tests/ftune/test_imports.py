@@ -10,7 +10,7 @@ def test_cli_tui_wizard_do_not_import_heavy_libraries():
     code = (
         "import sys, ftune.cli, ftune.tui, ftune.tui.progress, ftune.wizard, ftune.runtime.launch, ftune.runtime.runs\n"
         "import ftune.wizard.flow, ftune.wizard.advanced, ftune.wizard.noninteractive, ftune.runtime.catalog\n"
-        "import ftune.runtime.memory, ftune.runtime.data.load\n"
+        "import ftune.runtime.memory_estimate, ftune.runtime.data.load\n"
         "import ftune.tui.app, ftune.tui.runs_list, ftune.tui.screens, textual_plotext\n"
         "import ftune.tui.chat, ftune.runtime.infer.modelcard, ftune.runtime.infer.metrics, ftune.runtime.infer.plot\n"
         f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"

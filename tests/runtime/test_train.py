@@ -7,7 +7,7 @@ import pytest
 
 from ftune.runtime import launch
 from ftune.runtime.data.formats import DataError
-from ftune.runtime.memory import lora_trainable
+from ftune.runtime.memory_estimate import lora_trainable
 from ftune.runtime.rundir import RunError
 from ftune.runtime.spec import load_spec
 from tests.conftest import mounted_tmpfs

@@ -4,7 +4,7 @@ best-eval column, and the trackers of the started event in the header."""
 from __future__ import annotations
 
 from ftune.tui.app import MonitorScreen, make_app
-from ftune.tui.panels import num
+from ftune.runtime.present import num
 from ftune.tui.runs_list import RunRows
 from ftune.tui.screens import OverlayPicker
 from tests.tui.fakes import T0, Events, hold_lock, new_run, status, wait_until

@@ -16,7 +16,7 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
 from ftune.runtime import catalog
-from ftune.runtime.memory import Gpu
+from ftune.runtime.memory_estimate import Gpu
 from ftune.wizard.flow import Outcome, Wizard
 from ftune.wizard.prompts import Prompter
 from ftune.wizard.runfile import Answers

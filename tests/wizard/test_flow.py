@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from ftune.runtime import memory
+from ftune.runtime import memory_estimate
 from ftune.runtime.rundir import RunDir
 from ftune.runtime.spec import SpecError, load_spec, problems
 from ftune.wizard.advanced import GROUPS, knobs
@@ -251,7 +251,7 @@ def test_each_method_with_its_memory_estimate(project, drive, index, method):
     d = drive(*keys, gpus=H100)
     assert d.a.method == method
     assert ("method" in d.a.accepted) == refused
-    label = memory.LABELS[method]
+    label = memory_estimate.LABELS[method]
     assert f"{label}: ~" in d.text
     if refused:
         assert f"{label} is not supported by this ftune yet" in d.text
@@ -364,9 +364,9 @@ def test_the_beginner_answers_five_questions_model_data_preset_go(project, drive
     # the review says what will happen, on this machine: 64 rows, 10% held out, batch 8 × 3 epochs (standard)
     assert ("58 training rows (+6 to evaluate) → 24 steps on the CPU (no NVIDIA GPU found); no time estimate yet "
             "(no earlier run of this model here)") in d.text
-    # and what LoRA will train: peft's own count (tests/runtime/test_memory.py), from the folder's config.json
+    # and what LoRA will train: peft's own count (tests/runtime/test_memory_estimate.py), from the folder's config.json
     rank = load_spec(project / "runs" / "run-01" / "run.yaml").method.lora.rank
-    trainable = memory.lora_trainable(json.loads((tiny_model / "config.json").read_text()), rank)
+    trainable = memory_estimate.lora_trainable(json.loads((tiny_model / "config.json").read_text()), rank)
     assert f"LoRA r{rank} α32 ({trainable:,} trainable parameters)" in d.text
 
 

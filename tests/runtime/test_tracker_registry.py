@@ -13,7 +13,7 @@ import pytest
 from ftune.runtime.launch import tracker_problem
 from ftune.runtime.rundir import RunDir
 from ftune.runtime.spec import load_spec
-from ftune.runtime.trackers import redact_url, scrub, tracker_env
+from ftune.runtime.tracker_registry import redact_url, scrub, tracker_env
 from tests.conftest import write_messages
 from tests.runtime.helpers import make_run, of_type, train_to_end
 

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from ftune.runtime import memory
-from ftune.runtime.memory import Gpu, check, estimate, gpus_from_samples, method_key, verdict
+from ftune.runtime import memory_estimate
+from ftune.runtime.present import gb
+from ftune.runtime.memory_estimate import Gpu, check, estimate, gpus_from_samples, method_key, verdict
 
 # The seeds' table (003, LLaMA-Factory's README): GB for 7B, 14B, 30B, 70B, and GB per billion parameters.
 TABLE = {
@@ -71,7 +72,7 @@ def test_verdict_labels_follow_the_share_of_free_memory():
 def test_exceeding_names_a_cheaper_method_that_fits():
     est, v = check(70, "full", [H100], seq_len=512, batch=1, gradient_checkpointing=True)
     assert est.total_gb > 1000 and v.label == "exceeds"
-    assert v.text.startswith(f"needs ~{memory.gb(est.total_gb)}, more than the 79 GB free on 1× H100 80GB HBM3: ")
+    assert v.text.startswith(f"needs ~{gb(est.total_gb)}, more than the 79 GB free on 1× H100 80GB HBM3: ")
     assert "QLoRA 4-bit would need ~" in v.text  # LoRA (140 GB) and 8-bit (70 GB) do not fit in 75 % of 79
     est, v = check(7, "full", [H100], seq_len=512, batch=1, gradient_checkpointing=True)
     assert "LoRA would need ~" in v.text  # the first cheaper method that fits, not the cheapest
@@ -94,12 +95,8 @@ def test_gpus_from_nvml_samples():
     assert gpus == [Gpu("H100 80GB HBM3", 80.0, 79.0), Gpu("A10", 24.0, 24.0)]
 
 
-def test_gb_formatting():
-    assert memory.gb(5.23) == "5.2 GB" and memory.gb(41.4) == "41 GB" and memory.gb(9.96) == "10 GB"
-
-
 def test_sharding_strategies_split_the_model_states():
-    from ftune.runtime.memory import estimate
+    from ftune.runtime.memory_estimate import estimate
 
     one = estimate(7, "full", seq_len=512)
     ddp = estimate(7, "full", seq_len=512, processes=8, strategy="ddp")
@@ -133,27 +130,27 @@ def test_lora_trainable_parameters_are_peft_s_own_count(tiny_model):
                                                 use_dora=dora, modules_to_save=saved or None,
                                                 task_type="SEQ_CLS" if reward else "CAUSAL_LM"))
         expected = peft.get_nb_trainable_parameters()[0]
-        got = memory.lora_trainable(config, rank, targets, dora=dora, modules_to_save=saved, reward=reward)
+        got = memory_estimate.lora_trainable(config, rank, targets, dora=dora, modules_to_save=saved, reward=reward)
         assert got == expected, (rank, targets, dora, saved, reward)
 
 
 def test_lora_trainable_is_unknown_rather_than_wrong():
     llama = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
              "num_hidden_layers": 2, "vocab_size": 100}
-    assert memory.lora_trainable(llama, 8) == 2 * 8 * (4 * 128 + 3 * 192)  # no kv heads given: as many as heads
-    assert memory.lora_trainable({**llama, "model_type": "gpt2"}, 8) is None  # Conv1D, fused qkv
-    assert memory.lora_trainable(llama, 8, ["c_attn"]) is None
-    assert memory.lora_trainable(llama, 8, modules_to_save=["wte"]) is None
-    assert memory.lora_trainable({"model_type": "llava", "text_config": llama}, 8) is None  # and a vision tower
+    assert memory_estimate.lora_trainable(llama, 8) == 2 * 8 * (4 * 128 + 3 * 192)  # no kv heads given: as many as heads
+    assert memory_estimate.lora_trainable({**llama, "model_type": "gpt2"}, 8) is None  # Conv1D, fused qkv
+    assert memory_estimate.lora_trainable(llama, 8, ["c_attn"]) is None
+    assert memory_estimate.lora_trainable(llama, 8, modules_to_save=["wte"]) is None
+    assert memory_estimate.lora_trainable({"model_type": "llava", "text_config": llama}, 8) is None  # and a vision tower
 
 
 def test_a_vision_tower_and_its_images_are_counted():
-    tower = memory.Vision(params_b=0.67, hidden=1280, layers=32, image_pixels=768 * 768)
+    tower = memory_estimate.Vision(params_b=0.67, hidden=1280, layers=32, image_pixels=768 * 768)
     assert (tower.patches, tower.image_tokens) == (3009, 752)  # 14x14 patches, 2x2 merged
-    text = memory.estimate(7.0, "full", seq_len=1024, batch=2, hidden=3584, layers=28)
-    frozen = memory.estimate(7.0, "full", seq_len=1024, batch=2, hidden=3584, layers=28, vision=tower)
-    trained = memory.estimate(7.0, "full", seq_len=1024, batch=2, hidden=3584, layers=28,
-                              vision=memory.Vision(0.67, 1280, 32, 768 * 768, trains=True))
+    text = memory_estimate.estimate(7.0, "full", seq_len=1024, batch=2, hidden=3584, layers=28)
+    frozen = memory_estimate.estimate(7.0, "full", seq_len=1024, batch=2, hidden=3584, layers=28, vision=tower)
+    trained = memory_estimate.estimate(7.0, "full", seq_len=1024, batch=2, hidden=3584, layers=28,
+                              vision=memory_estimate.Vision(0.67, 1280, 32, 768 * 768, trains=True))
     # a frozen tower costs its 16-bit weights (2 GB per billion) instead of full training's 18, plus one block's
     # activations for the batch's two images
     assert frozen.weights_gb == pytest.approx(text.weights_gb - 0.67 * 16)

@@ -26,6 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from ftune.runtime.present import gb
+
 GIB = 1024**3
 
 # GB per billion parameters for weights + gradients + optimiser states (the seeds' table).
@@ -206,11 +208,6 @@ def gpus_from_samples(samples: Iterable[dict[str, Any]]) -> list[Gpu]:
         name = str(s.get("name") or "GPU").removeprefix("NVIDIA ").strip()
         out.append(Gpu(name, total / GIB, max(0.0, (total - (used or 0)) / GIB)))
     return out
-
-
-def gb(value: float) -> str:
-    """~5.2 GB, ~41 GB: one decimal below 10."""
-    return f"{value:.1f} GB" if value < 9.95 else f"{value:.0f} GB"
 
 
 @dataclass(frozen=True)

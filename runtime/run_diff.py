@@ -8,13 +8,13 @@ steps, tokens per second and wall time. The chart of the same runs is infer/plot
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
 from ftune.runtime.events import FINAL_TYPES, read_all, summarize
+from ftune.runtime.present import cell, wall_time
 from ftune.runtime.rundir import RunDir, RunError
 from ftune.runtime.spec import shorthand
 
@@ -112,38 +112,17 @@ def as_json(differ: list[str], results: list[RunResult]) -> dict[str, Any]:
             "runs": [{"name": r.name, "status": r.status, "settings": r.settings, **r.figures} for r in results]}
 
 
-def fmt(value: Any) -> str:
-    """A cell of the table."""
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    if isinstance(value, list):
-        return ", ".join(map(str, value)) or "[]"
-    return str(value)
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    m, s = divmod(round(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{seconds:.1f} s"
-
-
 def table_rows(differ: list[str], results: list[RunResult]) -> list[tuple[str, list[str]]]:
     """(label, one cell per run) rows: the differing settings, then the figures."""
-    rows = [(k, [fmt(r.settings.get(k)) for r in results]) for k in differ]
+    rows = [(k, [cell(r.settings.get(k)) for r in results]) for k in differ]
     rows.append(("status", [r.status for r in results]))
     f = [r.figures for r in results]
-    rows.append(("train loss (last)", [fmt(x["train_loss"]) for x in f]))
-    rows.append(("eval loss (last)", [fmt(x["eval_loss"]) for x in f]))
-    rows.append(("eval loss (best)", [fmt(x["best_eval_loss"]) for x in f]))
+    rows.append(("train loss (last)", [cell(x["train_loss"]) for x in f]))
+    rows.append(("eval loss (last)", [cell(x["eval_loss"]) for x in f]))
+    rows.append(("eval loss (best)", [cell(x["best_eval_loss"]) for x in f]))
     for k in sorted({k for x in f for k in x["eval_metrics"]}):
-        rows.append((k, [fmt(x["eval_metrics"].get(k)) for x in f]))
+        rows.append((k, [cell(x["eval_metrics"].get(k)) for x in f]))
     rows.append(("steps", [f"{x['steps']}/{x['max_steps']}" if x["max_steps"] else str(x["steps"]) for x in f]))
-    rows.append(("tokens/s", [fmt(x["tokens_per_s"]) for x in f]))
-    rows.append(("wall time", [duration(x["wall_s"]) for x in f]))
+    rows.append(("tokens/s", [cell(x["tokens_per_s"]) for x in f]))
+    rows.append(("wall time", [wall_time(x["wall_s"]) for x in f]))
     return rows
