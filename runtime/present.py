@@ -145,6 +145,61 @@ def checkpoint_outcome(name: str, event: dict[str, Any] | None, see: str) -> str
     return f"{name} ended with '{event['type']}' before it saved: {event.get('message', '')}".rstrip()
 
 
+def started_in_background(name: str, pid: int) -> list[str]:
+    """A run started detached: where to follow it and how to stop it."""
+    return [f"Started {name} in the background (pid {pid}); it keeps going if you log out.",
+            f"  watch:   ftune watch {name}       ·  log: ftune logs {name} -f  ·  all runs: ftune ls",
+            f"  stop:    ftune stop {name}       (saves a checkpoint; continue with --resume)"]
+
+
+def submitted(name: str, job_id: Any, script: Path) -> list[str]:
+    """A run submitted to Slurm."""
+    return [f"Submitted {name} to Slurm: job {job_id} (script: {script}).",
+            f"  watch:   ftune watch {name}       ·  all runs: ftune ls  ·  stop: ftune stop {name}"]
+
+
+def left_monitor(name: str, state: str) -> str:
+    """Leaving `ftune watch` while the run goes on."""
+    return f"Left the monitor; {name} goes on ({state}). Back with `ftune watch {name}`; stop it with `ftune stop {name}`."
+
+
+def export_outcome(result: Any) -> list[tuple[str, str | None]]:
+    """`ftune export`'s check and result as (line, colour) pairs: what the written model was checked against, then
+    where it is."""
+    c = result.check
+    if result.gguf:
+        g = result.gguf
+        return [(f"Checked: {g['quant']} logits within {c['rel_diff']:.2%} of their range of the merged model's "
+                 f"(largest difference {c['max_abs_diff']:.2g}), {c['same_answers']} of {len(c['answers'])} greedy "
+                 f"answers the same{' (the others part at a near tie)' if c['near_ties'] else ''}; tokenizer, chat "
+                 f"template and stop tokens match.", None),
+                (f"Done: {result.path / g['file']} ({g['bytes'] / 1e6:.1f} MB, sha256 {g['sha256'][:16]}...)", "green"),
+                (f"Ollama:  {g['ollama']}", None)]
+    if c["generated_tokens"]:
+        checked = (f"Checked: it loads and generates ({c['generated_tokens']} tokens); next-token agreement with "
+                   f"the run's model {c['agreement']:.0%}, largest logit difference {c['max_abs_diff']:.2g}.")
+    else:  # a reward model scores instead of generating
+        checked = f"Checked: it loads and scores like the run's model (largest difference {c['max_abs_diff']:.2g})."
+    return [(checked, None), (f"Done: {result.path} ({result.format}, {result.dtype}, from {result.source})", "green")]
+
+
+def eval_summary(m: dict[str, Any]) -> list[str]:
+    """`ftune eval`'s scores, rich markup."""
+    lines = [f"[bold]{m['num_samples']} answers[/] ({m['model']}, greedy, up to {m['max_new_tokens']} new "
+             f"tokens, {m['predict_runtime']:.1f} s)",
+             f"  BLEU     {m['predict_bleu']:.2f}   (sacrebleu, tokenize={m['bleu_tokenize']})",
+             f"  ROUGE-1  {m['predict_rouge1']:.2f}   ROUGE-2 {m['predict_rouge2']:.2f}   "
+             f"ROUGE-L {m['predict_rougeL']:.2f}"]
+    if m.get("skipped_rows"):
+        lines.append(f"  [yellow]{m['skipped_rows']} invalid test rows skipped[/]")
+    return lines
+
+
+def preset_value(value: Any) -> str:
+    """A cell of `ftune presets`: floats in %g."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 # --------------------------------------------------------------------------- data summaries
 def rows_valid(s: Any) -> str:
     """'all 40 valid' or '38 valid, 2 invalid'."""

@@ -4,7 +4,8 @@
 - no private name (`_x`) imported from another module;
 - each module imports only from its own layer or the layers below it;
 - runtime/ never imports wizard/, tui/, Textual or questionary; wizard/ and tui/ never import torch or the HF
-  stack at module level (tests/ftune/test_imports.py checks the same at run time).
+  stack at module level (tests/ftune/test_imports.py checks the same at run time);
+- runtime/present.py (how runs read to a person) imports only the standard library and PyYAML.
 """
 
 from __future__ import annotations
@@ -161,3 +162,12 @@ def test_the_runtime_never_imports_the_faces():
              if mod.startswith(("ftune.wizard", "ftune.tui", "ftune.agents"))
              or mod.split(".")[0] in ("textual", "questionary", "mcp")]
     assert faces == []
+
+
+def test_run_presentation_is_light():
+    """runtime/present.py is the one home of how runs read (every face and the runtime's own messages import it):
+    the standard library and PyYAML only, so that it costs `ftune --help` nothing."""
+    import sys
+
+    taken = {mod.split(".")[0] for mod, _, _ in imports("ftune.runtime.present")}
+    assert taken <= set(sys.stdlib_module_names) | {"yaml", "__future__"}, taken

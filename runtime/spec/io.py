@@ -12,7 +12,7 @@ from ftune.runtime.files import write_atomic
 from ftune.runtime.spec import shorthand
 from ftune.runtime.spec.editors import MODELINE, schema_path_for, write_schema
 from ftune.runtime.spec.overrides import apply_overrides, deep_merge, preset_override
-from ftune.runtime.spec.problems import Problem, SpecError, later_problems, line_of, pydantic_problems
+from ftune.runtime.spec.problems import Problem, SpecError, line_of, pydantic_problems
 from ftune.runtime.spec.schema import DataSpec, MethodSpec, RunSpec, section_class
 
 
@@ -33,7 +33,6 @@ def build_spec(raw: Any, overrides: list[str] | None = None, source: str | None 
             merged = {k: v for k, v in merged.items() if k != "preset"}
     if overrides:
         merged = apply_overrides(merged, overrides)
-    problems += later_problems(merged)
     try:
         spec = RunSpec.model_validate(merged)
     except ValidationError as err:

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import difflib
 import re
-import typing
 from dataclasses import dataclass
-from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from ftune.runtime.errors import UserError
 from ftune.runtime.spec.keys import FOREIGN_KEYS
-from ftune.runtime.spec.schema import RunSpec, class_at, section_class
-
-# Values that have a home in the schema but no implementation yet: none today. A new choice can be listed here
-# (path -> values) so that it is refused with "not supported yet" instead of silently ignored.
-LATER_VALUES: dict[tuple[str, ...], set[Any]] = {}
+from ftune.runtime.spec.schema import class_at
 
 
 @dataclass
@@ -48,30 +42,6 @@ class SpecError(UserError):
             lines.append("This looks like another tool's config (LLaMA-Factory, GLM-4, a platform's parameters): "
                          "`ftune import FILE` converts it key by key (docs/import.md).")
         return "\n".join(lines)
-
-
-def later_problems(raw: dict[str, Any]) -> list[Problem]:
-    problems: list[Problem] = []
-
-    def walk(cls: type[BaseModel], data: Any, prefix: tuple[str, ...]) -> None:
-        if not isinstance(data, dict):
-            return
-        for key, value in data.items():
-            info = cls.model_fields.get(key) if isinstance(key, str) else None
-            if info is None:
-                continue
-            path = prefix + (key,)
-            sub = section_class(info.annotation)
-            if sub is not None and sub is not cls and isinstance(value, dict):
-                walk(sub, value, path)
-                continue
-            dotted = ".".join(path)
-            if path in LATER_VALUES and value in LATER_VALUES[path]:
-                works = [v for v in typing.get_args(info.annotation) if v not in LATER_VALUES[path]]
-                problems.append(Problem(dotted, f"{value!r} is not supported yet (works today: {', '.join(map(str, works))})"))
-
-    walk(RunSpec, raw, ())
-    return problems
 
 
 def _suggest(path: tuple[str | int, ...]) -> str:

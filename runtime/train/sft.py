@@ -3,7 +3,7 @@
 TRL 1.x's SFTTrainer always installs a fused LM head that scores tokens in tiles and logs entropy and top-1
 accuracy every step. On a CPU that path costs 1.42x the model's own loss per micro-batch (full logits and
 cross-entropy, as transformers' Trainer and LLaMA-Factory compute it), which made ftune ~1.5x slower per step
-than LLaMA-Factory (docs/benchmarks.md, `bench/compare.py --micro`). The same loss, computed the plain way, is
+than LLaMA-Factory (docs/benchmarks.md, `bench/side_by_side.py --micro`). The same loss, computed the plain way, is
 what ftune trains with, and only at the positions whose next token is learnt (learnt_logits_only). Imported by the
 worker only.
 """

@@ -123,15 +123,6 @@ def test_overrides_win_and_parse_yaml_values():
         build_spec(BASE, ["training.learning_rate"])
 
 
-def test_values_not_supported_yet_are_refused_not_ignored(monkeypatch):
-    from ftune.runtime.spec import problems
-
-    assert problems.LATER_VALUES == {}  # everything the schema offers trains today
-    monkeypatch.setitem(problems.LATER_VALUES, ("stage", "rl_algorithm"), {"rloo"})
-    with pytest.raises(SpecError, match=r"'rloo' is not supported yet \(works today: grpo\)"):
-        build_spec({**BASE, "stage": {"type": "rl", "rl_algorithm": "rloo", "reward_model": "rm-01"}})
-
-
 def test_full_method_rejects_adapter_save_format():
     with pytest.raises(SpecError, match="full fine-tuning always saves the whole model"):
         build_spec({**BASE, "method": "full", "output": {"save_format": "merged_16bit"}})

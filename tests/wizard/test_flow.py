@@ -8,7 +8,7 @@ import yaml
 
 from ftune.runtime import memory_estimate
 from ftune.runtime.rundir import RunDir
-from ftune.runtime.spec import SpecError, load_spec, problems
+from ftune.runtime.spec import load_spec
 from ftune.wizard.advanced import GROUPS, knobs
 from ftune.wizard.runfile import METHODS, STAGES, Answers, is_not_yet, refusal
 from tests.runtime.helpers import of_type, train_to_end
@@ -220,24 +220,6 @@ def test_each_stage(project, drive, index, stage):
     assert ("stage" in d.a.accepted) == refused
     if stage == "rl" and not refused:
         assert d.a.settings["stage.reward_model"] == "rm-run"
-
-
-def test_a_stage_not_supported_yet_is_said_and_can_still_be_written(project, drive, monkeypatch):
-    # Support is read from the run spec: mark DPO as not wired and the wizard follows.
-    monkeypatch.setitem(problems.LATER_VALUES, ("stage", "type"), {"dpo"})
-    keys = [ENTER, QWEN25_7B, ENTER,
-            DOWN + ENTER, ENTER,  # DPO: not supported -> choose again (starts on SFT)
-            DOWN + ENTER, DOWN + ENTER,  # DPO again: keep it
-            ENTER, DATA, DOWN + ENTER,  # messages data does not suit DPO: keep it anyway
-            ENTER, ENTER, WRITE]
-    d = drive(*keys)
-    assert "DPO is not supported by this ftune yet: `ftune train` refuses stage.type for now." in d.text
-    assert d.outcome is not None and d.outcome.start is False and [p.path for p in d.outcome.refused] == ["stage.type"]
-    text = (project / "runs" / "run-01" / "run.yaml").read_text()
-    assert "# `ftune train` refuses this file until this ftune supports:" in text
-    assert yaml.safe_load(text)["stage"] == "dpo"
-    with pytest.raises(SpecError, match="'dpo' is not supported yet"):
-        load_spec(project / "runs" / "run-01" / "run.yaml")
 
 
 # --------------------------------------------------------------------------- method

@@ -10,7 +10,7 @@ from ftune.cli import main
 from ftune.presets import NAMES, load_preset
 from ftune.runtime.events import read_all
 from ftune.runtime.rundir import RunDir
-from ftune.runtime.spec import load_spec, problems
+from ftune.runtime.spec import load_spec
 from tests.runtime.helpers import of_type, wait_for
 
 
@@ -119,13 +119,6 @@ def test_existing_run_needs_overwrite(project):
     assert invoke(*args, "--preset", "quality", "--overwrite").exit_code == 0
     assert run_file(project, "mine")["preset"] == "quality"
 
-
-def test_not_supported_yet_is_refused_without_questions(project, monkeypatch):
-    monkeypatch.setitem(problems.LATER_VALUES, ("stage", "type"), {"kto"})
-    result = invoke("new", "-m", "Qwen/Qwen2.5-0.5B-Instruct", "-d", "train.jsonl", "--stage", "kto", "-y")
-    assert result.exit_code == 2
-    assert "stage.type: 'kto' is not supported yet" in result.output
-    assert not any((project / "runs").iterdir())
 
 
 def test_method_flags_map_onto_the_run_file(project):

@@ -1,10 +1,10 @@
 """Side by side: one LoRA SFT job through ftune, through plain TRL and through LLaMA-Factory.
 
-    python bench/compare.py                              # 3 rounds of ftune, TRL, LLaMA-Factory; prints the table
-    python bench/compare.py --rounds 5 --steps 60 --write-doc    # and writes its section of docs/benchmarks.md
-    python bench/compare.py --tools ftune,trl --rounds 1         # without LLaMA-Factory
-    python bench/compare.py --tools trl,trl-defaults,trl-logprobs,trl-plain-loss   # what TRL's defaults cost
-    python bench/compare.py --model SmolLM2.gguf --epochs 1 --rows 500 --eval-rows 100 --cutoff 1024 \
+    python bench/side_by_side.py                              # 3 rounds of ftune, TRL, LLaMA-Factory; prints the table
+    python bench/side_by_side.py --rounds 5 --steps 60 --write-doc    # and writes its section of docs/benchmarks.md
+    python bench/side_by_side.py --tools ftune,trl --rounds 1         # without LLaMA-Factory
+    python bench/side_by_side.py --tools trl,trl-defaults,trl-logprobs,trl-plain-loss   # what TRL's defaults cost
+    python bench/side_by_side.py --model SmolLM2.gguf --epochs 1 --rows 500 --eval-rows 100 --cutoff 1024 \
         --tools ftune,ftune-padded,ftune-packing,lf,lf-packing,lf-neat,trl,trl-padding-free,trl-packing
                                 # once over the same 500 rows, every tool's batching, eval loss on 100 held-out rows
 
@@ -84,7 +84,7 @@ CACHE = Path(os.environ.get("FTUNE_BENCH_CACHE") or Path.home() / ".cache" / "ft
 LF_VENV = CACHE / "lf-venv"
 LF_PINS = ["torch==2.11.0", "torchaudio==2.11.0", "torchvision==0.26.0"]
 DOC = REPO / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- bench/compare.py: begin -->", "<!-- bench/compare.py: end -->"
+BEGIN, END = "<!-- bench/side_by_side.py: begin -->", "<!-- bench/side_by_side.py: end -->"
 MODEL_RECIPE = {"arch": "qwen2", "hidden_size": 256, "num_layers": 4, "vocab_size": 4096}
 
 
@@ -275,7 +275,7 @@ record(ev="call", fn="read and convert", t0=t0, t1=time.time())
 tokenizer = AutoTokenizer.from_pretrained(cfg["model"])
 model = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=torch.float32)
 variant = cfg["variant"]
-args = SFTConfig(  # cfg["sft_args"]: the variant's own settings and the job's length (compare.py's trl_args)
+args = SFTConfig(  # cfg["sft_args"]: the variant's own settings and the job's length (side_by_side.py's trl_args)
     output_dir=cfg["out"], per_device_train_batch_size=cfg["batch"], **{"max_length": cfg["cutoff"], **cfg["sft_args"]},
     gradient_accumulation_steps=cfg["grad_accum"], learning_rate=cfg["lr"], lr_scheduler_type=cfg["scheduler"],
     warmup_steps=0, seed=cfg["seed"], optim="adamw_torch", assistant_only_loss=not cfg["prompt_completion"],
@@ -326,7 +326,7 @@ TRL_VARIANTS = ["trl", "trl-padding-free", "trl-packing", "trl-defaults", "trl-l
 # --------------------------------------------------------------------------- set-up
 def find_data(path: Path) -> Path:
     if not path.is_file():
-        sys.exit(f"bench/compare.py: the data set is not here: {path}\n"
+        sys.exit(f"bench/side_by_side.py: the data set is not here: {path}\n"
                  "It is LLaMA-Factory's alpaca_en_demo.json, read in place from ../shared/data/llamafactory "
                  "next to the repository; pass --data PATH to use another copy.")
     return path
@@ -358,8 +358,8 @@ def given_model(path: Path) -> Path:
         try:
             return ensure(path, say=lambda line: print(line, flush=True))
         except GGUFError as e:
-            sys.exit(f"bench/compare.py: --model {path}: {e}")
-    sys.exit(f"bench/compare.py: --model {path} is neither a model folder (with config.json) nor a .gguf file")
+            sys.exit(f"bench/side_by_side.py: --model {path}: {e}")
+    sys.exit(f"bench/side_by_side.py: --model {path} is neither a model folder (with config.json) nor a .gguf file")
 
 
 def template_system(model: Path) -> str | None:
@@ -378,7 +378,7 @@ def split_rows(data: Path, rows: int, eval_rows: int, out: Path) -> tuple[Path, 
     """The first `rows` rows of the data file to train on and the `eval_rows` after them, held out, as files."""
     every = json.loads(data.read_text(encoding="utf-8"))
     if rows + eval_rows > len(every):
-        sys.exit(f"bench/compare.py: --rows {rows} plus --eval-rows {eval_rows} is more than the {len(every)} rows "
+        sys.exit(f"bench/side_by_side.py: --rows {rows} plus --eval-rows {eval_rows} is more than the {len(every)} rows "
                  f"of {data}; lower one of them")
     out.mkdir(parents=True, exist_ok=True)
     train, held_out = out / "train.json", out / "eval.json"
@@ -403,7 +403,7 @@ def ensure_lf_venv(quiet: bool = False) -> Path:
     done = subprocess.run([*pip, "llamafactory", *LF_PINS], check=False)
     if done.returncode != 0 or not cli.is_file():
         shutil.rmtree(LF_VENV, ignore_errors=True)
-        sys.exit("bench/compare.py: installing llamafactory failed (pip's message above); run with --tools ftune,trl "
+        sys.exit("bench/side_by_side.py: installing llamafactory failed (pip's message above); run with --tools ftune,trl "
                  "to compare without it")
     return cli
 
@@ -996,11 +996,11 @@ def markdown(results, tools, job, args, env_info, others, started, ended, micro_
     loads = [r.load for r in results]
     others_cpu = [r.other_cpu or 0 for r in results]
     disturbed = sum(r.disturbed for r in results)
-    cmd = "python bench/compare.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    cmd = "python bench/side_by_side.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     text = f"""{BEGIN}
 ## Side by side: ftune, plain TRL, LLaMA-Factory — `{cmd}`
 
-Written by `bench/compare.py` on {time.strftime('%Y-%m-%d', time.localtime(started))} (it took
+Written by `bench/side_by_side.py` on {time.strftime('%Y-%m-%d', time.localtime(started))} (it took
 {(ended - started) / 60:.0f} min); re-running it replaces this section. Machine: {env_info['machine']}. **No GPU was lent
 for this run, so there is no GPU comparison.** ftune and plain TRL ran in the project's environment
 ({env_info['ftune_versions']}); LLaMA-Factory in its own ({env_info['lf_versions'] or 'not run'}).
@@ -1142,7 +1142,7 @@ def main(argv=None) -> None:
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     unknown = [t for t in tools if t not in TOOLS]
     if unknown:
-        sys.exit(f"bench/compare.py: --tools: unknown {', '.join(unknown)}; the tools are {', '.join(TOOLS)}")
+        sys.exit(f"bench/side_by_side.py: --tools: unknown {', '.join(unknown)}; the tools are {', '.join(TOOLS)}")
     data = find_data(args.data)
     job = job_from(args)
     started = time.time()

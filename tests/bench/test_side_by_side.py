@@ -1,4 +1,4 @@
-"""Smoke test of bench/compare.py's pieces: an epoch over 4 rows (2 steps) with 2 held-out rows through ftune and
+"""Smoke test of bench/side_by_side.py's pieces: an epoch over 4 rows (2 steps) with 2 held-out rows through ftune and
 through plain TRL, timed by the probe; the arguments of each tool variant, and the probe's arithmetic.
 
 LLaMA-Factory is left out (it needs its own virtual environment of a few GB); the benchmark itself is not run here.
@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def load_compare():
-    spec = importlib.util.spec_from_file_location("ftune_bench_compare", REPO / "bench" / "compare.py")
+    spec = importlib.util.spec_from_file_location("ftune_bench_compare", REPO / "bench" / "side_by_side.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
