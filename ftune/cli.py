@@ -566,7 +566,7 @@ def ls_(ctx: click.Context, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ftune.runtime.present import fit_ls, fit_model
+    from ftune.runtime.present import LS_COLUMNS, fit_runs
     from ftune.runtime.runs import run_records, run_rows
 
     root = _runs_root(ctx)
@@ -581,9 +581,9 @@ def ls_(ctx: click.Context, as_json: bool) -> None:
         return
     console = Console()
     # eval: the best eval loss; ckpt: the newest checkpoint's step
-    cols, keys, rows, widths, room = fit_ls(rows, console.width)
+    columns, rows, widths, room = fit_runs(rows, LS_COLUMNS, console.width)
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for col in cols:
+    for col, _ in columns:
         table.add_column(col, justify="right" if col in ("step", "ckpt", "loss", "eval") else "left", no_wrap=True,
                          min_width=widths[col] if col != "model" else None,
                          max_width=room if col == "model" else None, overflow="ellipsis")
@@ -591,8 +591,7 @@ def ls_(ctx: click.Context, as_json: bool) -> None:
                "stalled": "red"}
     for r in rows:
         status = f"[{colours.get(r['status'].split(':')[0], 'white')}]{r['status']}[/]"
-        model = fit_model(r["model"], room)
-        table.add_row(*({"status": status, "model": model}.get(k, r[k]) for k in keys))
+        table.add_row(*(status if k == "status" else r[k] for _, k in columns))
     console.print(table)
 
 

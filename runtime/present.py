@@ -309,31 +309,37 @@ def registry_report(info_path: Path, entries: list[tuple[str, Any, str]]) -> lis
 
 
 # --------------------------------------------------------------------------- fitting run tables
-LS_COLUMNS = ("run", "status", "stage/method", "model", "step", "ckpt", "loss", "eval", "started")
-LS_KEYS = ("name", "status", "stage_method", "model", "progress", "ckpt", "loss", "best_eval", "started")
+LS_COLUMNS = (("run", "name"), ("status", "status"), ("stage/method", "stage_method"), ("model", "model"),
+              ("step", "progress"), ("ckpt", "ckpt"), ("loss", "loss"), ("eval", "best_eval"), ("started", "started"))
 MIN_MODEL = 8  # the model column's narrowest
 
 
-def fit_ls(rows: list[dict[str, Any]], width: int) -> tuple[tuple[str, ...], tuple[str, ...], list[dict[str, Any]],
-                                                           dict[str, int], int]:
-    """`ftune ls` in `width` columns, one line per run: (columns, their row keys, the rows, each column's width,
-    the model column's room). The model column gives way first; a starting run's phase shows where it fits
-    ('starting: tokenising 40%'); then the start time goes, then the names' middles."""
-    cols, keys = LS_COLUMNS, LS_KEYS
+def fit_runs(rows: list[dict[str, Any]], columns: tuple[tuple[str, str], ...], width: int, spare: int = -2
+             ) -> tuple[list[tuple[str, str]], list[dict[str, Any]], dict[str, int], int]:
+    """A table of runs (`ftune ls`, the monitor's runs list) in `width` screen columns, one line per run: the kept
+    (header, row key) columns, the rows, each column's width and the model column's room. The model column gives
+    way first (its last parts kept whole); a starting run's phase shows where it fits ('starting: tokenising
+    40%'); then the start time goes, then the names' middles. `spare`: the table's own columns beyond two between
+    cells (a table without edges: -2)."""
+    cols = list(columns)
+
+    def widths_of(rows) -> dict[str, int]:
+        return {h: max([len(h)] + [len(str(r[k])) for r in rows]) for h, k in cols}
 
     def room_for_model(rows) -> int:
-        widths = {c: max(len(c), *(len(str(r[k])) for r in rows)) for c, k in zip(cols, keys)}
-        return width - sum(w for c, w in widths.items() if c != "model") - 2 * (len(cols) - 1)
+        widths = widths_of(rows)
+        return width - sum(widths[h] for h, k in cols if k != "model") - 2 * len(cols) - spare
 
     phased = [{**r, "status": f"{r['status']}: {r['phase']}"} if r.get("phase") else r for r in rows]
     if room_for_model(phased) >= MIN_MODEL:
         rows = phased
     if room_for_model(rows) < MIN_MODEL:
-        cols, keys = cols[:-1], keys[:-1]
+        cols = [(h, k) for h, k in cols if k != "started"]
     names = fit_names([r["name"] for r in rows], MIN_MODEL - room_for_model(rows))
     rows = [{**r, "name": n} for r, n in zip(rows, names)]
-    widths = {c: max(len(c), *(len(str(r[k])) for r in rows)) for c, k in zip(cols, keys)}
-    return cols, keys, rows, widths, max(MIN_MODEL, room_for_model(rows))
+    room = max(MIN_MODEL, room_for_model(rows))
+    rows = [{**r, "model": fit_model(str(r["model"]), room)} for r in rows]
+    return cols, rows, widths_of(rows), room
 
 
 def fit_names(names: list[str], short: int) -> list[str]:

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from ftune.runtime.events import cursor_word, phase_text, read_all, summarize
+from ftune.runtime.present import num
 from ftune.runtime.rundir import ACTIVE_STATES, RunDir, RunError, list_run_names, shown_state
 from ftune.runtime.spec import shorthand
 
@@ -41,8 +42,8 @@ def run_row(run: RunDir) -> dict[str, Any]:
         "max_steps": summary["max_steps"],
         "progress": f"{summary['step']}/{summary['max_steps']}" if summary["max_steps"] else "–",
         "ckpt": str(summary["checkpoint"]) if summary["checkpoint"] is not None else "–",  # the newest checkpoint
-        "loss": f"{loss:.4g}" if isinstance(loss, (int, float)) else "–",
-        "best_eval": f"{best:.4g}" if isinstance(best := summary["best_eval_loss"], (int, float)) else "–",
+        "loss": num(loss),
+        "best_eval": num(summary["best_eval_loss"]),
         "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)) if started else "–",
         "error": final.get("message") if final and final.get("type") == "error" else None,
         "phase": summary["phase"] if status == "starting" else "",  # the worker's start: 'tokenising 40%'…

@@ -21,14 +21,15 @@ from textual.worker import get_current_worker
 
 from ftune.runtime.events import phase_text
 from ftune.runtime.history import History
-from ftune.runtime.present import finite, fit_model, fit_names, num
+from ftune.runtime.present import finite, fit_runs, num
 from ftune.runtime.rundir import RunDir, list_run_names
 from ftune.runtime.runs import spec_fields  # the loose run.yaml reading `ftune ls` uses
 from ftune.runtime.tail import Tail, load
 from ftune.tui import panels
 
 # eval: the best eval loss; model last: it gives way. Short headers, so that 80 columns hold every column
-COLUMNS = ("run", "status", "progress", "loss", "eval", "stage", "started", "model")
+COLUMNS = (("run", "name"), ("status", "status"), ("progress", "progress"), ("loss", "loss"), ("eval", "best_eval"),
+           ("stage", "stage_method"), ("started", "started"), ("model", "model"))
 
 
 class RunRows:
@@ -118,41 +119,18 @@ class RunsScreen(Screen):
         width = self.size.width or 80
         narrow = width < 100  # the start without its year
 
-        def cells_of(status) -> list[tuple[str, ...]]:
-            return [(r["name"], status(r), r["progress"], r["loss"], r["best_eval"], r["stage_method"],
-                     r["started"][5:] if narrow and len(r["started"]) == 16 else r["started"],
-                     panels.short_model(r["model"])) for r in message.rows]
-
-        columns = list(COLUMNS)
-
-        def widths_of(cells) -> list[int]:
-            return [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-
-        def room_for_model(cells) -> int:
-            return width - sum(widths_of(cells)[:-1]) - 2 * len(columns) - 1
-
-        cells = cells_of(lambda r: f"{r['status']}: {r['phase']}" if r.get("phase") else r["status"])
-        if room_for_model(cells) < 8:  # a starting run's phase only where it fits, as in `ftune ls`
-            cells = cells_of(lambda r: r["status"])
-        if room_for_model(cells) < 8:  # a long run name: the start time gives way (the monitor shows it)
-            gone = columns.index("started")
-            columns.pop(gone)
-            cells = [row[:gone] + row[gone + 1:] for row in cells]
-        # then the names' middles, so that run-a-long-name-01 and -02 stay apart
-        names = fit_names([row[0] for row in cells], 8 - room_for_model(cells))
-        cells = [(n, *row[1:]) for n, row in zip(names, cells)]
-        room = max(8, room_for_model(cells))  # the model column's share
-        cells = [(*row[:-1], fit_model(row[-1], room)) for row in cells]
-        widths = widths_of(cells)
+        rows = [{**r, "started": r["started"][5:] if narrow and len(r["started"]) == 16 else r["started"],
+                 "model": panels.short_model(r["model"])} for r in message.rows]
+        columns, rows, widths, _ = fit_runs(rows, COLUMNS, width, spare=1)  # as `ftune ls` fits its table
         # Columns of the widths just measured, rebuilt each time: an auto-width column learns its cells' widths
         # only when the table is next idle, and a paint before that (a real terminal paints at once) caches every
         # cell cut to its header's width, a cache that does not know widths and so is never redrawn.
         table.clear(columns=True)
-        for col, w in zip(columns, widths):
-            table.add_column(col, width=w, key=col)
-        for r, row in zip(message.rows, cells):
-            style = panels.STATE_STYLE.get(row[1].split(":")[0], "")
-            table.add_row(row[0], Text(row[1], style=style), *row[2:], key=r["name"])
+        for col, _ in columns:
+            table.add_column(col, width=widths[col], key=col)
+        for r, row in zip(message.rows, rows):
+            style = panels.STATE_STYLE.get(row["status"].split(":")[0], "")
+            table.add_row(*(Text(row[k], style=style) if k == "status" else row[k] for _, k in columns), key=r["name"])
         if selected is not None and selected in {r["name"] for r in message.rows}:
             table.move_cursor(row=table.get_row_index(selected))
         elif not self.loaded:  # first look: the run that is running (or stopping) is the likely one to watch

@@ -50,11 +50,13 @@ def test_a_wizard_data_summary():
         ("note", "  row 4: no output")]
 
 
-def test_ls_fits_a_narrow_terminal():
+def test_a_runs_table_fits_a_narrow_terminal():
     row = {"name": "a-rather-long-run-name-01", "status": "running", "phase": "tokenising 40%",
            "stage_method": "sft/lora", "model": "some/org/Model-7B", "progress": "10/100", "ckpt": "–", "loss": "1.2",
            "best_eval": "–", "started": "12-01 10:00"}
-    cols, _, rows, _, room = present.fit_ls([row], 200)
-    assert cols[-1] == "started" and rows[0]["status"] == "running: tokenising 40%" and room > 8
-    cols, _, rows, _, room = present.fit_ls([row], 80)
-    assert "started" not in cols and room == 8 and len(rows[0]["name"]) < len(row["name"])
+    cols, rows, _, room = present.fit_runs([row], present.LS_COLUMNS, 200)
+    assert cols[-1] == ("started", "started") and rows[0]["status"] == "running: tokenising 40%" and room > 8
+    assert rows[0]["model"] == "some/org/Model-7B"
+    cols, rows, _, room = present.fit_runs([row], present.LS_COLUMNS, 80)
+    assert ("started", "started") not in cols and room == 8 and len(rows[0]["name"]) < len(row["name"])
+    assert rows[0]["status"] == "running" and rows[0]["model"] == "Model-7B"
