@@ -56,6 +56,7 @@ class Charts(Vertical):
     #loss-spark { height: 2; }
     .row { height: 1; }
     .caption { width: 16; }
+    .row > Sparkline { width: 1fr; }  /* the rest of the row: a Sparkline's own width is the row's, cut off */
     #eval-row { display: none; }
     #eval-row.-shown { display: block; }
     #loss-spark > .sparkline--max-color { color: $warning; }

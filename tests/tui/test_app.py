@@ -496,3 +496,27 @@ def test_one_logged_step_gives_an_eta_and_no_solid_block(tmp_path):
                 assert "2" in static(app, "#loss-caption")
 
     run_async(go())
+
+
+def test_each_sparkline_ends_inside_its_row(tmp_path):
+    """lr, grad norm and eval sit beside a caption: each takes the rest of its row, so its newest values (on the
+    right) are on screen, not cut off past the row's end."""
+    run = new_run(tmp_path)
+    ev = Events(run)
+    ev.started(t=NOW - 60)
+    for i in range(1, 21):
+        ev.emit("step", NOW - 60 + i, step=i, max_steps=100, loss=2.0 - i / 100, lr=1e-4, grad_norm=0.5)
+    ev.emit("eval", NOW - 40, step=10, eval_loss=1.9)
+    ev.emit("eval", NOW - 30, step=20, eval_loss=1.8)
+
+    async def go():
+        for size in ((80, 24), (120, 40)):
+            app = app_for(tmp_path)
+            async with app.run_test(size=size) as pilot:
+                screen = await opened(pilot)
+                await pilot.pause()
+                for chart in ("#loss-spark", "#eval-spark", "#lr-spark", "#gn-spark"):
+                    spark = screen.query_one(chart, Sparkline)
+                    assert spark.region.width > 10 and spark.region.right <= spark.parent.region.right, (size, chart)
+
+    run_async(go())
