@@ -8,7 +8,7 @@ from pathlib import Path
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Log, SelectionList, Static
@@ -195,18 +195,18 @@ class OverlayPicker(ModalScreen["list[str] | None"]):
 
 
 class HelpScreen(ModalScreen[None]):
-    """The keys and what the monitor's words mean."""
+    """The keys and what the monitor's words mean; it scrolls where the terminal is shorter than it (80x24)."""
 
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
-    #helpbox { width: 100; max-width: 100%; height: auto; max-height: 100%; padding: 1 2; border: thick $primary;
-               background: $surface; }
+    #helpbox { width: 100; max-width: 100%; height: auto; max-height: 100%; padding: 1 0 1 2; border: thick $primary;
+               background: $surface; scrollbar-size-vertical: 1; }  /* at 80 columns its lines fit beside the bar */
     """
 
     BINDINGS = [Binding("escape,q,question_mark", "close", "close")]
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="helpbox"):
+        with VerticalScroll(id="helpbox"):
             yield Static(HELP)
 
     def action_close(self) -> None:
