@@ -3,8 +3,8 @@
     python bench/profile_step.py --model SmolLM2-135M-Instruct.Q4_1.gguf --data alpaca_zh_demo.json \
         --rows 64 --cutoff 384 --batch 2 --grad-accum 4 --warm 1 --steps 2 [--json out.json]
 
-The trainer is the one the worker builds (recipe.setup on a run file written as bench/compare.py writes ftune's), so
-every ftune default is in: padding-free batches, the loss on learnt positions only, the allocator setting. After
+The trainer is the one the worker builds (recipe.setup on a run file written as bench/side_by_side.py writes
+ftune's), so every ftune default is in: padding-free batches, the loss on learnt positions only, the allocator setting. After
 --warm optimiser steps, --steps more run under torch.profiler (CPU activities, input shapes recorded). Each op's own
 time (self time: its children's left out) goes to one part:
 

@@ -378,8 +378,8 @@ def split_rows(data: Path, rows: int, eval_rows: int, out: Path) -> tuple[Path, 
     """The first `rows` rows of the data file to train on and the `eval_rows` after them, held out, as files."""
     every = json.loads(data.read_text(encoding="utf-8"))
     if rows + eval_rows > len(every):
-        sys.exit(f"bench/side_by_side.py: --rows {rows} plus --eval-rows {eval_rows} is more than the {len(every)} rows "
-                 f"of {data}; lower one of them")
+        sys.exit(f"bench/side_by_side.py: --rows {rows} plus --eval-rows {eval_rows} is more than the {len(every)} "
+                 f"rows of {data}; lower one of them")
     out.mkdir(parents=True, exist_ok=True)
     train, held_out = out / "train.json", out / "eval.json"
     train.write_text(json.dumps(every[:rows], ensure_ascii=False), encoding="utf-8")
@@ -403,8 +403,8 @@ def ensure_lf_venv(quiet: bool = False) -> Path:
     done = subprocess.run([*pip, "llamafactory", *LF_PINS], check=False)
     if done.returncode != 0 or not cli.is_file():
         shutil.rmtree(LF_VENV, ignore_errors=True)
-        sys.exit("bench/side_by_side.py: installing llamafactory failed (pip's message above); run with --tools ftune,trl "
-                 "to compare without it")
+        sys.exit("bench/side_by_side.py: installing llamafactory failed (pip's message above); run with --tools "
+                 "ftune,trl to compare without it")
     return cli
 
 

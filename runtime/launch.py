@@ -129,7 +129,8 @@ def precision_warning(spec: RunSpec) -> str | None:
 
 
 def run_estimate(spec: RunSpec, project: Path, gpus: list):
-    """(Estimate, Verdict) of the run's memory per GPU (for its strategy, over `gpus`: memory_estimate.Gpu), or None when
+    """(Estimate, Verdict) of the run's memory per GPU (for its strategy, over `gpus`: memory_estimate.Gpu), or None
+    when
     the model's size is unknown."""
     from ftune.runtime import catalog, memory_estimate
 
@@ -144,7 +145,8 @@ def run_estimate(spec: RunSpec, project: Path, gpus: list):
                                                                           t.per_device_train_batch_size)
     return memory_estimate.check(info.params_b, key, gpus, seq_len=seq_len, batch=batch,
                         gradient_checkpointing=spec.training.gradient_checkpointing,
-                        precision=spec.training.precision, **memory_estimate.sharding(spec, len(gpus)), **info.shape_for(spec))
+                        precision=spec.training.precision, **memory_estimate.sharding(spec, len(gpus)),
+                        **info.shape_for(spec))
 
 
 def fit_warning(spec: RunSpec, run: RunDir) -> str | None:

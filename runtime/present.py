@@ -160,7 +160,8 @@ def submitted(name: str, job_id: Any, script: Path) -> list[str]:
 
 def left_monitor(name: str, state: str) -> str:
     """Leaving `ftune watch` while the run goes on."""
-    return f"Left the monitor; {name} goes on ({state}). Back with `ftune watch {name}`; stop it with `ftune stop {name}`."
+    return (f"Left the monitor; {name} goes on ({state}). Back with `ftune watch {name}`; "
+            f"stop it with `ftune stop {name}`.")
 
 
 def export_outcome(result: Any) -> list[tuple[str, str | None]]:

@@ -164,8 +164,9 @@ def edit_knob(c: Context, path: str) -> Any:
                 return True
             return setting_refusal(c.answers, path, parse_value(text)) or True
 
-        answer = c.prompter.text(f"{_short_lora(path)} ({info.description})", "" if value is None else value_text(value), validate,
-                          instruction="(empty: back to the default; Ctrl+B back)", validate_while_typing=False)
+        answer = c.prompter.text(f"{_short_lora(path)} ({info.description})",
+                                 "" if value is None else value_text(value), validate,
+                                 instruction="(empty: back to the default; Ctrl+B back)", validate_while_typing=False)
         if answer is BACK:
             return BACK
         choice = DEFAULT if not answer.strip() else parse_value(answer)

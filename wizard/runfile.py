@@ -260,7 +260,8 @@ def estimate_for(info: ModelInfo | None, spec: RunSpec, gpus: list[memory_estima
     return memory_estimate.check(info.params_b, method_of(spec, method), gpus, seq_len=spec.data.max_length,
                         batch=spec.training.per_device_train_batch_size,
                         gradient_checkpointing=spec.training.gradient_checkpointing,
-                        precision=spec.training.precision, **memory_estimate.sharding(spec, len(gpus)), **info.shape_for(spec))
+                        precision=spec.training.precision, **memory_estimate.sharding(spec, len(gpus)),
+                        **info.shape_for(spec))
 
 
 def planned_steps(spec: RunSpec, valid_rows: int) -> tuple[int, int, int]:
@@ -337,7 +338,8 @@ def lora_trainable_for(info: ModelInfo | None, spec: RunSpec) -> int | None:
                                  modules_to_save=lora.modules_to_save, reward=spec.stage.type == "rm")
 
 
-def estimate_line(info: ModelInfo | None, spec: RunSpec, gpus: list[memory_estimate.Gpu], method: str | None = None) -> str:
+def estimate_line(info: ModelInfo | None, spec: RunSpec, gpus: list[memory_estimate.Gpu],
+                  method: str | None = None) -> str:
     result = estimate_for(info, spec, gpus, method)
     if result is None:
         return "memory: model size unknown, no estimate"

@@ -137,11 +137,13 @@ def test_lora_trainable_parameters_are_peft_s_own_count(tiny_model):
 def test_lora_trainable_is_unknown_rather_than_wrong():
     llama = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
              "num_hidden_layers": 2, "vocab_size": 100}
-    assert memory_estimate.lora_trainable(llama, 8) == 2 * 8 * (4 * 128 + 3 * 192)  # no kv heads given: as many as heads
+    # no kv heads given: as many as heads
+    assert memory_estimate.lora_trainable(llama, 8) == 2 * 8 * (4 * 128 + 3 * 192)
     assert memory_estimate.lora_trainable({**llama, "model_type": "gpt2"}, 8) is None  # Conv1D, fused qkv
     assert memory_estimate.lora_trainable(llama, 8, ["c_attn"]) is None
     assert memory_estimate.lora_trainable(llama, 8, modules_to_save=["wte"]) is None
-    assert memory_estimate.lora_trainable({"model_type": "llava", "text_config": llama}, 8) is None  # and a vision tower
+    # and a vision tower
+    assert memory_estimate.lora_trainable({"model_type": "llava", "text_config": llama}, 8) is None
 
 
 def test_a_vision_tower_and_its_images_are_counted():
