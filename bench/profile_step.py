@@ -34,7 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import compare  # noqa: E402 - the same model conversion, row split and run file as the side-by-side bench
+import side_by_side as compare  # noqa: E402 - the same model conversion, row split and run file as the side-by-side bench
 
 MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
 PARTS = ["LoRA matmuls", "LM head", "other matmuls", "attention", "loss", "optimiser", "elementwise & rest",
@@ -73,7 +73,7 @@ def breakdown(prof, wall: float, rank: int, vocab: int) -> dict[str, float]:
 
 
 def profile(model: Path, data: Path, rows: int, cutoff: int, batch: int, grad_accum: int, warm: int,
-            steps: int, rank: int = 8) -> dict:
+            steps: int, rank: int = 8, precision: str = "fp32", profiled: bool = True) -> dict:
     import torch
     from torch.profiler import ProfilerActivity
     from transformers import TrainerCallback
@@ -87,7 +87,7 @@ def profile(model: Path, data: Path, rows: int, cutoff: int, batch: int, grad_ac
     work = Path(tempfile.mkdtemp(prefix="ftune-profile-"))
     train, _ = compare.split_rows(data, rows, 0, work / "data")
     job = compare.Job(steps=warm + steps, batch=batch, grad_accum=grad_accum, cutoff=cutoff, rank=rank,
-                      logging_steps=1)
+                      logging_steps=1, precision=precision)
     folder = compare.write_ftune_run(work / "runs", model, train, job)
     run = RunDir(folder.parent, folder.name)
     r = recipe.setup(load_spec(run.spec_path), run, EventWriter(run.events_path), Stopper())
@@ -98,21 +98,23 @@ def profile(model: Path, data: Path, rows: int, cutoff: int, batch: int, grad_ac
     class Window(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
             if state.global_step == warm:
-                prof.start()
+                if profiled:
+                    prof.start()
                 clock["t0"] = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step == warm + steps:
                 clock["t1"] = time.perf_counter()
-                prof.stop()
+                if profiled:
+                    prof.stop()
 
     r.trainer.add_callback(Window())
     r.trainer.train()
     wall = clock["t1"] - clock["t0"]
-    parts = breakdown(prof, wall, rank, vocab)
+    parts = breakdown(prof, wall, rank, vocab) if profiled else {}
     step_events = [json.loads(line) for line in run.events_path.read_text().splitlines()
                    if json.loads(line).get("type") == "step"]
-    return {"wall": wall, "steps": steps, "parts": parts, "threads": torch.get_num_threads(),
+    return {"wall": wall, "steps": steps, "parts": parts, "threads": torch.get_num_threads(), "precision": precision,
             "step_events": step_events[warm:warm + steps]}
 
 
@@ -123,7 +125,8 @@ def markdown(result: dict, argv: list[str]) -> str:
              "| part | s a step | share |", "|---|---:|---:|"]
     for part, s in result["parts"].items():
         lines.append(f"| {part} | {s / result['steps']:.2f} | {100 * s / wall:.1f}% |")
-    return "\n".join(lines)
+    losses = ", ".join(f"{e['step']}: {e['loss']:.4f}" for e in result["step_events"] if "loss" in e)
+    return "\n".join(lines) + f"\n\nprecision {result['precision']}; the profiled steps' losses: {losses}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -136,11 +139,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--grad-accum", type=int, default=4)
     p.add_argument("--warm", type=int, default=1, help="optimiser steps before the profiled ones")
     p.add_argument("--steps", type=int, default=2, help="optimiser steps profiled")
+    p.add_argument("--precision", default="fp32", help="training.precision (auto: ftune's choice for this machine)")
+    p.add_argument("--no-profile", action="store_true", help="time the steps only, without the profiler")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     model = compare.given_model(args.model)
     data = compare.find_data(args.data)
-    result = profile(model, data, args.rows, args.cutoff, args.batch, args.grad_accum, args.warm, args.steps)
+    result = profile(model, data, args.rows, args.cutoff, args.batch, args.grad_accum, args.warm, args.steps,
+                     precision=args.precision, profiled=not args.no_profile)
     print(markdown(result, sys.argv[1:] if argv is None else argv))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

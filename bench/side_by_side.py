@@ -107,6 +107,7 @@ class Job:
     lf_template: str = "chatml"  # LLaMA-Factory's name for the model's template
     default_system: str | None = None  # the system prompt the model's template adds when a row has none
     prompt_completion: bool = False  # TRL: prompt/completion rows (for templates it refuses assistant masks on)
+    precision: str = "fp32"  # ftune's training.precision for the fixed job; ftune's variant "ftune-auto" leaves it to ftune
 
 
 # --------------------------------------------------------------------------- the probe
@@ -489,7 +490,7 @@ def write_ftune_run(runs: Path, model: Path, data: Path, job: Job, variant: str 
         "training": {**length(job), "learning_rate": job.lr, "per_device_train_batch_size": job.batch,
                      "gradient_accumulation_steps": job.grad_accum, "seed": job.seed,
                      "logging_steps": job.logging_steps, "lr_scheduler_type": job.scheduler, "warmup_steps": 0,
-                     "optim": "adamw_torch", "precision": "fp32", "save_steps": 500,
+                     "optim": "adamw_torch", "precision": job.precision, "save_steps": 500,
                      **{k: v for k, v in held_out.items() if k != "validation"}},
     }
     (run / "run.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
