@@ -63,7 +63,7 @@ def cuda_only(spec: RunSpec) -> list[tuple[str, str, str]]:
                     "is needed for quantization.\")", "method.quantization.method: bnb"))
     if t.precision == "fp16":
         out.append(("training.precision fp16", "torch's fp16 autocast and gradient scaler are CUDA's (transformers: "
-                    "\"fp16 mixed precision requires a GPU (not 'cpu')\")", "training.precision: auto (fp32 on a CPU)"))
+                    "\"fp16 mixed precision requires a GPU (not 'cpu')\")", "training.precision: auto"))
     if spec.model.acceleration == "liger":
         out.append(("Liger kernels", "they are Triton kernels, which compile for a GPU only",
                     "model.acceleration: none"))
@@ -118,13 +118,13 @@ def tracker_problem(spec: RunSpec) -> str | None:
 
 
 def precision_warning(spec: RunSpec) -> str | None:
-    """bf16 on a machine without a GPU trains, but slower than fp32 on most CPUs and less precisely: one sentence,
-    so the choice is the user's and not a surprise."""
-    from ftune.runtime.sysmon import gpu_samples
+    """bf16 on a CPU without bf16 units trains, but emulated: slower than fp32 and less precise. One sentence, so the
+    choice is the user's and not a surprise."""
+    from ftune.runtime.sysmon import cpu_native_bf16, gpu_samples
 
-    if spec.training.precision in ("bf16", "pure_bf16") and not gpu_samples():
-        return (f"training.precision {spec.training.precision} with no GPU here: it trains on the CPU in bf16, "
-                f"usually slower than fp32 there; `auto` picks fp32 on a CPU")
+    if spec.training.precision in ("bf16", "pure_bf16") and not gpu_samples() and not cpu_native_bf16():
+        return (f"training.precision {spec.training.precision} with no GPU here, on a CPU without bf16 units (AMX or "
+                f"AVX512-BF16): torch emulates bf16, usually slower than fp32; `auto` picks fp32 on this machine")
     return None
 
 

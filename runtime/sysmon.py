@@ -12,6 +12,24 @@ from typing import Any, Callable
 
 _nvml_ok: bool | None = None
 
+# The CPU flags of native bf16 matrix maths (Intel AMX tiles, AVX512-BF16; AMD Zen 4 has avx512_bf16): there bf16
+# autocast trains several times faster than fp32 (docs/benchmarks.md); elsewhere torch emulates bf16, slower than fp32.
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU does bf16 matrix maths natively, so training.precision auto picks bf16 autocast on it.
+    FTUNE_CPU_BF16=0 or 1 overrides what the flags say (a VM may hide or misreport them)."""
+    forced = os.environ.get("FTUNE_CPU_BF16")
+    if forced in ("0", "1"):
+        return forced == "1"
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:  # not Linux: no way to tell here, so fp32 as before
+        return False
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
 
 def _nvml() -> Any | None:
     """The pynvml module once initialised, or None when there is no driver (quietly)."""

@@ -77,6 +77,9 @@ def _cache_of_the_session(tmp_path_factory):
     """The suite never writes into the user's own ~/.cache/ftune: converted GGUF files, demo models and the rest go
     to a cache every test process of this session shares (workers and `ftune` subprocesses inherit it)."""
     os.environ["FTUNE_CACHE"] = str(shared_root(tmp_path_factory) / "ftune-cache")
+    # training.precision auto stays fp32 even on a CPU with bf16 units (auto's bf16 has its own tests): the suite's
+    # equalities and fixed figures are fp32's, and CI's machine may or may not have AMX. FTUNE_CPU_BF16=1 overrides.
+    os.environ.setdefault("FTUNE_CPU_BF16", "0")
 
 
 @pytest.fixture(scope="session")

@@ -63,7 +63,7 @@ def training_arg(rec: Record, source: str, key: str, value: Any) -> bool:
         if value:
             rec.put(source, "training.precision", key)
         else:
-            rec.leave(source, value, NO_MEANING, "off: training.precision stays auto (fp32 on a CPU)")
+            rec.leave(source, value, NO_MEANING, "off: training.precision stays auto (on a CPU: bf16 where it has bf16 units, else fp32)")
     elif key == "report_to":
         names = value if isinstance(value, list) else str(value).split(",")
         names = [str(n).strip().lower() for n in names if str(n).strip().lower() not in ("none", "")]

@@ -373,7 +373,8 @@ class TrainingSpec(Section):
     seed: int = Field(42, description="Random seed for reproducible runs.")
     precision: Literal["auto", "fp32", "fp16", "bf16", "pure_bf16"] = Field(
         "auto",
-        description="Compute type. auto: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU. "
+        description="Compute type. auto: bf16 on GPUs that support it, else fp16 on GPU; on a CPU, bf16 where it has "
+        "native bf16 maths (AMX or AVX512-BF16; FTUNE_CPU_BF16=0 or 1 overrides), else fp32. "
         "pure_bf16 loads the weights in bf16 without mixed precision.",
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory by recomputing activations.")

@@ -13,6 +13,7 @@ from typing import Any
 from ftune.runtime import models
 from ftune.runtime.rundir import RunDir
 from ftune.runtime.spec import RunSpec
+from ftune.runtime.sysmon import cpu_native_bf16
 from ftune.runtime.train import vision
 
 
@@ -43,8 +44,8 @@ def precision_plan(precision: str, method: str) -> Precision:
     if precision == "auto":
         if cuda:
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            precision = "fp32"
+        else:  # bf16 autocast where the CPU has bf16 matrix units: 2-6x the fp32 matmul rate (docs/benchmarks.md)
+            precision = "bf16" if cpu_native_bf16() else "fp32"
     if precision == "pure_bf16":
         return Precision(precision, torch.bfloat16, False, False, cuda)
     if precision == "fp32":

@@ -315,7 +315,7 @@ def test_weight_decay_reaches_the_weights_but_not_norms_and_biases(build, decay)
 # --------------------------------------------------------------------------- model and precision
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU's precision plan")
 @pytest.mark.parametrize("precision,method,frozen,trained,bf16", [
-    ("auto", "lora", torch.float32, torch.float32, False),  # auto on a CPU: fp32
+    ("auto", "lora", torch.float32, torch.float32, False),  # auto on a CPU without bf16 units (conftest): fp32
     ("fp32", "lora", torch.float32, torch.float32, False),
     ("fp32", "full", None, torch.float32, False),
     ("bf16", "lora", torch.bfloat16, torch.float32, True),  # frozen base in bf16, adapter fp32 under autocast
@@ -329,6 +329,16 @@ def test_precision_sets_weight_dtypes_and_mixed_precision(build, precision, meth
     assert {p.dtype for p in params if not p.requires_grad} == ({frozen} if frozen else set())
     assert {p.dtype for p in params if p.requires_grad} == {trained}
     assert (b.trainer.args.bf16, b.trainer.args.fp16) == (bf16, False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU's precision plan")
+def test_auto_precision_on_a_cpu_with_bf16_units_trains_under_bf16_autocast(build, monkeypatch):
+    monkeypatch.setenv("FTUNE_CPU_BF16", "1")  # what sysmon.cpu_native_bf16 finds on an AMX or AVX512-BF16 CPU
+    b = build(training={"precision": "auto"})
+    params = list(b.model.parameters())
+    assert {p.dtype for p in params if not p.requires_grad} == {torch.bfloat16}  # the frozen base
+    assert {p.dtype for p in params if p.requires_grad} == {torch.float32}  # the adapter, under autocast
+    assert b.trainer.args.bf16 and not b.trainer.args.fp16
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])

@@ -87,3 +87,18 @@ def test_the_memory_verdict_counts_only_the_visible_gpus(eight_gpus, project, ti
     assert launch.fit_warning(spec, run) is None  # ZeRO-3 over 8 × 80 GB: ~15 GB each
     eight_gpus.setenv("CUDA_VISIBLE_DEVICES", "5")
     assert "more than the" in launch.fit_warning(spec, run)  # one board holds all ~120 GB of states
+
+
+@pytest.mark.parametrize("flags,native", [
+    ("fpu avx2 amx_bf16 amx_tile avx512_bf16", True),  # Sapphire Rapids and later
+    ("fpu avx2 avx512f avx512_bf16", True),  # Cooper Lake, AMD Zen 4
+    ("fpu avx2 avx512f", False),  # bf16 would be emulated: slower than fp32
+])
+def test_cpu_native_bf16_reads_the_cpu_flags_and_the_override_wins(tmp_path, monkeypatch, flags, native):
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: a CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    monkeypatch.delenv("FTUNE_CPU_BF16", raising=False)
+    assert sysmon.cpu_native_bf16(str(info)) is native
+    assert sysmon.cpu_native_bf16(str(tmp_path / "absent")) is False  # not Linux: fp32 as before
+    monkeypatch.setenv("FTUNE_CPU_BF16", "0" if native else "1")
+    assert sysmon.cpu_native_bf16(str(info)) is not native
