@@ -175,7 +175,7 @@ def preflight(spec: RunSpec, run: RunDir, say=None, *, gpus_elsewhere: bool = Fa
             raise RunError(f"{problem} ({run.spec_path})")
     counts: dict[str, int] = {}
     check_run_data(spec, base, run, say, counts)
-    if counts.get("tool_rows") and spec.stage.type == "sft":
+    if counts.get("tool_rows") and spec.stage.definition.columns == "conversation":
         check_tool_template(spec, base, run, counts["tool_rows"])
     if counts.get("image_rows") and vision is False:
         raise RunError(f"{counts['image_rows']} rows of the data have images, but {spec.model.name_or_path} is a "

@@ -21,7 +21,9 @@ ROOTS = {"ftune": "ftune", "ftune.runtime": "runtime", "ftune.wizard": "wizard",
 # Bottom to top: a module may import its own layer and those below it, never one above.
 LAYERS = [
     ("base", ["ftune", "ftune.presets", "ftune.runtime", "ftune.runtime.errors", "ftune.runtime.files",
-              "ftune.runtime.templates", "ftune.runtime.names"]),
+              "ftune.runtime.templates", "ftune.runtime.names",
+              # the stage and export-format registries: data that the schema, data, CLI and faces read
+              "ftune.runtime.train.stages", "ftune.runtime.infer.formats"]),
     ("spec", ["ftune.runtime.spec"]),
     ("core", ["ftune.runtime.models", "ftune.runtime.gguf", "ftune.runtime.events", "ftune.runtime.rundir", "ftune.runtime.runs",
               "ftune.runtime.sysmon", "ftune.runtime.catalog", "ftune.runtime.memory", "ftune.runtime.history",

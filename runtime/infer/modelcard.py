@@ -118,7 +118,7 @@ def render(spec: RunSpec, run: RunDir, fmt: str, source_label: str, metrics: dic
     if shown:
         lines += ["", "## Final metrics", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in shown.items()]
-    reward = spec.stage.type == "rm"
+    reward = not spec.stage.definition.causal_lm
     if check:
         did = "it generated {} tokens".format(check["generated_tokens"]) if not reward else "it scores"
         lines += ["", "## Checked on export", "",
