@@ -128,7 +128,7 @@ def prepare_data(spec: RunSpec, tokenizer, base: Path, events: EventWriter, run:
     elif layout == "text":
         train_cols, truncated = columns.text_columns(tokenizer, train_rows, d.max_length)
         eval_cols, _ = columns.text_columns(tokenizer, eval_rows, d.max_length)
-    elif layout == "reward_pairs":  # tokenised here: cut to max_length like the preference rows, where TRL would drop them
+    elif layout == "reward_pairs":  # tokenised here: cut to max_length like preference rows, where TRL would drop them
         train_cols, cut = columns.reward_columns(tokenizer, train_rows, d.max_length)
         eval_cols, _ = columns.reward_columns(tokenizer, eval_rows, d.max_length)
         truncated = 0

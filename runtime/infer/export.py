@@ -18,7 +18,6 @@ merged_16bit export too, so both paths write the same thing on any machine.
 
 from __future__ import annotations
 
-import gc
 import json
 import shutil
 import time
@@ -219,7 +218,7 @@ def _export(run: RunDir, fmt: str | None, checkpoint: int | None, out: str | Pat
     if problem:
         raise ExportError(problem)
     causal = spec.stage.definition.causal_lm
-    pipeline = f.write is None  # gguf: llama.cpp's converter, below
+    pipeline = f.own_pipeline  # gguf: llama.cpp's converter, below
     if quant is not None and not pipeline:
         raise ExportError(f"--quant is for --format gguf; {fmt} has no quantisation to choose")
     if pipeline:

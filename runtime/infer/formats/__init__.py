@@ -21,4 +21,9 @@ def get(name: str) -> ExportFormat:
     return FORMATS[name]
 
 
-__all__ = ["FORMATS", "NAMES", "ORDER", "ExportFormat", "get"]
+def is_adapter(name: str) -> bool:
+    """An export that is the adapter alone (`name` may also be "full", a full fine-tune's whole model)."""
+    return name in FORMATS and FORMATS[name].adapter
+
+
+__all__ = ["FORMATS", "NAMES", "ORDER", "ExportFormat", "get", "is_adapter"]

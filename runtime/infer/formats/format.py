@@ -41,6 +41,12 @@ class ExportFormat:
     #                                    closeness is reported, not judged (4-bit rounding)
     text_only: str | None = None  # why a vision-language model cannot be written so; None: it can
     problem: Callable[[], str | None] | None = None  # why it cannot be written on this machine (a missing library)
+    requires: str | None = None  # the module a run saving in this format needs (`ftune train` checks it is there)
+
+    @property
+    def own_pipeline(self) -> bool:
+        """Written by a pipeline of its own in infer/export.py (gguf: llama.cpp's converter), not by `write`."""
+        return self.write is None
 
     @property
     def saved_by_worker(self) -> str:

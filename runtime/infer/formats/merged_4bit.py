@@ -43,4 +43,5 @@ def write(model, path: Path, tokenizer: Any, adapter: bool, vision: bool, trust_
 
 # quantised: loads, gives finite logits and generates; closeness is reported, not required (no max_rel_diff)
 FORMAT = ExportFormat(name="merged_4bit", summary="merged, quantised to 4 bits (bitsandbytes, CUDA GPU only)",
-                      write=write, merged=True, quantized=True, problem=problem)
+                      write=write, merged=True, quantized=True, problem=problem,
+                      requires="bitsandbytes")
