@@ -577,7 +577,7 @@ class RunSpec(Section):
                                  "data.max_length")
         if t.predict_with_generate and not self.data.test:
             raise ValueError("training.predict_with_generate needs data.test: the file whose prompts are answered")
-        if self.method.type == "full" and self.output.save_format not in ("lora", "gguf"):
+        if self.method.type == "full" and formats.get(self.output.save_format).merged:  # there is no adapter to merge
             raise ValueError("output.save_format applies to adapters; full fine-tuning always saves the whole model")
         return self
 
