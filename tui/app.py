@@ -9,24 +9,23 @@ worker that sleeps on `worker.cancelled_event.wait(poll)` and reaches the UI thr
     stop_run        launch.stop, on `s`         -> StopDone
     watch_terminal  stdin still a TTY?          -> exits when the terminal hangs up
 
-Panels are drawn by tui/panels.py from the data those messages carry. Never imports torch.
+The screen composes the regions of tui/regions.py (each a widget with its own CSS), lays them out for the
+terminal's size, and hands each the data those messages carry. Never imports torch.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Sparkline
+from textual.widgets import Footer
 from textual.worker import get_current_worker
 
 from ftune.runtime.history import History, View, empty_view
@@ -34,70 +33,12 @@ from ftune.runtime.rundir import ACTIVE_STATES, RunDir
 from ftune.runtime.tail import ChildScan, Tail, load
 from ftune.tui import panels
 from ftune.tui.messages import HistoryUpdated, OverlayChoices, OverlaysLoaded, StopDone, SystemSampled
-from ftune.tui.widgets import Panel, StepLog
-
-
-def curve(values) -> list[float]:
-    """A sparkline's data: one point is no curve (a Sparkline draws it as a solid block), so it waits for two; the
-    caption beside it says the value meanwhile."""
-    return list(values) if len(values) > 1 else []
-
-
-def mean(values) -> float:  # a Sparkline bar's value (statistics.fmean, without importing statistics first)
-    return sum(values) / len(values)
+from ftune.tui.regions import Charts, CheckpointsRegion, GpuRegion, Problems, RunHeader, StepsTitle
+from ftune.tui.widgets import StepLog
 
 
 LIVE_SAMPLE_S = 2.0  # NVML sampling interval while the run runs on this machine
 FINAL_POLL_S = 2.0  # a finished run is still watched (it may be resumed), just less often
-LIVE_COLOUR = "blue+"  # the watched run on the large plot, when other runs are laid over it
-OVERLAY_COLOURS = ["magenta+", "yellow+", "green+", "red+", "cyan+"]  # the runs laid over it
-
-CSS = """
-Screen { layout: vertical; }
-#header { height: 3; padding: 0 1; background: $boost; }
-#problems { height: auto; max-height: 7; padding: 0 1; border-left: thick $warning; background: $warning 10%;
-            display: none; }
-#problems.-shown { display: block; }
-#problems.-error { border-left: thick $error; background: $error 12%; }
-#middle { height: 6; margin-top: 1; }
-#charts { width: 1fr; padding: 0 1; }
-#side { width: 1fr; padding: 0 1; }
-#loss-spark { height: 2; }
-.row { height: 1; }
-.caption { width: 16; }
-.title { height: 1; color: $text-muted; text-style: bold; }
-#gpu { height: auto; max-height: 4; }
-#checkpoints { height: 1fr; }
-#eval-row { display: none; }
-#eval-row.-shown { display: block; }
-#loss-spark > .sparkline--max-color { color: $warning; }
-#loss-spark > .sparkline--min-color { color: $success; }
-#eval-spark > .sparkline--max-color { color: $secondary; }
-#eval-spark > .sparkline--min-color { color: $secondary 50%; }
-#log-title { height: 1; padding: 0 1; background: $boost; color: $text-muted; text-style: bold; }
-#log { height: 1fr; padding: 0 1; overflow-x: hidden; scrollbar-size-vertical: 0; }  /* the title says "+N new" */
-#plot { height: 1fr; display: none; }
-MonitorScreen.-plot #middle, MonitorScreen.-plot #log-title, MonitorScreen.-plot #log { display: none; }
-MonitorScreen.-plot #plot { display: block; }
-MonitorScreen.-tall #middle { height: 10; }
-MonitorScreen.-tall #loss-spark { height: 6; }
-MonitorScreen.-tall #problems { max-height: 10; }
-MonitorScreen.-tall #gpu { max-height: 8; }
-MonitorScreen.-wide #side { width: 48; }  /* wide terminals: the loss chart takes the rest */
-ConfirmStop, HelpScreen, LogScreen, OverlayPicker { align: center middle; }
-#overlaybox { width: 76; max-width: 100%; height: auto; max-height: 90%; padding: 1 2; border: thick $primary;
-              background: $surface; }
-#overlay-runs { height: auto; max-height: 16; margin-top: 1; }
-#dialog { width: 64; height: auto; padding: 1 2; border: thick $warning; background: $surface; }
-#helpbox { width: 100; max-width: 100%; height: auto; max-height: 100%; padding: 1 2; border: thick $primary;
-           background: $surface; }
-#logbox { width: 100%; height: 100%; border: thick $primary; background: $surface; }
-#logpath { height: 1; }
-#trainlog { height: 1fr; }
-#runs-title { height: auto; padding: 0 1; background: $boost; }
-#runs { height: 1fr; }
-#runs-empty { height: auto; padding: 0 1; }
-"""
 
 
 class MonitorScreen(Screen):
@@ -112,6 +53,18 @@ class MonitorScreen(Screen):
         Binding("o", "overlay", "overlay"),
         Binding("question_mark", "help", "help", key_display="?"),
     ]
+    # the layout: which regions show, and how large, for the terminal's size (-tall, -wide) and with the plot (-plot)
+    DEFAULT_CSS = """
+    #middle { height: 6; margin-top: 1; }
+    #side { width: 1fr; padding: 0 1; }
+    MonitorScreen.-plot #middle, MonitorScreen.-plot #log-title, MonitorScreen.-plot #log { display: none; }
+    MonitorScreen.-plot #plot { display: block; }
+    MonitorScreen.-tall #middle { height: 10; }
+    MonitorScreen.-tall #loss-spark { height: 6; }
+    MonitorScreen.-tall #problems { max-height: 10; }
+    MonitorScreen.-tall #gpu { max-height: 8; }
+    MonitorScreen.-wide #side { width: 48; }  /* wide terminals: the loss chart takes the rest */
+    """
     VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
 
@@ -139,27 +92,14 @@ class MonitorScreen(Screen):
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
-        yield Panel(id="header")
-        yield Panel(id="problems")
+        yield RunHeader(id="header")
+        yield Problems(id="problems")
         with Horizontal(id="middle"):
-            with Vertical(id="charts"):
-                yield Panel(id="loss-caption", classes="row")
-                yield Sparkline([], id="loss-spark", summary_function=mean)
-                with Horizontal(id="eval-row", classes="row"):
-                    yield Panel(id="eval-caption", classes="caption")
-                    yield Sparkline([], id="eval-spark", summary_function=mean)
-                with Horizontal(classes="row"):
-                    yield Panel(id="lr-caption", classes="caption")
-                    yield Sparkline([], id="lr-spark", summary_function=mean)
-                with Horizontal(classes="row"):
-                    yield Panel(id="gn-caption", classes="caption")
-                    yield Sparkline([], id="gn-spark", summary_function=mean)
+            yield Charts(id="charts")
             with Vertical(id="side"):
-                yield Panel("GPU", id="gpu-title", classes="title")
-                yield Panel(id="gpu")
-                yield Panel("Checkpoints", id="checkpoints-title", classes="title")
-                yield Panel(id="checkpoints")
-        yield Panel("Steps", id="log-title")
+                yield GpuRegion()
+                yield CheckpointsRegion()
+        yield StepsTitle("Steps", id="log-title")
         yield StepLog(id="log")
         yield Footer()
 
@@ -191,10 +131,10 @@ class MonitorScreen(Screen):
         return True
 
     def on_resize(self) -> None:
-        self._checkpoints()
+        self.query_one(CheckpointsRegion).redraw()
         # once the breakpoints have given the side panel its width: lines that fit it
-        self.call_after_refresh(self._checkpoints)
-        self.call_after_refresh(self._gpu)
+        self.call_after_refresh(self.query_one(CheckpointsRegion).redraw)
+        self.call_after_refresh(self.query_one(GpuRegion).redraw)
 
     # ------------------------------------------------------------------ readers (threads)
     @work(thread=True, exit_on_error=False, group="events")
@@ -373,40 +313,13 @@ class MonitorScreen(Screen):
         self._gpu_title()
 
     def _header(self) -> None:
-        self.query_one("#header", Panel).update(
-            panels.header(self.run.name, self.state, self.view, self.status, self.clock()))
+        self.query_one(RunHeader).show(self.run.name, self.state, self.view, self.status, self.clock())
 
     def _problems(self) -> None:
-        widget = self.query_one("#problems", Panel)
-        text = panels.problems_panel(self.view.problems, self.state, self.run.name, self.status,
-                                     self.view.omitted_warnings)
-        if self.note:
-            note = Text(f"monitor: {self.note}", style="italic")
-            text = note if text is None else Text("\n").join([text, note])
-        widget.set_class(text is not None, "-shown")
-        widget.set_class(self.state in ("failed", "crashed") or any(p.kind == "error" for p in self.view.problems),
-                         "-error")
-        if text is not None:
-            widget.update(text, key=text.plain, same=text)  # its height follows its text
+        self.query_one(Problems).show(self.view, self.state, self.run.name, self.status, self.note)
 
     def _charts(self) -> None:
-        v = self.view
-        last = v.last_step or {}
-        caption = panels.loss_caption(v)
-        self.query_one("#loss-caption", Panel).update(caption, same=caption)
-        self.query_one("#loss-spark", Sparkline).data = curve(v.loss[1])
-        has_eval = bool(v.eval_loss[1])
-        self.query_one("#eval-row").set_class(has_eval, "-shown")
-        if has_eval:
-            self.query_one("#eval-caption", Panel).update(
-                panels.series_caption("eval", v.last_eval.get("eval_loss") if v.last_eval else None, ".4g"))
-            self.query_one("#eval-spark", Sparkline).data = curve(v.eval_loss[1])
-        caption = panels.series_caption("lr", last.get("lr"), ".2e")
-        self.query_one("#lr-caption", Panel).update(caption, same=caption)
-        self.query_one("#lr-spark", Sparkline).data = curve(v.lr[1])
-        caption = panels.series_caption("gn", last.get("grad_norm"), ".3g")
-        self.query_one("#gn-caption", Panel).update(caption, same=caption)
-        self.query_one("#gn-spark", Sparkline).data = curve(v.grad_norm[1])
+        self.query_one(Charts).show(self.view)
 
     def _gpu_sample(self) -> tuple[dict[str, Any] | None, str]:
         if self.live is not None:
@@ -418,32 +331,13 @@ class MonitorScreen(Screen):
         return sample, (f"{panels.duration(self.clock() - t)} ago" if isinstance(t, (int, float)) else "recorded")
 
     def _gpu_title(self) -> None:
-        sample, source = self._gpu_sample()
-        gpus = (sample or {}).get("gpus") or []
-        title = f"GPU{'s' if len(gpus) > 1 else ''}" + (f" · {source}" if source else "")
-        self.query_one("#gpu-title", Panel).update(title, same=title)
+        self.query_one(GpuRegion).show_title(*self._gpu_sample())
 
     def _gpu(self) -> None:
-        self._gpu_title()
-        sample, _ = self._gpu_sample()
-        widget = self.query_one("#gpu", Panel)
-        width = max(20, widget.size.width or 38)
-        if sample is None:
-            text = "no sample yet" if self.state in panels.ACTIVE else "no GPU figures recorded"
-            widget.update(Text(text, style="dim"), key=1, same=text)
-            return
-        gpus = sample.get("gpus") or []
-        widget.update(panels.gpu_panel(sample, width), key=max(1, len(gpus)), same=(width, repr(sample)))
+        self.query_one(GpuRegion).show(*self._gpu_sample(), active=self.state in panels.ACTIVE)
 
     def _checkpoints(self) -> None:
-        widget = self.query_one("#checkpoints", Panel)
-        rows = widget.size.height or 3
-        cps = self.view.checkpoints
-        title = f"Checkpoints{f' · {len(cps)}' if cps else ''}"
-        self.query_one("#checkpoints-title", Panel).update(title, same=title)
-        removed = frozenset(str(c.get("path")) for c in cps[-rows:] if c.get("path") and not Path(c["path"]).exists())
-        widget.update(panels.checkpoints_panel(cps, self.run.path, rows, removed),
-                      same=(rows, widget.size.width, len(cps), cps[-1] if cps else None, removed))
+        self.query_one(CheckpointsRegion).show(self.view.checkpoints, self.run.path)
 
     def _log(self) -> None:
         log = self.query_one(StepLog)
@@ -457,52 +351,12 @@ class MonitorScreen(Screen):
         self._log_title()
 
     def _log_title(self) -> None:
-        log = self.query_one(StepLog)
-        text = Text("Steps")
-        if self.view.log_seq > len(self.view.log) or self.view.stride > 1:
-            text.append(f"  (the last {len(self.view.log)})", "dim")
-        if log.unseen:
-            text.append(f"   +{log.unseen} new ↓ (End)", "bold reverse")
-        self.query_one("#log-title", Panel).update(text, same=text)
+        self.query_one(StepsTitle).show(self.view, self.query_one(StepLog))
 
     def _plot(self) -> None:
-        plot = self.query_one("#plot")
-        plt = plot.plt
-        plt.clear_data()
-        plt.clear_figure()
-        xs, ys = self.view.loss
-        exs, eys = self.view.eval_loss
-        others = [(name, loss, evals) for name, (loss, evals) in self.overlays.items()]
-        every = ys + eys + [y for _, loss, evals in others for y in loss[1] + evals[1]]
-        positive = all(y > 0 for y in every) and bool(every)
-        f = math.log10 if positive else (lambda y: y)  # log10 of the values, not a log axis (it raises on resize)
-        for (name, (oxs, oys), (oexs, oeys)), colour in zip(others, OVERLAY_COLOURS * 4):
-            if oys:  # the other runs first, so the watched run is drawn over them; a legend names them
-                plt.plot(oxs, [f(y) for y in oys], marker="braille", color=colour, label=name)
-            if oeys:
-                plt.scatter(oexs, [f(y) for y in oeys], marker="o", color=colour)
-        live = {"color": LIVE_COLOUR} if others else {}  # alone, plotext's own colours
-        if ys:  # no legend without overlays: it hides the first steps
-            plt.plot(xs, [f(y) for y in ys], marker="braille", label=self.run.name if others else None, **live)
-        if eys:
-            plt.scatter(exs, [f(y) for y in eys], marker="o", **live)
-        if positive:  # ticks at round loss values, labelled as losses
-            lo, hi = f(min(every)), f(max(every))
-            ticks = [lo + (hi - lo) * i / 4 for i in range(5)] if hi > lo else [lo]
-            plt.yticks(ticks, [f"{10 ** t:.4g}" for t in ticks])
-        steps = xs + exs + [x for _, loss, evals in others for x in loss[0] + evals[0]]
-        if steps:  # whole steps on the x axis
-            lo, hi = min(steps), max(steps)
-            ticks = sorted({round(lo + (hi - lo) * i / 4) for i in range(5)})
-            plt.xticks(ticks, [str(t) for t in ticks])
-        if others:
-            plt.title(f"training loss (line), eval loss (o): {self.run.name} over {', '.join(self.overlays)}"
-                      + (", log scale" if positive else ""))
-        else:
-            plt.title(f"{self.run.name}: training loss" + (" (line), eval loss (o)" if eys else "")
-                      + (", log scale" if positive else ""))
-        plt.xlabel("step")
-        plot.refresh()
+        from ftune.tui.loss_plot import LossPlot
+
+        self.query_one(LossPlot).draw(self.run.name, self.view.loss, self.view.eval_loss, self.overlays)
 
     # ------------------------------------------------------------------ keys
     def action_leave(self) -> None:
@@ -575,9 +429,9 @@ class MonitorScreen(Screen):
 
     def action_plot(self) -> None:
         if not self.query("#plot"):
-            from textual_plotext import PlotextPlot
+            from ftune.tui.loss_plot import LossPlot  # textual-plotext: imported when first opened
 
-            self.mount(PlotextPlot(id="plot"), before=self.query_one(Footer))
+            self.mount(LossPlot(id="plot"), before=self.query_one(Footer))
         self.toggle_class("-plot")
         if self.has_class("-plot"):
             self._plot()
@@ -618,7 +472,6 @@ class _Left(Exception):
 class WatchApp(App):
     """`ftune watch [RUN]`."""
 
-    CSS = CSS
     TITLE = "ftune watch"
     ENABLE_COMMAND_PALETTE = False
 

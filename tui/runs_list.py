@@ -70,6 +70,12 @@ class RunRows:
 
 
 class RunsScreen(Screen):
+    DEFAULT_CSS = """
+    #runs-title { height: auto; padding: 0 1; background: $boost; }
+    #runs { height: 1fr; }
+    #runs-empty { height: auto; padding: 0 1; }
+    """
+
     BINDINGS = [Binding("q", "app.quit", "quit"), Binding("enter", "open", "watch", show=True)]
 
     class Rows(Message):

@@ -8,7 +8,7 @@ from pathlib import Path
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Log, SelectionList, Static
@@ -22,6 +22,11 @@ LOG_TAIL_BYTES = 256 << 10
 
 class ConfirmStop(ModalScreen[bool]):
     """y stops the run (it saves a checkpoint first); anything else keeps it training."""
+
+    DEFAULT_CSS = """
+    ConfirmStop { align: center middle; }
+    #dialog { width: 64; height: auto; padding: 1 2; border: thick $warning; background: $surface; }
+    """
 
     BINDINGS = [Binding("y", "answer(True)", "stop it"), Binding("n,escape,q", "answer(False)", "keep training")]
 
@@ -57,6 +62,13 @@ class ConfirmCheckpoint(ConfirmStop):
 
 class LogScreen(ModalScreen[None]):
     """The end of train.log (the worker's output, tracebacks included), following as it grows."""
+
+    DEFAULT_CSS = """
+    LogScreen { align: center middle; }
+    #logbox { width: 100%; height: 100%; border: thick $primary; background: $surface; }
+    #logpath { height: 1; }
+    #trainlog { height: 1fr; }
+    """
 
     class Lines(Message):
         def __init__(self, lines: list[str]) -> None:
@@ -145,6 +157,13 @@ HELP = """\
 class OverlayPicker(ModalScreen["list[str] | None"]):
     """The other runs, to lay over the watched run's loss chart: space picks, enter shows them, esc leaves it."""
 
+    DEFAULT_CSS = """
+    OverlayPicker { align: center middle; }
+    #overlaybox { width: 76; max-width: 100%; height: auto; max-height: 90%; padding: 1 2; border: thick $primary;
+                  background: $surface; }
+    #overlay-runs { height: auto; max-height: 16; margin-top: 1; }
+    """
+
     BINDINGS = [Binding("enter", "done", "lay over", priority=True), Binding("escape,q", "cancel", "cancel")]
 
     def __init__(self, live: str, rows: list[dict], selected: list[str]) -> None:
@@ -176,10 +195,18 @@ class OverlayPicker(ModalScreen["list[str] | None"]):
 
 
 class HelpScreen(ModalScreen[None]):
+    """The keys and what the monitor's words mean; it scrolls where the terminal is shorter than it (80x24)."""
+
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    #helpbox { width: 100; max-width: 100%; height: auto; max-height: 100%; padding: 1 0 1 2; border: thick $primary;
+               background: $surface; scrollbar-size-vertical: 1; }  /* at 80 columns its lines fit beside the bar */
+    """
+
     BINDINGS = [Binding("escape,q,question_mark", "close", "close")]
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="helpbox"):
+        with VerticalScroll(id="helpbox"):
             yield Static(HELP)
 
     def action_close(self) -> None:

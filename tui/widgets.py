@@ -16,6 +16,8 @@ class StepLog(Log):
     """The step log: follows the newest line while you are at the bottom; scrolled up, it stays put
     and counts the lines that arrived below (`unseen`, shown as "+N new")."""
 
+    # no scrollbar: the title above says "+N new"
+    DEFAULT_CSS = "StepLog { height: 1fr; padding: 0 1; overflow-x: hidden; scrollbar-size-vertical: 0; }"
     unseen: reactive[int] = reactive(0)
 
     def __init__(self, **kwargs) -> None:
@@ -88,3 +90,9 @@ class Panel(Widget):
         layout = key is not None and key != self._key
         self._key = key
         self.refresh(layout=layout)
+
+
+class Title(Panel):
+    """A region's one-line title (GPU, Checkpoints)."""
+
+    DEFAULT_CSS = "Title { height: 1; color: $text-muted; text-style: bold; }"

@@ -7,8 +7,9 @@ out) is shown on the review, not asked. `ftune new --full` asks each of them in 
 
     name → model → template → stage → method → data → preset → review (writes run.yaml) → start?
 
-Each step is a method that asks, checks the answer through the run spec and stores it in
-`Answers`; it returns BACK to go to the step before. Nothing is written before the review.
+Each step is a `Step` in `STEPS`: its `ask` checks the answer through the run spec and stores it in `Answers`, and
+returns BACK to go to the step before (or an Outcome to end); `applies` says whether the path being taken asks it.
+The wizard is a loop over that list. Nothing is written before the review.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from prompt_toolkit.completion import WordCompleter
 from prompt_toolkit.shortcuts import CompleteStyle
@@ -63,8 +64,6 @@ from ftune.wizard.runfile import (
 
 LOCAL, HUB, OTHER = "__local__", "__hub__", "__other__"
 KEEP, AGAIN, SKIP = "keep", "again", "skip"
-STEPS = ("name", "model", "template", "stage", "method", "data", "preset", "review", "start")
-QUICK = ("model", "data", "preset", "review")
 START, LATER, CHANGE = "start", "later", "change"
 
 
@@ -97,7 +96,7 @@ class Wizard:
 
     # ------------------------------------------------------------------ driver
     def run(self) -> Outcome:
-        steps = QUICK if self.quick else STEPS
+        steps = [step for step in STEPS if step.applies(self)]
         if self.quick:
             self.a.name = self.a.name or next_free_name(self.root)
             self.ui.print("ftune new: model, data and preset, then a review of the rest. Ctrl+B goes back a step, "
@@ -108,7 +107,7 @@ class Wizard:
         i = 0
         try:
             while True:
-                result = getattr(self, f"step_{steps[i]}")()
+                result = steps[i].ask(self)
                 if result is BACK:
                     i = max(0, i - 1)
                     continue
@@ -809,20 +808,17 @@ class Wizard:
 
     def change_one(self) -> None:
         """One of the answers the quick path took as its default, asked as the full path asks it."""
-        steps = {"name": ("Run name", self.step_name), "template": ("Chat template", self.step_template),
-                 "stage": ("Training stage", self.step_stage), "method": ("Method", self.step_method),
-                 "validation": ("Validation", self.ask_validation)}
         spec = self.spec_now()
         now = {"name": self.a.name, "template": self.a.template, "stage": STAGES[self.a.stage][0],
                "method": memory.LABELS.get(self.a.method, self.a.method),
                "validation": (f"file {self.a.validation}" if self.a.validation
                               else "none" if spec.data.val_size == 0 else f"{spec.data.val_size:.0%} held out")}
-        choice = self.p.select("Change which?", [Option(f"{label:<16} {now[key]}", key)
-                                                 for key, (label, _) in steps.items()], default="name")
+        choice = self.p.select("Change which?", [Option(f"{step.label:<16} {now[step.name]}", step.name)
+                                                 for step in CHANGEABLE], default="name")
         if choice is BACK:
             return
         self.a.template_choice = self.a.template_choice or self.a.template
-        steps[choice][1]()
+        next(step for step in CHANGEABLE if step.name == choice).ask(self)
 
     # ------------------------------------------------------------------ 9. start
     def step_start(self) -> Any:
@@ -835,6 +831,34 @@ class Wizard:
         if ok is BACK:
             return BACK
         return Outcome(run, start=bool(ok))
+
+
+@dataclass(frozen=True)
+class Step:
+    """One question of the wizard. `ask(wizard)` returns None to go on, BACK for the step before, or an Outcome to
+    end; `applies(wizard)` is False where the path being taken does not ask it (the quick path shows it on the
+    review instead); `label` names the ones the quick review offers to change."""
+
+    name: str
+    ask: Callable[[Wizard], Any]
+    applies: Callable[[Wizard], bool] = lambda wizard: True
+    label: str = ""
+
+
+def _full_only(wizard: Wizard) -> bool:
+    return not wizard.quick
+
+
+NAME = Step("name", Wizard.step_name, _full_only, "Run name")
+TEMPLATE = Step("template", Wizard.step_template, _full_only, "Chat template")
+STAGE = Step("stage", Wizard.step_stage, _full_only, "Training stage")
+METHOD = Step("method", Wizard.step_method, _full_only, "Method")
+# in order: the full path asks every one, the quick path model, data, preset and review
+STEPS = (NAME, Step("model", Wizard.step_model), TEMPLATE, STAGE, METHOD, Step("data", Wizard.step_data),
+         Step("preset", Wizard.step_preset), Step("review", Wizard.step_review),
+         Step("start", Wizard.step_start, _full_only))
+# "Change something first…" on the quick review: the steps it skipped, and the data step's validation question
+CHANGEABLE = (NAME, TEMPLATE, STAGE, METHOD, Step("validation", Wizard.ask_validation, label="Validation"))
 
 
 def _span(models: list) -> str:

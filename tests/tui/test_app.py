@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 
+from rich.text import Text
 from textual.widgets import Sparkline
 
 from ftune.tui.app import MonitorScreen, make_app
-from ftune.tui.screens import ConfirmStop, HelpScreen, LogScreen
+from ftune.tui.screens import HELP, ConfirmStop, HelpScreen, LogScreen
 from ftune.tui.widgets import StepLog
 from tests.tui.fakes import T0, Events, append_raw, hold_lock, line, new_run, run_async, scenario, status, wait_until
 from tests.tui.screen import static
@@ -494,5 +495,49 @@ def test_one_logged_step_gives_an_eta_and_no_solid_block(tmp_path):
                 for chart in ("#loss-spark", "#lr-spark", "#gn-spark"):
                     assert screen.query_one(chart, Sparkline).data == [], chart
                 assert "2" in static(app, "#loss-caption")
+
+    run_async(go())
+
+
+def test_each_sparkline_ends_inside_its_row(tmp_path):
+    """lr, grad norm and eval sit beside a caption: each takes the rest of its row, so its newest values (on the
+    right) are on screen, not cut off past the row's end."""
+    run = new_run(tmp_path)
+    ev = Events(run)
+    ev.started(t=NOW - 60)
+    for i in range(1, 21):
+        ev.emit("step", NOW - 60 + i, step=i, max_steps=100, loss=2.0 - i / 100, lr=1e-4, grad_norm=0.5)
+    ev.emit("eval", NOW - 40, step=10, eval_loss=1.9)
+    ev.emit("eval", NOW - 30, step=20, eval_loss=1.8)
+
+    async def go():
+        for size in ((80, 24), (120, 40)):
+            app = app_for(tmp_path)
+            async with app.run_test(size=size) as pilot:
+                screen = await opened(pilot)
+                await pilot.pause()
+                for chart in ("#loss-spark", "#eval-spark", "#lr-spark", "#gn-spark"):
+                    spark = screen.query_one(chart, Sparkline)
+                    assert spark.region.width > 10 and spark.region.right <= spark.parent.region.right, (size, chart)
+
+    run_async(go())
+
+
+def test_help_scrolls_to_its_last_line_at_80x24(tmp_path):
+    """The help is taller than 24 rows: it scrolls (End reaches "esc closes") and its lines are not wrapped."""
+    scenario(tmp_path, "running")
+
+    async def go():
+        app = app_for(tmp_path)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await opened(pilot)
+            await pilot.press("question_mark")
+            await pilot.pause()
+            box = app.screen.query_one("#helpbox")
+            assert box.max_scroll_y > 0 and box.scroll_y == 0
+            await pilot.press("end")
+            await wait_until(pilot, lambda: box.scroll_y == box.max_scroll_y, what="the end of the help")
+            longest = max(len(Text.from_markup(line).plain) for line in HELP.splitlines())
+            assert box.scrollable_content_region.width >= longest
 
     run_async(go())
