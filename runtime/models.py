@@ -14,6 +14,7 @@ from typing import Any
 
 from ftune.runtime import gguf
 from ftune.runtime.errors import UserError
+from ftune.runtime.infer import formats
 
 # A hub id: owner/name, or a legacy name without an owner (gpt2, bert-base-uncased).
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -202,12 +203,10 @@ def vision_problem(spec) -> str | None:
     if spec.training.tokens_per_batch:
         return ("training.tokens_per_batch is for text models: a vision-language model's batches are "
                 "per_device_train_batch_size rows with their images; remove it")
-    if spec.stage.type != "sft":
+    if not spec.stage.definition.vision:
         return f"{m.name_or_path} is a vision-language model: ftune trains those with stage sft"
-    if spec.output.save_format == "gguf":
-        return ("output.save_format gguf is for text models (llama.cpp keeps an image encoder in a separate mmproj "
-                "file that ftune does not write): use lora or merged_16bit")
-    return None
+    refusal = formats.get(spec.output.save_format).text_only
+    return f"output.save_format {refusal}" if refusal else None
 
 
 def _images_only(cls):
@@ -283,14 +282,14 @@ def load_processor(source: str, revision: str | None = None, trust_remote_code: 
     return processor
 
 
-def model_class(stage: str, vision: bool = False):
-    """A reward model (stage rm) has one score per sequence; a vision-language model reads images and text;
-    every other model generates text."""
+def model_class(causal_lm: bool = True, vision: bool = False):
+    """A reward model (a stage that is no causal LM: rm) has one score per sequence; a vision-language model
+    reads images and text; every other model generates text."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoModelForSequenceClassification
 
     if vision:
         return AutoModelForImageTextToText
-    return AutoModelForSequenceClassification if stage == "rm" else AutoModelForCausalLM
+    return AutoModelForCausalLM if causal_lm else AutoModelForSequenceClassification
 
 
 def rope_scaled_config(spec, source: str):
@@ -313,9 +312,10 @@ def load_base(spec, source: str, vision: bool = False, **kwargs: Any):
     quantization_config, device_map, ...)."""
     if spec.model.rope_scaling:
         kwargs["config"] = rope_scaled_config(spec, source)
-    if spec.stage.type == "rm":
+    causal_lm = spec.stage.definition.causal_lm
+    if not causal_lm:
         kwargs.setdefault("num_labels", 1)
-    return model_class(spec.stage.type, vision).from_pretrained(source, revision=spec.model.revision,
+    return model_class(causal_lm, vision).from_pretrained(source, revision=spec.model.revision,
                                                         trust_remote_code=spec.model.trust_remote_code, **kwargs)
 
 

@@ -133,3 +133,16 @@ END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_tur
 def get(name: str) -> str:
     """The Jinja text of a named template; KeyError for an unknown name."""
     return TEMPLATES[ALIASES.get(name, name)]
+
+
+def stop_token_ids(tokenizer, model=None) -> list[int]:
+    """End-of-sequence ids: the tokenizer's and the model's, plus known end-of-turn tokens it has."""
+    ids: list[int] = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None)
+    ids += eos if isinstance(eos, list) else ([eos] if eos is not None else [])
+    vocab = tokenizer.get_vocab()
+    ids += [vocab[t] for t in END_OF_TURN if t in vocab]
+    return list(dict.fromkeys(i for i in ids if i is not None))

@@ -22,7 +22,9 @@ ROOTS = {"ftune": "ftune", "ftune.runtime": "runtime", "ftune.wizard": "wizard",
 # Bottom to top: a module may import its own layer and those below it, never one above.
 LAYERS = [
     ("base", ["ftune", "ftune.presets", "ftune.runtime", "ftune.runtime.errors", "ftune.runtime.files",
-              "ftune.runtime.templates", "ftune.runtime.names", "ftune.runtime.present"]),
+              "ftune.runtime.templates", "ftune.runtime.names", "ftune.runtime.present",
+              # the stage and export-format registries: data that the schema, data, CLI and faces read
+              "ftune.runtime.train.stages", "ftune.runtime.infer.formats"]),
     ("spec", ["ftune.runtime.spec"]),
     ("core", ["ftune.runtime.models", "ftune.runtime.gguf", "ftune.runtime.events", "ftune.runtime.rundir",
               "ftune.runtime.runs", "ftune.runtime.run_diff", "ftune.runtime.sysmon", "ftune.runtime.catalog",
@@ -172,3 +174,47 @@ def test_run_presentation_is_light():
 
     taken = {mod.split(".")[0] for mod, _, _ in imports("ftune.runtime.present")}
     assert taken <= set(sys.stdlib_module_names) | {"yaml", "__future__"}, taken
+
+
+# --------------------------------------------------------------------------- stages are a registry
+STAGE_FILES = "ftune.runtime.train.stages"  # the registry and one file per stage: the only place a stage is named
+FOREIGN = ("ftune.runtime.importers",)  # other tools' configs, in their own words (LLaMA-Factory's stage: pt, dpo)
+
+
+def stage_names() -> set[str]:
+    """The registry's ORDER, read from its source."""
+    tree = ast.parse((REPO / "runtime" / "train" / "stages" / "__init__.py").read_text(encoding="utf-8"))
+    order = next(n.value for n in tree.body if isinstance(n, ast.Assign)
+                 and any(isinstance(t, ast.Name) and t.id == "ORDER" for t in n.targets))
+    return {e.value for e in order.elts}
+
+
+def stage_comparisons(tree: ast.AST, names: set[str]) -> list[str]:
+    """Comparisons of something about a stage with a stage's name (`spec.stage.type == "rm"`, `stage in ("sft",
+    "pt")`): decisions that belong in the stage's StageDef."""
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Compare):
+            continue
+        operands = [node.left, *node.comparators]
+        literals = {c.value for o in operands
+                    for c in (o.elts if isinstance(o, (ast.Tuple, ast.List, ast.Set)) else [o])
+                    if isinstance(c, ast.Constant) and isinstance(c.value, str)}
+        about_a_stage = any("stage" in ast.unparse(o).lower() for o in operands if not isinstance(o, ast.Constant))
+        if literals & names and about_a_stage:
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_the_stage_rule_sees_a_stage_compared_by_name():
+    names = stage_names()
+    code = "if spec.stage.type == 'rm' or stage in ('sft', 'pt') or spec.stage.name != \"simpo\": pass\nkind == 'kto'"
+    assert len(stage_comparisons(ast.parse(code), names)) == 3  # each comparison; the data kind is not a stage
+    assert stage_comparisons(ast.parse("if spec.stage.definition.causal_lm: pass"), names) == []
+
+
+def test_stages_are_compared_by_name_only_in_the_stage_registry():
+    names = stage_names()
+    found = [f"{name} {hit}" for name, tree in TREES.items()
+             if not name.startswith((STAGE_FILES, *FOREIGN)) for hit in stage_comparisons(tree, names)]
+    assert found == [], "ask the stage's StageDef (ftune.runtime.train.stages) instead of comparing its name"

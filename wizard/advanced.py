@@ -11,6 +11,7 @@ from ftune.runtime.spec import RunSpec
 from ftune.wizard.prompts import BACK, Option, Prompter
 from ftune.runtime.spec.edit import field_info, get_path, literal_values, parse_value
 from ftune.runtime.present import value_text
+from ftune.runtime.train import stages
 from ftune.wizard.runfile import Answers, preset_values, setting_refusal
 
 DONE, DEFAULT = "__done__", "__default__"
@@ -87,8 +88,9 @@ def edit(c: Context) -> Any:
             if not paths:
                 continue
             changed = sum(1 for p in paths if p in c.answers.settings)
+            rl = getattr(stages.STAGES.get(c.answers.stage), "needs_reward_model", False)  # a file may name no stage
             off = {"LoRA": not c.answers.method.startswith(("lora", "qlora", "dora")), "Freeze": c.answers.method != "freeze",
-                   "Full-weight": not c.answers.method.startswith(("full", "freeze")), "RL": c.answers.stage != "rl"}.get(name, False)
+                   "Full-weight": not c.answers.method.startswith(("full", "freeze")), "RL": not rl}.get(name, False)
             note = f"  (for {_FOR[name]})" if off else (f"  {changed} changed" if changed else "")
             options.append(Option(f"{name:<11}{note}", name,
                                   "Settings: " + ", ".join(_short_lora(p) for p in paths) + "."))

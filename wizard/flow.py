@@ -38,6 +38,7 @@ from ftune.runtime.spec import Problem, SpecError, apply_overrides, check_run_na
 from ftune.wizard import advanced
 from ftune.wizard.prompts import BACK, SEPARATOR, Option, Prompter
 from ftune.runtime.spec.edit import get_path
+from ftune.runtime.train import stages
 from ftune.wizard.runfile import (
     METHODS,
     STAGES,
@@ -392,7 +393,8 @@ class Wizard:
                 return BACK
             label = STAGES[choice][0]
             self.a.accepted.discard("stage")
-            if choice != "rl":
+            needs_reward = stages.stage(choice).needs_reward_model
+            if not needs_reward:
                 self.a.settings.pop("stage.reward_model", None)
             why = refusal(self.a, "stage.type", stage=choice)
             if is_not_yet(why):
@@ -406,7 +408,7 @@ class Wizard:
                 self.a.accepted.add("stage")
                 return None
             self.a.stage = choice
-            if choice == "rl" and self.ask_reward_model() is BACK:
+            if needs_reward and self.ask_reward_model() is BACK:
                 continue
             why = refusal(self.a, "stage")
             if why:

@@ -27,27 +27,11 @@ from ftune.runtime.rundir import RunDir
 from ftune.runtime.spec import Problem, RunSpec, SpecError, build_spec, shorthand
 from ftune.runtime.spec import io as spec_io
 from ftune.runtime.spec.edit import compact, del_path, get_path, schema_default, set_path
+from ftune.runtime.train import stages
 
 # --------------------------------------------------------------------------- the choices
-# stage: (label, what it is, when to use it)
-STAGES: dict[str, tuple[str, str, str]] = {
-    "sft": ("SFT", "supervised fine-tuning",
-            "Teach the model to answer like your examples: start here, with prompt/answer conversations."),
-    "dpo": ("DPO", "direct preference optimisation",
-            "Make it prefer better answers, from pairs of a chosen and a rejected answer to one prompt."),
-    "kto": ("KTO", "preference from good/bad labels",
-            "Like DPO, but from single answers marked good or bad, when you have thumbs up/down, not pairs."),
-    "orpo": ("ORPO", "SFT and preference in one pass",
-             "SFT and preference learning in one pass over chosen/rejected pairs, with no reference model."),
-    "simpo": ("SimPO", "simple preference optimisation",
-              "A lighter DPO without a reference model, for chosen/rejected pairs on a tight memory budget."),
-    "rm": ("Reward model", "a scorer for answers",
-           "Train a scorer that rates answers, from chosen/rejected pairs: the step before RL."),
-    "pt": ("Pre-training", "continued, on plain text",
-           "Continue pre-training on plain text to teach the model a new domain or language."),
-    "rl": ("RL", "reinforcement learning (GRPO/RLOO)",
-           "Improve an SFT model against a reward model with GRPO or RLOO, when you can score answers."),
-}
+# stage: (label, what it is, when to use it), from the stage registry (train/stages/)
+STAGES: dict[str, tuple[str, str, str]] = {s.name: (s.label, s.what, s.when) for s in stages.STAGES.values()}
 
 METHODS: dict[str, str] = {
     "lora": "Trains a small adapter beside the frozen weights: the usual choice.",
@@ -335,7 +319,7 @@ def lora_trainable_for(info: ModelInfo | None, spec: RunSpec) -> int | None:
                                                                             lora.create_new_adapter):
         return None
     return memory_estimate.lora_trainable(info.config, lora.rank, lora.target_modules, dora=lora.use_dora,
-                                 modules_to_save=lora.modules_to_save, reward=spec.stage.type == "rm")
+                                          modules_to_save=lora.modules_to_save, reward=not spec.stage.definition.causal_lm)
 
 
 def estimate_line(info: ModelInfo | None, spec: RunSpec, gpus: list[memory_estimate.Gpu],

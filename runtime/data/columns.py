@@ -1,11 +1,11 @@
-"""The columns each stage's trainer reads, made from `formats.Example` rows.
+"""The columns each stage's trainer reads (its StageDef.columns), made from `formats.Example` rows.
 
-    pt                       input_ids / labels: each text then EOS, every token learnt
-    dpo, orpo, simpo         conversational prompt / chosen / rejected (TRL tokenises and truncates them)
-    rm                       chosen_ids / rejected_ids, tokenised here and truncated to max_length (TRL's
+    text                     input_ids / labels: each text then EOS, every token learnt (pt)
+    preference               conversational prompt / chosen / rejected (TRL tokenises and truncates them)
+    reward_pairs             chosen_ids / rejected_ids, tokenised here and truncated to max_length (TRL's
                              RewardTrainer would drop every longer pair instead)
     kto                      prompt / completion / label
-    rl                       prompt: the conversation up to the last user turn
+    prompt                   prompt: the conversation up to the last user turn (rl)
 
 and the training stream (`stream_rows`) for data larger than memory.
 """
@@ -88,20 +88,15 @@ def prompt_columns(examples: list[Example]) -> dict[str, list]:
     return {"prompt": out}
 
 
-def columns_for(stage: str, examples: list[Example]) -> dict[str, list]:
-    if stage in ("dpo", "orpo", "simpo", "rm"):
-        return preference_columns(examples)
-    if stage == "kto":
-        return kto_columns(examples)
-    if stage == "rl":
-        return prompt_columns(examples)
-    raise ValueError(stage)
+# the layouts a TRL trainer tokenises itself, by StageDef.columns
+UNTOKENISED = {"preference": preference_columns, "kto": kto_columns, "prompt": prompt_columns}
 
 
 # --------------------------------------------------------------------------- streaming
-def stream_rows(sources: list, tokenizer_dir: str, chat_template: str, stage: str, opts: dict[str, Any]):
+def stream_rows(sources: list, tokenizer_dir: str, chat_template: str, layout: str, opts: dict[str, Any]):
     """The training stream: valid rows of each source, tokenised one by one (a top-level function with plain
-    arguments, so datasets can fingerprint and re-run it each epoch)."""
+    arguments, so datasets can fingerprint and re-run it each epoch). `layout`: the stage's columns, text or
+    conversation."""
     from transformers import AutoTokenizer
 
     from ftune.runtime.data.formats import RowProblem, Source, iter_source
@@ -114,7 +109,7 @@ def stream_rows(sources: list, tokenizer_dir: str, chat_template: str, stage: st
         for item in iter_source(Source(Path(path), formatting, kind, columns, tags)):
             if isinstance(item, RowProblem):
                 continue
-            cols, _ = (text_columns(tokenizer, [item], opts["max_length"]) if stage == "pt"
+            cols, _ = (text_columns(tokenizer, [item], opts["max_length"]) if layout == "text"
                        else tokenize_examples(tokenizer, [item], **opts))
             for ids, labels in zip(cols["input_ids"], cols["labels"]):
                 yield {"input_ids": ids, "labels": labels}

@@ -22,8 +22,9 @@ from typing import Any, Iterable, Iterator
 from ftune.runtime import hub
 from ftune.runtime.data import agent, images
 from ftune.runtime.errors import UserError
+from ftune.runtime.train import stages
 
-KINDS = {"chat": ["sft", "rl"], "preference": ["dpo", "orpo", "simpo", "rm"], "kto": ["kto"], "text": ["pt"]}
+KINDS = stages.data_kinds()  # data kind -> the stages that train on it
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
                  "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"}

@@ -66,7 +66,7 @@ def check_images(spec: RunSpec, loaded_examples: list, processor) -> None:
     if with_images and processor is None:
         raise DataError(f"{with_images} rows have images, but {spec.model.name_or_path} is a text model",
                         hint="Choose a vision-language model (e.g. Qwen/Qwen2-VL-2B-Instruct), or data without images.")
-    if processor is not None and spec.stage.type != "sft":
+    if processor is not None and not spec.stage.definition.vision:
         raise DataError(f"{spec.model.name_or_path} is a vision-language model: ftune trains those with stage sft",
                         hint="Set stage: sft.")
 
@@ -110,7 +110,7 @@ def prepare_data(spec: RunSpec, tokenizer, base: Path, events: EventWriter, run:
         eval_rows = load_data(sources_for([d.validation], base, d.format, hub_opts=d.hub), spec.stage.type, d.on_invalid).examples
     else:
         train_rows, eval_rows = split(loaded.examples, d.val_size, spec.training.seed, d.shuffle)
-    stage = spec.stage.type
+    layout = spec.stage.definition.columns
     if processor is not None:
         vision = VisionTokens(processor, d.image_min_pixels, d.image_max_pixels)
         opts = {"max_length": d.max_length, "train_on_prompt": d.train_on_prompt, "mask_history": d.mask_history,
@@ -118,17 +118,17 @@ def prepare_data(spec: RunSpec, tokenizer, base: Path, events: EventWriter, run:
                 "max_output_length": d.max_output_length}
         train_cols, truncated = tokenize_vision_examples(vision, train_rows, **opts, progress=Progress(events))
         eval_cols, _ = tokenize_vision_examples(vision, eval_rows, **opts)
-    elif stage == "sft":
+    elif layout == "conversation":
         check_tool_rows(spec, tokenizer, train_rows + eval_rows)
         opts = dict(max_length=d.max_length, train_on_prompt=d.train_on_prompt, mask_history=d.mask_history,
                     combine=d.combine, max_input_length=d.max_input_length, max_output_length=d.max_output_length,
                     num_proc=processes(d.num_proc, events), reasoning=d.reasoning)
         train_cols, truncated = tokenize_examples(tokenizer, train_rows, **opts, progress=Progress(events))
         eval_cols, _ = tokenize_examples(tokenizer, eval_rows, **opts)
-    elif stage == "pt":
+    elif layout == "text":
         train_cols, truncated = columns.text_columns(tokenizer, train_rows, d.max_length)
         eval_cols, _ = columns.text_columns(tokenizer, eval_rows, d.max_length)
-    elif stage == "rm":  # tokenised here: cut to max_length like dpo/orpo/simpo, where TRL would drop them
+    elif layout == "reward_pairs":  # tokenised here: cut to max_length like preference rows, where TRL would drop them
         train_cols, cut = columns.reward_columns(tokenizer, train_rows, d.max_length)
         eval_cols, _ = columns.reward_columns(tokenizer, eval_rows, d.max_length)
         truncated = 0
@@ -137,8 +137,9 @@ def prepare_data(spec: RunSpec, tokenizer, base: Path, events: EventWriter, run:
                                            f"({d.max_length} tokens) and were cut to fit",
                         hint="Raise data.max_length to keep them whole.")
     else:  # preference, KTO and RL rows: the TRL trainer tokenises them with the run's template
-        train_cols, truncated = columns.columns_for(stage, train_rows), 0
-        eval_cols = columns.columns_for(stage, eval_rows)
+        make = columns.UNTOKENISED[layout]
+        train_cols, truncated = make(train_rows), 0
+        eval_cols = make(eval_rows)
     first = next(iter(train_cols))
     if truncated:
         cut = "had no answer left after truncation to" if processor is None else \
@@ -210,10 +211,11 @@ def stream_data(spec: RunSpec, tokenizer, sources: list, base: Path, events: Eve
 
     opts = {"max_length": d.max_length, "train_on_prompt": d.train_on_prompt, "mask_history": d.mask_history,
             "combine": d.combine, "max_input_length": d.max_input_length, "max_output_length": d.max_output_length}
-    if stage == "sft":
+    layout = spec.stage.definition.columns
+    if layout == "conversation":
         opts["reasoning"] = d.reasoning
     kwargs = {"sources": [(str(s.path), s.formatting, s.kind, s.columns, s.tags) for s in sources],
-              "tokenizer_dir": tokenizer.name_or_path, "chat_template": tokenizer.chat_template, "stage": stage,
+              "tokenizer_dir": tokenizer.name_or_path, "chat_template": tokenizer.chat_template, "layout": layout,
               "opts": opts}
     # an importable function with plain arguments: datasets fingerprints both (the worker runs as __main__)
     train = datasets.IterableDataset.from_generator(columns.stream_rows, gen_kwargs=kwargs)
@@ -222,7 +224,7 @@ def stream_data(spec: RunSpec, tokenizer, sources: list, base: Path, events: Eve
     eval_ds = None
     if d.validation:
         v = load_data(sources_for([d.validation], base, d.format, hub_opts=d.hub), stage, d.on_invalid).examples
-        cols, _ = (columns.text_columns(tokenizer, v, d.max_length) if stage == "pt" else
+        cols, _ = (columns.text_columns(tokenizer, v, d.max_length) if layout == "text" else
                    tokenize_examples(tokenizer, v, d.max_length, d.train_on_prompt, d.mask_history, d.combine))
         eval_ds = datasets.Dataset.from_dict(cols)
     return PreparedData(train=train, eval=eval_ds, total_rows=total, skipped_rows=total - valid,

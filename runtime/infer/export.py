@@ -1,13 +1,9 @@
 """`ftune export`: write a run's model in a chosen format, then prove it loads and generates.
 
-Formats:
-    lora          the adapter alone (small; needs the base model to load)
-    merged_16bit  the adapter merged into the base, saved in bf16
-    merged_4bit   merged, then quantised to 4 bits with bitsandbytes (on a GPU or a CPU; merging into
-                  4 bits loses accuracy, so keep the 16-bit export as the reference)
-    gguf          merged, then one .gguf file for llama.cpp, Ollama and LM Studio, written by llama.cpp's own
-                  converter (`--quant` f16, bf16, q8_0; q4_k_m, q5_k_m, q6_k through llama-quantize), with an Ollama
-                  Modelfile beside it (see `_export_gguf` and infer/gguf_export.py)
+Formats are entries of infer/formats/ (lora, merged_16bit, merged_4bit, gguf): how each is written, loaded back and
+judged, and what may be exported so. gguf has a pipeline of its own here: merged, then one .gguf file for
+llama.cpp, Ollama and LM Studio, written by llama.cpp's own converter (`--quant` f16, bf16, q8_0; q4_k_m, q5_k_m,
+q6_k through llama-quantize), with an Ollama Modelfile beside it (see `_export_gguf` and infer/gguf_export.py).
 
 Every export gets its tokenizer with the chat template used in training, a model card (README.md)
 and `ftune_export.json`. It is written to a hidden `.partial` folder, loaded back with plain
@@ -16,17 +12,15 @@ when that check passes is it moved into place, so a folder that exists is a work
 
 Precision: on a CPU the run's model is loaded and merged in fp32 (merging in half precision there
 is slow and rounds twice); on a GPU in bf16 (fp16 where bf16 is missing). Either way a merged
-export is saved in bf16 (`merged_dtype`) — the rule the training worker follows for its own
+export is saved in bf16 (formats/merged_16bit.py) — the rule the training worker follows for its own
 merged_16bit export too, so both paths write the same thing on any machine.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import shutil
 import time
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -34,24 +28,20 @@ from typing import Any, Callable
 from ftune.runtime import models
 from ftune.runtime.errors import UserError
 from ftune.runtime.files import publish_dir
-from ftune.runtime.infer import gguf_export, loading, modelcard, modelfile
+from ftune.runtime.infer import formats, gguf_export, loading, modelcard, modelfile
+from ftune.runtime.infer.formats.format import free_memory
 from ftune.runtime.rundir import RunDir
 from ftune.runtime.spec import load_spec
-from ftune.runtime.spec.schema import OutputSpec
 
-FORMATS = typing.get_args(OutputSpec.model_fields["save_format"].annotation)  # lora, merged_16bit, merged_4bit, gguf
 MARKER = "ftune_export.json"
 PROBE = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "Where is my order? 我的订单在哪里？"},
     {"role": "assistant", "content": "Open Orders and pick the order: the tracking link shows where it is."},
 ]
-# What "the export matches the run's model" means (logits on the probe conversation, see `judge`):
-#   lora: the same adapter on the same base: equal up to float noise.
-#   merged_16bit (and a full fine-tune saved in 16 bits): weights rounded to 16 bits: small differences,
-#     and far smaller than what the adapter itself changes (a merge that lost the adapter fails here).
-#   merged_4bit: quantised: loads, gives finite logits and generates; closeness is reported, not required.
-MAX_REL_DIFF = {"lora": 1e-3, "merged_16bit": 0.05}
+# What "the export matches the run's model" means (logits on the probe conversation, see `judge`): each format's
+# max_rel_diff (formats/), and for a merge a difference far smaller than what the adapter itself changes (a merge
+# that lost the adapter fails here).
 MAX_SHARE_OF_ADAPTER_EFFECT = 0.25
 # A GGUF file against the merged model, on the probe conversation and QUESTIONS: the largest logit difference as a
 # share of the logits' range. Measured on SmolLM2-135M: f16 0.13%, bf16 0.85%, q8_0 3.1%; the k-quants are
@@ -76,23 +66,6 @@ class ExportResult:
     check: dict[str, Any] = field(default_factory=dict)
     sample: str = ""  # what the exported model generated on the probe question
     gguf: dict[str, Any] = field(default_factory=dict)  # file, quant, bytes, sha256, ollama (the create line)
-
-
-def merged_dtype():
-    """The dtype of a merged 16-bit model: bf16 on every machine, so the same run exports the same file on a
-    CPU and on any GPU. bf16 keeps fp32's range (no overflow, unlike fp16); a GPU without bf16 loads it as fp16."""
-    import torch
-
-    return torch.bfloat16
-
-
-def four_bit_problem() -> str | None:
-    """Why merged_4bit cannot be written here, or None."""
-    import importlib.util
-
-    if importlib.util.find_spec("bitsandbytes") is None:
-        return "merged_4bit needs bitsandbytes: pip install bitsandbytes"
-    return None
 
 
 def default_out(run: RunDir, fmt: str, target: loading.Target) -> Path:
@@ -162,12 +135,13 @@ def judge(fmt: str, check: dict[str, Any], causal: bool = True) -> str | None:
         return "its logits are not finite"
     if causal and check.get("generated_tokens", 0) < 1:
         return "it generated nothing"
-    if fmt == "merged_4bit":
+    f = formats.get(fmt)
+    if f.max_rel_diff is None:
         return None
-    if check["rel_diff"] > MAX_REL_DIFF[fmt]:
+    if check["rel_diff"] > f.max_rel_diff:
         return f"its logits differ by up to {check['max_abs_diff']:.3g} ({check['rel_diff']:.1%} of their range)"
     effect = check.get("adapter_effect")
-    if fmt != "lora" and effect and effect > 1e-3 * check["scale"] \
+    if f.merged and effect and effect > 1e-3 * check["scale"] \
             and check["max_abs_diff"] > MAX_SHARE_OF_ADAPTER_EFFECT * effect:
         return (f"its logits differ from the run's by {check['max_abs_diff']:.3g}, against {effect:.3g} between the "
                 f"run's model and its base: the adapter did not survive the merge")
@@ -178,18 +152,19 @@ def load_exported(path: Path, fmt: str, spec, run: RunDir, dtype, vision: bool =
     """The export as a user would load it: plain transformers, or peft for an adapter."""
     import transformers
 
-    causal = spec.stage.type != "rm"
+    f = formats.get(fmt)
+    causal = spec.stage.definition.causal_lm
     extra: dict[str, Any] = {} if causal else {"num_labels": 1}
     placement = loading.placement()
     if vision:  # peft has no auto class for image-text-to-text: the base, then the adapter on it
-        if fmt == "lora":
+        if f.adapter:
             from peft import PeftModel
 
             return PeftModel.from_pretrained(loading.load_base_model(spec, run, dtype), path)
-        kwargs = {} if fmt == "merged_4bit" else {"dtype": dtype}
+        kwargs = {} if f.quantized else {"dtype": dtype}
         return transformers.AutoModelForImageTextToText.from_pretrained(
             path, trust_remote_code=spec.model.trust_remote_code, **placement, **kwargs)
-    if fmt == "lora":
+    if f.adapter:
         if spec.model.rope_scaling:  # the adapter's base needs the run's RoPE config
             from peft import PeftModel
 
@@ -200,33 +175,11 @@ def load_exported(path: Path, fmt: str, spec, run: RunDir, dtype, vision: bool =
         return cls.from_pretrained(path, dtype=dtype, trust_remote_code=spec.model.trust_remote_code, **placement,
                                    **extra)
     cls = transformers.AutoModelForCausalLM if causal else transformers.AutoModelForSequenceClassification
-    kwargs = {} if fmt == "merged_4bit" else {"dtype": dtype}  # a 4-bit model brings its own quantisation config
+    kwargs = {} if f.quantized else {"dtype": dtype}  # a 4-bit model brings its own quantisation config
     return cls.from_pretrained(path, trust_remote_code=spec.model.trust_remote_code, **placement, **kwargs, **extra)
 
 
-def _free() -> None:
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 # --------------------------------------------------------------------------- writing
-def write_merged(model, path: Path, tokenizer, adapter: bool):
-    from ftune.runtime.infer.generate import stop_token_ids
-
-    if adapter:
-        model = model.merge_and_unload()
-    dtype = merged_dtype()
-    model = model.to(dtype)
-    if getattr(model, "generation_config", None) is not None:  # plain `generate` stops at the turn marker too
-        model.generation_config.eos_token_id = stop_token_ids(tokenizer, model)
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(path)
-    return model, dtype
-
-
 def unquantized(model, spec, run: RunDir, staging: Path):
     """A QLoRA model (its base in 4 or 8 bits) as the adapter on the base in full precision, ready to merge:
     merging into 4/8-bit weights rounds the adapter away, and a quantised model cannot be cast to 16 bits. The
@@ -239,33 +192,6 @@ def unquantized(model, spec, run: RunDir, staging: Path):
         return loading.load_weights(spec, run, loading.Target(staging, "export", None, True))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def write_merged_4bit(model, path: Path, tokenizer, adapter: bool, spec) -> None:
-    """merged_4bit: merged in 16 bits into a staging folder beside `path`, then quantised from there."""
-    staging = path.with_name(path.name + ".16bit")
-    shutil.rmtree(staging, ignore_errors=True)
-    write_merged(model, staging, tokenizer, adapter)
-    del model
-    _free()
-    try:
-        quantize_4bit(staging, path, spec)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def quantize_4bit(merged: Path, path: Path, spec) -> None:
-    """Load a merged 16-bit model quantised by bitsandbytes (NF4, double quantisation) and save that:
-    transformers serialises 4-bit bitsandbytes weights."""
-    import transformers
-
-    quant = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                            bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=merged_dtype())
-    cls = transformers.AutoModelForImageTextToText if models.is_vision(str(merged)) else \
-        transformers.AutoModelForCausalLM
-    q = cls.from_pretrained(merged, quantization_config=quant, device_map="auto",
-                            trust_remote_code=spec.model.trust_remote_code)
-    q.save_pretrained(path)
 
 
 def export_run(run: RunDir, fmt: str | None = None, checkpoint: int | None = None, out: str | Path | None = None,
@@ -285,36 +211,30 @@ def _export(run: RunDir, fmt: str | None, checkpoint: int | None, out: str | Pat
 
     spec = load_spec(run.spec_path)
     fmt = fmt or spec.output.save_format
-    if fmt not in FORMATS:
-        raise ExportError(f"unknown export format '{fmt}': use one of {', '.join(FORMATS)}")
-    if fmt == "merged_4bit":
-        problem = four_bit_problem()
-        if problem:
-            raise ExportError(problem)
-    causal = spec.stage.type != "rm"
-    if fmt == "merged_4bit" and not causal:
-        raise ExportError("merged_4bit is for generating models; a reward model (stage rm) exports as lora or "
-                          "merged_16bit")
-    if quant is not None and fmt != "gguf":
+    if fmt not in formats.FORMATS:
+        raise ExportError(f"unknown export format '{fmt}': use one of {', '.join(formats.NAMES)}")
+    f = formats.get(fmt)
+    problem = (f.problem() if f.problem else None) or spec.stage.definition.export_refusal(fmt)
+    if problem:
+        raise ExportError(problem)
+    causal = spec.stage.definition.causal_lm
+    pipeline = f.own_pipeline  # gguf: llama.cpp's converter, below
+    if quant is not None and not pipeline:
         raise ExportError(f"--quant is for --format gguf; {fmt} has no quantisation to choose")
-    if fmt == "gguf":
+    if pipeline:
         quant = quant or spec.output.gguf_quant
-        if not causal:
-            raise ExportError("a reward model (stage rm) scores answers with a value head instead of generating "
-                              "text, and llama.cpp and Ollama run models that generate: export it as lora or "
-                              "merged_16bit")
         problem = gguf_export.problem(quant)
         if problem:
             raise ExportError(problem)
     target = loading.resolve_target(run, checkpoint)
-    if fmt == "lora" and not target.adapter:
+    if f.adapter and not target.adapter:
         if spec.method.type != "lora":
             raise ExportError(f"run '{run.name}' trained the weights themselves (method {spec.method.type}): "
                               f"there is no adapter to export; use --format merged_16bit")
         steps = ", ".join(str(s) for s, _ in run.checkpoints()) or "none"
         raise ExportError(f"the run's {target.label} is a merged model; the adapter is in its checkpoints: "
                           f"pass --checkpoint STEP (checkpoints: {steps})")
-    out = Path(out).expanduser().resolve() if out else default_out(run, f"gguf-{quant}" if fmt == "gguf" else fmt,
+    out = Path(out).expanduser().resolve() if out else default_out(run, f"{fmt}-{quant}" if pipeline else fmt,
                                                                       target)
     _check_out(out, run, target)
 
@@ -323,9 +243,9 @@ def _export(run: RunDir, fmt: str | None, checkpoint: int | None, out: str | Pat
     say(f"Loading {run.name} ({target.label}{', adapter on ' + spec.model.name_or_path if target.adapter else ''})")
     base = models.model_source(spec.model.name_or_path, run.project)
     vision = loading.load_vision(spec, target, run, base)
-    if vision is not None and fmt == "gguf":
-        raise ExportError("GGUF export is for text models: llama.cpp keeps a vision-language model's image encoder "
-                          "in a separate mmproj file that ftune does not write; export merged_16bit or lora")
+    problem = f.refusal(spec.stage.definition, vision is not None)
+    if problem:
+        raise ExportError(problem)
     tokenizer = vision.processor.tokenizer if vision else loading.load_tokenizer(spec, target, run, base)
     model = loading.load_weights(spec, run, target, dtype)
     model.eval()
@@ -333,7 +253,7 @@ def _export(run: RunDir, fmt: str | None, checkpoint: int | None, out: str | Pat
         steps = ", ".join(str(s) for s, _ in run.checkpoints()) or "none"
         raise ExportError(f"the run's {target.label} is quantised to 4 bits (merged_4bit) and cannot be written "
                           f"again as {fmt}: pass --checkpoint STEP to export from the adapter (checkpoints: {steps})")
-    if fmt == "gguf":
+    if pipeline:
         holder, model = [model], None  # _export_gguf lets go of it once it is merged and saved
         return _export_gguf(run, spec, target, holder, tokenizer, quant, out, say)
     inputs = probe_inputs(tokenizer, vision=vision)
@@ -345,24 +265,15 @@ def _export(run: RunDir, fmt: str | None, checkpoint: int | None, out: str | Pat
 
     with publish_dir(out) as tmp:  # moved into place only once it has passed the check
         say(f"Writing {fmt} to {out}")
-        saved_dtype = str(dtype).replace("torch.", "")
-        if fmt == "lora":
-            model.save_pretrained(tmp)
-            lora = next((p for n, p in model.named_parameters() if "lora_" in n), None)
-            saved_dtype = str(lora.dtype if lora is not None else dtype).replace("torch.", "")
-        elif fmt == "merged_16bit":
-            _, d = write_merged(model, tmp, tokenizer, target.adapter)
-            saved_dtype = str(d).replace("torch.", "")
-        else:  # merge to a 16-bit staging folder, free the model, quantise from there
-            holder, model = model, None
-            write_merged_4bit(holder, tmp, tokenizer, target.adapter, spec)
-            del holder
-            saved_dtype = "4-bit nf4 (bitsandbytes)"
+        holder, model = model, None  # the writer may let go of it (merged_4bit quantises from a staging folder)
+        saved_dtype = f.write(holder, tmp, tokenizer, target.adapter, vision is not None,
+                              spec.model.trust_remote_code)
+        del holder
         tokenizer.save_pretrained(tmp)
         if vision is not None:
             vision.processor.save_pretrained(tmp)
         model = None  # the run's model is no longer needed: free it before loading the export
-        _free()
+        free_memory()
 
         say("Checking that it loads with plain transformers/peft and generates")
         loaded = load_exported(tmp, fmt, spec, run, dtype, vision is not None)
@@ -387,7 +298,7 @@ def _export(run: RunDir, fmt: str | None, checkpoint: int | None, out: str | Pat
             raise ExportError(f"the exported model does not match the run's model: {problem}; nothing was "
                               f"written to {out}", hint="This is a bug in ftune or a library: please report it with the command.")
         del loaded
-        _free()
+        free_memory()
 
         metrics = modelcard.run_metrics(run, target.step)
         modelcard.write(tmp, modelcard.render(spec, run, fmt, target.label, metrics, saved_dtype, check))
@@ -457,7 +368,7 @@ def _export_gguf(run: RunDir, spec, target: loading.Target, holder: list, tokeni
                  say: Callable[[str], None]) -> ExportResult:
     """Merge, convert with llama.cpp's converter, read it back with transformers and compare with the merged model
     (tokenizer metadata, tokens, logits, greedy answers), write the Modelfile and the card; then publish."""
-    from ftune.runtime.infer.generate import stop_token_ids
+    from ftune.runtime.templates import stop_token_ids
 
     model = holder.pop()
     inner = model.get_base_model() if target.adapter else model
@@ -480,7 +391,7 @@ def _export_gguf(run: RunDir, spec, target: loading.Target, holder: list, tokeni
             merged.save_pretrained(staging)  # at the loaded precision: the converter rounds once, to `quant`
             tokenizer.save_pretrained(staging)
             del merged, model, inner
-            _free()
+            free_memory()
             say(f"Writing {file.name} with llama.cpp's converter ({quant})")
             t0 = time.time()
             gguf_export.convert(staging, file, quant, say)
@@ -543,7 +454,7 @@ def _export_gguf(run: RunDir, spec, target: loading.Target, holder: list, tokeni
         sample = tokenizer.decode(got_answers[0][0], skip_special_tokens=True)
         timings["check_s"] = round(time.time() - t0, 2)
         del loaded
-        _free()
+        free_memory()
 
         tr = modelfile.translate(lambda msgs, gen: tokenizer.apply_chat_template(msgs, tokenize=False,
                                                                                  add_generation_prompt=gen),

@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from ftune.runtime.templates import END_OF_TURN
+from ftune.runtime.templates import stop_token_ids
 
 
 @dataclass
@@ -38,19 +38,6 @@ class Settings:
             raise ValueError("top_p must be greater than 0 and at most 1")
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
-
-
-def stop_token_ids(tokenizer, model=None) -> list[int]:
-    """End-of-sequence ids: the tokenizer's and the model's, plus known end-of-turn tokens it has."""
-    ids: list[int] = []
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    gen = getattr(model, "generation_config", None)
-    eos = getattr(gen, "eos_token_id", None)
-    ids += eos if isinstance(eos, list) else ([eos] if eos is not None else [])
-    vocab = tokenizer.get_vocab()
-    ids += [vocab[t] for t in END_OF_TURN if t in vocab]
-    return list(dict.fromkeys(i for i in ids if i is not None))
 
 
 @dataclass

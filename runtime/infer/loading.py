@@ -152,10 +152,11 @@ def load_weights(spec: RunSpec, run: RunDir, target: Target, dtype=None, where: 
         base = load_base_model(spec, run, dtype, where)
         return PeftModel.from_pretrained(base, target.path)
     kwargs: dict[str, Any] = {"dtype": dtype or inference_dtype(), **(placement() if where is None else where)}
-    if spec.stage.type == "rm":
+    causal_lm = spec.stage.definition.causal_lm
+    if not causal_lm:
         kwargs["num_labels"] = 1
     vision = models.is_vision(str(target.path))
-    return models.model_class(spec.stage.type, vision).from_pretrained(target.path,
+    return models.model_class(causal_lm, vision).from_pretrained(target.path,
                                                                trust_remote_code=spec.model.trust_remote_code,
                                                                **kwargs)
 
@@ -163,7 +164,7 @@ def load_weights(spec: RunSpec, run: RunDir, target: Target, dtype=None, where: 
 def load_run_model(run: RunDir, checkpoint: int | None = None, dtype=None, for_generation: bool = True) -> RunModel:
     """A run's model and tokenizer, in eval mode, at its export or checkpoint N."""
     spec = load_spec(run.spec_path)
-    if for_generation and spec.stage.type == "rm":
+    if for_generation and not spec.stage.definition.causal_lm:
         raise RunError(f"run '{run.name}' trained a reward model (stage rm): it scores answers and cannot "
                        f"generate them; chat, serve and eval need a run of another stage")
     target = resolve_target(run, checkpoint)

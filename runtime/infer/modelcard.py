@@ -11,6 +11,7 @@ from typing import Any
 
 from ftune import __version__
 from ftune.runtime.events import read_all
+from ftune.runtime.infer import formats
 from ftune.runtime.present import cell
 from ftune.runtime.rundir import RunDir
 from ftune.runtime.spec import RunSpec
@@ -62,7 +63,7 @@ def card_data(spec: RunSpec, fmt: str, metrics: dict[str, Any], gguf: bool = Fal
               and isinstance(v, (int, float)) and not isinstance(v, bool)}
     return ModelCardData(
         base_model=name if is_hub_id(name) else None, datasets=datasets or None,
-        library_name="peft" if fmt == "lora" else "transformers",
+        library_name="peft" if formats.is_adapter(fmt) else "transformers",
         tags=["ftune", spec.stage.type, spec.method_label, *(["gguf"] if gguf else [])],
         ftune={"version": __version__, "stage": spec.stage.type, "method": spec.method_label, "format": fmt,
                "base_model": name, **losses},
@@ -74,7 +75,7 @@ def render(spec: RunSpec, run: RunDir, fmt: str, source_label: str, metrics: dic
     """README.md text for an export in `fmt` (lora, merged_16bit, merged_4bit, full, gguf: with `gguf` the file's
     name, quant, bytes, sha256 and the `ollama create` line)."""
     m, t, d = spec.method, spec.training, spec.data
-    adapter = fmt == "lora"
+    adapter = formats.is_adapter(fmt)
     front = ["---", card_data(spec, fmt, metrics, gguf is not None).to_yaml(), "---", ""]
     lines = [f"# {spec.name}", "",
              f"Fine-tuned with ftune from `{spec.model.name_or_path}`"
@@ -113,7 +114,7 @@ def render(spec: RunSpec, run: RunDir, fmt: str, source_label: str, metrics: dic
     if shown:
         lines += ["", "## Final metrics", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {cell(v)} |" for k, v in shown.items()]
-    reward = spec.stage.type == "rm"
+    reward = not spec.stage.definition.causal_lm
     if check:
         did = "it generated {} tokens".format(check["generated_tokens"]) if not reward else "it scores"
         lines += ["", "## Checked on export", "",

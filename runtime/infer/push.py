@@ -16,6 +16,7 @@ from typing import Callable
 
 from ftune.runtime.errors import UserError
 from ftune.runtime.hub import REPO_ID, problem
+from ftune.runtime.infer import formats
 
 
 class PushError(UserError):
@@ -47,12 +48,13 @@ def checked(folder: Path) -> dict:
     fmt = record.get("format")
     if not check:
         raise PushError(f"{folder}: its export recorded no check: nothing was pushed")
-    if fmt in ("lora", "merged_16bit"):
+    f = formats.FORMATS.get(fmt)
+    if f is not None and f.max_rel_diff is not None:  # a format judged by closeness (4 bits are only reported)
         failed = judge(fmt, check)
         if failed:
             raise PushError(f"{folder} failed its check ({failed}): nothing was pushed")
-    elif fmt == "gguf" and check.get("generated_tokens", 0) < 1:
-        raise PushError(f"{folder} failed its check (the GGUF file generated nothing): nothing was pushed")
+    elif f is not None and f.own_pipeline and check.get("generated_tokens", 0) < 1:
+        raise PushError(f"{folder} failed its check (the {fmt.upper()} file generated nothing): nothing was pushed")
     return record
 
 

@@ -14,6 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ftune.runtime.names import NAME_RULE, check_run_name  # noqa: F401 - the spec's API names them
+from ftune.runtime.infer import formats
+from ftune.runtime.train import stages
 
 
 
@@ -217,7 +219,7 @@ class DataSpec(Section):
 class StageSpec(Section):
     """What is being learnt. `stage: sft` is short for `stage: {type: sft}`."""
 
-    type: Literal["sft", "pt", "rm", "dpo", "kto", "orpo", "simpo", "rl"] = Field(
+    type: Literal[stages.NAMES] = Field(  # type: ignore[valid-type] - the registry's names
         "sft",
         description="sft supervised fine-tuning; pt continued pre-training; rm reward model; dpo/kto/orpo/simpo "
         "preference optimisation; rl reinforcement learning from a reward model.",
@@ -250,10 +252,15 @@ class StageSpec(Section):
     max_completion_length: int = Field(128, ge=1, description="rl: longest sampled answer, in tokens.")
     kl_beta: float = Field(0.0, ge=0, description="rl: weight of the KL penalty towards the starting model.")
 
+    @property
+    def definition(self) -> stages.StageDef:
+        """Everything about this stage (train/stages/): what it trains on, what it may export, its trainer."""
+        return stages.stage(self.type)
+
     @model_validator(mode="after")
-    def _rl_needs_reward_model(self) -> "StageSpec":
-        if self.type == "rl" and not self.reward_model:
-            raise ValueError("stage rl needs reward_model: the name of a finished rm run or a model folder")
+    def _needs_reward_model(self) -> "StageSpec":
+        if self.definition.needs_reward_model and not self.reward_model:
+            raise ValueError(f"stage {self.type} needs reward_model: the name of a finished rm run or a model folder")
         return self
 
 
@@ -472,7 +479,7 @@ class OutputSpec(Section):
         description="Folder for checkpoints/ and export/ (e.g. a big mounted disk), one run's own: a folder another "
         "run owns is refused, and `ftune rm` deletes only what belongs to its run. Default: the run directory.",
     )
-    save_format: Literal["lora", "merged_16bit", "merged_4bit", "gguf"] = Field(
+    save_format: Literal[formats.NAMES] = Field(  # type: ignore[valid-type] - the export-format registry's names
         "lora",
         description="Final model: lora (the adapter alone), merged_16bit (adapter merged into the base), "
         "merged_4bit, or gguf: export/ keeps the adapter (or the whole model) and a checked GGUF file for llama.cpp "
@@ -554,16 +561,15 @@ class RunSpec(Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "RunSpec":
-        t = self.training
-        if self.stage.type == "rl" and (t.per_device_train_batch_size * t.gradient_accumulation_steps) % \
-                self.stage.num_generations:
-            raise ValueError("stage rl: per_device_train_batch_size × gradient_accumulation_steps must be a "
-                             f"multiple of stage.num_generations ({self.stage.num_generations})")
-        if self.data.streaming and (not t.max_steps or self.stage.type not in ("sft", "pt")):
+        t, stage = self.training, self.stage.definition
+        problem = stage.check_run(self) if stage.check_run else None
+        if problem:
+            raise ValueError(problem)
+        if self.data.streaming and (not t.max_steps or not stage.trains_on_tokens):
             raise ValueError("data.streaming works for stage sft or pt and needs training.max_steps (a stream has "
                              "no length to count epochs by)")
         if t.tokens_per_batch is not None:
-            if self.stage.type not in ("sft", "pt") or self.data.streaming:
+            if not stage.trains_on_tokens or self.data.streaming:
                 raise ValueError("training.tokens_per_batch works for stage sft or pt on data that is not streamed; "
                                  "remove it and use per_device_train_batch_size")
             if t.tokens_per_batch < self.data.max_length:
@@ -572,7 +578,7 @@ class RunSpec(Section):
                                  "data.max_length")
         if t.predict_with_generate and not self.data.test:
             raise ValueError("training.predict_with_generate needs data.test: the file whose prompts are answered")
-        if self.method.type == "full" and self.output.save_format not in ("lora", "gguf"):
+        if self.method.type == "full" and formats.get(self.output.save_format).merged:  # there is no adapter to merge
             raise ValueError("output.save_format applies to adapters; full fine-tuning always saves the whole model")
         return self
 
@@ -603,12 +609,9 @@ class RunSpec(Section):
             raise ValueError("method.llama_pro_blocks trains only the inserted blocks: set method.type: freeze")
         if self.model.acceleration == "unsloth" and m.type != "lora":
             raise ValueError("model.acceleration unsloth patches LoRA training: set method.type: lora")
-        if self.output.save_format == "merged_4bit" and self.stage.type == "rm":
-            raise ValueError("output.save_format merged_4bit is for generating models; a reward model saves as "
-                             "lora or merged_16bit")
-        if self.output.save_format == "gguf" and self.stage.type == "rm":
-            raise ValueError("output.save_format gguf is for generating models (llama.cpp, Ollama); a reward model "
-                             "scores with a value head and saves as lora or merged_16bit")
+        refusal = self.stage.definition.export_refusal(self.output.save_format)
+        if refusal:
+            raise ValueError(f"output.save_format {refusal}")
         return self
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ftune.runtime.events import EventWriter
+from ftune.runtime.infer import formats
 from ftune.runtime.rundir import RunDir
 from ftune.runtime.spec import RunSpec
 
@@ -47,7 +48,7 @@ def after_training(spec: RunSpec, run: RunDir, events: EventWriter, model, token
                                                            metrics))
     except Exception as e:  # noqa: BLE001
         _warn(events, spec, "writing the model card failed", e)
-    if spec.output.save_format == "gguf":
+    if formats.get(spec.output.save_format).worker_saves:  # gguf: written from the adapter in export/
         out.update(export_gguf(spec, run, events))
     try:
         from ftune.runtime.infer.plot import plot_run
@@ -64,7 +65,7 @@ def export_gguf(spec: RunSpec, run: RunDir, events: EventWriter) -> dict[str, An
     try:
         from ftune.runtime.infer.export import export_run
 
-        result = export_run(run, "gguf", quant=spec.output.gguf_quant)
+        result = export_run(run, spec.output.save_format, quant=spec.output.gguf_quant)
         return {"gguf": str(result.path / result.gguf["file"]), "modelfile": str(result.path / "Modelfile"),
                 "ollama": result.gguf["ollama"]}
     except Exception as e:  # noqa: BLE001 - reported as a warning; the model is trained and exported

@@ -206,7 +206,7 @@ def load_model(spec: RunSpec, source: str, plan: Precision, kern: Kernels, token
     quant = quantization_config(spec, plan.dtype)
     if quant is not None:
         kwargs["quantization_config"] = quant
-    reward = spec.stage.type == "rm"  # a reward model: one score per sequence
+    reward = not spec.stage.definition.causal_lm  # a reward model: one score per sequence
     if reward:
         kwargs["pad_token_id"] = tokenizer.pad_token_id
     model = models.load_base(spec, source, is_vision, **kwargs)

@@ -20,9 +20,10 @@ from ftune.runtime.data.formats import DataError
 from ftune.runtime.data.prepare import PreparedData, prepare_data
 from ftune.runtime.events import EventWriter
 from ftune.runtime.files import publish_dir
+from ftune.runtime.infer import formats
 from ftune.runtime.rundir import RunDir, RunError
 from ftune.runtime.spec import RunSpec
-from ftune.runtime.train import faults, stages, tracking
+from ftune.runtime.train import faults, frozen, tracking
 from ftune.runtime.train.args import common_args
 from ftune.runtime.train.callbacks import EventsCallback
 from ftune.runtime.train.downloads import download
@@ -73,13 +74,13 @@ def checkpoint_to_resume(spec: RunSpec, run: RunDir, resume: bool, events: Event
 
 def load_stage_models(spec: RunSpec, run: RunDir, base: Path, plan: Precision):
     """The reference model (dpo/kto, when named) and the reward model (rl): other runs or paths."""
-    s = spec.stage
+    s, stage = spec.stage, spec.stage.definition
     ref = reward = None
-    if s.ref_model and s.type in ("dpo", "kto"):
-        ref = stages.load_reference(models.resolve_model_ref(s.ref_model, run.root, base), plan.dtype,
+    if s.ref_model and stage.takes_reference:
+        ref = frozen.load_reference(models.resolve_model_ref(s.ref_model, run.root, base), plan.dtype,
                                     spec.model.trust_remote_code, s.ref_model_quantization_bits)
-    if s.type == "rl":
-        reward = stages.load_reward_model(models.resolve_model_ref(s.reward_model, run.root, base), plan.dtype,
+    if stage.needs_reward_model:
+        reward = frozen.load_reward_model(models.resolve_model_ref(s.reward_model, run.root, base), plan.dtype,
                                           spec.model.trust_remote_code, s.reward_model_quantization_bits)
     return ref, reward
 
@@ -93,18 +94,21 @@ def count_params(model) -> tuple[int, int]:
 
 def build_trainer(spec: RunSpec, model, tokenizer, data: PreparedData, run: RunDir, plan: Precision, kern: Kernels,
                   callback, ref_model=None, reward_model=None, processor=None):
-    """The TRL trainer for the stage: SFTTrainer (with the model's own loss) for sft and pt, stages.py for the rest."""
+    """The TRL trainer for the stage: SFTTrainer (with the model's own loss) for the stages that train on token
+    rows (sft, pt), the stage's own builder (train/stages/) for the rest."""
     batches = None  # with a token budget, the batches an epoch holds (for the evaluation and save plan)
-    if spec.training.tokens_per_batch and spec.stage.type in ("sft", "pt") and processor is None:
+    stage = spec.stage.definition
+    if spec.training.tokens_per_batch and stage.trains_on_tokens and processor is None:
         from ftune.runtime.train.batching import TokenBudgetBatches, row_lengths
 
         batches = len(TokenBudgetBatches(row_lengths(data.train), spec.training.tokens_per_batch,
                                          seed=spec.training.seed, padded=not spec.data.padding_free))
     common = common_args(spec, run, plan, kern, data.num_train_rows, data.eval is not None, batches)
     optimizer = custom_optimizer(spec, model, common)
-    if spec.stage.type not in ("sft", "pt"):
-        return stages.build_trainer(spec.stage.type, spec, model, tokenizer, data.train, data.eval, common,
-                                    callback, ref_model, reward_model, optimizer)
+    if not stage.trains_on_tokens:
+        inputs = dict(model=model, train_dataset=data.train, eval_dataset=data.eval, processing_class=tokenizer,
+                      callbacks=[callback], optimizers=(optimizer, None))
+        return stage.build_trainer(spec, common, inputs, ref_model, reward_model)
     from trl import SFTConfig
 
     from ftune.runtime.train.sft import PlainLossSFTTrainer
@@ -160,7 +164,7 @@ def batching_plan(spec: RunSpec, model, cuda: bool = False) -> dict[str, Any]:
 
 def check_trainer_rows(spec: RunSpec, trainer, data: PreparedData, events: EventWriter) -> None:
     """TRL's preference trainers drop rows longer than max_length on their own: count them, never silently."""
-    if spec.stage.type in ("sft", "pt") or not hasattr(trainer.train_dataset, "__len__"):
+    if spec.stage.definition.trains_on_tokens or not hasattr(trainer.train_dataset, "__len__"):
         return
     kept = len(trainer.train_dataset)
     dropped = data.num_train_rows - kept
@@ -224,7 +228,7 @@ def setup(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
         "attn_implementation": model.config._attn_implementation, "liger": kern.liger,
         "vision": processor is not None, "host_memory_kept": host_memory_kept,
         "resumed_from": resume_from[0] if resume_from else None,
-        **{f"{what}_bits": stages.quantized_bits(m) for what, m in (("ref_model", ref_model),
+        **{f"{what}_bits": frozen.quantized_bits(m) for what, m in (("ref_model", ref_model),
                                                                      ("reward_model", reward_model)) if m is not None},
     }, stopper)
     phases.begin("building the trainer")
@@ -257,24 +261,21 @@ def setup(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
 def export(spec: RunSpec, trainer, tokenizer, run: RunDir, processor=None) -> dict[str, Any]:
     """Write the final model to export/ (built aside and swapped in, so a half export never looks done)."""
     model = trainer.model
-    fmt = "full" if spec.method.type == "full" else spec.output.save_format
-    if fmt == "gguf":  # export/ keeps the adapter; after.py writes the GGUF file from it into exports/
-        fmt = "lora"
+    # gguf: export/ keeps the adapter (the format's worker_saves); after.py writes the GGUF file from it into exports/
+    saved = None if spec.method.type == "full" else formats.get(formats.get(spec.output.save_format).saved_by_worker)
     with publish_dir(run.export_dir()) as tmp:
-        if fmt in ("merged_16bit", "merged_4bit"):  # the writers `ftune export` uses, so both give the same model
-            from ftune.runtime.infer.export import unquantized, write_merged, write_merged_4bit
-
-            model = unquantized(model, spec, run, tmp.with_name(tmp.name + ".adapter"))  # QLoRA: a 16-bit base
-            if fmt == "merged_16bit":
-                write_merged(model, tmp, tokenizer, adapter=True)
-            else:
-                write_merged_4bit(model, tmp, tokenizer, True, spec)
-        else:
+        if saved is None:  # full fine-tuning: the whole model
             model.save_pretrained(tmp)
+        else:  # the writers `ftune export` uses, so both give the same model
+            if saved.merged:
+                from ftune.runtime.infer.export import unquantized
+
+                model = unquantized(model, spec, run, tmp.with_name(tmp.name + ".adapter"))  # QLoRA: a 16-bit base
+            saved.write(model, tmp, tokenizer, True, processor is not None, spec.model.trust_remote_code)
         tokenizer.save_pretrained(tmp)
         if processor is not None:  # the image processor (and template) chat, serve and eval open it with
             processor.save_pretrained(tmp)
-    return {"export": str(run.export_dir()), "format": fmt}
+    return {"export": str(run.export_dir()), "format": saved.name if saved else "full"}
 
 
 def train(r: Recipe) -> None:
