@@ -192,6 +192,16 @@ def load_unsloth_model(spec: RunSpec, source: str, plan: Precision, base: Path):
         use_gradient_checkpointing="unsloth" if spec.training.gradient_checkpointing else False)
 
 
+def keep_4bit_weights_trainable(model) -> None:
+    """bitsandbytes (0.50) repacks a 4-bit weight for its CPU kernel at the first forward without grad (an
+    evaluation) on a CPU with AVX512-BF16, and never back: the next training step then fails inside matmul_4bit ("a
+    view of a leaf Variable that requires grad is being used in an in-place operation"). A model being trained
+    keeps the trainable layout; inference after export still gets the fast one."""
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+
+
 def load_model(spec: RunSpec, source: str, plan: Precision, kern: Kernels, tokenizer, run: RunDir, base: Path,
                is_vision: bool = False):
     """The model to train: the base (quantised for QLoRA), grown or frozen as the method says, with its
@@ -222,6 +232,7 @@ def load_model(spec: RunSpec, source: str, plan: Precision, kern: Kernels, token
 
     lora = spec.method.lora
     if quant is not None:
+        keep_4bit_weights_trainable(model)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.training.gradient_checkpointing)
     elif spec.training.gradient_checkpointing:
         model.enable_input_require_grads()
