@@ -23,8 +23,11 @@ so that drift on the machine hits all of them alike; each run starts from cold d
   ftune-padded, ftune-packing
               ftune with `data.padding_free: false` (padded batches) / `data.packing: true` (ftune's default is
               padding-free: a batch's rows laid end to end)
-  lf-packing, lf-neat
-              LLaMA-Factory with `packing: true` / `neat_packing: true`
+  ftune-auto  ftune with `training.precision: auto`, its default: bf16 autocast on a CPU with bf16 units (AMX,
+              AVX512-BF16), fp32 elsewhere; the other ftune variants keep the job's fp32
+  lf-packing, lf-neat, lf-bf16
+              LLaMA-Factory with `packing: true` / `neat_packing: true` / `bf16: true` (its switch for the same
+              autocast; its default is fp32)
   trl-padding-free, trl-packing
               the plain TRL script with `padding_free=True` (the script cuts the tokenised rows at the cutoff: TRL
               refuses max_length with padding_free alone) / `packing=True` (bfd)
@@ -32,6 +35,12 @@ so that drift on the machine hits all of them alike; each run starts from cold d
               the plain TRL script with TRL's own defaults (bf16 autocast, gradient checkpointing); with the fused
               LM head reduced to the log-probabilities (no entropy, no token accuracy); with the model's own loss
               (full logits and cross-entropy, as transformers' Trainer and LLaMA-Factory compute it)
+
+--matrix: instead of one job, a small matrix of shapes in one go, each over --rows rows (default 32), once through
+every tool per round, the rounds alternating the tools: batch 2 and 8 (gradient accumulation 1), short and long rows
+(the shorter and the longer half of a data file's rows by characters), English and Chinese (alpaca_en_demo and
+alpaca_zh_demo beside --data). It prints, per shape, each tool's wall to the adapter and first step and each peer's
+wall over the first tool's, as a median with its range over the rounds.
 
 --model PATH: a model folder, or a .gguf file converted once by ftune.runtime.gguf.ensure, for every tool instead
 of the tiny Qwen2; the model's own chat template for all (LLaMA-Factory: its template of that name, smollm2 for
@@ -450,9 +459,71 @@ class Result:
     log: str = ""
 
 
-FTUNE_DATA = {"ftune": {}, "ftune-padded": {"padding_free": False}, "ftune-packing": {"packing": True}}
-LF_VARIANT = {"lf": {}, "lf-packing": {"packing": True}, "lf-neat": {"neat_packing": True}}
-TOOLS = [*FTUNE_DATA, *LF_VARIANT, *TRL_VARIANTS]
+# each ftune variant: what it changes in the run file, by section
+FTUNE_VARIANT = {"ftune": {}, "ftune-padded": {"data": {"padding_free": False}}, "ftune-packing": {"data": {"packing": True}},
+                 "ftune-auto": {"training": {"precision": "auto"}}}
+LF_VARIANT = {"lf": {}, "lf-packing": {"packing": True}, "lf-neat": {"neat_packing": True}, "lf-bf16": {"bf16": True}}
+TOOLS = [*FTUNE_VARIANT, *LF_VARIANT, *TRL_VARIANTS]
+
+
+MATRIX = [(2, "short", "en"), (8, "short", "en"), (2, "long", "en"), (8, "long", "en"),
+          (2, "short", "zh"), (8, "short", "zh"), (2, "long", "zh"), (8, "long", "zh")]
+
+
+def matrix_rows(data: Path, length: str, rows: int, out: Path) -> Path:
+    """The first `rows` rows of the shorter (or longer) half of `data`'s rows by characters, in file order."""
+    every = json.loads(data.read_text(encoding="utf-8"))
+    size = [len("".join(str(v) for v in row.values())) for row in every]
+    cut = statistics.median(size)
+    chosen = [row for row, n in zip(every, size) if (n <= cut if length == "short" else n > cut)][:rows]
+    if len(chosen) < rows:
+        sys.exit(f"bench/side_by_side.py: --matrix: {data} has only {len(chosen)} {length} rows; lower --rows")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(chosen, ensure_ascii=False), encoding="utf-8")
+    return out
+
+
+def run_matrix(args, tools: list[str], model: Path, root: Path, job: Job) -> list[tuple[tuple, Result]]:
+    """Every shape of MATRIX through every tool, round after round (see the module's docstring)."""
+    rows = args.rows or 32
+    files = {lang: find_data(args.data.parent / f"alpaca_{lang}_demo.json") for lang in ("en", "zh")}
+    out: list[tuple[tuple, Result]] = []
+    for rnd in range(1, args.rounds + 1):
+        for shape in MATRIX:
+            batch, length, lang = shape
+            data = matrix_rows(files[lang], length, rows, root / "data" / f"{lang}-{length}.json")
+            shaped = Job(**{**asdict(job), "batch": batch, "grad_accum": 1, "epochs": 1.0, "eval_data": None})
+            for tool in tools:
+                if args.wait_idle:
+                    wait_idle(args.wait_idle)
+                r = run_one(tool, rnd, root / f"r{rnd}-b{batch}-{length}-{lang}-{tool}", model, data, shaped, args.skip)
+                report(r)
+                out.append((shape, r))
+    return out
+
+
+def matrix_markdown(results: list[tuple[tuple, Result]], tools: list[str]) -> str:
+    """Per shape: each tool's wall and first step; each peer's wall over the first tool's, per round, summarised."""
+    first = tools[0]
+    head = ("| batch | rows | language | " + " | ".join(f"{LABEL.get(t, t)} wall s" for t in tools) + " | "
+            + " | ".join(f"{LABEL.get(t, t)} first step s" for t in tools) + " | "
+            + " | ".join(f"{LABEL.get(t, t)} ÷ {LABEL.get(first, first)}, wall" for t in tools[1:]) + " |")
+    lines = [head, "|" + "---|" * (3 + 2 * len(tools) + len(tools) - 1)]
+    for shape in MATRIX:
+        got = [(r.round, r) for s, r in results if s == shape and r.rc == 0]
+        if not got:
+            continue
+        by = {t: {rnd: r for rnd, r in got if r.tool == t} for t in tools}
+        walls = [fmt("wall", summary([r.wall for r in by[t].values()])) for t in tools]
+        firsts = [fmt("first_step", summary([r.first_step for r in by[t].values()])) for t in tools]
+        ratios = []
+        for t in tools[1:]:
+            per_round = [by[t][n].wall / by[first][n].wall for n in by[t] if n in by[first]
+                         and by[t][n].wall and by[first][n].wall]
+            s = summary(per_round)
+            ratios.append(f"{s[0]:.2f}× ({s[1]:.2f}–{s[2]:.2f})" if s else "—")
+        lines.append(f"| {shape[0]} | {shape[1]} | {shape[2]} | " + " | ".join(walls + firsts + ratios) + " |")
+    return "\n".join(lines)
 
 
 def length(job: Job) -> dict:
@@ -482,7 +553,7 @@ def write_ftune_run(runs: Path, model: Path, data: Path, job: Job, variant: str 
     spec = {
         "name": "bench",
         "model": {"name_or_path": str(model)},
-        "data": {"train": [str(data)], "val_size": 0.0, "max_length": job.cutoff, **FTUNE_DATA[variant],
+        "data": {"train": [str(data)], "val_size": 0.0, "max_length": job.cutoff, **FTUNE_VARIANT[variant].get("data", {}),
                  **({"validation": job.eval_data} if job.eval_data else {})},
         "stage": "sft",
         "method": {"type": "lora", "lora": {"rank": job.rank, "alpha": job.alpha, "dropout": 0.0,
@@ -491,7 +562,8 @@ def write_ftune_run(runs: Path, model: Path, data: Path, job: Job, variant: str 
                      "gradient_accumulation_steps": job.grad_accum, "seed": job.seed,
                      "logging_steps": job.logging_steps, "lr_scheduler_type": job.scheduler, "warmup_steps": 0,
                      "optim": "adamw_torch", "precision": job.precision, "save_steps": 500,
-                     **{k: v for k, v in held_out.items() if k != "validation"}},
+                     **{k: v for k, v in held_out.items() if k != "validation"},
+                     **FTUNE_VARIANT[variant].get("training", {})},
     }
     (run / "run.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     return run
@@ -528,7 +600,7 @@ def write_lf_job(work: Path, model: Path, data: Path, job: Job, variant: str = "
 
 def command(tool: str, work: Path, model: Path, data: Path, job: Job) -> tuple[list[str], dict, Path, str]:
     """(argv, extra env, where the adapter lands, the probe's functions to time) for one tool."""
-    if tool in FTUNE_DATA:
+    if tool in FTUNE_VARIANT:
         runs = work / "runs"
         write_ftune_run(runs, model, data, job, tool)
         argv = [sys.executable, "-m", "ftune", "--runs-dir", str(runs), "train", "bench", "--foreground"]
@@ -708,6 +780,7 @@ def run_one(tool: str, rnd: int, work: Path, model: Path, data: Path, job: Job, 
 
 # --------------------------------------------------------------------------- the report
 LABEL = {"ftune": "ftune", "ftune-padded": "ftune, padded", "ftune-packing": "ftune, packing",
+         "ftune-auto": "ftune, its default precision", "lf-bf16": "LLaMA-Factory, bf16",
          "trl": "plain TRL", "trl-padding-free": "TRL, padding_free", "trl-packing": "TRL, packing (bfd)",
          "lf": "LLaMA-Factory", "lf-packing": "LLaMA-Factory, packing", "lf-neat": "LLaMA-Factory, neat_packing",
          "trl-defaults": "TRL, its own defaults", "trl-logprobs": "TRL, log-probs only",
@@ -1107,6 +1180,8 @@ def parse(argv=None):
     p.add_argument("--watch-runs", type=int, default=3)
     p.add_argument("--prep-rows", type=int, default=10_000, help="preprocessing throughput rows (0: skip)")
     p.add_argument("--no-others", action="store_true", help="only the side-by-side runs")
+    p.add_argument("--matrix", action="store_true",
+                   help="batch 2 and 8, short and long rows, English and Chinese, over --rows rows each (default 32)")
     p.add_argument("--micro", type=int, default=0, help="passes of the in-process loss-path comparison (0: skip)")
     p.add_argument("--wait-idle", type=float, default=300,
                    help="before each run, wait up to this many seconds for the machine to go quiet (0: don't)")
@@ -1153,12 +1228,24 @@ def main(argv=None) -> None:
         job.default_system = template_system(model)
         job.lf_template = args.lf_template or ("smollm2" if "smollm2" in model.name.lower() else None)
     root = Path(tempfile.mkdtemp(prefix="ftune-bench-compare-")) if args.keep is None else args.keep
-    if args.rows:
+    if args.rows and not args.matrix:  # the matrix picks its own rows per shape
         eval_rows = 50 if args.eval_rows is None else args.eval_rows
         data, held_out = split_rows(data, args.rows, eval_rows, root / "data")
         job.eval_data = str(held_out) if held_out else None
     if any(t in LF_VARIANT for t in tools):
         ensure_lf_venv()
+    if args.matrix:
+        try:
+            grid = run_matrix(args, tools, model, root, job)
+        finally:
+            if args.keep is None:
+                shutil.rmtree(root, ignore_errors=True)
+        text = matrix_markdown(grid, tools)
+        print("\n" + text)
+        if args.json:
+            args.json.write_text(json.dumps({"matrix": [[list(s), asdict(r)] for s, r in grid], "argv": sys.argv[1:],
+                                             "machine": machine()}, indent=1, default=str))
+        return
     env_info = {"machine": machine(), "rows": len(json.loads(data.read_text(encoding="utf-8"))),
                 "ftune_versions": ", ".join(f"{k} {v}" for k, v in versions(sys.executable, [
                     "torch", "transformers", "trl", "peft", "accelerate", "datasets"]).items()),

@@ -112,6 +112,30 @@ def test_each_variant_asks_its_tool_for_its_batching(tmp_path):
     assert not {"packing", "padding_free"} & set(compare.trl_args("trl", job))
     steps = compare.trl_args("trl", compare.Job(steps=7))
     assert steps["max_steps"] == 7 and "eval_strategy" not in steps
+    # precision: the fixed job's fp32 for every ftune variant but ftune-auto, which leaves it to ftune; lf-bf16
+    auto = yaml.safe_load((compare.write_ftune_run(tmp_path / "a", Path("m"), Path("t.json"), job, "ftune-auto")
+                           / "run.yaml").read_text())
+    assert auto["training"]["precision"] == "auto" and spec["training"]["precision"] == "fp32"
+    (tmp_path / "lf-bf16").mkdir()
+    assert yaml.safe_load(compare.write_lf_job(tmp_path / "lf-bf16", Path("m"), Path("t.json"), job,
+                                               "lf-bf16").read_text())["bf16"] is True
+
+
+def test_the_matrix_takes_the_shorter_or_longer_half_and_reports_ratios_per_round(tmp_path):
+    rows = [{"instruction": "x" * n, "input": "", "output": "y"} for n in (5, 50, 6, 60, 7, 70)]
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    short = json.loads(compare.matrix_rows(tmp_path / "d.json", "short", 2, tmp_path / "s.json").read_text())
+    long = json.loads(compare.matrix_rows(tmp_path / "d.json", "long", 3, tmp_path / "l.json").read_text())
+    assert [len(r["instruction"]) for r in short] == [5, 6] and [len(r["instruction"]) for r in long] == [50, 60, 70]
+    with pytest.raises(SystemExit, match="only 3 short rows"):
+        compare.matrix_rows(tmp_path / "d.json", "short", 4, tmp_path / "s.json")
+    shape = compare.MATRIX[0]
+    got = [(shape, compare.Result(tool=t, round=n, rc=0, wall=w, first_step=w / 4))
+           for n, t, w in [(1, "ftune-auto", 10.0), (1, "lf", 30.0), (2, "ftune-auto", 20.0), (2, "lf", 30.0)]]
+    table = compare.matrix_markdown(got, ["ftune-auto", "lf"]).splitlines()
+    assert len(table) == 3  # the header, its rule, the one shape measured
+    assert table[2].startswith("| 2 | short | en | 15.0 (10.0–20.0) | 30.0 (30.0–30.0) |")
+    assert table[2].endswith("| 2.25× (1.50–3.00) |")  # 30/10 and 30/20: the ratio per round, then its median
 
 
 def test_probe_figures_rates_and_losses():
