@@ -26,8 +26,8 @@ so that drift on the machine hits all of them alike; each run starts from cold d
   ftune-auto  ftune with `training.precision: auto`, its default: bf16 autocast on a CPU with bf16 units (AMX,
               AVX512-BF16), fp32 elsewhere; the other ftune variants keep the job's fp32
   lf-packing, lf-neat, lf-bf16
-              LLaMA-Factory with `packing: true` / `neat_packing: true` / `bf16: true` (its switch for the same
-              autocast; its default is fp32)
+              LLaMA-Factory with `packing: true` / `neat_packing: true` / `bf16: true` and `use_cpu: true` (its
+              switch for the same autocast, which transformers takes on a CPU only with use_cpu; its default is fp32)
   trl-padding-free, trl-packing
               the plain TRL script with `padding_free=True` (the script cuts the tokenised rows at the cutoff: TRL
               refuses max_length with padding_free alone) / `packing=True` (bfd)
@@ -462,7 +462,8 @@ class Result:
 # each ftune variant: what it changes in the run file, by section
 FTUNE_VARIANT = {"ftune": {}, "ftune-padded": {"data": {"padding_free": False}}, "ftune-packing": {"data": {"packing": True}},
                  "ftune-auto": {"training": {"precision": "auto"}}}
-LF_VARIANT = {"lf": {}, "lf-packing": {"packing": True}, "lf-neat": {"neat_packing": True}, "lf-bf16": {"bf16": True}}
+LF_VARIANT = {"lf": {}, "lf-packing": {"packing": True}, "lf-neat": {"neat_packing": True},
+              "lf-bf16": {"bf16": True, "use_cpu": True}}
 TOOLS = [*FTUNE_VARIANT, *LF_VARIANT, *TRL_VARIANTS]
 
 

@@ -117,8 +117,8 @@ def test_each_variant_asks_its_tool_for_its_batching(tmp_path):
                            / "run.yaml").read_text())
     assert auto["training"]["precision"] == "auto" and spec["training"]["precision"] == "fp32"
     (tmp_path / "lf-bf16").mkdir()
-    assert yaml.safe_load(compare.write_lf_job(tmp_path / "lf-bf16", Path("m"), Path("t.json"), job,
-                                               "lf-bf16").read_text())["bf16"] is True
+    lf = yaml.safe_load(compare.write_lf_job(tmp_path / "lf-bf16", Path("m"), Path("t.json"), job, "lf-bf16").read_text())
+    assert lf["bf16"] is True and lf["use_cpu"] is True  # transformers takes bf16 on a CPU only with use_cpu
 
 
 def test_the_matrix_takes_the_shorter_or_longer_half_and_reports_ratios_per_round(tmp_path):
