@@ -301,8 +301,9 @@ def lora_trainable_for(info: ModelInfo | None, spec: RunSpec) -> int | None:
     if info is None or info.config is None or spec.method.type != "lora" or (lora.adapter and not
                                                                             lora.create_new_adapter):
         return None
+    reward = not spec.stage.definition.causal_lm  # a score head, not the LM head
     return memory_estimate.lora_trainable(info.config, lora.rank, lora.target_modules, dora=lora.use_dora,
-                                          modules_to_save=lora.modules_to_save, reward=not spec.stage.definition.causal_lm)
+                                          modules_to_save=lora.modules_to_save, reward=reward)
 
 
 def estimate_line(info: ModelInfo | None, spec: RunSpec, gpus: list[memory_estimate.Gpu],
