@@ -298,8 +298,7 @@ def new(ctx: click.Context, **options) -> None:
         click.echo(f"Not started. {run.spec_path} is written: start it with `ftune train {run.name}`")
         ctx.exit(130)
     if not outcome.start:
-        if not outcome.refused:
-            click.echo(f"Start it when you are ready: ftune train {run.name}")
+        click.echo(f"Start it when you are ready: ftune train {run.name}")
         return
     from ftune.runtime import launch
 

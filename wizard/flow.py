@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,14 +27,14 @@ from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.text import Text
 
-from ftune.runtime import memory_estimate as memory  # one name in the steps below
+from ftune.runtime import memory_estimate
 from ftune.runtime.catalog import ModelInfo, family, from_catalog, groups, inspect_local, local_problem, resolve
 from ftune.runtime.catalog import templates as catalog_templates
 from ftune.runtime.models import is_hub_id, local_path
 from ftune.runtime.present import data_summary, gb, images_line
-from ftune.runtime.present import value_text as fmt
+from ftune.runtime.present import value_text
 from ftune.runtime.rundir import ACTIVE_STATES, RunDir, next_free_name, project_of
-from ftune.runtime.spec import Problem, SpecError, apply_overrides, check_run_name
+from ftune.runtime.spec import SpecError, apply_overrides, check_run_name
 from ftune.wizard import advanced
 from ftune.wizard.prompts import BACK, SEPARATOR, Option, Prompter
 from ftune.runtime.spec.edit import get_path
@@ -48,11 +48,9 @@ from ftune.wizard.runfile import (
     check,
     estimate_for,
     estimate_line,
-    is_not_yet,
     lora_trainable_for,
     matched_template,
     model_as_written,
-    not_yet_paths,
     params_text,
     plan_line,
     preset_summary,
@@ -72,12 +70,11 @@ START, LATER, CHANGE = "start", "later", "change"
 class Outcome:
     run: RunDir
     start: bool
-    refused: list[Problem] = field(default_factory=list)
     interrupted: bool = False  # Ctrl+C after the run file was written
 
 
 class Wizard:
-    def __init__(self, prompter: Prompter, answers: Answers, root: Path, gpus: list[memory.Gpu] | None = None,
+    def __init__(self, prompter: Prompter, answers: Answers, root: Path, gpus: list[memory_estimate.Gpu] | None = None,
                  cwd: Path | None = None, quick: bool = True):
         self.p, self.ui, self.a = prompter, prompter.ui, answers
         self.quick = quick
@@ -87,7 +84,7 @@ class Wizard:
         if gpus is None:
             from ftune.runtime.sysmon import gpu_samples
 
-            gpus = memory.gpus_from_samples(gpu_samples())
+            gpus = memory_estimate.gpus_from_samples(gpu_samples())
         self.gpus = gpus
         self.info: ModelInfo | None = resolve(answers.model, self.project) if answers.model else None
         self.summary: Any = None
@@ -135,9 +132,8 @@ class Wizard:
         return p if p.is_absolute() else self.cwd / p
 
     def spec_now(self):
-        """The spec as the answers stand, with refused choices and missing answers put aside (for estimates)."""
+        """The spec as the answers stand, with missing answers put aside (for estimates)."""
         trial = copy.deepcopy(self.a)
-        trial.accepted |= {"stage", "method", "training.precision", "model.template"}
         try:
             return check(trial, placeholders=True).spec
         except SpecError:
@@ -382,31 +378,15 @@ class Wizard:
 
     # ------------------------------------------------------------------ 4. stage
     def step_stage(self) -> Any:
-        options = []
-        for key, (label, what, sentence) in STAGES.items():
-            why = refusal(self.a, "stage.type", stage=key)
-            options.append(Option(f"{label:<13} {what}" + ("  (not supported yet)" if is_not_yet(why) else ""),
-                                  key, sentence))
+        options = [Option(f"{label:<13} {what}", key, sentence) for key, (label, what, sentence) in STAGES.items()]
         while True:
             choice = self.p.select("Training stage", options, default=self.a.stage)
             if choice is BACK:
                 return BACK
             label = STAGES[choice][0]
-            self.a.accepted.discard("stage")
             needs_reward = stages.stage(choice).needs_reward_model
             if not needs_reward:
                 self.a.settings.pop("stage.reward_model", None)
-            why = refusal(self.a, "stage.type", stage=choice)
-            if is_not_yet(why):
-                refused = ", ".join(not_yet_paths(self.a, "stage.type", stage=choice))
-                self.ui.warn(f"{label} is not supported by this ftune yet: `ftune train` refuses {refused} for now.")
-                nxt = self.keep_or_again("Choose another stage, or keep it?",
-                                         f"Keep {label}: write a file that `ftune train` refuses for now")
-                if nxt is BACK or nxt == AGAIN:
-                    continue
-                self.a.stage = choice
-                self.a.accepted.add("stage")
-                return None
             self.a.stage = choice
             if needs_reward and self.ask_reward_model() is BACK:
                 continue
@@ -446,44 +426,32 @@ class Wizard:
                              "batch cuts them.")
         options = []
         for key, sentence in METHODS.items():
-            why = refusal(self.a, "method", "training.precision", method=key)
             est = estimate_for(self.info, spec, self.gpus, key)
-            title = f"{memory.LABELS[key]:<17}"
+            title = f"{memory_estimate.LABELS[key]:<17}"
             if est:
                 title += f"{'~' + gb(est[0].total_gb):>8}"
-                title += f"  {est[1].label:<7}" if est[1].label != memory.NO_GPU else " " * 9
+                title += f"  {est[1].label:<7}" if est[1].label != memory_estimate.NO_GPU else " " * 9
             desc = sentence
             if not est:
                 desc += "\nModel size unknown: no memory estimate."
-            elif est[1].label != memory.NO_GPU:
+            elif est[1].label != memory_estimate.NO_GPU:
                 desc += f"\n{est[1].text}"
             # pure bf16 without a bf16 GPU is slow and imprecise (QLoRA's bitsandbytes runs on a CPU too)
             gpu_only = key == "full-bf16" and not self.gpus
-            options.append(Option(title.rstrip() + ("  (not supported yet)" if is_not_yet(why) else ""), key, desc,
+            options.append(Option(title.rstrip(), key, desc,
                                   disabled="needs a CUDA GPU; none found here" if gpu_only else None))
         while True:
             choice = self.p.select("Method", options, default=self.a.method)
             if choice is BACK:
                 return BACK
             why = refusal(self.a, "method", "training.precision", method=choice)
-            if why and not is_not_yet(why):
-                self.ui.warn(f"{memory.LABELS[choice]} does not fit the other answers: {why}")
+            if why:
+                self.ui.warn(f"{memory_estimate.LABELS[choice]} does not fit the other answers: {why}")
                 continue
             self.a.method = choice
-            self.a.accepted -= {"method", "training.precision"}
-            if why:
-                refused = ", ".join(not_yet_paths(self.a, "method", "training.precision", method=choice))
-                self.ui.warn(f"{memory.LABELS[choice]} is not supported by this ftune yet: `ftune train` refuses "
-                             f"{refused} for now.")
-                nxt = self.keep_or_again("Choose another method, or keep it?",
-                                         f"Keep {memory.LABELS[choice]}: write a file that `ftune train` "
-                                         f"refuses for now")
-                if nxt is BACK or nxt == AGAIN:
-                    continue
-                self.a.accepted |= {"method", "training.precision"}
             est = estimate_for(self.info, self.spec_now(), self.gpus, choice)
             if est:
-                self.ui.note(f"{memory.LABELS[choice]}: ~{gb(est[0].total_gb)}, {est[1].text}")
+                self.ui.note(f"{memory_estimate.LABELS[choice]}: ~{gb(est[0].total_gb)}, {est[1].text}")
             return None
 
     # ------------------------------------------------------------------ 6. data
@@ -502,9 +470,6 @@ class Wizard:
         if s.format is None:
             issues.append(f"the format was not recognised ({s.reason})")
         else:
-            why = setting_refusal(self.a, "data.format", s.format)
-            if is_not_yet(why):
-                issues.append(f"{s.format} data is not read by this ftune's training yet")
             if s.stages and self.a.stage not in s.stages:
                 issues.append(f"{s.format} data suits {', '.join(s.stages)}, not {STAGES[self.a.stage][0]}")
         info = self.info
@@ -703,11 +668,11 @@ class Wizard:
         syntax = Syntax(self.ui.t(body), "yaml", theme="ansi_dark", background_color="default", word_wrap=True)
         spec = checked.spec
         t = spec.training
-        facts = [f"lr {fmt(t.learning_rate)}", f"{fmt(t.num_train_epochs)} epochs",
+        facts = [f"lr {value_text(t.learning_rate)}", f"{value_text(t.num_train_epochs)} epochs",
                  f"batch {t.per_device_train_batch_size}", f"{spec.data.max_length} tokens"]
         if spec.method.type == "lora":
             trainable = lora_trainable_for(self.info, spec)
-            facts.append(f"LoRA r{spec.method.lora.rank} α{fmt(spec.method.lora.alpha)}"
+            facts.append(f"LoRA r{spec.method.lora.rank} α{value_text(spec.method.lora.alpha)}"
                          + (f" ({trainable:,} trainable parameters)" if trainable else ""))
         lines = [" · ".join(facts)]
         if self.summary is not None and not self.summary.fatal:
@@ -729,9 +694,6 @@ class Wizard:
             return BACK
         self.checked = checked
         self.ui.print(self.review_panel(checked))
-        if checked.refused:
-            self.ui.warn("`ftune train` refuses this file until this ftune supports "
-                         + ", ".join(p.path for p in checked.refused) + ".")
         run = RunDir(self.root, checked.raw["name"])
         if self.quick:
             return self.quick_review(checked, run)
@@ -759,12 +721,10 @@ class Wizard:
 
     def quick_review(self, checked: Checked, run: RunDir) -> Any:
         """The beginner's last question: write and start, write only, or change one of the answers not asked."""
-        refused = bool(checked.refused)
-        go = "Write it" if refused else "Write it and start training"
         choice = self.p.select("Go?", [
-            Option(f"{go}", START, f"Writes {os.path.relpath(run.spec_path, self.cwd)}"
-                   + ("" if refused else f", then `ftune train {run.name}` in the background.")),
-            *([] if refused else [Option("Write it; start later", LATER, f"Then: ftune train {run.name}")]),
+            Option("Write it and start training", START, f"Writes {os.path.relpath(run.spec_path, self.cwd)}, "
+                   f"then `ftune train {run.name}` in the background."),
+            Option("Write it; start later", LATER, f"Then: ftune train {run.name}"),
             Option("Change something first…", CHANGE, "The run name, template, stage, method or validation."),
             Option("Cancel", "cancel"),
         ], default=START)
@@ -784,13 +744,13 @@ class Wizard:
             return self.step_review()
         self.written = write_run(self.root, checked)
         self.ui.good(f"Wrote {os.path.relpath(self.written.spec_path, self.cwd)}")
-        return Outcome(self.written, start=choice == START and not refused, refused=checked.refused)
+        return Outcome(self.written, start=choice == START)
 
     def change_one(self) -> None:
         """One of the answers the quick path took as its default, asked as the full path asks it."""
         spec = self.spec_now()
         now = {"name": self.a.name, "template": self.a.template, "stage": STAGES[self.a.stage][0],
-               "method": memory.LABELS.get(self.a.method, self.a.method),
+               "method": memory_estimate.LABELS.get(self.a.method, self.a.method),
                "validation": (f"file {self.a.validation}" if self.a.validation
                               else "none" if spec.data.val_size == 0 else f"{spec.data.val_size:.0%} held out")}
         choice = self.p.select("Change which?", [Option(f"{step.label:<16} {now[step.name]}", step.name)
@@ -802,11 +762,7 @@ class Wizard:
 
     # ------------------------------------------------------------------ 9. start
     def step_start(self) -> Any:
-        run, refused = self.written, self.checked.refused
-        if refused:
-            self.ui.note(f"Not starting: `ftune train {run.name}` refuses it until this ftune supports "
-                         + ", ".join(p.path for p in refused) + ".")
-            return Outcome(run, start=False, refused=refused)
+        run = self.written
         ok = self.p.confirm("Start training now?", default=True)
         if ok is BACK:
             return BACK

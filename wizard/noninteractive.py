@@ -161,7 +161,7 @@ def run_noninteractive(flags: Flags, answers: Answers, root: Path, *, tty: bool,
         raise WizardError(f"{a.model} ships its own model code, which runs when it loads: pass --trust-remote-code "
                           f"to allow it")
 
-    checked = check(a, allow_refused=False)
+    checked = check(a)
     _check_data(a, project)
     run = RunDir(root, checked.raw["name"])
     if run.exists():

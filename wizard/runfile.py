@@ -26,7 +26,7 @@ from ftune.runtime.present import gb, value_text
 from ftune.runtime.rundir import RunDir
 from ftune.runtime.spec import Problem, RunSpec, SpecError, build_spec, shorthand
 from ftune.runtime.spec import io as spec_io
-from ftune.runtime.spec.edit import compact, del_path, get_path, schema_default, set_path
+from ftune.runtime.spec.edit import compact, del_path, get_path, set_path
 from ftune.runtime.train import stages
 
 # --------------------------------------------------------------------------- the choices
@@ -56,7 +56,6 @@ METHOD_SETTINGS: dict[str, dict[str, Any]] = {
 _METHOD_PATHS = ("method.type", "method.quantization.bits", "method.lora.use_dora")
 
 PLACEHOLDERS = {"name": "run-01", "model.name_or_path": "model", "data.train": "train.jsonl"}
-NOT_YET = "not supported yet"
 
 
 class WizardError(UserError):
@@ -88,7 +87,6 @@ class Answers:
     preset: str | None = "standard"
     settings: dict[str, Any] = field(default_factory=dict)  # dotted path -> value (advanced)
     overrides: list[str] = field(default_factory=list)  # --set KEY=VALUE, applied last
-    accepted: set[str] = field(default_factory=set)  # paths whose "not supported yet" the user accepted
 
     @classmethod
     def from_raw(cls, raw: dict[str, Any]) -> "Answers":
@@ -181,11 +179,6 @@ def refusal(answers: Answers, *prefixes: str, **changes: Any) -> str | None:
     return "; ".join(f"{p.path}: {p.message}" for p in refusals(answers, *prefixes, **changes)) or None
 
 
-def not_yet_paths(answers: Answers, *prefixes: str, **changes: Any) -> list[str]:
-    """The fields whose value the spec has a home for but training does not support yet."""
-    return [p.path for p in refusals(answers, *prefixes, **changes) if NOT_YET in p.message]
-
-
 def setting_refusal(answers: Answers, path: str, value: Any) -> str | None:
     """Why `path: value` is refused (the message only), or None."""
     trial = copy.deepcopy(answers)
@@ -195,31 +188,21 @@ def setting_refusal(answers: Answers, path: str, value: Any) -> str | None:
     return "; ".join(p.message for p in found) or None
 
 
-def is_not_yet(message: str | None) -> bool:
-    return bool(message) and NOT_YET in message
-
-
 @dataclass
 class Checked:
-    """The answers validated: the spec as training would see it, and what training refuses for now."""
+    """The answers validated: the run file's data and the spec as training will see it."""
 
     raw: dict[str, Any]
-    spec: RunSpec  # with refused values put back to their defaults, for estimates and summaries
-    refused: list[Problem]  # "not supported yet" problems (the user accepted them)
+    spec: RunSpec
 
 
-def check(answers: Answers, placeholders: bool = False, allow_refused: bool = True) -> Checked:
-    """Validate everything. Raises SpecError for any mistake, and for 'not supported yet' values
-    unless `allow_refused` and the user accepted them on purpose."""
+def check(answers: Answers, placeholders: bool = False) -> Checked:
+    """Validate everything; raises SpecError for any mistake."""
     raw = answers.to_raw(placeholders=placeholders)
     found = problems_of(raw)
-    refused = [p for p in found if NOT_YET in p.message and any(_under(p, a) for a in answers.accepted)]
-    other = [p for p in found if p not in refused or not allow_refused]
-    if other:
-        raise SpecError(other, "the run file")
+    if found:
+        raise SpecError(found, "the run file")
     trial = shorthand.expand(raw)
-    for p in refused:
-        set_path(trial, p.path, schema_default(p.path))
     if get_path(trial, "method.type") != "lora":
         del_path(trial, "method.quantization.bits")
     spec = build_spec(trial, source="the run file")
@@ -228,7 +211,7 @@ def check(answers: Answers, placeholders: bool = False, allow_refused: bool = Tr
         typed = get_path(dumped, path, value)
         if isinstance(value, str) and isinstance(typed, (int, float)) and not isinstance(typed, bool):
             set_path(raw, path, typed)
-    return Checked(raw, spec, refused)
+    return Checked(raw, spec)
 
 
 # --------------------------------------------------------------------------- memory
@@ -318,8 +301,9 @@ def lora_trainable_for(info: ModelInfo | None, spec: RunSpec) -> int | None:
     if info is None or info.config is None or spec.method.type != "lora" or (lora.adapter and not
                                                                             lora.create_new_adapter):
         return None
+    reward = not spec.stage.definition.causal_lm  # a score head, not the LM head
     return memory_estimate.lora_trainable(info.config, lora.rank, lora.target_modules, dora=lora.use_dora,
-                                          modules_to_save=lora.modules_to_save, reward=not spec.stage.definition.causal_lm)
+                                          modules_to_save=lora.modules_to_save, reward=reward)
 
 
 def estimate_line(info: ModelInfo | None, spec: RunSpec, gpus: list[memory_estimate.Gpu],
@@ -386,9 +370,6 @@ def run_file_text(checked: Checked, when: float | None = None) -> str:
     stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(when))
     lines = [f"ftune run file, written by `ftune new` on {stamp}.",
              "Values not set here come from the preset and the defaults (docs/run-file.md)."]
-    if checked.refused:
-        lines.append("`ftune train` refuses this file until this ftune supports:")
-        lines += [f"  {p.path}: {p.message}" for p in checked.refused]
     return spec_io.run_file_text(checked.raw, lines)
 
 

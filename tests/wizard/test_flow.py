@@ -10,7 +10,7 @@ from ftune.runtime import memory_estimate
 from ftune.runtime.rundir import RunDir
 from ftune.runtime.spec import load_spec
 from ftune.wizard.advanced import GROUPS, knobs
-from ftune.wizard.runfile import METHODS, STAGES, Answers, is_not_yet, refusal
+from ftune.wizard.runfile import METHODS, STAGES, Answers, refusal
 from tests.runtime.helpers import of_type, train_to_end
 from tests.wizard.conftest import BACK, CLEAR, CTRL_C, DOWN, ENTER, H100, HUB, LOCAL, QWEN25_7B, UP, down, group
 
@@ -38,7 +38,7 @@ def named_templates_work() -> bool:
 # --------------------------------------------------------------------------- the whole way
 def test_catalog_model_all_the_way_to_a_valid_run_file(project, drive):
     d = drive(ENTER, QWEN25_7B, ENTER, ENTER, ENTER, DATA, ENTER, down(2) + ENTER, WRITE, NO, gpus=H100)
-    assert d.outcome is not None and d.outcome.start is False and d.outcome.refused == []
+    assert d.outcome is not None and d.outcome.start is False
     raw = run_file(project)
     assert raw["name"] == "run-01" and raw["preset"] == "fast" and raw["stage"] == "sft" and raw["method"] == "lora"
     assert raw["model"]["name_or_path"] == "Qwen/Qwen2.5-7B-Instruct"
@@ -209,48 +209,35 @@ def test_auto_template(project, drive):
 @pytest.mark.parametrize("index,stage", list(enumerate(STAGES)))
 def test_each_stage(project, drive, index, stage):
     keys = [ENTER, HUB, "org/model-7b" + ENTER, ENTER, down(index) + ENTER]
-    refused = is_not_yet(refusal(Answers(), "stage.type", stage=stage))
-    if refused:
-        keys.append(DOWN + ENTER)  # keep it
-    elif stage == "rl":
+    if stage == "rl":
         keys += [ENTER, "rm-run" + ENTER]  # the reward model is required: empty is refused
     keys.append(CTRL_C)  # at the method step
     d = drive(*keys)
     assert d.a.stage == stage
-    assert ("stage" in d.a.accepted) == refused
-    if stage == "rl" and not refused:
+    if stage == "rl":
         assert d.a.settings["stage.reward_model"] == "rm-run"
 
 
 # --------------------------------------------------------------------------- method
 @pytest.mark.parametrize("index,method", list(enumerate(METHODS)))
 def test_each_method_with_its_memory_estimate(project, drive, index, method):
-    keys = [ENTER, QWEN25_7B, ENTER, ENTER, down(index) + ENTER]
-    refused = is_not_yet(refusal(Answers(), "method", "training.precision", method=method))
-    if refused:
-        keys.append(DOWN + ENTER)  # keep it
-    keys.append(CTRL_C)  # at the data step
-    d = drive(*keys, gpus=H100)
+    d = drive(ENTER, QWEN25_7B, ENTER, ENTER, down(index) + ENTER, CTRL_C, gpus=H100)  # Ctrl+C at the data step
     assert d.a.method == method
-    assert ("method" in d.a.accepted) == refused
     label = memory_estimate.LABELS[method]
     assert f"{label}: ~" in d.text
-    if refused:
-        assert f"{label} is not supported by this ftune yet" in d.text
     if method == "full":
         assert "more than the 79 GB free on 1× H100 80GB HBM3: LoRA would need ~" in d.text
 
 
 def test_method_choice_changes_the_run_file(project, drive):
     method = next(m for m in ("dora", "full-bf16") if refusal(Answers(), "method", method=m) is None)
-    d = drive(ENTER, QWEN25_7B, ENTER, ENTER, down(list(METHODS).index(method)) + ENTER, DATA, ENTER, ENTER,
-              WRITE, NO, gpus=H100)
+    drive(ENTER, QWEN25_7B, ENTER, ENTER, down(list(METHODS).index(method)) + ENTER, DATA, ENTER, ENTER,
+          WRITE, NO, gpus=H100)
     raw = run_file(project)
     if method == "dora":
         assert raw["method"] == {"type": "lora", "lora": {"use_dora": True}}
     else:
         assert raw["method"] == "full" and raw["training"] == {"precision": "pure_bf16"}
-    assert d.outcome.refused == []
 
 
 # --------------------------------------------------------------------------- data
