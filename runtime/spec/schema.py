@@ -380,9 +380,9 @@ class TrainingSpec(Section):
     seed: int = Field(42, description="Random seed for reproducible runs.")
     precision: Literal["auto", "fp32", "fp16", "bf16", "pure_bf16"] = Field(
         "auto",
-        description="Compute type. auto: bf16 on GPUs that support it, else fp16 on GPU; on a CPU, bf16 where it has "
-        "native bf16 maths (AMX or AVX512-BF16; FTUNE_CPU_BF16=0 or 1 overrides), else fp32. "
-        "pure_bf16 loads the weights in bf16 without mixed precision.",
+        description="Compute type. auto: bf16 on GPUs that support it, else fp16 on GPU; on a CPU, bf16 for a "
+        "model 512 wide or more where the CPU has bf16 units (AMX or AVX512-BF16; FTUNE_CPU_BF16=0 or 1 overrides), "
+        "else fp32. pure_bf16 loads the weights in bf16 without mixed precision.",
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory by recomputing activations.")
     neftune_noise_alpha: float | None = Field(None, gt=0, description="NEFTune embedding noise (5 is common).")

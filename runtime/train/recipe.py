@@ -28,7 +28,7 @@ from ftune.runtime.train.args import common_args
 from ftune.runtime.train.callbacks import EventsCallback
 from ftune.runtime.train.downloads import download
 from ftune.runtime.train.host_memory import keep_freed_memory
-from ftune.runtime.train.model import Kernels, Precision, kernels, load_model, precision_plan
+from ftune.runtime.train.model import Kernels, Precision, hidden_size, kernels, load_model, precision_plan
 from ftune.runtime.train.optim import adapt_to_badam, custom_optimizer
 from ftune.runtime.train.phases import Phases
 from ftune.runtime.train.stopper import Stopper
@@ -215,7 +215,8 @@ def setup(spec: RunSpec, run: RunDir, events: EventWriter, stopper: Stopper, res
     phases.begin("tokenising")
     data = prepare_data(spec, tokenizer, base, events, run, lead, processor)
     phases.begin("loading the model")
-    plan = precision_plan(spec.training.precision, spec.method.type)
+    plan = precision_plan(spec.training.precision, spec.method.type,
+                          hidden_size(spec, source) if spec.training.precision == "auto" else None)
     host_memory_kept = not plan.cuda and keep_freed_memory()  # before the model's weights are allocated
     kern = kernels(spec, plan)
     model = load_model(spec, source, plan, kern, tokenizer, run, base, is_vision=processor is not None)

@@ -332,13 +332,17 @@ def test_precision_sets_weight_dtypes_and_mixed_precision(build, precision, meth
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU's precision plan")
-def test_auto_precision_on_a_cpu_with_bf16_units_trains_under_bf16_autocast(build, monkeypatch):
+def test_auto_precision_on_a_cpu_with_bf16_units_is_bf16_autocast_for_a_wide_model_only(build, monkeypatch):
+    from ftune.runtime.train.model import CPU_BF16_MIN_HIDDEN, precision_plan
+
     monkeypatch.setenv("FTUNE_CPU_BF16", "1")  # what sysmon.cpu_native_bf16 finds on an AMX or AVX512-BF16 CPU
-    b = build(training={"precision": "auto"})
-    params = list(b.model.parameters())
-    assert {p.dtype for p in params if not p.requires_grad} == {torch.bfloat16}  # the frozen base
-    assert {p.dtype for p in params if p.requires_grad} == {torch.float32}  # the adapter, under autocast
-    assert b.trainer.args.bf16 and not b.trainer.args.fp16
+    wide = precision_plan("auto", "lora", hidden=576)  # SmolLM2-135M
+    assert (wide.name, wide.dtype, wide.bf16) == ("bf16", torch.bfloat16, True)  # frozen base bf16, adapter fp32
+    assert precision_plan("auto", "lora", hidden=CPU_BF16_MIN_HIDDEN - 1).name == "fp32"
+    b = build(training={"precision": "auto"})  # the tiny model, 64 wide: the casts would cost more than they save
+    assert {p.dtype for p in b.model.parameters()} == {torch.float32} and not b.trainer.args.bf16
+    monkeypatch.setenv("FTUNE_CPU_BF16", "0")
+    assert precision_plan("auto", "lora", hidden=576).name == "fp32"
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
