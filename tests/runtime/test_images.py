@@ -32,7 +32,8 @@ def test_llamafactory_sample_reads_with_its_images_and_sizes():
     loaded = load_source(src)
     assert (loaded.total, loaded.invalid, loaded.formatting) == (6, 0, "sharegpt")
     first = loaded.examples[0]
-    assert first.images == [str(folder / "mllm_demo_data" / "1.jpg")] * 2  # relative to the dataset_dir
+    # relative to the dataset_dir, which is read resolved (../shared may be a link to the data)
+    assert first.images == [str(folder.resolve() / "mllm_demo_data" / "1.jpg")] * 2
     assert first.messages[0]["content"].count("<image>") == 1 and first.image_sizes[0] == (300, 168)
     report = check("mllm_demo", dataset_dir=str(folder)).to_dict()
     assert (report["images"], report["image_rows"]) == (8, 6)
