@@ -73,7 +73,8 @@ def breakdown(prof, wall: float, rank: int, vocab: int) -> dict[str, float]:
 
 
 def profile(model: Path, data: Path, rows: int, cutoff: int, batch: int, grad_accum: int, warm: int,
-            steps: int, rank: int = 8, precision: str = "fp32", profiled: bool = True) -> dict:
+            steps: int, rank: int = 8, precision: str = "fp32", profiled: bool = True,
+            compiled: bool = False) -> dict:
     import torch
     from torch.profiler import ProfilerActivity
     from transformers import TrainerCallback
@@ -92,6 +93,10 @@ def profile(model: Path, data: Path, rows: int, cutoff: int, batch: int, grad_ac
     run = RunDir(folder.parent, folder.name)
     r = recipe.setup(load_spec(run.spec_path), run, EventWriter(run.events_path), Stopper())
     vocab = r.trainer.model.get_output_embeddings().weight.shape[0]
+    if compiled:  # regional: each decoder layer by torch.compile (inductor); the warm-up steps pay the compiling
+        for module in r.trainer.model.modules():
+            if type(module).__name__.endswith("DecoderLayer"):
+                module.compile(dynamic=True)
     prof = torch.profiler.profile(activities=[ProfilerActivity.CPU], record_shapes=True)
     clock: dict[str, float] = {}
 
@@ -109,12 +114,14 @@ def profile(model: Path, data: Path, rows: int, cutoff: int, batch: int, grad_ac
                     prof.stop()
 
     r.trainer.add_callback(Window())
+    clock["start"] = time.perf_counter()
     r.trainer.train()
     wall = clock["t1"] - clock["t0"]
     parts = breakdown(prof, wall, rank, vocab) if profiled else {}
     step_events = [json.loads(line) for line in run.events_path.read_text().splitlines()
                    if json.loads(line).get("type") == "step"]
     return {"wall": wall, "steps": steps, "parts": parts, "threads": torch.get_num_threads(), "precision": precision,
+            "warm_wall": clock["t0"] - clock["start"], "compiled": compiled,
             "step_events": step_events[warm:warm + steps]}
 
 
@@ -126,7 +133,9 @@ def markdown(result: dict, argv: list[str]) -> str:
     for part, s in result["parts"].items():
         lines.append(f"| {part} | {s / result['steps']:.2f} | {100 * s / wall:.1f}% |")
     losses = ", ".join(f"{e['step']}: {e['loss']:.4f}" for e in result["step_events"] if "loss" in e)
-    return "\n".join(lines) + f"\n\nprecision {result['precision']}; the profiled steps' losses: {losses}"
+    return "\n".join(lines) + (f"\n\nprecision {result['precision']}, compiled {result['compiled']}; the "
+                                f"{result['warm_wall']:.1f} s before them (warm-up steps, and compiling); the "
+                                f"profiled steps' losses: {losses}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -141,12 +150,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=2, help="optimiser steps profiled")
     p.add_argument("--precision", default="fp32", help="training.precision (auto: ftune's choice for this machine)")
     p.add_argument("--no-profile", action="store_true", help="time the steps only, without the profiler")
+    p.add_argument("--compile", action="store_true", help="torch.compile each decoder layer (inductor) first")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     model = compare.given_model(args.model)
     data = compare.find_data(args.data)
     result = profile(model, data, args.rows, args.cutoff, args.batch, args.grad_accum, args.warm, args.steps,
-                     precision=args.precision, profiled=not args.no_profile)
+                     precision=args.precision, profiled=not args.no_profile, compiled=args.compile)
     print(markdown(result, sys.argv[1:] if argv is None else argv))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
