@@ -780,7 +780,7 @@ checkpoint_option = click.option("--checkpoint", type=int, metavar="STEP",
 @run_argument
 @checkpoint_option
 @click.option("--format", "fmt", type=LazyChoice(_schema_values("output", "save_format")),
-              help="Default: the run's output.save_format. merged_4bit needs bitsandbytes on a CUDA GPU.")
+              help="Default: the run's output.save_format. merged_4bit needs bitsandbytes (it runs on a CPU too).")
 @click.option("--quant", type=LazyChoice(_schema_values("output", "gguf_quant")),
               help="For gguf (default: the run's output.gguf_quant, q8_0). q4_k_m, q5_k_m, q6_k need llama.cpp's "
                    "llama-quantize on PATH.")
