@@ -9,12 +9,26 @@ prints with rich), so each face keeps its own way of printing them.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 NONE = "–"  # a figure that is not there
+
+
+# --------------------------------------------------------------------------- paths
+def here(path: str | Path | None) -> str:
+    """A path as one would type it from the working folder: relative where it lies below it (`runs/demo/export`
+    fits an 80-column line where the absolute path wrapped), absolute elsewhere; '–' for none."""
+    if not path:
+        return NONE
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return str(path)
+    return str(path) if rel.startswith("..") else rel
 
 
 # --------------------------------------------------------------------------- numbers

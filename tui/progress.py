@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ftune.runtime.events import FINAL_TYPES, EventReader, phase_text
 from ftune.runtime.rundir import RunDir
-from ftune.runtime.present import no_final_event, num, resume_hint, size
+from ftune.runtime.present import here, no_final_event, num, resume_hint, size
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 
@@ -95,7 +95,7 @@ def _show(e: dict[str, Any], progress: Progress, task, console: Console, losses:
         console.print(f"  step {e.get('step')}: eval loss [cyan]{num(e.get('eval_loss'))}")
     elif kind == "checkpoint":
         asked = " (asked for)" if e.get("requested") else ""
-        console.print(f"  step {e.get('step')}: checkpoint saved{asked} ({size(e.get('bytes'))}) {e.get('path')}")
+        console.print(f"  step {e.get('step')}: checkpoint saved{asked} ({size(e.get('bytes'))}) {here(e.get('path'))}")
     elif kind == "rollback":
         console.print(f"[magenta]rolled back[/] from step {e.get('step')} to step {e.get('to_step')} ({e.get('reason')}): "
                       f"{e.get('skipped_batches')} batches skipped, rollback {e.get('rollback')} of "
@@ -124,8 +124,8 @@ def _summary(run: RunDir, final: dict[str, Any] | None, losses: list[float], sec
     arts = final.get("artifacts") or {}
     if kind == "stopped":
         why = f" ({final['message']})" if final.get("reason") == "max_time" and final.get("message") else ""
-        console.print(f"[yellow]Stopped[/] at step {final.get('step')}{why}; checkpoint: {arts.get('checkpoint', '–')}\n"
-                      f"{resume_hint(run.name)}")
+        console.print(f"[yellow]Stopped[/] at step {final.get('step')}{why}; "
+                      f"checkpoint: {here(arts.get('checkpoint'))}\n{resume_hint(run.name)}")
     else:
         console.print(f"[green]Finished[/] {final.get('step')} steps in {seconds:.0f} s; "
-                      f"model ({arts.get('format')}): {arts.get('export')}")
+                      f"model ({arts.get('format')}): {here(arts.get('export'))}")

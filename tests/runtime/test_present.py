@@ -62,3 +62,12 @@ def test_a_runs_table_fits_a_narrow_terminal():
     cols, rows, _, room = present.fit_runs([row], present.LS_COLUMNS, 80)
     assert ("started", "started") not in cols and room == 8 and len(rows[0]["name"]) < len(row["name"])
     assert rows[0]["status"] == "running" and rows[0]["model"] == "Model-7B"
+
+
+def test_here_shows_a_path_below_the_working_folder_relative_and_others_whole(tmp_path, monkeypatch):
+    from ftune.runtime.present import here
+
+    monkeypatch.chdir(tmp_path)
+    assert here(tmp_path / "runs" / "demo" / "export") == "runs/demo/export"
+    assert here("/elsewhere/runs/demo") == "/elsewhere/runs/demo"
+    assert here(None) == "–"
