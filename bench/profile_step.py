@@ -4,7 +4,9 @@
         --rows 64 --cutoff 384 --batch 2 --grad-accum 4 --warm 1 --steps 2 [--json out.json]
 
 The trainer is the one the worker builds (recipe.setup on a run file written as bench/side_by_side.py writes
-ftune's), so every ftune default is in: padding-free batches, the loss on learnt positions only, the allocator setting. After
+ftune's), so every ftune default is in: padding-free batches, the loss on learnt positions only, the allocator
+setting. --precision sets training.precision (fp32 unless given); --no-profile only times the steps (to compare
+settings on and off, e.g. OMP_* variables); --compile first compiles each decoder layer with torch.compile. After
 --warm optimiser steps, --steps more run under torch.profiler (CPU activities, input shapes recorded). Each op's own
 time (self time: its children's left out) goes to one part:
 
@@ -34,7 +36,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import side_by_side as compare  # noqa: E402 - the same model conversion, row split and run file as the side-by-side bench
+# the same model conversion, row split and run file as the side-by-side bench
+import side_by_side as compare  # noqa: E402
 
 MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
 PARTS = ["LoRA matmuls", "LM head", "other matmuls", "attention", "loss", "optimiser", "elementwise & rest",

@@ -116,7 +116,7 @@ class Job:
     lf_template: str = "chatml"  # LLaMA-Factory's name for the model's template
     default_system: str | None = None  # the system prompt the model's template adds when a row has none
     prompt_completion: bool = False  # TRL: prompt/completion rows (for templates it refuses assistant masks on)
-    precision: str = "fp32"  # ftune's training.precision for the fixed job; ftune's variant "ftune-auto" leaves it to ftune
+    precision: str = "fp32"  # ftune's training.precision in the fixed job; the variant ftune-auto leaves it to ftune
 
 
 # --------------------------------------------------------------------------- the probe
@@ -460,8 +460,8 @@ class Result:
 
 
 # each ftune variant: what it changes in the run file, by section
-FTUNE_VARIANT = {"ftune": {}, "ftune-padded": {"data": {"padding_free": False}}, "ftune-packing": {"data": {"packing": True}},
-                 "ftune-auto": {"training": {"precision": "auto"}}}
+FTUNE_VARIANT = {"ftune": {}, "ftune-padded": {"data": {"padding_free": False}},
+                 "ftune-packing": {"data": {"packing": True}}, "ftune-auto": {"training": {"precision": "auto"}}}
 LF_VARIANT = {"lf": {}, "lf-packing": {"packing": True}, "lf-neat": {"neat_packing": True},
               "lf-bf16": {"bf16": True, "use_cpu": True}}
 TOOLS = [*FTUNE_VARIANT, *LF_VARIANT, *TRL_VARIANTS]
@@ -554,7 +554,8 @@ def write_ftune_run(runs: Path, model: Path, data: Path, job: Job, variant: str 
     spec = {
         "name": "bench",
         "model": {"name_or_path": str(model)},
-        "data": {"train": [str(data)], "val_size": 0.0, "max_length": job.cutoff, **FTUNE_VARIANT[variant].get("data", {}),
+        "data": {"train": [str(data)], "val_size": 0.0, "max_length": job.cutoff,
+                 **FTUNE_VARIANT[variant].get("data", {}),
                  **({"validation": job.eval_data} if job.eval_data else {})},
         "stage": "sft",
         "method": {"type": "lora", "lora": {"rank": job.rank, "alpha": job.alpha, "dropout": 0.0,
