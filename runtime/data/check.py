@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftune.runtime import gguf
-from ftune.runtime.data.formats import Source, load_source, registry_sources
+from ftune.runtime import gguf, hub
+from ftune.runtime.data.formats import DataError, Source, load_source, registry_sources
 from ftune.runtime.data.load import FileSummary, summarize_file
 from ftune.runtime.data.tokenize import (
     VisionTokens,
@@ -170,6 +170,8 @@ def check(path: str, model: str | None = None, max_length: int = 1024, dataset_d
     """The whole report: every row checked, and with a model, how the valid rows tokenise."""
     if dataset_dir:
         (source,) = registry_sources(Path(dataset_dir), [path])
+    elif hub.is_hub_data(path):
+        source = Source(hub_file(path))
     else:
         source = Source(Path(path))
     summary = summarize_file(source.path, max_errors, source=source)
@@ -184,6 +186,19 @@ def check(path: str, model: str | None = None, max_length: int = 1024, dataset_d
     return report
 
 
+def hub_file(name: str) -> Path:
+    """`ftune data check hf://datasets/ORG/NAME`: the set's file from the local cache (a check reads; it does not
+    download). Not cached, or several files: one sentence saying what to do instead."""
+    files = hub.cached_files(hub.parse(name))
+    if not files:
+        raise DataError(f"{name} is not in the local cache, and `ftune data check` does not download: `ftune train` "
+                        f"downloads it and checks its rows before training (or check a local copy of the file)")
+    if len(files) > 1:
+        shown = "\n  ".join(str(f) for f in files[:5]) + ("\n  …" if len(files) > 5 else "")
+        raise DataError(f"{name} has {len(files)} files in the cache; check them one at a time:\n  {shown}")
+    return files[0]
+
+
 def registry_exit_code(entries: list[tuple[str, DataReport | None, str]]) -> int:
     """`ftune data check dataset_info.json`'s exit code: 2 when a data set cannot be read, 1 when one has invalid
     rows, else 0."""
@@ -196,7 +211,6 @@ def check_registry(info_path: Path, max_errors: int = 3) -> list[tuple[str, Data
     (name, report, note). Hub and script entries have no report: they cannot be read offline."""
     import json
 
-    from ftune.runtime.data.formats import DataError
 
     try:
         info = json.loads(info_path.read_text(encoding="utf-8"))

@@ -289,3 +289,18 @@ def test_a_failed_download_ends_the_run_with_what_to_do():
     err = hub.HubError("the download of data set hf://datasets/org/x failed: the hub cannot be reached (ReadTimeout)",
                        hint="Run the same command again: the files already downloaded are kept.")
     assert explain(err) == (str(err), err.hint)  # the worker's error event says it in these words
+
+
+def test_data_check_reads_a_hub_set_from_the_cache_and_says_what_to_do_when_it_cannot(tmp_path, hf):
+    """`ftune data check hf://datasets/ORG/NAME`: it reads (never downloads) the cached file, line numbers and all;
+    an uncached set, or one of several files, is one sentence (a path of "hf:/datasets/..." not found, before)."""
+    snap = write_cache(hf, "org/support", {"README.md": b"# support\n", "data/train.jsonl": rows(12, bad_at=5)})
+    out = CliRunner().invoke(main, ["data", "check", "hf://datasets/org/support"], prog_name="ftune")
+    shown = f"{snap / 'data' / 'train.jsonl'}:5"
+    assert out.exit_code == 1 and "12: 11 valid, 1 invalid" in out.output and shown in out.output, out.output
+    out = CliRunner().invoke(main, ["data", "check", "hf://datasets/org/elsewhere"], prog_name="ftune")
+    assert out.exit_code == 2 and "is not in the local cache" in out.output and "`ftune train` downloads it" in \
+        out.output, out.output
+    write_cache(hf, "org/split", {"a.jsonl": rows(2), "b.jsonl": rows(2)})
+    out = CliRunner().invoke(main, ["data", "check", "hf://datasets/org/split"], prog_name="ftune")
+    assert out.exit_code == 2 and "has 2 files in the cache; check them one at a time" in out.output, out.output
