@@ -72,8 +72,7 @@ def hidden_size(spec: RunSpec, source: str) -> int | None:
                                             trust_remote_code=spec.model.trust_remote_code)
     except (OSError, ValueError):
         return None
-    config = getattr(config, "text_config", None) or config
-    return getattr(config, "hidden_size", None)
+    return getattr(config.get_text_config(), "hidden_size", None)  # transformers' own rule for nested configs
 
 
 def kernels(spec: RunSpec, plan: Precision) -> Kernels:
