@@ -97,8 +97,9 @@ def test_a_hang_ends_the_run_a_requeue_resumes_it_and_a_time_limit_stops_it(proj
     assert run.state() == "failed" and run.latest_checkpoint()[0] == 2
 
     # A scheduler requeues it: a plain start resumes (auto_resume) from checkpoint-2. Its time limit has passed by
-    # the first step's end (loading takes longer), so it saves there and stops, saying why.
-    monkeypatch.delenv("FTUNE_FAULTS")
+    # the first step's end, so it saves there and stops, saying why. Step 3 begins with a 1 s stall: a worker forked
+    # from the tests' zygote (imports done) can reach that step's end inside the 0.5 s limit, and then stopped at 4.
+    monkeypatch.setenv("FTUNE_FAULTS", "stall@3:1")
     run.spec_path.write_text(run.spec_path.read_text().replace("hang_after: 3", "max_time: 0.5"))
     reader = EventReader(run.events_path)
     reader.read_new()
@@ -111,6 +112,7 @@ def test_a_hang_ends_the_run_a_requeue_resumes_it_and_a_time_limit_stops_it(proj
     assert run.latest_checkpoint()[0] == 3 and run.state() == "stopped"
 
     # requeued again, without the limit: on from checkpoint-3 to the end
+    monkeypatch.delenv("FTUNE_FAULTS")
     run.spec_path.write_text(run.spec_path.read_text().replace("max_time: 0.5", "max_time: 600"))
     train_to_end(run)
     new = reader.read_new()
