@@ -47,8 +47,7 @@ def needs_bitsandbytes(spec: RunSpec) -> bool:
     q = spec.method.quantization
     return bool((q.bits and q.method == "bnb") or spec.training.optim in BNB_OPTIMS
                 or formats.get(spec.output.save_format).requires == "bitsandbytes"
-                or spec.stage.ref_model_quantization_bits
-                or spec.stage.reward_model_quantization_bits)
+                or spec.stage.quantizes_a_frozen_model)
 
 
 def cuda_only(spec: RunSpec) -> list[tuple[str, str, str]]:

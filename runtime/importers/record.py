@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from pydantic import TypeAdapter, ValidationError
 
 from ftune.runtime.spec import RunSpec
-from ftune.runtime.spec.edit import del_path, get_path, literal_values, set_path
+from ftune.runtime.spec.edit import del_path, field_info, get_path, literal_values, set_path
 from ftune.runtime.spec.schema import class_at
 
 # Why a key is not carried over (the three kinds `ftune import` names).
@@ -82,9 +82,12 @@ def field_problem(target: str, value: Any) -> str | None:
     """Why the schema's field at `target` refuses `value` on its own (None when it takes it)."""
     parts = target.split(".")
     cls = class_at(tuple(parts[:-1])) if len(parts) > 1 else RunSpec
-    if cls is None or parts[-1] not in cls.model_fields:
-        return "is not a field of the run file"
-    info = cls.model_fields[parts[-1]]
+    info = cls.model_fields.get(parts[-1]) if cls is not None else None
+    if info is None:
+        try:
+            info = field_info(target)  # a stage's own setting: `stage` is a union of the stages' sections
+        except KeyError:
+            return "is not a field of the run file"
     try:
         TypeAdapter(Annotated[info.annotation, info]).validate_python(value)
     except ValidationError as e:

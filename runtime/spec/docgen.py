@@ -5,13 +5,14 @@ A test checks the committed file matches, so the docs never drift from the schem
 
 from __future__ import annotations
 
+import inspect
 import sys
 import typing
 from pathlib import Path
 
 from ftune.presets import NAMES, describe, load_preset
 from ftune.runtime.spec.keys import FOREIGN_KEYS
-from ftune.runtime.spec.schema import RunSpec, section_class
+from ftune.runtime.spec.schema import RunSpec, iter_fields, section_class, stages_with
 
 
 def _type_name(annotation: typing.Any) -> str:
@@ -65,18 +66,19 @@ def render() -> str:
         cls = section_class(info.annotation)
         if cls is None:
             continue
-        out += [f"## `{section}`", "", (cls.__doc__ or "").strip(), "", "| field | type | default | |",
+        out += [f"## `{section}`", "", inspect.cleandoc(cls.__doc__ or ""), "", "| field | type | default | |",
                 "|---|---|---|---|"]
 
-        def rows(model, prefix=""):
-            for name, f in model.model_fields.items():
-                sub = section_class(f.annotation)
-                if sub is not None:
-                    yield from rows(sub, f"{prefix}{name}.")
+        def rows():
+            for path, f, _ in iter_fields():  # a stage's settings too (the section is a union of its stages')
+                if not path.startswith(f"{section}."):
                     continue
-                yield f"| `{prefix}{name}` | {_type_name(f.annotation)} | {_default(f)} | {f.description or ''} |"
+                path = path.removeprefix(f"{section}.")
+                owners = stages_with(path) if section == "stage" and path not in cls.model_fields else []
+                also = f" Stage{'s' if len(owners) > 1 else ''}: {', '.join(owners)}." if owners else ""
+                yield f"| `{path}` | {_type_name(f.annotation)} | {_default(f)} | {f.description or ''}{also} |"
 
-        out += list(rows(cls)) + [""]
+        out += list(rows()) + [""]
     top = [n for n, f in RunSpec.model_fields.items() if section_class(f.annotation) is None]
     out += ["## Top level", "", "| field | type | default | |", "|---|---|---|---|"]
     for name in top:

@@ -29,6 +29,16 @@ def run_schema() -> dict[str, Any]:
     props = schema["properties"]
     for section, field in shorthand.SHORTHAND.items():
         target = props[section]
+        if "oneOf" in target:  # stage: one section per stage, told apart by its type (the default's may be left out)
+            members = [defs[ref["$ref"].rsplit("/", 1)[-1]] for ref in target["oneOf"]]
+            tags = [m["properties"][field]["const"] for m in members]
+            for member, tag in zip(members, tags):
+                if tag != RunSpec.model_fields[section].get_default(call_default_factory=True).type:
+                    member["required"] = sorted({*member.get("required", []), field})
+            short = {"type": "string", "enum": tags, "description": members[0]["properties"][field].get("description")}
+            props[section] = {"anyOf": [{"oneOf": target["oneOf"]}, short],
+                              "description": members[0].get("description")}
+            continue
         name = target["$ref"].rsplit("/", 1)[-1]
         short = {k: v for k, v in defs[name]["properties"][field].items() if k in ("enum", "type", "description")}
         props[section] = {"anyOf": [{"$ref": target["$ref"]}, short], "description": defs[name].get("description")}

@@ -102,7 +102,7 @@ def spec_to_dict(spec: RunSpec) -> dict[str, Any]:
         out = {}
         for key, value in data.items():
             info = cls.model_fields[key]
-            sub = section_class(info.annotation)
+            sub = section_class(info.annotation, value)  # a stage's own class, by its type
             if sub is not None and isinstance(value, dict):
                 value = prune(sub, value)
                 if not value:

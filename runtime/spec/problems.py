@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from ftune.runtime.errors import UserError
 from ftune.runtime.spec.keys import FOREIGN_KEYS
-from ftune.runtime.spec.schema import class_at
+from ftune.runtime.spec.schema import class_at, stages_text, stages_with, untagged
 
 
 @dataclass
@@ -75,13 +75,20 @@ def _leading_field(message: str) -> str | None:
 def pydantic_problems(err: ValidationError) -> list[Problem]:
     problems = []
     for e in err.errors(include_url=False):
-        loc = tuple(e["loc"])
+        loc, kind = untagged(tuple(e["loc"])), e["type"]
+        if kind == "union_tag_invalid":  # stage.type names no stage: said as pydantic says it of any other choice
+            *tags, last = e["ctx"]["expected_tags"].split(", ")
+            loc, kind = (*loc, "type"), "literal_error"
+            e = {**e, "msg": f"Input should be {', '.join(tags)} or {last}", "input": e["ctx"]["tag"]}
         dotted = ".".join(str(p) for p in loc)
-        kind = e["type"]
         if kind == "value_error" and len(loc) <= 1:  # a model validator: name the field it is about
             dotted = _leading_field(e["msg"].removeprefix("Value error, ")) or dotted
-        if kind == "extra_forbidden":
-            msg = "unknown key" + _suggest(loc)
+        owners = stages_with(str(loc[-1])) if loc[:1] == ("stage",) else []
+        if kind == "extra_forbidden" and owners:  # another stage's setting (its loc: stage, <this type>, key)
+            msg = (f"not a setting of stage {e['loc'][1]}: it belongs to {stages_text(owners)}; remove it, or set "
+                   f"stage.type to {'one of them' if len(owners) > 1 else owners[0]}")
+        elif kind == "extra_forbidden":
+            msg = "unknown key" + _suggest(tuple(e["loc"]))
         elif kind == "missing":
             msg = "required, but missing"
         else:

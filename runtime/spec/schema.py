@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import difflib
 import typing
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_model, field_validator, model_validator
 
 from ftune.runtime.names import NAME_RULE, check_run_name  # noqa: F401 - the spec's API names them
 from ftune.runtime.infer import formats
@@ -216,52 +216,55 @@ class DataSpec(Section):
 
 
 # --------------------------------------------------------------------------- stage
-class StageSpec(Section):
-    """What is being learnt. `stage: sft` is short for `stage: {type: sft}`."""
+class StageBase(Section):
+    """What is being learnt. `stage: sft` is short for `stage: {type: sft}`. Each stage has its own settings beside
+    its type (the rows below name the stages a setting belongs to); another stage's setting is a mistake."""
 
     type: Literal[stages.NAMES] = Field(  # type: ignore[valid-type] - the registry's names
         "sft",
         description="sft supervised fine-tuning; pt continued pre-training; rm reward model; dpo/kto/orpo/simpo "
         "preference optimisation; rl reinforcement learning from a reward model.",
     )
-    pref_beta: float = Field(0.1, gt=0, description="Beta of the preference loss (DPO, KTO, ORPO, SimPO).")
-    pref_loss: Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero",
-                       "apo_down"] = Field("sigmoid", description="DPO loss variant (TRL's names).")
-    pref_ftx: float = Field(0.0, ge=0, description="Weight of an SFT loss on the chosen answers added to DPO.")
-    label_smoothing: float = Field(0.0, ge=0, le=0.5, description="DPO label smoothing, 0 to 0.5.")
-    simpo_gamma: float = Field(0.5, description="SimPO reward margin.")
-    kto_desirable_weight: float = Field(1.0, gt=0, description="KTO weight of desirable examples.")
-    kto_undesirable_weight: float = Field(1.0, gt=0, description="KTO weight of undesirable examples.")
-    ref_model: str | None = Field(
-        None, description="Reference model for dpo/kto: another run's name or a model folder (default: the base "
-        "model — with LoRA, the adapter switched off)."
-    )
-    ref_model_quantization_bits: Literal[4, 8] | None = Field(
-        None, description="Load the reference model quantised to 4 or 8 bits (bitsandbytes, nf4 at 4 bits)."
-    )
-    reward_model: str | None = Field(None, description="Reward model for rl: an rm run's name or a model folder.")
-    reward_model_quantization_bits: Literal[4, 8] | None = Field(
-        None, description="Load the reward model quantised to 4 or 8 bits (bitsandbytes, nf4 at 4 bits)."
-    )
-    rl_algorithm: Literal["grpo", "rloo"] = Field(
-        "grpo", description="What rl runs (TRL 1.x has no PPO trainer): grpo (Group Relative Policy Optimization: "
-        "each answer scored against the mean of its group) or rloo (REINFORCE Leave-One-Out: against the mean of "
-        "the other answers to the same prompt)."
-    )
-    num_generations: int = Field(4, ge=2, description="rl: answers sampled per prompt and compared.")
-    max_completion_length: int = Field(128, ge=1, description="rl: longest sampled answer, in tokens.")
-    kl_beta: float = Field(0.0, ge=0, description="rl: weight of the KL penalty towards the starting model.")
 
     @property
     def definition(self) -> stages.StageDef:
         """Everything about this stage (train/stages/): what it trains on, what it may export, its trainer."""
         return stages.stage(self.type)
 
+    @property
+    def quantizes_a_frozen_model(self) -> bool:
+        """A reference or reward model loaded in 4 or 8 bits (bitsandbytes)."""
+        return any(v for k, v in self if k.endswith("_quantization_bits"))
+
     @model_validator(mode="after")
-    def _needs_reward_model(self) -> "StageSpec":
+    def _needs_reward_model(self) -> "StageBase":
         if self.definition.needs_reward_model and not self.reward_model:
             raise ValueError(f"stage {self.type} needs reward_model: the name of a finished rm run or a model folder")
         return self
+
+
+def _stage_settings_class(d: stages.StageDef) -> type[StageBase]:
+    """One stage's section of the run file: its type and its own settings (train/stages/<name>.py), as TRL has a
+    config class per trainer."""
+    type_field = (Literal[d.name], Field(d.name, description=StageBase.model_fields["type"].description))
+    return create_model(f"{d.name.title()}Stage", __base__=StageBase, __doc__=StageBase.__doc__,
+                        type=type_field, **d.settings)
+
+
+STAGE_SPECS: dict[str, type[StageBase]] = {name: _stage_settings_class(d) for name, d in stages.STAGES.items()}
+# the run file's `stage:` section: the class of its stage.type (pydantic picks it by the tag)
+# (a callable discriminator: Section's before-validators run on every field, and pydantic refuses one on a tag field)
+StageSpec = Annotated[typing.Union[tuple(Annotated[c, Tag(n)] for n, c in STAGE_SPECS.items())],  # type: ignore
+                      Discriminator(lambda v: v.get("type") if isinstance(v, dict) else getattr(v, "type", None))]
+
+
+def stage_section(value: Any) -> Any:
+    """`stage:` as the union reads it: `stage: dpo` or a section without a type (sft, the default) gets its tag."""
+    if isinstance(value, str):
+        return {"type": value}
+    if isinstance(value, dict) and "type" not in value:
+        return {"type": "sft", **value}
+    return value
 
 
 # --------------------------------------------------------------------------- method
@@ -545,11 +548,16 @@ class RunSpec(Section):
     )
     model: ModelSpec
     data: DataSpec
-    stage: StageSpec = Field(default_factory=StageSpec)
+    stage: StageSpec = Field(default_factory=STAGE_SPECS["sft"])
     method: MethodSpec = Field(default_factory=MethodSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+
+    @field_validator("stage", mode="before")
+    @classmethod
+    def _stage_tag(cls, v: Any) -> Any:
+        return stage_section(v)
 
     @field_validator("name")
     @classmethod
@@ -625,8 +633,23 @@ class RunSpec(Section):
 
 
 # --------------------------------------------------------------------------- schema walking
-def section_class(annotation: Any) -> type[BaseModel] | None:
-    """The section model an annotation holds (`ModelSpec`, or `LoraSpec` inside `LoraSpec | None`), or None."""
+def union_members(annotation: Any) -> dict[str, type[BaseModel]]:
+    """A tagged union's sections by tag (StageSpec: {"sft": SftStage, "dpo": DpoStage, ...}); {} for any other
+    annotation. pydantic keeps the bare Union as a field's annotation and the tag's name apart."""
+    args = [typing.get_args(a)[0] if typing.get_origin(a) is Annotated else a for a in typing.get_args(annotation)]
+    models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+    if len(models) < 2:
+        return {}
+    return {m.model_fields["type"].default: m for m in models}
+
+
+def section_class(annotation: Any, value: Any = None) -> type[BaseModel] | None:
+    """The section model an annotation holds (`ModelSpec`, or `LoraSpec` inside `LoraSpec | None`), or None. For a
+    tagged union, the member a value's type picks, else the base they share (StageBase: the type alone)."""
+    members = union_members(annotation)
+    if members:
+        tag = value.get("type") if isinstance(value, dict) else None
+        return members.get(tag) or next(iter(members.values())).__base__
     for candidate in (annotation, *typing.get_args(annotation)):
         if isinstance(candidate, type) and issubclass(candidate, BaseModel):
             return candidate
@@ -634,21 +657,59 @@ def section_class(annotation: Any) -> type[BaseModel] | None:
 
 
 def class_at(path: tuple[str | int, ...]) -> type[BaseModel] | None:
-    """The section model at a path of keys (("method", "lora") -> LoraSpec), or None when there is none."""
+    """The section model at a path of keys (("method", "lora") -> LoraSpec), or None when there is none. A tag
+    names a union's member, as in pydantic's error locations: ("stage", "dpo") -> DpoStage."""
     cls: type[BaseModel] | None = RunSpec
+    members: dict[str, type[BaseModel]] = {}
     for key in path:
+        if isinstance(key, str) and key in members:
+            cls, members = members[key], {}
+            continue
         if cls is None or not isinstance(key, str) or key not in cls.model_fields:
             return None
-        cls = section_class(cls.model_fields[key].annotation)
+        annotation = cls.model_fields[key].annotation
+        cls, members = section_class(annotation), union_members(annotation)
     return cls
 
 
+def untagged(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """A pydantic error location as the run file's path: the union's tag dropped (stage.dpo.pref_beta ->
+    stage.pref_beta)."""
+    out: list[str | int] = []
+    for key in loc:
+        cls = class_at(tuple(out))
+        if cls is not None and isinstance(key, str) and key not in cls.model_fields and class_at((*out, key)):
+            continue  # a tag
+        out.append(key)
+    return tuple(out)
+
+
 def iter_fields(cls: type[BaseModel] = RunSpec, prefix: str = ""):
-    """Yield (dotted path, FieldInfo, section class) for every leaf field of the schema."""
+    """Yield (dotted path, FieldInfo, section class) for every leaf field of the schema; a tagged union's fields
+    once each (stage.type, then every stage's own settings, in the registry's order)."""
     for name, info in cls.model_fields.items():
-        sub = section_class(info.annotation)
         path = f"{prefix}{name}"
+        members = union_members(info.annotation)
+        if members:
+            seen: set[str] = set()
+            for member in (section_class(info.annotation), *members.values()):  # the base's stage.type first
+                for item in iter_fields(member, path + "."):
+                    if item[0] not in seen:
+                        seen.add(item[0])
+                        yield item
+            continue
+        sub = section_class(info.annotation)
         if sub is not None and sub is not cls:
             yield from iter_fields(sub, path + ".")
         else:
             yield path, info, cls
+
+
+def stages_with(setting: str) -> list[str]:
+    """The stages that have `setting` among their own (stage.pref_beta: dpo, kto, orpo, simpo)."""
+    return [name for name, cls in STAGE_SPECS.items() if setting in cls.model_fields]
+
+
+def stages_text(names: list[str]) -> str:
+    """Stage names in a sentence: "dpo, kto, orpo and simpo"."""
+    return " and ".join(filter(None, (", ".join(names[:-1]), names[-1]))) if names else ""

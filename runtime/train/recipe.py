@@ -76,7 +76,7 @@ def load_stage_models(spec: RunSpec, run: RunDir, base: Path, plan: Precision):
     """The reference model (dpo/kto, when named) and the reward model (rl): other runs or paths."""
     s, stage = spec.stage, spec.stage.definition
     ref = reward = None
-    if s.ref_model and stage.takes_reference:
+    if stage.takes_reference and s.ref_model:
         ref = frozen.load_reference(models.resolve_model_ref(s.ref_model, run.root, base), plan.dtype,
                                     spec.model.trust_remote_code, s.ref_model_quantization_bits)
     if stage.needs_reward_model:

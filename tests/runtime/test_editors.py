@@ -31,9 +31,13 @@ def test_the_schema_accepts_what_ftune_accepts():
     full = {**GOOD, "stage": {"type": "dpo", "pref_beta": 0.2}, "method": {"type": "lora", "lora": {"rank": 4}},
             "data": {"train": ["a.jsonl", "b.jsonl"]}}
     assert errors(full) == []
+    assert errors({**GOOD, "stage": {}}) == errors({**GOOD, "stage": {"num_generations": 8, "type": "rl",
+                                                                       "reward_model": "rm-01"}}) == []
 
 
 @pytest.mark.parametrize("change,words", [
+    ({"stage": {"type": "sft", "pref_beta": 0.2}}, "is not valid"),  # another stage's setting, as ftune says
+    ({"stage": {"pref_beta": 0.2}}, "is not valid"),  # no type is sft
     ({"training": {"learning_rat": 1e-4}}, "learning_rat"),
     ({"stage": "sftt"}, "sftt"),
     ({"method": {"type": "lora", "lora": {"rank": 0}}}, "is not valid"),  # rank < 1, inside the shorthand's anyOf

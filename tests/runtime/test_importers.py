@@ -190,6 +190,11 @@ def test_overrides_like_llamafactory_cli(tmp_path, lf_info):
     assert "from the command line" in next(c.note for c in imported.carried if c.source == "learning_rate")
     with pytest.raises(UserError, match="not KEY=VALUE"):
         lf_import(LF / "train_lora/qwen3_lora_sft.yaml", tmp_path, lf_info, overrides=["learning_rate"])
+    # LLaMA-Factory reads pref_beta for its preference stages only: on an sft run it is left out, saying so
+    sft = lf_import(LF / "train_lora/qwen3_lora_sft.yaml", tmp_path, lf_info, overrides=["pref_beta=0.2"])
+    assert left(sft)["pref_beta"] == (NO_MEANING, "a setting of stage dpo, kto, orpo and simpo; this run is stage "
+                                                  "sft")
+    assert sft.spec.stage.type == "sft" and not hasattr(sft.spec.stage, "pref_beta")
 
 
 @pytest.mark.parametrize("name,want", [("qwen3_nothink", "qwen3"), ("qwen3", "qwen3"), ("llama3", "llama3"),

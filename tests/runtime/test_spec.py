@@ -163,3 +163,42 @@ def test_set_edits_the_run_file_in_place_keeping_comments_order_and_shorthand():
     spec = build_spec(yaml.safe_load(edited))
     assert (spec.training.learning_rate, spec.stage.type, spec.method.lora.rank) == (3e-4, "dpo", 4)
     assert spec.training.save_total_limit is None
+
+
+def test_each_stage_takes_its_own_settings_and_refuses_another_stage_s(tmp_path):
+    from ftune.runtime.spec.schema import STAGE_SPECS, class_at, iter_fields
+
+    spec = build_spec({**BASE, "stage": {"type": "dpo", "pref_beta": 0.2, "ref_model_quantization_bits": 4}})
+    assert type(spec.stage) is STAGE_SPECS["dpo"] and spec.stage.pref_beta == 0.2
+    assert spec.stage.quantizes_a_frozen_model
+    assert not build_spec({**BASE, "stage": "kto"}).stage.quantizes_a_frozen_model
+    assert spec_to_dict(spec)["stage"] == {"type": "dpo", "pref_beta": 0.2, "pref_loss": "sigmoid", "pref_ftx": 0,
+                                           "label_smoothing": 0, "ref_model_quantization_bits": 4}
+    assert not hasattr(build_spec(BASE).stage, "pref_beta")  # sft has none: no setting that means nothing
+
+    text = ("name: r\nmodel: {name_or_path: m}\ndata: {train: t.jsonl}\nstage:\n  type: sft\n  pref_beta: 0.2\n"
+            "  kl_beta: 1\n  pref_betta: 1\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(write(tmp_path, text))
+    got = problems(info.value)
+    assert got == {
+        "stage.pref_beta": "not a setting of stage sft: it belongs to dpo, kto, orpo and simpo; remove it, or set "
+                           "stage.type to one of them",
+        "stage.kl_beta": "not a setting of stage sft: it belongs to rl; remove it, or set stage.type to rl",
+        "stage.pref_betta": "unknown key — expected one of: type"}
+    assert [p.line for p in info.value.problems] == [6, 7, 8]
+    with pytest.raises(SpecError) as info:  # a section without a type is sft's
+        build_spec({**BASE, "stage": {"pref_beta": 0.2}})
+    assert list(problems(info.value)) == ["stage.pref_beta"]
+    with pytest.raises(SpecError) as info:
+        build_spec({**BASE, "stage": {"type": "dpo", "pref_betta": 0.2}})
+    assert problems(info.value) == {"stage.pref_betta": "unknown key — did you mean 'pref_beta'?"}
+    with pytest.raises(SpecError) as info:
+        build_spec({**BASE, "stage": "sftt"})
+    assert problems(info.value) == {"stage.type": "Input should be 'sft', 'dpo', 'kto', 'orpo', 'simpo', 'rm', 'pt' "
+                                                  "or 'rl' (got 'sftt')"}
+
+    # walking the schema: each setting once, under the stage's section; a tag picks a stage's own class
+    paths = [p for p, _, _ in iter_fields() if p.startswith("stage.")]
+    assert len(paths) == len(set(paths)) and {"stage.type", "stage.pref_beta", "stage.kl_beta"} <= set(paths)
+    assert class_at(("stage", "rl")) is STAGE_SPECS["rl"] and "type" in class_at(("stage",)).model_fields

@@ -1,6 +1,10 @@
 """dpo: direct preference optimisation through TRL's DPOTrainer (loss variants, beta, SFT term, label smoothing)."""
 
-from ftune.runtime.train.stages.stage import StageDef
+from typing import Literal
+
+from pydantic import Field
+
+from ftune.runtime.train.stages.stage import PREFERENCE, REFERENCE, StageDef
 
 
 def build_trainer(spec, common, inputs, ref_model=None, reward_model=None):
@@ -19,5 +23,13 @@ def build_trainer(spec, common, inputs, ref_model=None, reward_model=None):
 STAGE = StageDef(
     name="dpo", label="DPO", what="direct preference optimisation",
     when="Make it prefer better answers, from pairs of a chosen and a rejected answer to one prompt.",
-    data_kind="preference", columns="preference", build_trainer=build_trainer, takes_reference=True,
+    data_kind="preference", columns="preference", build_trainer=build_trainer,
+    settings={
+        **PREFERENCE,
+        "pref_loss": (Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero",
+                              "apo_down"], Field("sigmoid", description="DPO loss variant (TRL's names).")),
+        "pref_ftx": (float, Field(0.0, ge=0, description="Weight of an SFT loss on the chosen answers added to DPO.")),
+        "label_smoothing": (float, Field(0.0, ge=0, le=0.5, description="DPO label smoothing, 0 to 0.5.")),
+        **REFERENCE,
+    },
 )

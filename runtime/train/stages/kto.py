@@ -1,6 +1,8 @@
 """kto: preferences from single answers marked good or bad, through TRL's KTOTrainer."""
 
-from ftune.runtime.train.stages.stage import StageDef
+from pydantic import Field
+
+from ftune.runtime.train.stages.stage import PREFERENCE, REFERENCE, StageDef
 
 
 def build_trainer(spec, common, inputs, ref_model=None, reward_model=None):
@@ -17,5 +19,11 @@ def build_trainer(spec, common, inputs, ref_model=None, reward_model=None):
 STAGE = StageDef(
     name="kto", label="KTO", what="preference from good/bad labels",
     when="Like DPO, but from single answers marked good or bad, when you have thumbs up/down, not pairs.",
-    data_kind="kto", columns="kto", build_trainer=build_trainer, takes_reference=True,
+    data_kind="kto", columns="kto", build_trainer=build_trainer,
+    settings={
+        **PREFERENCE,
+        "kto_desirable_weight": (float, Field(1.0, gt=0, description="KTO weight of desirable examples.")),
+        "kto_undesirable_weight": (float, Field(1.0, gt=0, description="KTO weight of undesirable examples.")),
+        **REFERENCE,
+    },
 )

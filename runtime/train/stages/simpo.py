@@ -1,6 +1,8 @@
 """simpo: simple preference optimisation, trl.experimental's CPOTrainer with loss_type="simpo"."""
 
-from ftune.runtime.train.stages.stage import StageDef
+from pydantic import Field
+
+from ftune.runtime.train.stages.stage import PREFERENCE, StageDef
 
 
 def build_trainer(spec, common, inputs, ref_model=None, reward_model=None):
@@ -16,4 +18,5 @@ STAGE = StageDef(
     name="simpo", label="SimPO", what="simple preference optimisation",
     when="A lighter DPO without a reference model, for chosen/rejected pairs on a tight memory budget.",
     data_kind="preference", columns="preference", build_trainer=build_trainer,
+    settings={**PREFERENCE, "simpo_gamma": (float, Field(0.5, description="SimPO reward margin."))},
 )
