@@ -142,6 +142,20 @@ def test_from_a_partial_run_file(project, tiny_model):
     assert raw["model"]["name_or_path"] == str(tiny_model)
 
 
+def test_from_a_file_of_another_stage_keeps_only_the_new_stage_s_settings(project, tiny_model):
+    pair = {"conversations": [{"from": "human", "value": "Where is my order?"}],
+            "chosen": {"from": "gpt", "value": "Open Orders."}, "rejected": {"from": "gpt", "value": "No idea."}}
+    (project / "pairs.jsonl").write_text((json.dumps(pair) + "\n") * 8)
+    (project / "dpo.yaml").write_text(yaml.safe_dump({
+        "model": {"name_or_path": str(tiny_model)}, "data": {"train": "pairs.jsonl"},
+        "stage": {"type": "dpo", "pref_beta": 0.3, "ref_model_quantization_bits": 4}}))
+    assert invoke("new", "--from", "dpo.yaml", "--stage", "orpo", "--name", "as-orpo", "-y").exit_code == 0
+    assert run_file(project, "as-orpo")["stage"] == {"type": "orpo", "pref_beta": 0.3}  # its own kept, dpo's gone
+    result = invoke("new", "--from", "dpo.yaml", "--stage", "orpo", "--set", "stage.pref_loss=ipo", "-y")
+    assert result.exit_code == 2, result.output  # asked for by name: a mistake, not dropped
+    assert "stage.pref_loss: not a setting of stage orpo: it belongs to dpo" in result.output
+
+
 def test_from_a_broken_file_names_its_line(project):
     (project / "partial.yaml").write_text("model:\n  name_or_path: x/y\ndata: [unclosed\n")
     result = invoke("new", "--from", "partial.yaml", "-y")
