@@ -798,7 +798,7 @@ def export(ctx: click.Context, name: str, checkpoint: int | None, fmt: str | Non
     \b
     lora          the adapter alone (small; loads on top of the base model)
     merged_16bit  merged into the base, bf16: plain transformers, vLLM, ...
-    merged_4bit   merged, quantised to 4 bits (bitsandbytes, CUDA GPU only)
+    merged_4bit   merged, quantised to 4 bits (bitsandbytes; on a CPU too)
     gguf          merged, one .gguf file for llama.cpp, Ollama, LM Studio,
                   and an Ollama Modelfile (pip install 'ftune[gguf]')
 

@@ -29,6 +29,19 @@ def test_help_lists_commands():
         assert f"  {cmd}" in result.output
 
 
+def test_export_help_lists_the_registry_s_formats_in_its_order():
+    """The table in `ftune export --help` is text (the help stays free of imports): it must not drift from
+    infer/formats/."""
+    import re
+
+    from ftune.runtime.infer import formats
+
+    text = invoke("export", "--help").output
+    listed = re.findall(r"^\s{2,}([a-z0-9_]+)\s{2,}\S", text.split("Options:")[0], re.M)
+    assert listed == list(formats.ORDER)
+    assert "CUDA GPU only" not in text  # bitsandbytes' 4 bits run on a CPU too
+
+
 def test_ls_empty_and_with_runs(project, tiny_model, monkeypatch):
     assert "No runs in" in invoke("ls").output
     run = make_run(project, tiny_model, training={"max_steps": 3})
