@@ -514,9 +514,12 @@ def submit(ctx: click.Context, name: str, slurm: bool, resume: bool, restart: bo
 
 
 # --------------------------------------------------------------------------- stop
+wait_option = click.option("--wait", default=600.0, show_default=True, help="Seconds to wait for the checkpoint.")
+
+
 @main.command(context_settings=CONTEXT)
 @run_argument
-@click.option("--wait", default=600.0, show_default=True, help="Seconds to wait for the checkpoint.")
+@wait_option
 @click.pass_context
 def stop(ctx: click.Context, name: str, wait: float) -> None:
     """Stop RUN gracefully: it saves a checkpoint at the current step, then ends."""
@@ -535,7 +538,7 @@ def stop(ctx: click.Context, name: str, wait: float) -> None:
 # --------------------------------------------------------------------------- checkpoint
 @main.command(context_settings=CONTEXT)
 @run_argument
-@click.option("--wait", default=600.0, show_default=True, help="Seconds to wait for the checkpoint.")
+@wait_option
 @click.pass_context
 def checkpoint(ctx: click.Context, name: str, wait: float) -> None:
     """Save a checkpoint of RUN at its next step end; training goes on (every process agrees on the step)."""
