@@ -38,7 +38,7 @@ from ftune.runtime.spec import SpecError, apply_overrides, check_run_name
 from ftune.wizard import advanced
 from ftune.wizard.prompts import BACK, SEPARATOR, Option, Prompter
 from ftune.runtime.spec.edit import get_path
-from ftune.runtime.spec.schema import STAGE_SPECS
+from ftune.runtime.spec.schema import not_of_stage
 from ftune.runtime.train import stages
 from ftune.wizard.runfile import (
     METHODS,
@@ -386,9 +386,9 @@ class Wizard:
                 return BACK
             label = STAGES[choice][0]
             needs_reward = stages.stage(choice).needs_reward_model
-            for key in [k for k in self.a.settings if k.startswith("stage.") and k != "stage.type"]:
-                if key.split(".", 1)[1] not in STAGE_SPECS[choice].model_fields:  # another stage's setting
-                    self.a.settings.pop(key)
+            staged = [k.removeprefix("stage.") for k in self.a.settings if k.startswith("stage.")]
+            for key in not_of_stage(choice, staged):  # the settings of the stage chosen before
+                self.a.settings.pop(f"stage.{key}")
             self.a.stage = choice
             if needs_reward and self.ask_reward_model() is BACK:
                 continue

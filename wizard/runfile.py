@@ -27,7 +27,7 @@ from ftune.runtime.rundir import RunDir
 from ftune.runtime.spec import Problem, RunSpec, SpecError, build_spec, shorthand
 from ftune.runtime.spec import io as spec_io
 from ftune.runtime.spec.edit import compact, del_path, get_path, set_path
-from ftune.runtime.spec.schema import STAGE_SPECS
+from ftune.runtime.spec.schema import not_of_stage
 from ftune.runtime.train import stages
 
 # --------------------------------------------------------------------------- the choices
@@ -134,7 +134,7 @@ class Answers:
             else:
                 del_path(raw, key)
         set_path(raw, "stage.type", self.stage)
-        for key in set(raw["stage"]) - set(STAGE_SPECS[self.stage].model_fields):  # a --from file's other stage's
+        for key in not_of_stage(self.stage, list(raw["stage"])):  # a --from file's settings of its own stage
             del raw["stage"][key]
         for path in _METHOD_PATHS:
             del_path(raw, path)

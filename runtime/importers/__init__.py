@@ -29,7 +29,7 @@ from ftune.runtime.importers.record import GPU_ONLY, NO_HOME, NO_MEANING, Carrie
 from ftune.runtime.models import local_path, looks_local
 from ftune.runtime.rundir import RunDir
 from ftune.runtime.spec import RunSpec, SpecError, build_spec
-from ftune.runtime.spec.schema import STAGE_SPECS, stages_text, stages_with
+from ftune.runtime.spec.schema import STAGE_SPECS, not_of_stage, stages_text, stages_with
 from ftune.runtime.spec.edit import compact, numbers, parse_assignment, set_path
 from ftune.runtime.spec.io import read_yaml, run_file_text, write_run_file
 
@@ -170,13 +170,12 @@ def import_config(path: str | Path, *, project: Path, kind: str | None = None, n
         rec.leave(c.source, c.value, NO_HOME, "training.predict_with_generate answers data.test, and no single test "
                                               "file was carried over")
     stage = rec.get("stage.type", "sft")
-    own = STAGE_SPECS[stage].model_fields if stage in STAGE_SPECS else None
-    for c in [c for c in rec.carried if own is not None and c.target.startswith("stage.")]:
-        setting = c.target.split(".", 1)[1]
-        if setting not in own:  # LLaMA-Factory reads pref_beta for dpo only and ignores it elsewhere: so here
-            rec.drop(c.target)
-            rec.leave(c.source, c.value, NO_MEANING, f"a setting of stage {stages_text(stages_with(setting))}; "
-                                                     f"this run is stage {stage}")
+    staged = {c.target.removeprefix("stage."): c for c in rec.carried if c.target.startswith("stage.")}
+    for key in not_of_stage(stage, staged) if stage in STAGE_SPECS else []:
+        # LLaMA-Factory reads pref_beta for its preference stages and ignores it elsewhere: so here, saying so
+        rec.drop(staged[key].target)
+        rec.leave(staged[key].source, staged[key].value, NO_MEANING,
+                  f"a setting of stage {stages_text(stages_with(key))}; this run is stage {stage}")
     _check_targets(rec, project)
     raw = compact(rec.raw)
     try:

@@ -710,6 +710,13 @@ def stages_with(setting: str) -> list[str]:
     return [name for name, cls in STAGE_SPECS.items() if setting in cls.model_fields]
 
 
+def not_of_stage(stage: str, settings) -> list[str]:
+    """Those of `settings` (names under `stage:`) that another stage has and `stage` has not: what a change of
+    stage leaves behind."""
+    own = STAGE_SPECS[stage].model_fields
+    return [k for k in settings if k not in own and stages_with(k)]
+
+
 def stages_text(names: list[str]) -> str:
     """Stage names in a sentence: "dpo, kto, orpo and simpo"."""
     return " and ".join(filter(None, (", ".join(names[:-1]), names[-1]))) if names else ""

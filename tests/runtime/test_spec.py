@@ -166,7 +166,7 @@ def test_set_edits_the_run_file_in_place_keeping_comments_order_and_shorthand():
 
 
 def test_each_stage_takes_its_own_settings_and_refuses_another_stage_s(tmp_path):
-    from ftune.runtime.spec.schema import STAGE_SPECS, class_at, iter_fields
+    from ftune.runtime.spec.schema import STAGE_SPECS, class_at, iter_fields, not_of_stage
 
     spec = build_spec({**BASE, "stage": {"type": "dpo", "pref_beta": 0.2, "ref_model_quantization_bits": 4}})
     assert type(spec.stage) is STAGE_SPECS["dpo"] and spec.stage.pref_beta == 0.2
@@ -202,3 +202,5 @@ def test_each_stage_takes_its_own_settings_and_refuses_another_stage_s(tmp_path)
     paths = [p for p, _, _ in iter_fields() if p.startswith("stage.")]
     assert len(paths) == len(set(paths)) and {"stage.type", "stage.pref_beta", "stage.kl_beta"} <= set(paths)
     assert class_at(("stage", "rl")) is STAGE_SPECS["rl"] and "type" in class_at(("stage",)).model_fields
+    # what a change of stage leaves behind: another stage's settings, not this one's nor unknown keys
+    assert not_of_stage("orpo", ["pref_beta", "pref_loss", "kl_beta", "no_such_key"]) == ["pref_loss", "kl_beta"]
