@@ -423,3 +423,31 @@ def test_unfilled_placeholders_in_the_data_are_said(project, drive):
         [{"instruction": "Who are you?", "output": f"I am {{{{name}}}}, number {i}."} for i in range(4)]))
     d = drive(QWEN25_7B, "identity.json" + ENTER, CTRL_C, quick=True)
     assert "placeholders left unfilled: {{name}} (4 rows)" in d.text, d.text
+
+
+def test_changing_the_stage_drops_the_settings_of_the_stage_before(project, tiny_model):
+    """A stage's own settings (stage.rl_algorithm for rl) mean nothing to another: chosen away from, they go, so the
+    run file stays valid; the settings the new stage shares stay (pref_beta from dpo to orpo)."""
+    import io
+
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
+    from ftune.wizard.flow import Wizard
+    from ftune.wizard.prompts import Prompter
+    from ftune.wizard.term import UI
+
+    def choose(stage_before: str, settings: dict, keys: str) -> Answers:
+        a = Answers(model=str(tiny_model), data=["train.jsonl"], stage=stage_before, settings=dict(settings))
+        with create_pipe_input() as inp:
+            inp.send_text(keys)
+            inp.close()
+            ui = UI(file=io.StringIO(), width=80, color=False)
+            Wizard(Prompter(ui, input=inp, output=DummyOutput()), a, project / "runs", cwd=project).step_stage()
+        return a
+
+    a = choose("rl", {"stage.rl_algorithm": "rloo", "stage.reward_model": "rm-01", "training.seed": 3},
+               UP * 7 + ENTER)  # rl is the last of the stages; sft the first
+    assert a.stage == "sft" and a.settings == {"training.seed": 3}
+    a = choose("dpo", {"stage.pref_beta": 0.3, "stage.pref_loss": "ipo"}, DOWN * 2 + ENTER)  # dpo, kto, orpo
+    assert a.stage == "orpo" and a.settings == {"stage.pref_beta": 0.3}
