@@ -11,7 +11,7 @@ from ftune.runtime.spec import RunSpec
 from ftune.wizard.prompts import BACK, Option, Prompter
 from ftune.runtime.spec.edit import field_info, get_path, literal_values, parse_value
 from ftune.runtime.present import value_text
-from ftune.runtime.train import stages
+from ftune.runtime.spec.schema import STAGE_SPECS, iter_fields
 from ftune.wizard.runfile import Answers, preset_values, setting_refusal
 
 DONE, DEFAULT = "__done__", "__default__"
@@ -41,7 +41,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "Freeze": ("method.freeze.trainable_layers", "method.freeze.trainable_modules", "method.freeze.extra_modules",
                "method.llama_pro_blocks"),
     "Full-weight": ("method.galore", "method.apollo", "method.badam"),
-    "RL": ("stage.rl_algorithm", "stage.num_generations", "stage.max_completion_length", "stage.kl_beta"),
+    "Stage": (),  # the chosen stage's own settings, from its StageDef (knobs)
     "Precision": ("training.precision", "training.gradient_checkpointing", "model.attn_implementation",
                   "model.acceleration"),
     "Saving": (
@@ -54,9 +54,14 @@ GROUPS: dict[str, tuple[str, ...]] = {
 }
 
 
-def knobs(group: str) -> list[str]:
-    """The group's settings, as the advanced menu lists them."""
-    return list(GROUPS[group])
+def knobs(group: str, stage: str | None = None) -> list[str]:
+    """The group's settings, as the advanced menu lists them. "Stage" holds `stage`'s own (every stage's when none is
+    given), less its type and the reward model, which the stage question asks."""
+    if group != "Stage":
+        return list(GROUPS[group])
+    paths = [p for p, _, _ in iter_fields() if p.startswith("stage.")] if stage not in STAGE_SPECS else \
+        [f"stage.{name}" for name in STAGE_SPECS[stage].model_fields]
+    return [p for p in paths if p not in ("stage.type", "stage.reward_model")]
 
 
 def current(c: Context, path: str) -> tuple[Any, str]:
@@ -69,7 +74,7 @@ def current(c: Context, path: str) -> tuple[Any, str]:
     return value, "default"
 
 
-_FOR = {"LoRA": "LoRA methods", "Freeze": "the freeze method", "Full-weight": "full and freeze", "RL": "stage rl"}
+_FOR = {"LoRA": "LoRA methods", "Freeze": "the freeze method", "Full-weight": "full and freeze"}
 
 
 def _short_lora(path: str) -> str:
@@ -84,16 +89,16 @@ def edit(c: Context) -> Any:
     while True:
         options = []
         for name in GROUPS:
-            paths = knobs(name)
-            if not paths:
-                continue
+            paths = knobs(name, c.answers.stage)
             changed = sum(1 for p in paths if p in c.answers.settings)
-            rl = getattr(stages.STAGES.get(c.answers.stage), "needs_reward_model", False)  # a file may name no stage
             off = {"LoRA": not c.answers.method.startswith(("lora", "qlora", "dora")), "Freeze": c.answers.method != "freeze",
-                   "Full-weight": not c.answers.method.startswith(("full", "freeze")), "RL": not rl}.get(name, False)
+                   "Full-weight": not c.answers.method.startswith(("full", "freeze"))}.get(name, False)
             note = f"  (for {_FOR[name]})" if off else (f"  {changed} changed" if changed else "")
-            options.append(Option(f"{name:<11}{note}", name,
-                                  "Settings: " + ", ".join(_short_lora(p) for p in paths) + "."))
+            if not paths:  # the Stage group of a stage without settings of its own (sft, pt, rm): said, not hidden
+                note = f"  (none for stage {c.answers.stage})"
+            what = "Settings: " + ", ".join(_short_lora(p) for p in paths) + "." if paths else \
+                f"Stage {c.answers.stage} has no settings of its own."
+            options.append(Option(f"{name:<11}{note}", name, what))
         options.append(Option("Done: review the run", DONE))
         group = c.prompter.select(f"Advanced settings (from preset {c.answers.preset})", options, default=group or "Training")
         if group is BACK:
@@ -108,7 +113,7 @@ def edit_group(c: Context, group: str) -> None:
     while True:
         options = []
         room = max(14, c.prompter.ui.width - 4 - 29 - 9)  # pointer, name, source: the value has the rest
-        for path in knobs(group):
+        for path in knobs(group, c.answers.stage):
             value, source = current(c, path)
             mark = "*" if source == "yours" else " "
             shown, whole = _fit(value_text(value), room), value_text(value)

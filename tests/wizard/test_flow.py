@@ -451,3 +451,13 @@ def test_changing_the_stage_drops_the_settings_of_the_stage_before(project, tiny
     assert a.stage == "sft" and a.settings == {"training.seed": 3}
     a = choose("dpo", {"stage.pref_beta": 0.3, "stage.pref_loss": "ipo"}, DOWN * 2 + ENTER)  # dpo, kto, orpo
     assert a.stage == "orpo" and a.settings == {"stage.pref_beta": 0.3}
+
+
+def test_the_advanced_stage_group_holds_the_chosen_stage_s_own_settings():
+    assert knobs("Stage", "dpo") == ["stage.pref_beta", "stage.pref_loss", "stage.pref_ftx", "stage.label_smoothing",
+                                     "stage.ref_model", "stage.ref_model_quantization_bits"]
+    assert knobs("Stage", "rl") == ["stage.reward_model_quantization_bits", "stage.rl_algorithm",
+                                    "stage.num_generations", "stage.max_completion_length", "stage.kl_beta"]
+    assert knobs("Stage", "sft") == []  # listed in the menu as "(none for stage sft)", so the groups keep their places
+    assert set(knobs("Stage")) == set(knobs("Stage", "dpo") + knobs("Stage", "kto") + knobs("Stage", "simpo")
+                                      + knobs("Stage", "rl"))
