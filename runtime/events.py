@@ -88,6 +88,7 @@ class EventWriter:
         self.enabled = enabled
         self._lock = threading.Lock()
         self._fd: int | None = None
+        self.ended = False  # a final event (finished, stopped, error) is written: the stream's last word
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # O_APPEND: each os.write of one whole line lands at the end, in one piece.
@@ -97,12 +98,16 @@ class EventWriter:
     def for_rank(cls, path: str | Path, rank: int) -> "EventWriter":
         return cls(path, enabled=rank == 0)
 
-    def emit(self, type_: str, **fields: Any) -> dict[str, Any]:
+    def emit(self, type_: str, unless_ended: bool = False, **fields: Any) -> dict[str, Any]:
+        """Append one event. `unless_ended`, for background samplers: not after the final event, so a reader's last
+        event is the outcome (a system sample taken as the run finished landed after `finished`)."""
         event = make_event(type_, **fields)
         if self._fd is not None:
             line = (json.dumps(event, ensure_ascii=False, default=str) + "\n").encode("utf-8")
             with self._lock:
-                os.write(self._fd, line)
+                if not (unless_ended and self.ended):
+                    os.write(self._fd, line)
+                    self.ended = self.ended or type_ in FINAL_TYPES
         return event
 
     def close(self) -> None:

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         phases.begin("importing")
         spec = load_spec(run.spec_path)
         skip_unused_imports(spec)
-        sampler = Sampler(lambda s: events.emit("system", **s), spec.training.system_interval_s)
+        sampler = Sampler(lambda s: events.emit("system", unless_ended=True, **s), spec.training.system_interval_s)
         if lead:
             sampler.start()
         watchdog = hang_watchdog(spec, run, events, rank, phases).start()

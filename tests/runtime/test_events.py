@@ -26,6 +26,19 @@ def test_nan_and_inf_written_as_null_and_named():
     assert sorted(back["nonfinite"]) == ["grad_norm", "loss", "metrics.eval_loss"]
 
 
+def test_a_sample_after_the_final_event_is_not_written(tmp_path):
+    """The system sampler's thread may take a sample as the run finishes: the stream still ends with its outcome
+    (a test saw `system` after `finished`)."""
+    w = EventWriter(tmp_path / "e.jsonl")
+    w.emit("system", unless_ended=True, rss=1)
+    w.emit("finished", step=4)
+    w.emit("system", unless_ended=True, rss=2)
+    w.emit("error", message="a failure after the end is still said")
+    assert [(e["type"], e.get("rss")) for e in read_all(tmp_path / "e.jsonl")] == [
+        ("system", 1), ("finished", None), ("error", None)]
+    assert "unless_ended" not in read_all(tmp_path / "e.jsonl")[0]
+
+
 def test_other_ranks_write_nothing(tmp_path):
     w = EventWriter.for_rank(tmp_path / "e.jsonl", rank=1)
     w.emit("step", step=1)
